@@ -1,0 +1,29 @@
+# Two entry points for a newcomer: `make run` and `make test` (README).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: run test lint unit bench-start-latency clean
+
+$(STAMP): pyproject.toml constraints/test.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints/test.txt -e '.[test]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) -m service.main
+
+lint: $(STAMP)
+	$(PY) -m ruff check service trainer tests bench
+	$(PY) -m ruff format --check service trainer tests bench
+	$(PY) -m mypy
+
+test: lint
+	HF_HUB_OFFLINE=1 $(PY) -m pytest $(PYTEST_ARGS)
+
+bench-start-latency: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) bench/start_latency.py
+
+clean:
+	rm -rf $(VENV) .tuneforge .pytest_cache .mypy_cache .ruff_cache

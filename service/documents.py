@@ -1,0 +1,268 @@
+"""The job documents in the state bucket: the one definition of the contract.
+
+Shared by the API server, the reconciler and the trainer (DESIGN.md, "Storage layout").
+
+    jobs/<job-id>/spec.json          JobSpec, written once at create (If-None-Match)
+    jobs/<job-id>/status.json        JobStatus, observed state (If-Match compare-and-swap)
+    jobs/<job-id>/control.json       JobControl, desired state (stop requests)
+    jobs/<job-id>/events/<seq>.json  JobEvent, append-only
+    jobs/<job-id>/logs/trainer.log   the trainer's log
+
+`transition()` owns the legal state moves; anything else raises `IllegalTransition`.
+"""
+
+from __future__ import annotations
+
+import enum
+import secrets
+import time
+from datetime import UTC, datetime
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from service.errors import IllegalTransition
+
+# -- job ids -------------------------------------------------------------------
+
+_ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"  # Crockford base32, lower case
+_TIME_BITS = 50
+JOB_ID_PATTERN = r"^[0-9a-hjkmnp-tv-z]{16}$"
+
+
+def _base32(value: int, width: int) -> str:
+    digits = []
+    for _ in range(width):
+        digits.append(_ALPHABET[value & 31])
+        value >>= 5
+    return "".join(reversed(digits))
+
+
+def new_job_id(now_ms: int | None = None) -> str:
+    """A 16-character id whose ascending order is newest first.
+
+    The first 10 characters are the creation time in milliseconds subtracted from
+    2^50, so S3's ascending key order under `jobs/` lists the newest job first and
+    a page of the newest jobs needs no scan of the older ones. The last 6 are random.
+    """
+    ms = int(time.time() * 1000) if now_ms is None else now_ms
+    inverted = (1 << _TIME_BITS) - 1 - ms
+    return _base32(inverted, 10) + _base32(secrets.randbits(30), 6)
+
+
+def job_id_created_ms(job_id: str) -> int:
+    inverted = 0
+    for char in job_id[:10]:
+        inverted = inverted * 32 + _ALPHABET.index(char)
+    return (1 << _TIME_BITS) - 1 - inverted
+
+
+def utc_now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+# -- states --------------------------------------------------------------------
+
+
+class JobState(enum.StrEnum):
+    QUEUED = "QUEUED"
+    VALIDATING = "VALIDATING"
+    RUNNING = "RUNNING"
+    STOPPING = "STOPPING"
+    STOPPED = "STOPPED"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+
+    def is_terminal(self) -> bool:
+        return self in (JobState.COMPLETED, JobState.FAILED, JobState.STOPPED)
+
+
+_LEGAL_MOVES: dict[JobState, set[JobState]] = {
+    JobState.QUEUED: {JobState.VALIDATING, JobState.STOPPING, JobState.STOPPED, JobState.FAILED},
+    JobState.VALIDATING: {JobState.RUNNING, JobState.STOPPING, JobState.FAILED},
+    JobState.RUNNING: {JobState.COMPLETED, JobState.STOPPING, JobState.FAILED},
+    JobState.STOPPING: {JobState.STOPPED, JobState.FAILED},
+    JobState.STOPPED: set(),
+    JobState.COMPLETED: set(),
+    JobState.FAILED: set(),
+}
+
+
+def transition(current: JobState, new: JobState) -> JobState:
+    """Return `new` if the move is legal; raise `IllegalTransition` otherwise."""
+    if new not in _LEGAL_MOVES[current]:
+        raise IllegalTransition(f"illegal job state change {current} -> {new}")
+    return new
+
+
+class FailureReason(enum.StrEnum):
+    DATA_VALIDATION = "DATA_VALIDATION"
+    MODEL_LOAD = "MODEL_LOAD"
+    OUT_OF_MEMORY = "OUT_OF_MEMORY"
+    STORAGE = "STORAGE"
+    TRAINER_CRASHED = "TRAINER_CRASHED"
+    INTERNAL = "INTERNAL"
+
+
+# -- spec ----------------------------------------------------------------------
+
+
+class _Document(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class HyperParameters(_Document):
+    """Training knobs. Every field has a default and a documented range."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    epochCount: Annotated[
+        int, Field(ge=1, le=100, description="Passes over the training data. 1-100.")
+    ] = 3
+    batchSize: Annotated[
+        int, Field(ge=1, le=1024, description="Examples per forward/backward pass. 1-1024.")
+    ] = 8
+    learningRate: Annotated[
+        float,
+        Field(gt=0, le=1, description="Peak AdamW learning rate after warm-up. (0, 1]."),
+    ] = 5e-5
+    learningRateWarmupSteps: Annotated[
+        int,
+        Field(ge=0, le=100_000, description="Optimizer steps of linear warm-up. 0-100000."),
+    ] = 0
+    gradientAccumulationSteps: Annotated[
+        int,
+        Field(
+            ge=1,
+            le=1024,
+            description="Batches whose gradients are summed before one optimizer step. 1-1024.",
+        ),
+    ] = 1
+    maxSequenceLength: Annotated[
+        int,
+        Field(ge=8, le=32_768, description="Tokens per example; longer ones are truncated."),
+    ] = 512
+    weightDecay: Annotated[
+        float, Field(ge=0, le=1, description="AdamW decoupled weight decay. 0-1.")
+    ] = 0.0
+    seed: Annotated[
+        int, Field(ge=0, le=2**31 - 1, description="Seed for shuffling and initialisation.")
+    ] = 42
+
+
+class DataLocation(_Document):
+    s3Uri: str
+
+
+class JobSpec(_Document):
+    """What the user asked for. Written once; never changes."""
+
+    jobId: str
+    jobName: str
+    tenant: str = "default"
+    createdAt: str
+    customizationType: str = "FINE_TUNING"
+    baseModelIdentifier: str
+    trainingDataConfig: DataLocation
+    validationDataConfig: DataLocation | None = None
+    outputDataConfig: DataLocation
+    hyperParameters: HyperParameters
+    tags: dict[str, str] = {}
+    clientRequestToken: str | None = None
+
+    @property
+    def output_prefix(self) -> str:
+        """`<output>/model-customization-job-<job-id>/` (DESIGN.md, output layout)."""
+        return f"{self.outputDataConfig.s3Uri.rstrip('/')}/model-customization-job-{self.jobId}/"
+
+
+# -- status --------------------------------------------------------------------
+
+
+class Progress(_Document):
+    step: int = 0
+    totalSteps: int | None = None
+    epoch: int = 0
+    totalEpochs: int | None = None
+    trainingLoss: float | None = None
+    validationLoss: float | None = None
+    tokensSeen: int = 0
+    etaSeconds: float | None = None
+    firstStepAt: str | None = None
+
+
+class Failure(_Document):
+    reason: FailureReason
+    message: str
+
+
+class LaunchRecord(_Document):
+    """Written by the reconciler that won the launch of an attempt."""
+
+    attempt: int
+    launcher: str
+    host: str
+    pid: int | None = None
+    processStartTicks: int | None = None
+    launchedAt: str
+    launchedBy: str
+
+
+class JobStatus(_Document):
+    """What is observed. The trainer writes state and progress while its attempt
+    lives; the reconciler writes `launch`, and writes state only for a job with no
+    live trainer (queued, or its trainer dead). Every write is a compare-and-swap."""
+
+    state: JobState = JobState.QUEUED
+    updatedAt: str
+    startedAt: str | None = None
+    endedAt: str | None = None
+    heartbeatAt: str | None = None
+    launch: LaunchRecord | None = None
+    progress: Progress = Progress()
+    failure: Failure | None = None
+    stateTimes: dict[str, str] = {}
+
+    def moved_to(self, new: JobState) -> JobStatus:
+        """A copy in state `new`, with its time recorded; raises on an illegal move."""
+        now = utc_now()
+        moved = self.model_copy(deep=True)
+        moved.state = transition(self.state, new)
+        moved.updatedAt = now
+        moved.stateTimes[new.value] = now
+        if new in (JobState.VALIDATING,) and moved.startedAt is None:
+            moved.startedAt = now
+        if new.is_terminal():
+            moved.endedAt = now
+        return moved
+
+
+class JobControl(_Document):
+    """What the user wants, beyond the spec. Written by the API only."""
+
+    stopRequested: bool = False
+    stopRequestedAt: str | None = None
+
+
+class JobEvent(_Document):
+    sequence: int
+    time: str
+    type: str
+    message: str
+    state: JobState | None = None
+
+
+class TrainerExit(enum.IntEnum):
+    """Exit codes of `python -m trainer`, read by launchers.
+
+    OK: the trainer wrote a terminal state itself (COMPLETED, STOPPED, or FAILED with
+    its reason). BAD_INPUT: FAILED for bad data/config/model; never retried.
+    FENCED: another attempt owns the job; this one wrote nothing. Anything else
+    (a traceback, a signal) is a crash for the reconciler to handle.
+    """
+
+    OK = 0
+    CRASHED = 1
+    BAD_INPUT = 2
+    FENCED = 3
+    PREEMPTED = 143

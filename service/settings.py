@@ -1,0 +1,61 @@
+"""Typed settings for the API server.
+
+Built once in `main()` (or by a test) and passed down. Nothing in the project reads
+the environment at import time.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TUNEFORGE_", extra="ignore")
+
+    # Where local state lives: the embedded store's data, trainer working directories,
+    # the `env` file for the AWS CLI. Ignored by git.
+    home: Path = Path(".tuneforge")
+
+    rest_host: str = "127.0.0.1"
+    rest_port: int = 8000
+
+    # Object store. With no endpoint configured the service starts an embedded
+    # SeaweedFS on loopback (`weed mini`) and seeds the demo bucket.
+    s3_endpoint_url: str | None = None
+    embedded_s3_port: int = 8333
+    s3_access_key_id: str = "tuneforge"
+    s3_secret_access_key: SecretStr = SecretStr("tuneforge-dev-secret")
+    s3_region: str = "us-east-1"
+    state_bucket: str = "tuneforge"
+    seed_demo: bool = True
+
+    launcher: str = Field(default="local", pattern="^local$")
+    # How often each replica looks at the store for work (queued jobs, stop
+    # requests to escalate, dead trainers).
+    reconcile_interval_seconds: float = 2.0
+    # A running trainer writes a heartbeat every few seconds; one older than this
+    # is dead.
+    heartbeat_timeout_seconds: float = 60.0
+    # After a stop request: how long the trainer has to notice and exit on its own
+    # before SIGTERM, and after SIGTERM before SIGKILL of its process group.
+    stop_grace_seconds: float = 20.0
+    kill_grace_seconds: float = 10.0
+    # Passed to the trainer: how often it writes its heartbeat and looks for a stop
+    # request.
+    trainer_heartbeat_seconds: float = 2.0
+    trainer_python: str | None = None
+
+    max_request_bytes: int = 1_048_576
+
+    @property
+    def embedded_store(self) -> bool:
+        return self.s3_endpoint_url is None
+
+    @property
+    def endpoint_url(self) -> str:
+        if self.s3_endpoint_url:
+            return self.s3_endpoint_url
+        return f"http://127.0.0.1:{self.embedded_s3_port}"

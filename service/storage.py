@@ -1,0 +1,339 @@
+"""The one module that talks to S3-compatible object storage.
+
+Everything else in the project (API server, reconciler, trainer) goes through
+`ObjectStore`. It owns the boto3 client (connection pool, retries with backoff,
+timeouts) and turns botocore's errors into three outcomes callers can act on:
+
+- a missing object is `None` (reads) or `ObjectMissing` (downloads);
+- a failed condition (`If-None-Match: *` / `If-Match: <etag>`) is `PreconditionFailed`;
+- an unreachable or failing store is `StoreUnavailable`, any other refusal `StorageError`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from service.errors import InvalidArgument, StoreUnavailable, TuneforgeError
+
+
+class StorageError(TuneforgeError):
+    code = "STORAGE"
+
+
+class PreconditionFailed(Exception):
+    """A conditional write lost: the object exists (If-None-Match) or changed (If-Match)."""
+
+
+class ObjectMissing(StorageError):
+    pass
+
+
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+
+
+@dataclass(frozen=True)
+class S3Location:
+    bucket: str
+    key: str
+
+    @property
+    def uri(self) -> str:
+        return f"s3://{self.bucket}/{self.key}"
+
+    def child(self, *parts: str) -> S3Location:
+        base = self.key.rstrip("/")
+        tail = "/".join(p.strip("/") for p in parts)
+        return S3Location(self.bucket, f"{base}/{tail}" if base else tail)
+
+    def as_prefix(self) -> S3Location:
+        return S3Location(self.bucket, self.key.rstrip("/") + "/" if self.key else "")
+
+
+def parse_s3_uri(uri: str, *, field: str) -> S3Location:
+    """Parse and check `s3://bucket/key`: no other scheme, no `..`, no empty segments."""
+    if not isinstance(uri, str) or not uri.startswith("s3://"):
+        raise InvalidArgument(f"{field} must be an s3:// URI, got {uri!r}", field=field)
+    rest = uri[len("s3://") :]
+    bucket, _, key = rest.partition("/")
+    if not _BUCKET.match(bucket) or ".." in bucket:
+        raise InvalidArgument(f"{field} has an invalid bucket name {bucket!r}", field=field)
+    segments = key.rstrip("/").split("/") if key else []
+    if any(s in ("", ".", "..") for s in segments):
+        raise InvalidArgument(
+            f"{field} must not contain empty, '.' or '..' path segments: {uri!r}", field=field
+        )
+    if any(ord(c) < 32 for c in key) or len(key) > 900:
+        raise InvalidArgument(f"{field} has an invalid object key", field=field)
+    return S3Location(bucket, key)
+
+
+def _is_precondition_failure(error: ClientError) -> bool:
+    code = error.response.get("Error", {}).get("Code", "")
+    status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    # 409 ConditionalRequestConflict: a concurrent conditional write is in flight.
+    return code in ("PreconditionFailed", "ConditionalRequestConflict") or status in (412, 409)
+
+
+def _is_missing(error: ClientError) -> bool:
+    code = error.response.get("Error", {}).get("Code", "")
+    status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    return code in ("NoSuchKey", "404", "NotFound") or status == 404
+
+
+def _translate(error: Exception, what: str) -> TuneforgeError:
+    if isinstance(error, ClientError):
+        status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+        code = error.response.get("Error", {}).get("Code", "")
+        message = error.response.get("Error", {}).get("Message", "")
+        if status >= 500 or code in ("SlowDown", "ServiceUnavailable"):
+            return StoreUnavailable(f"object store failed while {what}: {code} {message}".strip())
+        if code == "NoSuchBucket":
+            return ObjectMissing(f"bucket does not exist while {what}")
+        return StorageError(f"object store refused {what}: {code} {message}".strip())
+    return StoreUnavailable(f"object store unreachable while {what}: {error}")
+
+
+class ObjectStore:
+    def __init__(
+        self,
+        *,
+        endpoint_url: str | None,
+        access_key_id: str,
+        secret_access_key: str,
+        region: str,
+        max_attempts: int = 5,
+        connect_timeout: float = 5.0,
+        read_timeout: float = 30.0,
+    ) -> None:
+        config = Config(
+            region_name=region,
+            # "standard" retries: exponential backoff with jitter on throttling,
+            # 5xx and connection errors.
+            retries={"max_attempts": max_attempts, "mode": "standard"},
+            max_pool_connections=64,
+            connect_timeout=connect_timeout,
+            read_timeout=read_timeout,
+            s3={"addressing_style": "path"},
+            # Checksums on every request are not understood by every S3-compatible
+            # store; only compute them where the API requires them.
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+        )
+        self._client = boto3.session.Session().client(
+            "s3",
+            endpoint_url=endpoint_url,
+            aws_access_key_id=access_key_id,
+            aws_secret_access_key=secret_access_key,
+            config=config,
+        )
+
+    @classmethod
+    def from_environment(cls, environ: dict[str, str] | None = None) -> ObjectStore:
+        """Build a store from the standard AWS_* variables (used by the trainer)."""
+        env = dict(os.environ if environ is None else environ)
+        return cls(
+            endpoint_url=env.get("AWS_ENDPOINT_URL") or None,
+            access_key_id=env.get("AWS_ACCESS_KEY_ID", ""),
+            secret_access_key=env.get("AWS_SECRET_ACCESS_KEY", ""),
+            region=env.get("AWS_DEFAULT_REGION", "us-east-1"),
+        )
+
+    # -- buckets ---------------------------------------------------------------
+
+    def ensure_bucket(self, bucket: str) -> None:
+        try:
+            self._client.head_bucket(Bucket=bucket)
+            return
+        except ClientError as error:
+            if not _is_missing(error):
+                raise _translate(error, f"checking bucket {bucket}") from error
+        except BotoCoreError as error:
+            raise _translate(error, f"checking bucket {bucket}") from error
+        try:
+            self._client.create_bucket(Bucket=bucket)
+        except ClientError as error:
+            code = error.response.get("Error", {}).get("Code", "")
+            if code not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                raise _translate(error, f"creating bucket {bucket}") from error
+        except BotoCoreError as error:
+            raise _translate(error, f"creating bucket {bucket}") from error
+
+    # -- single objects --------------------------------------------------------
+
+    def get_bytes(self, location: S3Location) -> tuple[bytes, str] | None:
+        """Return (body, etag), or None when the object does not exist."""
+        try:
+            response = self._client.get_object(Bucket=location.bucket, Key=location.key)
+            return response["Body"].read(), response["ETag"]
+        except ClientError as error:
+            if _is_missing(error) and error.response["Error"].get("Code") != "NoSuchBucket":
+                return None
+            raise _translate(error, f"reading {location.uri}") from error
+        except BotoCoreError as error:
+            raise _translate(error, f"reading {location.uri}") from error
+
+    def get_json(self, location: S3Location) -> tuple[dict[str, Any], str] | None:
+        found = self.get_bytes(location)
+        if found is None:
+            return None
+        body, etag = found
+        return json.loads(body), etag
+
+    def head(self, location: S3Location) -> dict[str, Any] | None:
+        try:
+            return dict(self._client.head_object(Bucket=location.bucket, Key=location.key))
+        except ClientError as error:
+            if _is_missing(error):
+                return None
+            raise _translate(error, f"reading {location.uri}") from error
+        except BotoCoreError as error:
+            raise _translate(error, f"reading {location.uri}") from error
+
+    def put_bytes(
+        self,
+        location: S3Location,
+        body: bytes,
+        *,
+        if_none_match: bool = False,
+        if_match: str | None = None,
+        content_type: str = "application/octet-stream",
+    ) -> str:
+        """Write an object; return its new ETag.
+
+        `if_none_match=True` creates only if absent, `if_match=etag` replaces only that
+        version. A lost condition raises `PreconditionFailed`.
+        """
+        arguments: dict[str, Any] = {
+            "Bucket": location.bucket,
+            "Key": location.key,
+            "Body": body,
+            "ContentType": content_type,
+        }
+        if if_none_match:
+            arguments["IfNoneMatch"] = "*"
+        if if_match is not None:
+            arguments["IfMatch"] = if_match
+        try:
+            return str(self._client.put_object(**arguments)["ETag"])
+        except ClientError as error:
+            if (if_none_match or if_match is not None) and _is_precondition_failure(error):
+                raise PreconditionFailed(location.uri) from error
+            raise _translate(error, f"writing {location.uri}") from error
+        except BotoCoreError as error:
+            raise _translate(error, f"writing {location.uri}") from error
+
+    def put_json(
+        self,
+        location: S3Location,
+        document: Any,
+        *,
+        if_none_match: bool = False,
+        if_match: str | None = None,
+    ) -> str:
+        body = json.dumps(document, separators=(",", ":"), sort_keys=True).encode()
+        return self.put_bytes(
+            location,
+            body,
+            if_none_match=if_none_match,
+            if_match=if_match,
+            content_type="application/json",
+        )
+
+    def delete(self, location: S3Location) -> None:
+        try:
+            self._client.delete_object(Bucket=location.bucket, Key=location.key)
+        except (ClientError, BotoCoreError) as error:
+            raise _translate(error, f"deleting {location.uri}") from error
+
+    # -- listings --------------------------------------------------------------
+
+    def list_common_prefixes(
+        self, location: S3Location, *, start_after: str | None = None, limit: int = 1000
+    ) -> list[str]:
+        """The immediate 'sub-folders' under a prefix, in ascending key order."""
+        arguments: dict[str, Any] = {
+            "Bucket": location.bucket,
+            "Prefix": location.key,
+            "Delimiter": "/",
+            "MaxKeys": limit,
+        }
+        if start_after:
+            arguments["StartAfter"] = start_after
+        try:
+            response = self._client.list_objects_v2(**arguments)
+        except (ClientError, BotoCoreError) as error:
+            raise _translate(error, f"listing {location.uri}") from error
+        return [p["Prefix"] for p in response.get("CommonPrefixes", [])]
+
+    def list_objects(self, location: S3Location) -> Iterator[dict[str, Any]]:
+        """Every object under a prefix (key, size, etag), in ascending key order."""
+        paginator = self._client.get_paginator("list_objects_v2")
+        try:
+            for page in paginator.paginate(Bucket=location.bucket, Prefix=location.key):
+                for item in page.get("Contents", []):
+                    yield {"key": item["Key"], "size": item["Size"], "etag": item["ETag"]}
+        except (ClientError, BotoCoreError) as error:
+            raise _translate(error, f"listing {location.uri}") from error
+
+    # -- files and directories -------------------------------------------------
+
+    def upload_file(self, path: Path, location: S3Location) -> None:
+        try:
+            self._client.upload_file(str(path), location.bucket, location.key)
+        except (ClientError, BotoCoreError) as error:
+            raise _translate(error, f"uploading to {location.uri}") from error
+
+    def download_file(self, location: S3Location, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._client.download_file(location.bucket, location.key, str(path))
+        except ClientError as error:
+            if _is_missing(error):
+                raise ObjectMissing(f"{location.uri} does not exist") from error
+            raise _translate(error, f"downloading {location.uri}") from error
+        except BotoCoreError as error:
+            raise _translate(error, f"downloading {location.uri}") from error
+
+    def upload_directory(self, directory: Path, location: S3Location) -> list[str]:
+        keys = []
+        for path in sorted(p for p in directory.rglob("*") if p.is_file()):
+            target = location.child(path.relative_to(directory).as_posix())
+            self.upload_file(path, target)
+            keys.append(target.key)
+        return keys
+
+    def download_prefix(self, location: S3Location, directory: Path) -> list[Path]:
+        """Download every object under `location` (a folder) into `directory`."""
+        prefix = location.as_prefix()
+        paths = []
+        for item in self.list_objects(prefix):
+            relative = item["key"][len(prefix.key) :]
+            parts = relative.split("/")
+            if not relative or any(p in ("", ".", "..") for p in parts):
+                continue  # never write outside `directory`
+            path = directory.joinpath(*parts)
+            self.download_file(S3Location(prefix.bucket, item["key"]), path)
+            paths.append(path)
+        return paths
+
+    def delete_prefix(self, location: S3Location) -> int:
+        keys = [item["key"] for item in self.list_objects(location)]
+        for start in range(0, len(keys), 1000):
+            batch = [{"Key": key} for key in keys[start : start + 1000]]
+            try:
+                self._client.delete_objects(
+                    Bucket=location.bucket, Delete={"Objects": batch, "Quiet": True}
+                )
+            except (ClientError, BotoCoreError) as error:
+                raise _translate(error, f"deleting under {location.uri}") from error
+        return len(keys)

@@ -1,0 +1,213 @@
+"""Job documents in the state bucket, with conditional writes as the only lock.
+
+Invariants:
+- `spec.json` and the first `status.json` are created with `If-None-Match: *`; a job id
+  is never written twice.
+- `status.json` only changes through `update_status()`: read, apply a pure function,
+  write with `If-Match: <etag>`, and on 412 start again from a fresh read.
+- Keys are built here, from job ids that match `JOB_ID_PATTERN`, never from user text.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from service.documents import (
+    JOB_ID_PATTERN,
+    JobControl,
+    JobEvent,
+    JobSpec,
+    JobState,
+    JobStatus,
+    utc_now,
+)
+from service.errors import JobNotFound
+from service.storage import ObjectStore, PreconditionFailed, S3Location
+
+_JOB_ID = re.compile(JOB_ID_PATTERN)
+_TENANT = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
+
+
+@dataclass
+class Job:
+    spec: JobSpec
+    status: JobStatus
+    control: JobControl
+
+
+@dataclass
+class IdempotencyRecord:
+    job_id: str
+    fingerprint: str
+    spec: JobSpec
+
+
+def check_job_id(job_id: str) -> str:
+    if not _JOB_ID.match(job_id):
+        raise JobNotFound(job_id)
+    return job_id
+
+
+class JobStore:
+    def __init__(self, storage: ObjectStore, bucket: str) -> None:
+        self.storage = storage
+        self.bucket = bucket
+
+    # -- keys ----------------------------------------------------------------
+
+    def _job(self, job_id: str, *parts: str) -> S3Location:
+        return S3Location(self.bucket, "/".join(("jobs", check_job_id(job_id), *parts)))
+
+    def log_location(self, job_id: str) -> S3Location:
+        return self._job(job_id, "logs", "trainer.log")
+
+    def _idempotency(self, tenant: str, token: str) -> S3Location:
+        if not _TENANT.match(tenant):
+            raise ValueError(f"invalid tenant {tenant!r}")
+        digest = hashlib.sha256(token.encode()).hexdigest()
+        return S3Location(self.bucket, f"idempotency/{tenant}/{digest}.json")
+
+    # -- create --------------------------------------------------------------
+
+    def create(self, spec: JobSpec) -> None:
+        """Write spec then the initial status, each create-if-absent.
+
+        Safe to repeat for the same spec (an idempotent retry finishing a create that
+        another replica began): whichever writes first wins, and both are equal.
+        """
+        try:
+            self.storage.put_json(
+                self._job(spec.jobId, "spec.json"), spec.model_dump(mode="json"), if_none_match=True
+            )
+        except PreconditionFailed:
+            pass
+        status = JobStatus(updatedAt=spec.createdAt, stateTimes={"QUEUED": spec.createdAt})
+        try:
+            self.storage.put_json(
+                self._job(spec.jobId, "status.json"),
+                status.model_dump(mode="json"),
+                if_none_match=True,
+            )
+        except PreconditionFailed:
+            pass
+
+    def claim_idempotency_token(
+        self, tenant: str, token: str, fingerprint: str, spec: JobSpec
+    ) -> IdempotencyRecord:
+        """Record token -> job; return the record that won (ours or an earlier one)."""
+        location = self._idempotency(tenant, token)
+        document = {"jobId": spec.jobId, "fingerprint": fingerprint, "spec": spec.model_dump()}
+        try:
+            self.storage.put_json(location, document, if_none_match=True)
+            return IdempotencyRecord(spec.jobId, fingerprint, spec)
+        except PreconditionFailed:
+            found = self.storage.get_json(location)
+            if found is None:  # deleted in between; nothing deletes these today
+                raise
+            existing, _ = found
+            return IdempotencyRecord(
+                existing["jobId"], existing["fingerprint"], JobSpec.model_validate(existing["spec"])
+            )
+
+    # -- read ----------------------------------------------------------------
+
+    def get_spec(self, job_id: str) -> JobSpec:
+        found = self.storage.get_json(self._job(job_id, "spec.json"))
+        if found is None:
+            raise JobNotFound(job_id)
+        return JobSpec.model_validate(found[0])
+
+    def get_status(self, job_id: str) -> tuple[JobStatus, str | None]:
+        """The status and its ETag; a job whose status was never written is QUEUED."""
+        found = self.storage.get_json(self._job(job_id, "status.json"))
+        if found is None:
+            return JobStatus(updatedAt=utc_now()), None
+        return JobStatus.model_validate(found[0]), found[1]
+
+    def get_control(self, job_id: str) -> JobControl:
+        found = self.storage.get_json(self._job(job_id, "control.json"))
+        return JobControl() if found is None else JobControl.model_validate(found[0])
+
+    def get(self, job_id: str) -> Job:
+        spec = self.get_spec(job_id)
+        status, _ = self.get_status(job_id)
+        return Job(spec, status, self.get_control(job_id))
+
+    def list_job_ids(self, *, after: str | None, limit: int) -> list[str]:
+        """Job ids newest first (ids sort that way), starting after `after`."""
+        start_after = f"jobs/{check_job_id(after)}/" if after else None
+        prefixes = self.storage.list_common_prefixes(
+            S3Location(self.bucket, "jobs/"), start_after=start_after, limit=limit
+        )
+        ids = [p[len("jobs/") :].rstrip("/") for p in prefixes]
+        return [i for i in ids if _JOB_ID.match(i)]
+
+    # -- write ---------------------------------------------------------------
+
+    def update_status(
+        self,
+        job_id: str,
+        change: Callable[[JobStatus], JobStatus | None],
+        *,
+        max_attempts: int = 50,
+    ) -> JobStatus | None:
+        """Compare-and-swap `status.json`.
+
+        `change` gets the current status and returns the new one, or None to leave it
+        as it is (then None is returned). It may run several times, so it must be pure.
+        """
+        location = self._job(job_id, "status.json")
+        for _ in range(max_attempts):
+            current, etag = self.get_status(job_id)
+            new = change(current)
+            if new is None:
+                return None
+            new.updatedAt = utc_now()
+            try:
+                if etag is None:
+                    self.storage.put_json(location, new.model_dump(mode="json"), if_none_match=True)
+                else:
+                    self.storage.put_json(location, new.model_dump(mode="json"), if_match=etag)
+                return new
+            except PreconditionFailed:
+                continue
+        raise RuntimeError(f"status of job {job_id} kept changing; gave up after {max_attempts}")
+
+    def put_control(self, job_id: str, control: JobControl) -> None:
+        self.storage.put_json(self._job(job_id, "control.json"), control.model_dump(mode="json"))
+
+    def append_event(
+        self, job_id: str, event_type: str, message: str, state: JobState | None = None
+    ) -> JobEvent:
+        """Append an event with the next free sequence number (create-if-absent)."""
+        prefix = self._job(job_id, "events/")
+        existing = [item["key"] for item in self.storage.list_objects(prefix)]
+        sequence = len(existing)
+        while True:
+            event = JobEvent(
+                sequence=sequence, time=utc_now(), type=event_type, message=message, state=state
+            )
+            try:
+                self.storage.put_json(
+                    self._job(job_id, "events", f"{sequence:08d}.json"),
+                    event.model_dump(mode="json"),
+                    if_none_match=True,
+                )
+                return event
+            except PreconditionFailed:
+                sequence += 1
+
+    def list_events(self, job_id: str) -> list[JobEvent]:
+        events = []
+        for item in self.storage.list_objects(self._job(job_id, "events/")):
+            found = self.storage.get_json(S3Location(self.bucket, item["key"]))
+            if found is not None:
+                events.append(JobEvent.model_validate(found[0]))
+        return events
+
+    def upload_log(self, job_id: str, path: Path) -> None:
+        self.storage.upload_file(path, self.log_location(job_id))
