@@ -43,8 +43,8 @@ class EmbeddedS3:
         data_dir: Path,
         *,
         port: int,
-        access_key_id: str,
-        secret_access_key: str,
+        access_key_id: str | None,
+        secret_access_key: str | None,
         log_path: Path | None = None,
     ) -> None:
         self.data_dir = data_dir
@@ -75,17 +75,28 @@ class EmbeddedS3:
             f"-s3.port={self.port}",
             *(f"-{name}={port}" for name, port in ports.items()),
         ]
-        # SeaweedFS enforces these credentials on every S3 request.
         environment = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "HOME": os.environ.get("HOME", str(self.data_dir)),
-            "AWS_ACCESS_KEY_ID": self.access_key_id,
-            "AWS_SECRET_ACCESS_KEY": self.secret_access_key,
         }
+        # SeaweedFS enforces these credentials on every S3 request; without them it
+        # accepts anonymous requests (only the probe's test wants that).
+        if self.access_key_id and self.secret_access_key:
+            environment["AWS_ACCESS_KEY_ID"] = self.access_key_id
+            environment["AWS_SECRET_ACCESS_KEY"] = self.secret_access_key
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child from here on
+        # Its own session, so a Ctrl-C at the terminal reaches only the service, which
+        # stops the trainers before the store they write to. If the service dies
+        # without stopping it, the kernel sends it SIGTERM (PR_SET_PDEATHSIG).
         self.process = subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, env=environment, cwd=self.data_dir
+            command,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=environment,
+            cwd=self.data_dir,
+            start_new_session=True,
+            preexec_fn=_terminate_with_parent,
         )
         log.close()
         deadline = time.monotonic() + timeout
@@ -103,7 +114,7 @@ class EmbeddedS3:
 
     def _answers(self) -> bool:
         try:
-            urllib.request.urlopen(self.endpoint_url, timeout=1)  # noqa: S310 - loopback
+            urllib.request.urlopen(self.endpoint_url, timeout=1)
             return True
         except urllib.error.HTTPError:
             return True  # 403 without credentials: the S3 gateway is up
@@ -119,6 +130,14 @@ class EmbeddedS3:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
+
+
+def _terminate_with_parent() -> None:
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 _INTERNAL_PORTS = (

@@ -26,8 +26,11 @@ class Settings(BaseSettings):
     # SeaweedFS on loopback (`weed mini`) and seeds the demo bucket.
     s3_endpoint_url: str | None = None
     embedded_s3_port: int = 8333
-    s3_access_key_id: str = "tuneforge"
-    s3_secret_access_key: SecretStr = SecretStr("tuneforge-dev-secret")
+    # Credentials for the store. For an external store, unset means boto3's usual chain
+    # (environment, instance profile...). The embedded store uses `tuneforge` and a
+    # random secret generated on first start and kept in `<home>/s3-secret`.
+    s3_access_key_id: str | None = None
+    s3_secret_access_key: SecretStr | None = None
     s3_region: str = "us-east-1"
     state_bucket: str = "tuneforge"
     seed_demo: bool = True

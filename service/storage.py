@@ -108,8 +108,8 @@ class ObjectStore:
         self,
         *,
         endpoint_url: str | None,
-        access_key_id: str,
-        secret_access_key: str,
+        access_key_id: str | None,
+        secret_access_key: str | None,
         region: str,
         max_attempts: int = 5,
         connect_timeout: float = 5.0,
@@ -143,8 +143,8 @@ class ObjectStore:
         env = dict(os.environ if environ is None else environ)
         return cls(
             endpoint_url=env.get("AWS_ENDPOINT_URL") or None,
-            access_key_id=env.get("AWS_ACCESS_KEY_ID", ""),
-            secret_access_key=env.get("AWS_SECRET_ACCESS_KEY", ""),
+            access_key_id=env.get("AWS_ACCESS_KEY_ID") or None,
+            secret_access_key=env.get("AWS_SECRET_ACCESS_KEY") or None,
             region=env.get("AWS_DEFAULT_REGION", "us-east-1"),
         )
 
@@ -332,7 +332,8 @@ class ObjectStore:
             batch = [{"Key": key} for key in keys[start : start + 1000]]
             try:
                 self._client.delete_objects(
-                    Bucket=location.bucket, Delete={"Objects": batch, "Quiet": True}
+                    Bucket=location.bucket,
+                    Delete={"Objects": batch, "Quiet": True},  # type: ignore[typeddict-item]
                 )
             except (ClientError, BotoCoreError) as error:
                 raise _translate(error, f"deleting under {location.uri}") from error

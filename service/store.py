@@ -10,6 +10,7 @@ Invariants:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
 from collections.abc import Callable
@@ -62,6 +63,20 @@ class JobStore:
     def _job(self, job_id: str, *parts: str) -> S3Location:
         return S3Location(self.bucket, "/".join(("jobs", check_job_id(job_id), *parts)))
 
+    def _active(self, job_id: str) -> S3Location:
+        return S3Location(self.bucket, f"active/{check_job_id(job_id)}")
+
+    def list_active_job_ids(self) -> list[str]:
+        """Ids of jobs not yet seen terminal by a reconciler, oldest first."""
+        ids = [
+            item["key"][len("active/") :]
+            for item in self.storage.list_objects(S3Location(self.bucket, "active/"))
+        ]
+        return sorted((i for i in ids if _JOB_ID.match(i)), reverse=True)
+
+    def mark_inactive(self, job_id: str) -> None:
+        self.storage.delete(self._active(job_id))
+
     def log_location(self, job_id: str) -> S3Location:
         return self._job(job_id, "logs", "trainer.log")
 
@@ -74,33 +89,36 @@ class JobStore:
     # -- create --------------------------------------------------------------
 
     def create(self, spec: JobSpec) -> None:
-        """Write spec then the initial status, each create-if-absent.
+        """Write the active marker, the spec, then the initial status.
 
         Safe to repeat for the same spec (an idempotent retry finishing a create that
         another replica began): whichever writes first wins, and both are equal.
+        The marker goes first: the reconciler walks `active/` rather than every job ever
+        created, so a job must never exist without one.
         """
-        try:
+        self.storage.put_bytes(self._active(spec.jobId), b"")
+        with contextlib.suppress(PreconditionFailed):
             self.storage.put_json(
                 self._job(spec.jobId, "spec.json"), spec.model_dump(mode="json"), if_none_match=True
             )
-        except PreconditionFailed:
-            pass
         status = JobStatus(updatedAt=spec.createdAt, stateTimes={"QUEUED": spec.createdAt})
-        try:
+        with contextlib.suppress(PreconditionFailed):
             self.storage.put_json(
                 self._job(spec.jobId, "status.json"),
                 status.model_dump(mode="json"),
                 if_none_match=True,
             )
-        except PreconditionFailed:
-            pass
 
     def claim_idempotency_token(
         self, tenant: str, token: str, fingerprint: str, spec: JobSpec
     ) -> IdempotencyRecord:
         """Record token -> job; return the record that won (ours or an earlier one)."""
         location = self._idempotency(tenant, token)
-        document = {"jobId": spec.jobId, "fingerprint": fingerprint, "spec": spec.model_dump()}
+        document = {
+            "jobId": spec.jobId,
+            "fingerprint": fingerprint,
+            "spec": spec.model_dump(mode="json"),
+        }
         try:
             self.storage.put_json(location, document, if_none_match=True)
             return IdempotencyRecord(spec.jobId, fingerprint, spec)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pytest
 
 from service.embedded_s3 import EmbeddedS3, free_port
 from service.storage import ObjectStore
+from tests.servers import ApiServer
 
 ACCESS_KEY = "test-access-key"
 SECRET_KEY = "test-secret-key-0123456789"
@@ -56,3 +58,20 @@ def s3_environment(s3_server: EmbeddedS3) -> dict[str, str]:
 @pytest.fixture
 def work_dir(tmp_path: Path) -> Path:
     return tmp_path
+
+
+@pytest.fixture(scope="session")
+def demo_assets(object_store: ObjectStore) -> None:
+    """The demo bucket, seeded the way `make run` seeds the embedded store."""
+    from service.demo import seed_demo
+
+    seed_demo(object_store)
+
+
+@pytest.fixture
+def api_server(s3_server: EmbeddedS3, demo_assets: None, tmp_path: Path) -> Iterator[ApiServer]:
+    """A real API server over the test store, with its own state bucket."""
+    server = ApiServer(s3_server, tmp_path / "home", state_bucket=f"state-{uuid.uuid4().hex[:12]}")
+    server.start()
+    yield server
+    server.stop()

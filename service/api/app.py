@@ -1,0 +1,76 @@
+"""The REST application: routes, error mapping, request size limit."""
+
+from __future__ import annotations
+
+import json
+
+from fastapi import FastAPI
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.api.errors import error_body, install_error_handlers
+from service.api.routes import health, jobs
+from service.context import ServiceContext
+
+
+class BodySizeLimit:
+    """Refuse request bodies over `max_bytes` with 413, before they are read whole."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            await self._refuse(send)
+            return
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.max_bytes:
+                raise _TooLarge
+            return message
+
+        try:
+            await self.app(scope, limited_receive, send)
+        except _TooLarge:
+            await self._refuse(send)
+
+    async def _refuse(self, send: Send) -> None:
+        body = json.dumps(
+            error_body(
+                "PAYLOAD_TOO_LARGE", f"the request body is larger than {self.max_bytes} bytes"
+            )
+        ).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [(b"content-type", b"application/json")],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def create_app(context: ServiceContext) -> FastAPI:
+    app = FastAPI(
+        title="tuneforge",
+        version="1.0",
+        description="Self-hosted fine-tuning jobs over S3-compatible object storage.",
+    )
+    app.state.context = context
+    install_error_handlers(app)
+    app.include_router(jobs.router)
+    app.include_router(health.router)
+    app.add_middleware(BodySizeLimit, max_bytes=context.settings.max_request_bytes)
+    return app

@@ -1,0 +1,67 @@
+"""REST v1 job routes: parse, call the core, shape the answer."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Query, Response, status
+
+from service import jobs
+from service.api.deps import ContextDep, StoreDep
+from service.api.errors import ERROR_RESPONSES
+from service.documents import JobState
+from service.schemas import JobCreate, JobList, JobPublic
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=ERROR_RESPONSES)
+
+JobId = Annotated[str, Path(description="The job's id.", examples=["0p5v2m8x3k7qa1b2"])]
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=JobPublic,
+    responses={200: {"model": JobPublic, "description": "Idempotent repeat: the existing job."}},
+    summary="Create a fine-tuning job",
+)
+def create_job(request: JobCreate, context: ContextDep, response: Response) -> JobPublic:
+    job, created = jobs.create_job(context.store, request)
+    if created and context.reconciler is not None:
+        context.reconciler.kick()
+    if not created:
+        response.status_code = status.HTTP_200_OK
+    response.headers["Location"] = f"/v1/jobs/{job.spec.jobId}"
+    return JobPublic.from_job(job)
+
+
+@router.get("/{job_id}", response_model=JobPublic, summary="Describe a job")
+def get_job(job_id: JobId, store: StoreDep) -> JobPublic:
+    return JobPublic.from_job(jobs.get_job(store, job_id))
+
+
+@router.get("", response_model=JobList, summary="List jobs, newest first")
+def list_jobs(
+    store: StoreDep,
+    state: Annotated[
+        JobState | None, Query(alias="status", description="Only jobs in this state.")
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=jobs.MAX_PAGE_SIZE, description="Page size.")] = 20,
+    page_token: Annotated[
+        str | None, Query(alias="pageToken", max_length=64, description="From nextPageToken.")
+    ] = None,
+) -> JobList:
+    found, next_token = jobs.list_jobs(store, state=state, limit=limit, page_token=page_token)
+    return JobList(jobs=[JobPublic.from_job(job) for job in found], nextPageToken=next_token)
+
+
+@router.post(
+    "/{job_id}/stop",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=JobPublic,
+    summary="Ask a job to stop",
+)
+def stop_job(job_id: JobId, context: ContextDep) -> JobPublic:
+    job = jobs.stop_job(context.store, job_id)
+    if context.reconciler is not None:
+        context.reconciler.kick()
+    return JobPublic.from_job(job)

@@ -1,0 +1,18 @@
+"""What a running API replica holds: built once in `main()` (or a test) and passed down."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from service.reconciler import Reconciler
+from service.settings import Settings
+from service.store import JobStore
+
+
+@dataclass
+class ServiceContext:
+    settings: Settings
+    store: JobStore
+    reconciler: Reconciler | None
+    # Set once the store answered and passed the conditional-write probe.
+    store_conformant: bool = False

@@ -1,0 +1,146 @@
+"""The core: create, get, list and stop jobs. Transport-free.
+
+Every edge (REST now; gRPC and the Bedrock face later) calls these functions and maps
+`service.errors` to its own status codes. The core writes only the spec, the control
+document and events; launching is the reconciler's, observed state the trainer's.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import re
+
+from service.documents import (
+    JOB_ID_PATTERN,
+    DataLocation,
+    JobControl,
+    JobSpec,
+    JobState,
+    new_job_id,
+    utc_now,
+)
+from service.errors import FailedPrecondition, IdempotencyConflict, InvalidArgument, JobNotFound
+from service.schemas import JobCreate
+from service.store import Job, JobStore
+
+MAX_PAGE_SIZE = 100
+# List with a state filter reads each job's status; bound the work per request and
+# hand back a page token to go on from where the scan stopped.
+_MAX_SCANNED_PER_PAGE = 1000
+
+
+def request_fingerprint(request: JobCreate) -> str:
+    """A hash of the request as it will be executed (defaults filled in), token aside."""
+    body = request.model_dump(mode="json", exclude={"clientRequestToken"})
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def create_job(store: JobStore, request: JobCreate, tenant: str = "default") -> tuple[Job, bool]:
+    """Create a job; return it and whether it is new (False: an idempotent repeat)."""
+    spec = JobSpec(
+        jobId=new_job_id(),
+        jobName=request.jobName,
+        tenant=tenant,
+        createdAt=utc_now(),
+        customizationType=request.customizationType,
+        baseModelIdentifier=request.baseModelIdentifier,
+        trainingDataConfig=DataLocation(s3Uri=request.trainingDataConfig.s3Uri),
+        validationDataConfig=(
+            DataLocation(s3Uri=request.validationDataConfig.s3Uri)
+            if request.validationDataConfig
+            else None
+        ),
+        outputDataConfig=DataLocation(s3Uri=request.outputDataConfig.s3Uri),
+        hyperParameters=request.hyperParameters,
+        tags=request.tags,
+        clientRequestToken=request.clientRequestToken,
+    )
+    if request.clientRequestToken is None:
+        store.create(spec)
+        store.append_event(spec.jobId, "CREATED", "job created", JobState.QUEUED)
+        return store.get(spec.jobId), True
+
+    fingerprint = request_fingerprint(request)
+    record = store.claim_idempotency_token(tenant, request.clientRequestToken, fingerprint, spec)
+    if record.fingerprint != fingerprint:
+        raise IdempotencyConflict(
+            f"clientRequestToken '{request.clientRequestToken}' was already used for job "
+            f"{record.job_id} with a different request; send the same request to get that "
+            "job back, or use a new token to create another job",
+            field="clientRequestToken",
+        )
+    # The replica that claimed the token may have died before writing the job; finishing
+    # its create here is safe because the spec is the same document.
+    store.create(record.spec)
+    created = record.job_id == spec.jobId
+    if created:
+        store.append_event(spec.jobId, "CREATED", "job created", JobState.QUEUED)
+    return store.get(record.job_id), created
+
+
+def get_job(store: JobStore, job_id: str) -> Job:
+    return store.get(job_id)
+
+
+def encode_page_token(job_id: str) -> str:
+    return base64.urlsafe_b64encode(job_id.encode()).decode().rstrip("=")
+
+
+def decode_page_token(token: str) -> str:
+    try:
+        job_id = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+    except (ValueError, UnicodeDecodeError):
+        job_id = ""
+    if not re.match(JOB_ID_PATTERN, job_id):
+        raise InvalidArgument("pageToken is not a token this service issued", field="pageToken")
+    return job_id
+
+
+def list_jobs(
+    store: JobStore, *, state: JobState | None, limit: int, page_token: str | None
+) -> tuple[list[Job], str | None]:
+    """Jobs newest first; returns (jobs, next page token or None)."""
+    if not 1 <= limit <= MAX_PAGE_SIZE:
+        raise InvalidArgument(f"limit must be between 1 and {MAX_PAGE_SIZE}", field="limit")
+    after = decode_page_token(page_token) if page_token else None
+    jobs: list[Job] = []
+    scanned = 0
+    while len(jobs) < limit and scanned < _MAX_SCANNED_PER_PAGE:
+        batch = store.list_job_ids(after=after, limit=100)
+        if not batch:
+            return jobs, None
+        for job_id in batch:
+            scanned += 1
+            after = job_id
+            try:
+                job = store.get(job_id)
+            except JobNotFound:
+                continue  # a create in flight: its spec is not written yet
+            if state is None or _visible_state(job) == state:
+                jobs.append(job)
+            if len(jobs) == limit:
+                break
+    more = bool(store.list_job_ids(after=after, limit=1)) if after else False
+    return jobs, (encode_page_token(after) if more and after else None)
+
+
+def _visible_state(job: Job) -> JobState:
+    if job.control.stopRequested and not job.status.state.is_terminal():
+        return JobState.STOPPING
+    return job.status.state
+
+
+def stop_job(store: JobStore, job_id: str) -> Job:
+    """Record a stop request. The trainer sees it and stops; the reconciler escalates."""
+    job = store.get(job_id)
+    if job.status.state.is_terminal():
+        raise FailedPrecondition(
+            f"job {job_id} is already {job.status.state.value}; only QUEUED, VALIDATING or "
+            "RUNNING jobs can be stopped"
+        )
+    if not job.control.stopRequested:
+        store.put_control(job_id, JobControl(stopRequested=True, stopRequestedAt=utc_now()))
+        store.append_event(job_id, "STOP_REQUESTED", "stop requested")
+    return store.get(job_id)

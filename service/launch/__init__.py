@@ -1,0 +1,1 @@
+"""Launchers start, signal and observe trainer processes; the core never knows which."""

@@ -1,0 +1,143 @@
+"""The local launcher: one `python -m trainer` subprocess per job attempt.
+
+Each trainer runs in its own session and process group (so a Ctrl-C aimed at the API
+server does not reach it, and a stop can signal the whole group), in its own working
+directory `<home>/work/<job-id>/attempt-<n>/`, with its output in `trainer.log` there.
+It gets a fresh environment with only what it needs: none of the server's variables
+are inherited.
+
+Trainers outlive the API server that started them; a restarted server finds them again
+by the pid and the process start time recorded in the job's launch record.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from service.documents import JobSpec, LaunchRecord
+from service.launch.base import Observed, Started
+
+log = logging.getLogger(__name__)
+
+_PASSED_THROUGH = ("PATH", "LANG", "LC_ALL", "TZ", "TMPDIR")
+
+
+def process_start_ticks(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot (field 22 of /proc/pid/stat).
+
+    With the pid it identifies a process across pid reuse.
+    """
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            stat = handle.read()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return int(fields[19])
+
+
+class LocalLauncher:
+    name = "local"
+
+    def __init__(self, work_root: Path, python: str | None = None) -> None:
+        self.work_root = work_root
+        self.python = python or sys.executable
+        self.host = socket.gethostname()
+        # Trainers this process started: kept so their exit codes can be reaped.
+        self._children: dict[int, subprocess.Popen[bytes]] = {}
+
+    def _attempt_dir(self, job_id: str, attempt: int) -> Path:
+        return self.work_root / job_id / f"attempt-{attempt}"
+
+    def start(self, spec: JobSpec, attempt: int, environment: dict[str, str]) -> Started:
+        directory = self._attempt_dir(spec.jobId, attempt)
+        directory.mkdir(parents=True, exist_ok=True)
+        log_path = directory / "trainer.log"
+        env = {name: os.environ[name] for name in _PASSED_THROUGH if name in os.environ}
+        env.update(environment)
+        env.update(
+            {
+                "HOME": str(directory),
+                "HF_HOME": str(directory / "hf-home"),
+                "HF_HUB_OFFLINE": "1",
+                "PYTHONUNBUFFERED": "1",
+                "TUNEFORGE_LOG_FILE": str(log_path),
+                "TUNEFORGE_ATTEMPT": str(attempt),
+            }
+        )
+        with open(log_path, "ab") as output:
+            process = subprocess.Popen(
+                [self.python, "-m", "trainer", "--job-id", spec.jobId],
+                cwd=directory,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self._children[process.pid] = process
+        log.info("started trainer for job %s attempt %d, pid %d", spec.jobId, attempt, process.pid)
+        return Started(self.host, process.pid, process_start_ticks(process.pid))
+
+    def observe(self, launch: LaunchRecord) -> Observed:
+        if launch.host != self.host or launch.pid is None:
+            return Observed(alive=None)
+        child = self._children.get(launch.pid)
+        if child is not None:
+            code = child.poll()
+            if code is None:
+                return Observed(alive=True)
+            del self._children[launch.pid]
+            return Observed(alive=False, exit_code=code)
+        ticks = process_start_ticks(launch.pid)
+        alive = (
+            ticks is not None and ticks == launch.processStartTicks and not _is_zombie(launch.pid)
+        )
+        return Observed(alive=alive)
+
+    def signal(self, launch: LaunchRecord, which: signal.Signals) -> None:
+        if launch.host != self.host or launch.pid is None:
+            return
+        if process_start_ticks(launch.pid) != launch.processStartTicks:
+            return  # gone, or the pid now belongs to another process
+        try:
+            os.killpg(launch.pid, which)
+            log.info("sent %s to trainer group %d", which.name, launch.pid)
+        except ProcessLookupError:
+            pass
+
+    def local_log(self, job_id: str, attempt: int) -> Path | None:
+        path = self._attempt_dir(job_id, attempt) / "trainer.log"
+        return path if path.exists() else None
+
+    def shutdown(self, grace_seconds: float) -> None:
+        """Terminate the trainers this process started (SIGTERM, grace, SIGKILL)."""
+        running = [p for p in self._children.values() if p.poll() is None]
+        for process in running:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace_seconds
+        for process in running:
+            try:
+                process.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            stat = handle.read()
+    except OSError:
+        return True
+    return stat[stat.rindex(")") + 2] == "Z"

@@ -1,0 +1,145 @@
+"""`make run`: start the service on its embedded defaults, or against a configured store.
+
+Order at start: embedded SeaweedFS (when no endpoint is configured) -> state bucket ->
+conditional-write probe (refuse to start if it fails) -> demo assets -> reconciler ->
+REST. Ctrl-C stops, in reverse order, everything this process started; with the
+embedded store that includes the trainers, which cannot outlive their store. With an
+external store, trainers keep running and a restarted server picks them up.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import sys
+from pathlib import Path
+
+import uvicorn
+
+from service.api.app import create_app
+from service.context import ServiceContext
+from service.embedded_s3 import EmbeddedS3
+from service.errors import TuneforgeError
+from service.launch.local import LocalLauncher
+from service.probe import check_conditional_writes
+from service.reconciler import Reconciler
+from service.settings import Settings
+from service.storage import ObjectStore
+from service.store import JobStore
+
+log = logging.getLogger("tuneforge")
+
+
+def _embedded_secret(home: Path) -> str:
+    path = home / "s3-secret"
+    if path.exists():
+        return path.read_text().strip()
+    secret = secrets.token_urlsafe(24)
+    path.touch(mode=0o600)
+    path.write_text(secret + "\n")
+    return secret
+
+
+def _write_env_file(home: Path, endpoint: str, key: str, secret: str, region: str) -> Path:
+    path = home / "env"
+    path.touch(mode=0o600)
+    path.write_text(
+        f"AWS_ENDPOINT_URL={endpoint}\nAWS_ACCESS_KEY_ID={key}\n"
+        f"AWS_SECRET_ACCESS_KEY={secret}\nAWS_DEFAULT_REGION={region}\n"
+    )
+    return path
+
+
+def main() -> int:
+    settings = Settings()
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    home = settings.home.resolve()
+    home.mkdir(parents=True, exist_ok=True)
+
+    embedded: EmbeddedS3 | None = None
+    access_key = settings.s3_access_key_id
+    secret = (
+        settings.s3_secret_access_key.get_secret_value() if settings.s3_secret_access_key else None
+    )
+    if settings.embedded_store:
+        access_key = access_key or "tuneforge"
+        secret = secret or _embedded_secret(home)
+        embedded = EmbeddedS3(
+            home / "s3" / "data",
+            port=settings.embedded_s3_port,
+            access_key_id=access_key,
+            secret_access_key=secret,
+            log_path=home / "s3" / "seaweedfs.log",
+        )
+        embedded.start()
+        env_file = _write_env_file(
+            home, embedded.endpoint_url, access_key, secret, settings.s3_region
+        )
+        print(f"object store (SeaweedFS S3): {embedded.endpoint_url}  credentials: {env_file}")
+
+    launcher = LocalLauncher(home / "work", settings.trainer_python)
+    try:
+        storage = ObjectStore(
+            endpoint_url=settings.endpoint_url,
+            access_key_id=access_key,
+            secret_access_key=secret,
+            region=settings.s3_region,
+        )
+        storage.ensure_bucket(settings.state_bucket)
+        check_conditional_writes(storage, settings.state_bucket)
+        if embedded is not None and settings.seed_demo:
+            from service.demo import seed_demo
+
+            seed_demo(storage)
+            print("demo assets: s3://demo/datasets/, s3://demo/models/tiny-llama/")
+
+        trainer_environment = {
+            "AWS_ENDPOINT_URL": settings.endpoint_url,
+            "AWS_DEFAULT_REGION": settings.s3_region,
+            "TUNEFORGE_STATE_BUCKET": settings.state_bucket,
+            "TUNEFORGE_HEARTBEAT_SECONDS": str(settings.trainer_heartbeat_seconds),
+        }
+        if access_key and secret:
+            trainer_environment["AWS_ACCESS_KEY_ID"] = access_key
+            trainer_environment["AWS_SECRET_ACCESS_KEY"] = secret
+        store = JobStore(storage, settings.state_bucket)
+        reconciler = Reconciler(
+            store,
+            launcher,
+            trainer_environment,
+            interval_seconds=settings.reconcile_interval_seconds,
+            heartbeat_timeout_seconds=settings.heartbeat_timeout_seconds,
+            stop_grace_seconds=settings.stop_grace_seconds,
+            kill_grace_seconds=settings.kill_grace_seconds,
+        )
+        context = ServiceContext(settings, store, reconciler, store_conformant=True)
+        reconciler.start()
+        print(f"REST API: http://{settings.rest_host}:{settings.rest_port}  (docs at /docs)")
+        print(f"launcher: {launcher.name}, trainer work directories under {home / 'work'}")
+        sys.stdout.flush()
+        server = uvicorn.Server(
+            uvicorn.Config(
+                create_app(context),
+                host=settings.rest_host,
+                port=settings.rest_port,
+                log_level="info",
+                timeout_graceful_shutdown=10,
+            )
+        )
+        server.run()
+        reconciler.stop()
+        return 0 if server.started else 1
+    except TuneforgeError as error:
+        print(f"tuneforge cannot start: {error.message}", file=sys.stderr)
+        return 2
+    finally:
+        if embedded is not None:
+            # The trainers write to this store; stop them before it goes away.
+            launcher.shutdown(settings.kill_grace_seconds)
+            embedded.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

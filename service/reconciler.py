@@ -1,0 +1,260 @@
+"""The reconcile loop: moves the store's desired state towards the observed one.
+
+Every replica runs one; there is no leader and nothing in memory that matters. Each
+pass walks `active/` (jobs not yet seen terminal) and, per job:
+
+- QUEUED, not launched: launch it. The launch is claimed by writing `status.launch`
+  with compare-and-swap, so of all replicas exactly one starts the attempt.
+- stop requested, not launched: STOPPED.
+- stop requested, trainer alive: after `stop_grace_seconds` SIGTERM its process group,
+  after `kill_grace_seconds` more SIGKILL it.
+- trainer dead (process gone, or no heartbeat for `heartbeat_timeout_seconds`) and the
+  job not terminal: STOPPED if a stop was requested, else FAILED / TRAINER_CRASHED.
+- terminal: drop the active marker.
+
+The reconciler writes `status.launch`, and writes `status.state` only for a job with no
+live trainer; the trainer writes state and progress while it lives (DESIGN.md).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+import uuid
+from datetime import UTC, datetime
+
+from service.documents import (
+    Failure,
+    FailureReason,
+    JobState,
+    JobStatus,
+    LaunchRecord,
+    TrainerExit,
+    job_id_created_ms,
+    utc_now,
+)
+from service.errors import JobNotFound, TuneforgeError
+from service.launch.base import Launcher
+from service.store import Job, JobStore
+
+log = logging.getLogger(__name__)
+
+# A marker whose spec never appeared: the create died half-way. Forget it after this.
+_ABANDONED_CREATE_SECONDS = 300.0
+
+
+def _age_seconds(timestamp: str | None) -> float:
+    if timestamp is None:
+        return float("inf")
+    then = datetime.fromisoformat(timestamp.replace("Z", "+00:00"))
+    return (datetime.now(UTC) - then).total_seconds()
+
+
+class Reconciler:
+    def __init__(
+        self,
+        store: JobStore,
+        launcher: Launcher,
+        trainer_environment: dict[str, str],
+        *,
+        interval_seconds: float = 2.0,
+        heartbeat_timeout_seconds: float = 60.0,
+        stop_grace_seconds: float = 20.0,
+        kill_grace_seconds: float = 10.0,
+    ) -> None:
+        self.store = store
+        self.launcher = launcher
+        self.trainer_environment = trainer_environment
+        self.interval_seconds = interval_seconds
+        self.heartbeat_timeout_seconds = heartbeat_timeout_seconds
+        self.stop_grace_seconds = stop_grace_seconds
+        self.kill_grace_seconds = kill_grace_seconds
+        self.replica_id = uuid.uuid4().hex[:12]
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- loop ------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="reconciler", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+
+    def kick(self) -> None:
+        """Run a pass now (after a create or a stop) instead of at the next tick."""
+        self._wake.set()
+
+    def _loop(self) -> None:
+        while not self._stopping.is_set():
+            self._wake.clear()
+            try:
+                self.run_once()
+            except TuneforgeError as error:
+                log.warning("reconcile pass failed: %s", error.message)
+            except Exception:
+                log.exception("reconcile pass failed")
+            self._wake.wait(self.interval_seconds)
+
+    def run_once(self) -> None:
+        for job_id in self.store.list_active_job_ids():
+            if self._stopping.is_set():
+                return
+            try:
+                self.reconcile(job_id)
+            except JobNotFound:
+                if _age_seconds_ms(job_id_created_ms(job_id)) > _ABANDONED_CREATE_SECONDS:
+                    self.store.mark_inactive(job_id)
+            except TuneforgeError as error:
+                log.warning("reconciling job %s failed: %s", job_id, error.message)
+
+    # -- one job ---------------------------------------------------------------
+
+    def reconcile(self, job_id: str) -> None:
+        job = self.store.get(job_id)
+        status = job.status
+        if status.state.is_terminal():
+            self.store.mark_inactive(job_id)
+            return
+        if status.launch is None:
+            if job.control.stopRequested:
+                self._finish(job, None, JobState.STOPPED, None, "stopped before it was launched")
+            else:
+                self._launch(job)
+            return
+
+        observed = self.launcher.observe(status.launch)
+        alive = observed.alive
+        if alive is None:  # another host's trainer: judge by its heartbeat
+            last_sign = status.heartbeatAt or status.launch.launchedAt
+            alive = _age_seconds(last_sign) < self.heartbeat_timeout_seconds
+        if alive:
+            if job.control.stopRequested:
+                self._escalate_stop(job)
+            return
+        self._handle_dead_trainer(job, observed.exit_code)
+
+    def _launch(self, job: Job) -> None:
+        attempt = 1
+        claim = LaunchRecord(
+            attempt=attempt,
+            launcher=self.launcher.name,
+            host="",
+            launchedAt=utc_now(),
+            launchedBy=self.replica_id,
+        )
+
+        def claim_launch(status: JobStatus) -> JobStatus | None:
+            if status.launch is not None or status.state != JobState.QUEUED:
+                return None  # another replica won
+            claimed = status.model_copy(deep=True)
+            claimed.launch = claim
+            return claimed
+
+        if self.store.update_status(job.spec.jobId, claim_launch) is None:
+            return
+        try:
+            started = self.launcher.start(job.spec, attempt, self.trainer_environment)
+        except Exception as error:
+            log.exception("could not start the trainer for job %s", job.spec.jobId)
+            self._finish(
+                job,
+                attempt,
+                JobState.FAILED,
+                FailureReason.INTERNAL,
+                f"the trainer could not be started: {error}",
+            )
+            return
+
+        def record_process(status: JobStatus) -> JobStatus | None:
+            if status.launch is None or status.launch.attempt != attempt:
+                return None
+            recorded = status.model_copy(deep=True)
+            assert recorded.launch is not None
+            recorded.launch.host = started.host
+            recorded.launch.pid = started.pid
+            recorded.launch.processStartTicks = started.process_start_ticks
+            return recorded
+
+        self.store.update_status(job.spec.jobId, record_process)
+        self.store.append_event(
+            job.spec.jobId, "LAUNCHED", f"trainer attempt {attempt} started ({self.launcher.name})"
+        )
+
+    def _escalate_stop(self, job: Job) -> None:
+        assert job.status.launch is not None
+        waited = _age_seconds(job.control.stopRequestedAt)
+        if waited > self.stop_grace_seconds + self.kill_grace_seconds:
+            self.launcher.signal(job.status.launch, signal.SIGKILL)
+        elif waited > self.stop_grace_seconds:
+            self.launcher.signal(job.status.launch, signal.SIGTERM)
+
+    def _handle_dead_trainer(self, job: Job, exit_code: int | None) -> None:
+        launch = job.status.launch
+        assert launch is not None
+        # The trainer may have written a terminal state just before exiting; re-read.
+        status, _ = self.store.get_status(job.spec.jobId)
+        if status.state.is_terminal():
+            self._upload_log(job.spec.jobId, launch.attempt)
+            self.store.mark_inactive(job.spec.jobId)
+            return
+        self._upload_log(job.spec.jobId, launch.attempt)
+        if job.control.stopRequested:
+            self._finish(job, launch.attempt, JobState.STOPPED, None, "stopped")
+            return
+        if exit_code is None:
+            how = f"stopped sending heartbeats (last at {status.heartbeatAt or 'never'})"
+        elif exit_code < 0:
+            how = f"was killed by signal {signal.Signals(-exit_code).name}"
+        elif exit_code == TrainerExit.PREEMPTED:
+            how = "was terminated (SIGTERM: preempted, or the service shut down)"
+        else:
+            how = f"exited with code {exit_code}"
+        message = (
+            f"the trainer process {how} before the job finished; its log is at "
+            f"{self.store.log_location(job.spec.jobId).uri}"
+        )
+        self._finish(job, launch.attempt, JobState.FAILED, FailureReason.TRAINER_CRASHED, message)
+
+    def _finish(
+        self,
+        job: Job,
+        attempt: int | None,
+        state: JobState,
+        reason: FailureReason | None,
+        message: str,
+    ) -> None:
+        def finish(status: JobStatus) -> JobStatus | None:
+            if status.state.is_terminal():
+                return None
+            current_attempt = status.launch.attempt if status.launch else None
+            if current_attempt != attempt:
+                return None  # launched meanwhile, or a newer attempt owns the job
+            finished = status
+            if state == JobState.STOPPED and status.state != JobState.STOPPING:
+                finished = finished.moved_to(JobState.STOPPING)
+            finished = finished.moved_to(state)
+            if reason is not None:
+                finished.failure = Failure(reason=reason, message=message)
+            return finished
+
+        if self.store.update_status(job.spec.jobId, finish) is not None:
+            self.store.append_event(job.spec.jobId, "STATE_CHANGED", message, state)
+            log.info("job %s is %s: %s", job.spec.jobId, state.value, message)
+        self.store.mark_inactive(job.spec.jobId)
+
+    def _upload_log(self, job_id: str, attempt: int) -> None:
+        path = self.launcher.local_log(job_id, attempt)
+        if path is not None:
+            self.store.upload_log(job_id, path)
+
+
+def _age_seconds_ms(created_ms: int) -> float:
+    return time.time() - created_ms / 1000

@@ -1,0 +1,242 @@
+"""Request and response shapes of the native API (REST v1; gRPC maps to the same).
+
+`JobCreate` is what a caller sends; `JobPublic` is what every read returns. Both are
+plain pydantic models with no web framework in sight, so the core can take and give
+them.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from service.documents import FailureReason, HyperParameters, JobState, Progress
+from service.errors import InvalidArgument
+from service.storage import parse_s3_uri
+from service.store import Job
+
+_NAME_PATTERN = r"^[a-zA-Z0-9](-*[a-zA-Z0-9+.])*$"
+_TOKEN_PATTERN = r"^[a-zA-Z0-9](-*[a-zA-Z0-9])*$"
+
+
+def _checked_uri(value: str, field: str, *, folder: bool) -> str:
+    try:
+        location = parse_s3_uri(value, field=field)
+    except InvalidArgument as error:
+        raise ValueError(error.message) from None
+    if not folder and (not location.key or location.key.endswith("/")):
+        raise ValueError(f"{field} must name an object (a .jsonl file), not a folder")
+    return value
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TrainingDataConfig(_Request):
+    s3Uri: Annotated[
+        str,
+        Field(
+            description="s3:// URI of a JSONL file, one {prompt, completion} object a line.",
+            examples=["s3://demo/datasets/sample-train.jsonl"],
+        ),
+    ]
+
+    @field_validator("s3Uri")
+    @classmethod
+    def _uri(cls, value: str) -> str:
+        return _checked_uri(value, "s3Uri", folder=False)
+
+
+class ValidationDataConfig(TrainingDataConfig):
+    pass
+
+
+class OutputDataConfig(_Request):
+    s3Uri: Annotated[
+        str,
+        Field(
+            description="s3:// prefix under which the job writes "
+            "model-customization-job-<id>/ (metrics, checkpoints, model).",
+            examples=["s3://demo/output/"],
+        ),
+    ]
+
+    @field_validator("s3Uri")
+    @classmethod
+    def _uri(cls, value: str) -> str:
+        return _checked_uri(value, "s3Uri", folder=True)
+
+
+class JobCreate(_Request):
+    """A fine-tuning job to create."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "jobName": "demo-1",
+                    "baseModelIdentifier": "s3://demo/models/tiny-llama/",
+                    "trainingDataConfig": {"s3Uri": "s3://demo/datasets/sample-train.jsonl"},
+                    "validationDataConfig": {"s3Uri": "s3://demo/datasets/sample-validation.jsonl"},
+                    "outputDataConfig": {"s3Uri": "s3://demo/output/"},
+                    "hyperParameters": {"epochCount": 3, "learningRate": 0.003},
+                    "clientRequestToken": "demo-1-attempt-1",
+                }
+            ]
+        },
+    )
+
+    jobName: Annotated[
+        str,
+        Field(
+            min_length=1,
+            max_length=63,
+            pattern=_NAME_PATTERN,
+            description="A name for the job: letters, digits, '-', '+', '.'; 1-63 characters.",
+        ),
+    ]
+    baseModelIdentifier: Annotated[
+        str,
+        Field(
+            description="s3:// prefix of a Hugging Face-format model directory "
+            "(config.json, *.safetensors, tokenizer files).",
+            examples=["s3://demo/models/tiny-llama/"],
+        ),
+    ]
+    customizationType: Annotated[
+        Literal["FINE_TUNING"],
+        Field(description="FINE_TUNING: instruction tuning on {prompt, completion} pairs."),
+    ] = "FINE_TUNING"
+    trainingDataConfig: TrainingDataConfig
+    validationDataConfig: ValidationDataConfig | None = None
+    outputDataConfig: OutputDataConfig
+    hyperParameters: HyperParameters = HyperParameters()
+    clientRequestToken: Annotated[
+        str | None,
+        Field(
+            min_length=1,
+            max_length=256,
+            pattern=_TOKEN_PATTERN,
+            description="Makes create idempotent: the same token with the same body returns "
+            "the same job; with a different body it is rejected (409).",
+        ),
+    ] = None
+    tags: Annotated[
+        dict[
+            Annotated[str, Field(min_length=1, max_length=128)],
+            Annotated[str, Field(max_length=256)],
+        ],
+        Field(max_length=50, description="Up to 50 key/value labels."),
+    ] = {}
+
+    @field_validator("baseModelIdentifier")
+    @classmethod
+    def _model_uri(cls, value: str) -> str:
+        return _checked_uri(value, "baseModelIdentifier", folder=True)
+
+
+class FailurePublic(BaseModel):
+    reason: FailureReason
+    message: str
+
+
+class OutputLocations(BaseModel):
+    outputS3Uri: str = Field(description="The job's own folder under outputDataConfig.")
+    modelS3Uri: str
+    trainingMetricsS3Uri: str
+    validationMetricsS3Uri: str
+    checkpointsS3Uri: str
+
+
+class JobPublic(BaseModel):
+    jobId: str
+    jobName: str
+    state: JobState = Field(
+        description="QUEUED, VALIDATING, RUNNING, STOPPING, then COMPLETED, FAILED or STOPPED."
+    )
+    stopRequested: bool
+    createdAt: str
+    updatedAt: str
+    startedAt: str | None = None
+    endedAt: str | None = None
+    customizationType: str
+    baseModelIdentifier: str
+    trainingDataConfig: TrainingDataConfig
+    validationDataConfig: ValidationDataConfig | None = None
+    outputDataConfig: OutputDataConfig
+    hyperParameters: HyperParameters
+    tags: dict[str, str]
+    clientRequestToken: str | None = None
+    progress: Progress
+    failure: FailurePublic | None = None
+    output: OutputLocations
+    attempt: int = Field(description="Launch attempt of the trainer; 0 while not launched.")
+
+    @classmethod
+    def from_job(cls, job: Job) -> JobPublic:
+        spec, status = job.spec, job.status
+        state = status.state
+        # A stop request shows at once, before the trainer acknowledges it.
+        if job.control.stopRequested and not state.is_terminal():
+            state = JobState.STOPPING
+        prefix = spec.output_prefix
+        return cls(
+            jobId=spec.jobId,
+            jobName=spec.jobName,
+            state=state,
+            stopRequested=job.control.stopRequested,
+            createdAt=spec.createdAt,
+            updatedAt=status.updatedAt,
+            startedAt=status.startedAt,
+            endedAt=status.endedAt,
+            customizationType=spec.customizationType,
+            baseModelIdentifier=spec.baseModelIdentifier,
+            trainingDataConfig=TrainingDataConfig(s3Uri=spec.trainingDataConfig.s3Uri),
+            validationDataConfig=(
+                ValidationDataConfig(s3Uri=spec.validationDataConfig.s3Uri)
+                if spec.validationDataConfig
+                else None
+            ),
+            outputDataConfig=OutputDataConfig(s3Uri=spec.outputDataConfig.s3Uri),
+            hyperParameters=spec.hyperParameters,
+            tags=spec.tags,
+            clientRequestToken=spec.clientRequestToken,
+            progress=status.progress,
+            failure=(
+                FailurePublic(reason=status.failure.reason, message=status.failure.message)
+                if status.failure
+                else None
+            ),
+            output=OutputLocations(
+                outputS3Uri=prefix,
+                modelS3Uri=prefix + "model/",
+                trainingMetricsS3Uri=prefix + "training_artifacts/step_wise_training_metrics.csv",
+                validationMetricsS3Uri=prefix
+                + "validation_artifacts/post_fine_tuning_validation/validation_metrics.csv",
+                checkpointsS3Uri=prefix + "checkpoints/",
+            ),
+            attempt=status.launch.attempt if status.launch else 0,
+        )
+
+
+class JobList(BaseModel):
+    jobs: list[JobPublic]
+    nextPageToken: str | None = Field(
+        default=None, description="Pass as pageToken for the next page; absent on the last."
+    )
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="Machine-readable: INVALID_ARGUMENT, NOT_FOUND, ...")
+    message: str = Field(description="What is wrong, in words a user can act on.")
+    field: str | None = Field(default=None, description="The request field at fault.")
+    errors: list[dict[str, str]] | None = Field(
+        default=None, description="Every problem found, when there are several."
+    )
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail

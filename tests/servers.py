@@ -1,0 +1,136 @@
+"""Run the real API server (`python -m service.main`) as a subprocess on a free port."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from service.embedded_s3 import EmbeddedS3, free_port
+
+TERMINAL = {"COMPLETED", "FAILED", "STOPPED"}
+
+
+class ApiServer:
+    def __init__(
+        self,
+        s3: EmbeddedS3,
+        home: Path,
+        *,
+        state_bucket: str = "tuneforge",
+        port: int | None = None,
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
+        self.s3 = s3
+        self.home = home
+        self.port = port or free_port()
+        self.state_bucket = state_bucket
+        self.extra_env = extra_env or {}
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log_path = home / f"api-{self.port}.log"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def environment(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("TUNEFORGE_", "AWS_"))}
+        env.update(
+            {
+                "HF_HUB_OFFLINE": "1",
+                "TUNEFORGE_HOME": str(self.home),
+                "TUNEFORGE_REST_PORT": str(self.port),
+                "TUNEFORGE_S3_ENDPOINT_URL": self.s3.endpoint_url,
+                "TUNEFORGE_S3_ACCESS_KEY_ID": str(self.s3.access_key_id),
+                "TUNEFORGE_S3_SECRET_ACCESS_KEY": str(self.s3.secret_access_key),
+                "TUNEFORGE_STATE_BUCKET": self.state_bucket,
+                "TUNEFORGE_RECONCILE_INTERVAL_SECONDS": "0.5",
+                "TUNEFORGE_TRAINER_HEARTBEAT_SECONDS": "1",
+                "TUNEFORGE_HEARTBEAT_TIMEOUT_SECONDS": "30",
+                "TUNEFORGE_STOP_GRACE_SECONDS": "10",
+                "TUNEFORGE_KILL_GRACE_SECONDS": "5",
+            }
+        )
+        env.update(self.extra_env)
+        return env
+
+    def start(self, timeout: float = 60.0) -> ApiServer:
+        self.home.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "service.main"],
+                env=self.environment(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"API server exited: {self.log_path.read_text()[-3000:]}")
+            try:
+                if httpx.get(self.url + "/readyz", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"API server not ready: {self.log_path.read_text()[-3000:]}")
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait()
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    # -- helpers for tests ------------------------------------------------------
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=30)
+
+    def wait_for(self, job_id: str, states: set[str], timeout: float = 120.0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        job: dict[str, Any] = {}
+        with self.client() as client:
+            while time.monotonic() < deadline:
+                job = client.get(f"/v1/jobs/{job_id}").json()
+                if job["state"] in states:
+                    return job
+                if job["state"] in TERMINAL:
+                    raise AssertionError(f"job ended {job['state']}, wanted {states}: {job}")
+                time.sleep(0.25)
+        raise AssertionError(f"job {job_id} not in {states} after {timeout}s: {job}")
+
+
+def demo_job(name: str = "demo", **hyper_parameters: Any) -> dict[str, Any]:
+    """A create body on the demo assets, fast enough for tests."""
+    hyper = {"epochCount": 3, "batchSize": 8, "learningRate": 0.003, "seed": 7}
+    hyper.update(hyper_parameters)
+    return {
+        "jobName": name,
+        "baseModelIdentifier": "s3://demo/models/tiny-llama/",
+        "trainingDataConfig": {"s3Uri": "s3://demo/datasets/sample-train.jsonl"},
+        "validationDataConfig": {"s3Uri": "s3://demo/datasets/sample-validation.jsonl"},
+        "outputDataConfig": {"s3Uri": "s3://demo/output/"},
+        "hyperParameters": hyper,
+    }
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            stat = handle.read()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] != "Z"
