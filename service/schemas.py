@@ -174,6 +174,9 @@ class JobPublic(BaseModel):
     failure: FailurePublic | None = None
     output: OutputLocations
     attempt: int = Field(description="Launch attempt of the trainer; 0 while not launched.")
+    stateTimes: dict[str, str] = Field(
+        default={}, description="When the job entered each state it has been in."
+    )
 
     @classmethod
     def from_job(cls, job: Job) -> JobPublic:
@@ -219,6 +222,7 @@ class JobPublic(BaseModel):
                 checkpointsS3Uri=prefix + "checkpoints/",
             ),
             attempt=status.launch.attempt if status.launch else 0,
+            stateTimes=status.stateTimes,
         )
 
 

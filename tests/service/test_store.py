@@ -1,0 +1,111 @@
+"""The job store on a real SeaweedFS: create-once, compare-and-swap, ordering."""
+
+from __future__ import annotations
+
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from service.documents import (
+    DataLocation,
+    HyperParameters,
+    JobSpec,
+    JobState,
+    JobStatus,
+    job_id_created_ms,
+    new_job_id,
+    transition,
+    utc_now,
+)
+from service.errors import IllegalTransition, JobNotFound
+from service.storage import ObjectStore
+from service.store import JobStore
+
+
+@pytest.fixture
+def store(object_store: ObjectStore) -> JobStore:
+    bucket = f"store-{uuid.uuid4().hex[:10]}"
+    object_store.ensure_bucket(bucket)
+    return JobStore(object_store, bucket)
+
+
+def _spec(job_id: str | None = None) -> JobSpec:
+    return JobSpec(
+        jobId=job_id or new_job_id(),
+        jobName="t",
+        createdAt=utc_now(),
+        baseModelIdentifier="s3://demo/models/tiny-llama/",
+        trainingDataConfig=DataLocation(s3Uri="s3://demo/datasets/sample-train.jsonl"),
+        outputDataConfig=DataLocation(s3Uri="s3://demo/output/"),
+        hyperParameters=HyperParameters(),
+    )
+
+
+def test_job_ids_list_newest_first() -> None:
+    ids = [new_job_id(now_ms=1_700_000_000_000 + step) for step in range(50)]
+    assert sorted(ids) == list(reversed(ids))
+    assert job_id_created_ms(ids[7]) == 1_700_000_000_007
+
+
+def test_listing_is_newest_first(store: JobStore) -> None:
+    created = []
+    for step in range(5):
+        spec = _spec(new_job_id(now_ms=1_800_000_000_000 + step))
+        store.create(spec)
+        created.append(spec.jobId)
+    assert store.list_job_ids(after=None, limit=10) == list(reversed(created))
+    assert store.list_job_ids(after=created[3], limit=10) == list(reversed(created[:3]))
+
+
+def test_spec_is_written_once(store: JobStore) -> None:
+    spec = _spec()
+    store.create(spec)
+    again = spec.model_copy(update={"jobName": "other"})
+    store.create(again)
+    assert store.get_spec(spec.jobId).jobName == "t"
+
+
+def test_compare_and_swap_loses_no_update(store: JobStore) -> None:
+    spec = _spec()
+    store.create(spec)
+
+    def add_one(status: JobStatus) -> JobStatus:
+        changed = status.model_copy(deep=True)
+        changed.progress.step += 1
+        return changed
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda _: store.update_status(spec.jobId, add_one), range(40)))
+    status, _ = store.get_status(spec.jobId)
+    assert status.progress.step == 40
+
+
+def test_events_keep_order_under_concurrency(store: JobStore) -> None:
+    spec = _spec()
+    store.create(spec)
+    with ThreadPoolExecutor(6) as pool:
+        list(pool.map(lambda n: store.append_event(spec.jobId, "T", f"e{n}"), range(12)))
+    events = store.list_events(spec.jobId)
+    assert [e.sequence for e in events] == list(range(12))
+    assert sorted(e.message for e in events) == sorted(f"e{n}" for n in range(12))
+
+
+def test_unknown_and_malformed_ids_are_not_found(store: JobStore) -> None:
+    with pytest.raises(JobNotFound):
+        store.get(new_job_id())
+    with pytest.raises(JobNotFound):
+        store.get("../../etc/passwd")
+
+
+def test_transitions() -> None:
+    assert transition(JobState.QUEUED, JobState.VALIDATING) == JobState.VALIDATING
+    assert transition(JobState.RUNNING, JobState.STOPPING) == JobState.STOPPING
+    for terminal in (JobState.COMPLETED, JobState.FAILED, JobState.STOPPED):
+        assert terminal.is_terminal()
+        with pytest.raises(IllegalTransition):
+            transition(terminal, JobState.RUNNING)
+    with pytest.raises(IllegalTransition):
+        transition(JobState.QUEUED, JobState.COMPLETED)
+    with pytest.raises(IllegalTransition):
+        transition(JobState.RUNNING, JobState.STOPPED)
