@@ -32,6 +32,7 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedS3]:
     server.start()
     yield server
     server.stop()
+    server.kill_trainers()
 
 
 @pytest.fixture(scope="session")
@@ -75,3 +76,4 @@ def api_server(s3_server: EmbeddedS3, demo_assets: None, tmp_path: Path) -> Iter
     server.start()
     yield server
     server.stop()
+    server.kill_trainers()

@@ -94,6 +94,26 @@ class ApiServer:
             except subprocess.TimeoutExpired:
                 self.kill()
 
+    def kill_trainers(self) -> None:
+        """SIGKILL every trainer working under this server's home (test clean-up).
+
+        With an external store, trainers outlive the API server by design; a test that
+        fails half-way must not leave them running into the next test.
+        """
+        work = str((self.home / "work").resolve())
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                cwd = os.readlink(entry / "cwd")
+            except OSError:
+                continue
+            if cwd.startswith(work):
+                try:
+                    os.kill(int(entry.name), signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+
     # -- helpers for tests ------------------------------------------------------
 
     def client(self) -> httpx.Client:

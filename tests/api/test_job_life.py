@@ -165,3 +165,28 @@ def test_list_pages_newest_first(api_server: ApiServer) -> None:
             if not token:
                 break
     assert seen == list(reversed(created))
+
+
+def test_restarted_api_stops_a_job_it_did_not_start(
+    api_server: ApiServer, object_store: ObjectStore
+) -> None:
+    with api_server.client() as client:
+        body = demo_job("restart-stop", epochCount=100)
+        job_id = client.post("/v1/jobs", json=body).json()["jobId"]
+    api_server.wait_for(job_id, {"RUNNING"}, timeout=120)
+    status, _ = JobStore(object_store, api_server.state_bucket).get_status(job_id)
+    assert status.launch is not None and status.launch.pid is not None
+    api_server.kill()
+
+    restarted = ApiServer(api_server.s3, api_server.home, state_bucket=api_server.state_bucket)
+    restarted.start()
+    try:
+        with restarted.client() as client:
+            assert client.post(f"/v1/jobs/{job_id}/stop").status_code == 202
+        restarted.wait_for(job_id, {"STOPPED"}, timeout=30)
+        deadline = time.monotonic() + 10
+        while process_alive(status.launch.pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not process_alive(status.launch.pid)
+    finally:
+        restarted.stop()
