@@ -32,7 +32,6 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedS3]:
     server.start()
     yield server
     server.stop()
-    server.kill_trainers()
 
 
 @pytest.fixture(scope="session")
