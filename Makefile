@@ -4,20 +4,28 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint unit bench-start-latency clean
+.PHONY: run test lint unit bench-start-latency clean proto proto-check
 
-$(STAMP): pyproject.toml constraints/test.txt
+$(STAMP): pyproject.toml clients/python/pyproject.toml constraints/test.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints/test.txt -e '.[test]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints/test.txt \
+		-e clients/python -e '.[test]'
 	touch $(STAMP)
 
 run: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m service.main
 
-lint: $(STAMP)
-	$(PY) -m ruff check service trainer tests bench
-	$(PY) -m ruff format --check service trainer tests bench
+lint: $(STAMP) proto-check
+	$(PY) -m ruff check service trainer tests bench clients proto
+	$(PY) -m ruff format --check service trainer tests bench clients proto
 	$(PY) -m mypy
+
+# The gRPC code in clients/python/tuneforge/v1/ is generated from proto/ and committed.
+proto: $(STAMP)
+	$(PY) proto/generate.py
+
+proto-check: $(STAMP)
+	$(PY) proto/generate.py --check
 
 test: lint
 	HF_HUB_OFFLINE=1 $(PY) -m pytest $(PYTEST_ARGS)

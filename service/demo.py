@@ -5,7 +5,7 @@ with no downloads: the tokenizer is trained here on the demo text, the model is 
 Llama-architecture network with random weights from a fixed seed.
 
     s3://demo/datasets/sample-train.jsonl        300 {"prompt", "completion"} records
-    s3://demo/datasets/sample-validation.jsonl    50 records, disjoint from the training ones
+    s3://demo/datasets/sample-validation.jsonl    50 more, none of them in the training set
     s3://demo/models/tiny-llama/                  config.json, model.safetensors, tokenizer files
 
 Everything is deterministic: building twice gives the same bytes. torch, transformers and
@@ -30,11 +30,12 @@ TRAIN_KEY = "datasets/sample-train.jsonl"
 VALIDATION_KEY = "datasets/sample-validation.jsonl"
 MODEL_PREFIX = "models/tiny-llama/"
 
-# Hyperparameters that show the loss falling on the demo assets in seconds on a CPU.
+# Hyperparameters for a demo job: 190 steps, a few seconds of training on a laptop CPU,
+# the training loss falling from about 6.3 to about 2.2 and the validation loss with it.
 RECOMMENDED_HYPERPARAMETERS: dict[str, int | float] = {
-    "epochCount": 3,
+    "epochCount": 5,
     "batchSize": 8,
-    "learningRate": 0.003,
+    "learningRate": 0.005,
     "learningRateWarmupSteps": 10,
 }
 
@@ -51,27 +52,38 @@ _SPECIAL_TOKENS = {
 
 # Short, distinct words for the word tasks. Answers are short so that a tiny model can
 # learn a visible part of each task in a few epochs.
+# fmt: off
 _WORDS = (
-    "apple bread chair dance eagle flame grape house juice knife lemon money night "
-    "ocean piano queen river stone table uncle voice water youth zebra cloud dream "
-    "field ghost heart light mouse north paper quiet radio smile tiger under value "
-    "whale amber berry candy daisy ember frost globe honey ivory jolly koala lunar "
-    "maple noble olive pearl"
-).split()
+    "apple", "bread", "chair", "dance", "eagle", "flame", "grape", "house", "juice", "knife",
+    "lemon", "money", "night", "ocean", "piano", "queen", "river", "stone", "table", "uncle",
+    "voice", "water", "youth", "zebra", "cloud", "dream", "field", "ghost", "heart", "light",
+    "mouse", "north", "paper", "quiet", "radio", "smile", "tiger", "under", "value", "whale",
+    "amber", "berry", "candy", "daisy", "ember", "frost", "globe", "honey", "ivory", "jolly",
+    "koala", "lunar", "maple", "noble", "olive", "pearl",
+)
+# fmt: on
+
+
+def _task(question: str, answer: str) -> dict[str, str]:
+    # The prompt ends with the separator, so the model learns where the answer starts;
+    # the completion starts with the space that follows "Answer:" in running text.
+    return {"prompt": f"{question}\nAnswer:", "completion": f" {answer}"}
 
 
 def _all_records() -> list[dict[str, str]]:
-    """Every record of the four templated tasks; the separator ends each prompt."""
+    """Every record of five templated tasks, from easy to hard for a tiny model:
+    repeating a word (attention learns to copy), the next number and upper-casing
+    (lookups), adding two digits, reversing a word."""
     records = []
-    for a in range(13):
-        for b in range(13):
-            records.append({"prompt": f"What is {a} + {b}?\nAnswer:", "completion": f" {a + b}"})
-    for a in range(13):
-        for b in range(a + 1):
-            records.append({"prompt": f"What is {a} - {b}?\nAnswer:", "completion": f" {a - b}"})
     for word in _WORDS:
-        records.append({"prompt": f"Reverse the word: {word}\nAnswer:", "completion": f" {word[::-1]}"})
-        records.append({"prompt": f"Uppercase the word: {word}\nAnswer:", "completion": f" {word.upper()}"})
+        records.append(_task(f"Repeat the word: {word}", word))
+        records.append(_task(f"Uppercase the word: {word}", word.upper()))
+        records.append(_task(f"Reverse the word: {word}", word[::-1]))
+    for n in range(90):
+        records.append(_task(f"What number comes after {n}?", str(n + 1)))
+    for a in range(10):
+        for b in range(10):
+            records.append(_task(f"What is {a} + {b}?", str(a + b)))
     return records
 
 
@@ -126,7 +138,8 @@ def _build_tokenizer(directory: Path) -> dict[str, int]:
     (directory / "special_tokens_map.json").write_text(
         json.dumps(_SPECIAL_TOKENS, indent=2, sort_keys=True) + "\n"
     )
-    return {name: int(tokenizer.token_to_id(token)) for name, token in _SPECIAL_TOKENS.items()} | {
+    ids = {name: tokenizer.token_to_id(token) for name, token in _SPECIAL_TOKENS.items()}
+    return {name: int(i) for name, i in ids.items() if i is not None} | {
         "vocab_size": tokenizer.get_vocab_size()
     }
 
@@ -153,7 +166,7 @@ def build_demo_model(directory: Path) -> None:
     )
     # The weights are random but fixed: a seeded generator, on the CPU, in float32.
     torch.manual_seed(_SEED)
-    model = LlamaForCausalLM(config).to(torch.float32)
+    model = LlamaForCausalLM(config)
     model.generation_config = GenerationConfig(
         bos_token_id=ids["bos_token"],
         eos_token_id=ids["eos_token"],

@@ -11,18 +11,24 @@ import base64
 import hashlib
 import json
 import re
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, Field
 
 from service.documents import (
     JOB_ID_PATTERN,
     DataLocation,
     JobControl,
+    JobEvent,
     JobSpec,
     JobState,
     new_job_id,
     utc_now,
 )
 from service.errors import FailedPrecondition, IdempotencyConflict, InvalidArgument, JobNotFound
-from service.schemas import JobCreate
+from service.schemas import JobCreate, JobPublic
+from service.storage import ObjectMissing, S3Location, parse_s3_uri
 from service.store import Job, JobStore
 
 MAX_PAGE_SIZE = 100
@@ -144,3 +150,110 @@ def stop_job(store: JobStore, job_id: str) -> Job:
         store.put_control(job_id, JobControl(stopRequested=True, stopRequestedAt=utc_now()))
         store.append_event(job_id, "STOP_REQUESTED", "stop requested")
     return store.get(job_id)
+
+
+# -- events, checkpoints, logs, watching (both edges call these) ---------------------
+
+
+def list_job_events(store: JobStore, job_id: str) -> list[JobEvent]:
+    """The job's lifecycle events, oldest first."""
+    store.get_spec(job_id)  # JobNotFound for an unknown job, rather than an empty list
+    return sorted(store.list_events(job_id), key=lambda event: event.sequence)
+
+
+class Checkpoint(BaseModel):
+    """A checkpoint whose COMMITTED marker exists: every file under it is complete."""
+
+    step: int = Field(description="The optimizer step it was taken at.")
+    s3Uri: str = Field(description="Its folder: <output>checkpoints/step-<n>/.")
+    committedAt: str | None = Field(default=None, description="When its marker was written.")
+
+
+_COMMITTED_MARKER = re.compile(r"^step-(\d+)/COMMITTED$")
+
+
+def list_checkpoints(store: JobStore, job_id: str) -> list[Checkpoint]:
+    """Committed checkpoints under the job's output prefix, lowest step first.
+
+    A folder without its COMMITTED marker (an upload cut short) is not listed: readers
+    trust only committed checkpoints (DESIGN.md, output layout).
+    """
+    spec = store.get_spec(job_id)
+    prefix = parse_s3_uri(spec.output_prefix + "checkpoints/", field="outputDataConfig.s3Uri")
+    found: list[Checkpoint] = []
+    try:
+        for item in store.storage.list_objects(prefix):
+            match = _COMMITTED_MARKER.match(item["key"][len(prefix.key) :])
+            if match is None:
+                continue
+            folder = S3Location(prefix.bucket, item["key"][: -len("COMMITTED")])
+            committed_at = None
+            try:
+                marker = store.storage.get_json(S3Location(prefix.bucket, item["key"]))
+            except ValueError:  # not JSON: the marker still marks the commit
+                marker = None
+            if marker is not None and isinstance(marker[0].get("committedAt"), str):
+                committed_at = marker[0]["committedAt"]
+            found.append(
+                Checkpoint(step=int(match.group(1)), s3Uri=folder.uri, committedAt=committed_at)
+            )
+    except ObjectMissing:  # the output bucket does not exist (yet): nothing committed
+        return []
+    return sorted(found, key=lambda checkpoint: checkpoint.step)
+
+
+DEFAULT_LOG_BYTES = 1_048_576
+MAX_LOG_BYTES = 2_097_152
+
+
+@dataclass
+class LogSlice:
+    data: bytes
+    next_offset: int
+    size: int
+
+
+def read_job_log(
+    store: JobStore, job_id: str, *, offset: int = 0, max_bytes: int = DEFAULT_LOG_BYTES
+) -> LogSlice:
+    """Up to `max_bytes` of the trainer's log from byte `offset` (negative: from the end).
+
+    The slice never ends inside a UTF-8 character, so the next one starts on one.
+    A log the trainer has not uploaded yet is empty.
+    """
+    if not 1 <= max_bytes <= MAX_LOG_BYTES:
+        raise InvalidArgument(f"maxBytes must be between 1 and {MAX_LOG_BYTES}", field="maxBytes")
+    store.get_spec(job_id)
+    found = store.storage.get_bytes(store.log_location(job_id))
+    log = found[0] if found is not None else b""
+    size = len(log)
+    start = max(0, size + offset) if offset < 0 else min(offset, size)
+    end = min(size, start + max_bytes)
+    while start < end < size and (log[end] & 0xC0) == 0x80:
+        end -= 1  # a continuation byte: end before the character it belongs to
+    return LogSlice(data=log[start:end], next_offset=end, size=size)
+
+
+class JobWatch:
+    """Follows one job for an edge that streams it (gRPC's WatchJob).
+
+    `poll()` reads the job and returns it when what a reader sees of it changed since
+    the last poll (always on the first), else None; `done` turns True once the job is
+    terminal. The edge decides how often to poll and how to wait between polls.
+    `updatedAt` alone does not count as a change: it moves with every heartbeat.
+    """
+
+    def __init__(self, store: JobStore, job_id: str) -> None:
+        self.store = store
+        self.job_id = job_id
+        self.done = False
+        self._seen: dict[str, Any] | None = None
+
+    def poll(self) -> Job | None:
+        job = self.store.get(self.job_id)
+        view = JobPublic.from_job(job).model_dump(mode="json", exclude={"updatedAt"})
+        self.done = _visible_state(job).is_terminal()
+        if view == self._seen:
+            return None
+        self._seen = view
+        return job

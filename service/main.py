@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import signal
 import sys
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from service.api.app import create_app
 from service.context import ServiceContext
 from service.embedded_s3 import EmbeddedS3
 from service.errors import TuneforgeError
+from service.grpc_api.server import create_server, grpc_address
 from service.launch.local import LocalLauncher
 from service.probe import check_conditional_writes
 from service.reconciler import Reconciler
@@ -48,6 +50,10 @@ def _write_env_file(home: Path, endpoint: str, key: str, secret: str, region: st
         f"AWS_SECRET_ACCESS_KEY={secret}\nAWS_DEFAULT_REGION={region}\n"
     )
     return path
+
+
+def _stop_requested(signum: int, frame: object) -> None:
+    log.info("shutting down (%s)", signal.Signals(signum).name)
 
 
 def main() -> int:
@@ -115,8 +121,14 @@ def main() -> int:
             kill_grace_seconds=settings.kill_grace_seconds,
         )
         context = ServiceContext(settings, store, reconciler, store_conformant=True)
+        grpc_server, grpc_port = create_server(
+            grpc_address(settings.grpc_host, settings.grpc_port),
+            context,
+            watch_poll_seconds=settings.grpc_watch_poll_seconds,
+        )
         reconciler.start()
         print(f"REST API: http://{settings.rest_host}:{settings.rest_port}  (docs at /docs)")
+        print(f"gRPC API: {grpc_address(settings.grpc_host, grpc_port)}  (health, reflection)")
         print(f"launcher: {launcher.name}, trainer work directories under {home / 'work'}")
         sys.stdout.flush()
         server = uvicorn.Server(
@@ -128,7 +140,16 @@ def main() -> int:
                 timeout_graceful_shutdown=10,
             )
         )
-        server.run()
+        # uvicorn re-raises the signal that stopped it once it is done. Note it rather than
+        # die of it, so that gRPC (in-flight calls), the reconciler and the embedded store
+        # stop in turn below.
+        for handled in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(handled, _stop_requested)
+        try:
+            server.run()
+        finally:
+            # After REST: in-flight gRPC calls get the same grace; watches end UNAVAILABLE.
+            grpc_server.stop(grace=10)
         reconciler.stop()
         return 0 if server.started else 1
     except TuneforgeError as error:

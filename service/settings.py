@@ -22,6 +22,12 @@ class Settings(BaseSettings):
     rest_host: str = "127.0.0.1"
     rest_port: int = 8000
 
+    # gRPC (proto/tuneforge/v1/), in the same process as REST, over the same core.
+    grpc_host: str = "127.0.0.1"
+    grpc_port: int = 50051
+    # How often a gRPC WatchJob stream reads the job for changes to send.
+    grpc_watch_poll_seconds: float = Field(default=0.5, gt=0, le=60)
+
     # Object store. With no endpoint configured the service starts an embedded
     # SeaweedFS on loopback (`weed mini`) and seeds the demo bucket.
     s3_endpoint_url: str | None = None

@@ -34,6 +34,10 @@ class ApiServer:
         self.extra_env = extra_env or {}
         self.process: subprocess.Popen[bytes] | None = None
         self.log_path = home / f"api-{self.port}.log"
+        # The gRPC face of the same process (TUNEFORGE_GRPC_PORT).
+        self.grpc_port = free_port()
+        while self.grpc_port == self.port:
+            self.grpc_port = free_port()
 
     @property
     def url(self) -> str:
@@ -57,6 +61,7 @@ class ApiServer:
                 "TUNEFORGE_KILL_GRACE_SECONDS": "5",
             }
         )
+        env["TUNEFORGE_GRPC_PORT"] = str(self.grpc_port)
         env.update(self.extra_env)
         return env
 
@@ -115,6 +120,10 @@ class ApiServer:
                     pass
 
     # -- helpers for tests ------------------------------------------------------
+
+    @property
+    def grpc_target(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
 
     def client(self) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=30)

@@ -128,7 +128,7 @@ def test_concurrent_creates_with_one_token_make_one_job(
 
 def test_job_survives_an_api_restart(api_server: ApiServer, object_store: ObjectStore) -> None:
     with api_server.client() as client:
-        job_id = client.post("/v1/jobs", json=demo_job("restart", epochCount=8)).json()["jobId"]
+        job_id = client.post("/v1/jobs", json=demo_job("restart", epochCount=4)).json()["jobId"]
     api_server.wait_for(job_id, {"RUNNING"}, timeout=120)
     status, _ = JobStore(object_store, api_server.state_bucket).get_status(job_id)
     assert status.launch is not None and status.launch.pid is not None

@@ -1,22 +1,33 @@
-"""The real trainer, end to end on the real object store: the demo job completes."""
+"""The real trainer, end to end on the real object store: a job that completes, and jobs
+refused for bad data or an unsafe model."""
 
 from __future__ import annotations
 
 import csv
 import io
+import json
+import shutil
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from service.documents import JobState, TrainerExit
-from service.storage import ObjectStore, S3Location, parse_s3_uri
+import pytest
+
+from service.documents import FailureReason, JobState, TrainerExit, new_job_id
+from service.storage import ObjectStore, S3Location
 from service.store import JobStore
-from tests.trainer.conftest import Demo, TrainerRun, create_job
+from tests.trainer.jobs import DATA_BUCKET, Demo, TrainerRun, create_job, output_location
+
+TRAINING_CSV = "training_artifacts/step_wise_training_metrics.csv"
+VALIDATION_CSV = "validation_artifacts/post_fine_tuning_validation/validation_metrics.csv"
 
 
-def read_csv(storage: ObjectStore, location: S3Location) -> list[dict[str, str]]:
+def read_csv(storage: ObjectStore, location: S3Location) -> tuple[str, list[dict[str, str]]]:
+    """(header line, rows) of a CSV object."""
     found = storage.get_bytes(location)
     assert found is not None, f"{location.uri} is missing"
-    return list(csv.DictReader(io.StringIO(found[0].decode())))
+    text = found[0].decode()
+    return text.splitlines()[0], list(csv.DictReader(io.StringIO(text)))
 
 
 def test_demo_job_completes_with_metrics_and_a_loadable_model(
@@ -37,53 +48,117 @@ def test_demo_job_completes_with_metrics_and_a_loadable_model(
 
     status, _ = job_store.get_status(spec.jobId)
     assert status.state is JobState.COMPLETED, run.log()
-    assert status.launch is not None and status.launch.attempt == 1  # untouched
+    assert status.failure is None
+    assert status.launch is not None and status.launch.attempt == 1  # the trainer left it
     progress = status.progress
-    assert progress.step == progress.totalSteps == 2 * 38
+    assert progress.step == progress.totalSteps == 2 * 38  # 300 records, batches of 8
     assert progress.epoch == progress.totalEpochs == 2
     assert progress.firstStepAt is not None and progress.tokensSeen > 0
-    assert progress.validationLoss is not None
+    assert progress.trainingLoss is not None and progress.validationLoss is not None
     assert status.heartbeatAt is not None
     assert {"VALIDATING", "RUNNING", "COMPLETED"} <= set(status.stateTimes)
 
-    output = parse_s3_uri(spec.output_prefix, field="output")
-    training_csv = output.child("training_artifacts/step_wise_training_metrics.csv")
-    found = object_store.get_bytes(training_csv)
-    assert found is not None
-    assert found[0].decode().splitlines()[0] == "step_number,epoch_number,training_loss,perplexity"
-    rows = read_csv(object_store, training_csv)
+    header, rows = read_csv(object_store, output_location(spec, TRAINING_CSV))
+    assert header == "step_number,epoch_number,training_loss,perplexity"
     assert [int(r["step_number"]) for r in rows] == list(range(1, 77))
-    assert {int(r["epoch_number"]) for r in rows} == {1, 2}
-    first, last = float(rows[0]["training_loss"]), float(rows[-1]["training_loss"])
-    assert last < 0.6 * first, (first, last)
+    assert [int(r["epoch_number"]) for r in rows] == [1] * 38 + [2] * 38
+    losses = [float(r["training_loss"]) for r in rows]
+    assert sum(losses[-5:]) / 5 < 0.6 * losses[0], losses
+    assert float(rows[-1]["training_loss"]) == pytest.approx(progress.trainingLoss, abs=1e-5)
 
-    validation_csv = output.child(
-        "validation_artifacts/post_fine_tuning_validation/validation_metrics.csv"
-    )
-    found = object_store.get_bytes(validation_csv)
-    assert found is not None
-    assert (
-        found[0].decode().splitlines()[0] == "step_number,epoch_number,validation_loss,perplexity"
-    )
-    validation_rows = read_csv(object_store, validation_csv)
-    assert [(r["step_number"], r["epoch_number"]) for r in validation_rows] == [
-        ("38", "1"),
-        ("76", "2"),
-    ]
+    header, rows = read_csv(object_store, output_location(spec, VALIDATION_CSV))
+    assert header == "step_number,epoch_number,validation_loss,perplexity"
+    assert [(r["step_number"], r["epoch_number"]) for r in rows] == [("38", "1"), ("76", "2")]
 
     events = [(e.type, e.state) for e in job_store.list_events(spec.jobId)]
-    assert ("STATE_CHANGED", JobState.COMPLETED) in events
-    log = object_store.get_bytes(job_store.log_location(spec.jobId))
-    assert log is not None and b"COMPLETED" in log[0]
+    assert [state for kind, state in events if kind == "STATE_CHANGED"] == [
+        JobState.VALIDATING,
+        JobState.RUNNING,
+        JobState.COMPLETED,
+    ]
+    uploaded_log = object_store.get_bytes(job_store.log_location(spec.jobId))
+    assert uploaded_log is not None and b"trainer exits with OK" in uploaded_log[0]
 
-    model_dir = tmp_path / "final-model"
-    object_store.download_prefix(output.child("model"), model_dir)
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(model_dir, use_safetensors=True)
+    model_dir = tmp_path / "final-model"
+    object_store.download_prefix(output_location(spec, "model"), model_dir)
+    model: Any = AutoModelForCausalLM.from_pretrained(model_dir, use_safetensors=True)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     inputs = tokenizer("What is 2 + 3?\nAnswer:", return_tensors="pt")
     with torch.no_grad():
         generated = model.generate(**inputs, max_new_tokens=1, do_sample=False)
     assert generated.shape[1] == inputs["input_ids"].shape[1] + 1
+
+
+def test_bad_dataset_fails_with_every_bad_line_before_any_model_is_loaded(
+    job_store: JobStore,
+    object_store: ObjectStore,
+    demo: Demo,
+    start_trainer: Callable[..., TrainerRun],
+) -> None:
+    good = json.dumps({"prompt": "What is 1 + 1?\nAnswer:", "completion": " 2"})
+    lines = [good, good, '{"prompt": "oops"', good, json.dumps({"prompt": "no answer"}), good]
+    data = S3Location(DATA_BUCKET, f"bad-{new_job_id()}/train.jsonl")
+    object_store.put_bytes(data, ("\n".join(lines) + "\n").encode())
+    missing_validation = f"s3://{DATA_BUCKET}/no-such-file-{new_job_id()}.jsonl"
+    # The model does not exist either: were it loaded before the data is checked, the
+    # job would fail with MODEL_LOAD instead.
+    spec = create_job(
+        job_store,
+        training_uri=data.uri,
+        validation_uri=missing_validation,
+        model_uri=f"s3://{DATA_BUCKET}/no-such-model/",
+    )
+    run = start_trainer(spec.jobId)
+    assert run.wait() == TrainerExit.BAD_INPUT, run.log()
+
+    status, _ = job_store.get_status(spec.jobId)
+    assert status.state is JobState.FAILED
+    assert status.failure is not None
+    assert status.failure.reason is FailureReason.DATA_VALIDATION
+    message = status.failure.message
+    assert f"{data.uri}:3: not valid JSON" in message
+    assert f'{data.uri}:5: missing "completion"' in message
+    assert f"validation data {missing_validation} does not exist" in message
+    assert ":1:" not in message and ":2:" not in message
+    assert status.progress.step == 0
+    assert object_store.head(output_location(spec, TRAINING_CSV)) is None
+    assert "loaded" not in run.log()
+
+
+@pytest.mark.parametrize("defect", ["pickle-weights", "auto_map"])
+def test_unsafe_model_is_refused_with_model_load(
+    defect: str,
+    job_store: JobStore,
+    object_store: ObjectStore,
+    demo: Demo,
+    demo_model_dir: Path,
+    start_trainer: Callable[..., TrainerRun],
+    tmp_path: Path,
+) -> None:
+    model_dir = Path(shutil.copytree(demo_model_dir, tmp_path / "model"))
+    if defect == "pickle-weights":
+        (model_dir / "pytorch_model.bin").write_bytes(b"\x80\x04pretend pickle")
+        expected = "pytorch_model.bin"
+    else:
+        config = json.loads((model_dir / "config.json").read_text())
+        config["auto_map"] = {"AutoModelForCausalLM": "modeling_evil.EvilModel"}
+        (model_dir / "config.json").write_text(json.dumps(config))
+        expected = "config.json asks for remote code (auto_map)"
+    location = S3Location(DATA_BUCKET, f"models/{defect}-{new_job_id()}/")
+    object_store.upload_directory(model_dir, location)
+
+    spec = create_job(job_store, training_uri=demo.train_uri, model_uri=location.uri)
+    run = start_trainer(spec.jobId)
+    assert run.wait() == TrainerExit.BAD_INPUT, run.log()
+
+    status, _ = job_store.get_status(spec.jobId)
+    assert status.state is JobState.FAILED
+    assert status.failure is not None
+    assert status.failure.reason is FailureReason.MODEL_LOAD
+    assert expected in status.failure.message
+    assert location.uri in status.failure.message
+    assert status.progress.step == 0
+    assert object_store.head(output_location(spec, TRAINING_CSV)) is None

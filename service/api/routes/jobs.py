@@ -5,11 +5,12 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Response, status
+from pydantic import BaseModel
 
 from service import jobs
 from service.api.deps import ContextDep, StoreDep
 from service.api.errors import ERROR_RESPONSES
-from service.documents import JobState
+from service.documents import JobEvent, JobState
 from service.schemas import JobCreate, JobList, JobPublic
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=ERROR_RESPONSES)
@@ -65,3 +66,59 @@ def stop_job(job_id: JobId, context: ContextDep) -> JobPublic:
     if context.reconciler is not None:
         context.reconciler.kick()
     return JobPublic.from_job(job)
+
+
+# -- events, checkpoints, logs (the gRPC face has the same: ListJobEvents, ...) --------
+
+
+class JobEventList(BaseModel):
+    events: list[JobEvent]
+
+
+class CheckpointList(BaseModel):
+    checkpoints: list[jobs.Checkpoint]
+
+
+@router.get("/{job_id}/events", response_model=JobEventList, summary="A job's events, oldest first")
+def list_job_events(job_id: JobId, store: StoreDep) -> JobEventList:
+    return JobEventList(events=jobs.list_job_events(store, job_id))
+
+
+@router.get(
+    "/{job_id}/checkpoints",
+    response_model=CheckpointList,
+    summary="A job's committed checkpoints, by step",
+)
+def list_checkpoints(job_id: JobId, store: StoreDep) -> CheckpointList:
+    return CheckpointList(checkpoints=jobs.list_checkpoints(store, job_id))
+
+
+@router.get(
+    "/{job_id}/logs",
+    response_class=Response,
+    summary="The trainer's log, or a slice of it",
+    responses={
+        200: {
+            "content": {"text/plain": {}},
+            "description": "Log bytes. X-Next-Offset: pass as offset to read on; "
+            "X-Log-Size: the whole log's size now.",
+        }
+    },
+)
+def read_job_log(
+    job_id: JobId,
+    store: StoreDep,
+    offset: Annotated[
+        int, Query(description="Byte to start at; negative counts from the end.")
+    ] = 0,
+    max_bytes: Annotated[
+        int,
+        Query(alias="maxBytes", ge=1, le=jobs.MAX_LOG_BYTES, description="Most bytes to return."),
+    ] = jobs.DEFAULT_LOG_BYTES,
+) -> Response:
+    piece = jobs.read_job_log(store, job_id, offset=offset, max_bytes=max_bytes)
+    return Response(
+        piece.data,
+        media_type="text/plain; charset=utf-8",
+        headers={"X-Next-Offset": str(piece.next_offset), "X-Log-Size": str(piece.size)},
+    )
