@@ -164,9 +164,11 @@ def build_demo_model(directory: Path) -> None:
         pad_token_id=ids["pad_token"],
         tie_word_embeddings=False,
     )
-    # The weights are random but fixed: a seeded generator, on the CPU, in float32.
-    torch.manual_seed(_SEED)
-    model = LlamaForCausalLM(config)
+    # The weights are random but fixed: seeded, on the CPU, in float32. fork_rng leaves
+    # the caller's (the API server's) random state as it was.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(_SEED)
+        model = LlamaForCausalLM(config)
     model.generation_config = GenerationConfig(
         bos_token_id=ids["bos_token"],
         eos_token_id=ids["eos_token"],

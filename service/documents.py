@@ -255,10 +255,12 @@ class JobEvent(_Document):
 class TrainerExit(enum.IntEnum):
     """Exit codes of `python -m trainer`, read by launchers.
 
-    OK: the trainer wrote a terminal state itself (COMPLETED, STOPPED, or FAILED with
-    its reason). BAD_INPUT: FAILED for bad data/config/model; never retried.
-    FENCED: another attempt owns the job; this one wrote nothing. Anything else
-    (a traceback, a signal) is a crash for the reconciler to handle.
+    OK: COMPLETED or STOPPED written (or the job was already terminal).
+    BAD_INPUT: FAILED for bad data or a refused model; never retried.
+    CRASHED: FAILED (OUT_OF_MEMORY / STORAGE / INTERNAL) written, or nothing could be
+    written: read status.state; only a non-terminal state is a crash to handle.
+    FENCED: another attempt owns the job; this one wrote nothing.
+    PREEMPTED: SIGTERM; a checkpoint was committed and no terminal state written.
     """
 
     OK = 0

@@ -1,0 +1,199 @@
+"""`python -m trainer --job-id <id>`: one fine-tuning job, one process.
+
+Started by a launcher in a fresh working directory, with this environment:
+
+    AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_DEFAULT_REGION
+    TUNEFORGE_STATE_BUCKET       where jobs/<id>/ lives
+    TUNEFORGE_ATTEMPT            the launch attempt this process is (fencing)
+    TUNEFORGE_HEARTBEAT_SECONDS  heartbeat and stop-poll interval (default 2.0)
+    TUNEFORGE_LOG_FILE           the file stdout+stderr go to; uploaded as the job log
+    HF_HUB_OFFLINE=1             nothing is fetched from a model hub
+
+The exit code is a `TrainerExit`: OK (a terminal state was written: COMPLETED or
+STOPPED), BAD_INPUT (FAILED for bad data or a refused model; never retried), CRASHED
+(FAILED for anything else, or nothing could be written), FENCED (another attempt owns
+the job; nothing written), PREEMPTED (SIGTERM: checkpoint written, no terminal state;
+the reconciler decides what happens next).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING
+
+from service.documents import Failure, FailureReason, TrainerExit
+from service.errors import JobNotFound, StoreUnavailable
+from service.storage import ObjectStore, StorageError
+from service.store import JobStore
+from trainer.errors import BadInput, Fenced
+from trainer.reporting import Reporter
+
+if TYPE_CHECKING:
+    from trainer.recipe import FullFineTuningRecipe
+
+log = logging.getLogger("trainer")
+
+MAX_MESSAGE = 2000
+
+
+@dataclass(frozen=True)
+class TrainerEnvironment:
+    state_bucket: str
+    attempt: int
+    heartbeat_seconds: float
+    log_file: Path | None
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str]) -> TrainerEnvironment:
+        """Read the TUNEFORGE_* variables; raise ValueError naming a missing or bad one."""
+        try:
+            attempt = int(environ["TUNEFORGE_ATTEMPT"])
+            heartbeat = float(environ.get("TUNEFORGE_HEARTBEAT_SECONDS") or 2.0)
+            bucket = environ["TUNEFORGE_STATE_BUCKET"]
+        except KeyError as error:
+            raise ValueError(f"environment variable {error.args[0]} is not set") from None
+        if heartbeat <= 0:
+            raise ValueError("TUNEFORGE_HEARTBEAT_SECONDS must be positive")
+        log_file = environ.get("TUNEFORGE_LOG_FILE")
+        return cls(bucket, attempt, heartbeat, Path(log_file) if log_file else None)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m trainer", description="Run one fine-tuning job."
+    )
+    parser.add_argument("--job-id", required=True, help="the job to run (jobs/<id>/spec.json)")
+    return parser.parse_args(argv)
+
+
+def configure_logging() -> None:
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    # boto's debug output would include request signatures; keep it quiet.
+    for noisy in ("botocore", "boto3", "urllib3", "s3transfer"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def configure_libraries() -> None:
+    """Settings that torch and transformers read when first imported, so before that.
+
+    On a CPU the trainer shares cores with other processes (the object store, the API,
+    other jobs). OpenMP threads that spin while they wait for each other then make each
+    step 10-20x slower; passive waiting costs little when the cores are free. An
+    operator's own OMP_* settings win. Progress bars fill the log with carriage returns.
+    """
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+
+def classify(error: Exception) -> tuple[FailureReason, str, TrainerExit]:
+    """The failure reason, the message for the user, and the exit code for an error."""
+    if isinstance(error, BadInput):
+        return error.reason, error.message, TrainerExit.BAD_INPUT
+    import torch
+
+    if isinstance(error, torch.OutOfMemoryError | MemoryError):
+        return (
+            FailureReason.OUT_OF_MEMORY,
+            "the trainer ran out of memory; lower batchSize or maxSequenceLength "
+            "(raise gradientAccumulationSteps to keep the same effective batch size)",
+            TrainerExit.CRASHED,
+        )
+    if isinstance(error, StoreUnavailable | StorageError):
+        return FailureReason.STORAGE, f"object storage error: {error.message}", TrainerExit.CRASHED
+    summary = f"{type(error).__name__}: {error}"
+    return FailureReason.INTERNAL, f"internal trainer error: {summary}", TrainerExit.CRASHED
+
+
+def record_failure(reporter: Reporter, error: Exception) -> TrainerExit:
+    reason, message, code = classify(error)
+    if isinstance(error, BadInput):
+        log.error("job %s failed (%s): %s", reporter.job_id, reason, message)
+    else:
+        log.exception("job %s failed (%s)", reporter.job_id, reason, exc_info=error)
+    reporter.stop_heartbeat()
+    try:
+        reporter.fail(Failure(reason=reason, message=message[:MAX_MESSAGE]))
+    except Fenced as fenced:
+        log.error("not recording the failure: %s", fenced)
+        return TrainerExit.FENCED
+    except Exception:
+        log.exception("could not record the failure of job %s", reporter.job_id)
+        return TrainerExit.CRASHED
+    return code
+
+
+def run(job_id: str, environment: TrainerEnvironment, preempted: threading.Event) -> TrainerExit:
+    from trainer.recipe import FullFineTuningRecipe  # imports torch: after configure_libraries()
+
+    storage = ObjectStore.from_environment()
+    store = JobStore(storage, environment.state_bucket)
+    reporter = Reporter(
+        store,
+        job_id,
+        environment.attempt,
+        heartbeat_seconds=environment.heartbeat_seconds,
+        log_file=environment.log_file,
+    )
+    recipe: FullFineTuningRecipe | None = None
+    try:
+        spec = store.get_spec(job_id)
+        log.info("job %s attempt %d: %s", job_id, environment.attempt, spec.jobName)
+        recipe = FullFineTuningRecipe(
+            spec, storage=storage, reporter=reporter, workdir=Path.cwd(), preempted=preempted
+        )
+        code = recipe.run()
+    except JobNotFound:
+        log.error("job %s has no spec in s3://%s/", job_id, environment.state_bucket)
+        return TrainerExit.BAD_INPUT
+    except Fenced as error:
+        log.error("job %s belongs to another attempt: %s; exiting", job_id, error)
+        reporter.fenced.set()
+        return TrainerExit.FENCED
+    except Exception as error:
+        code = record_failure(reporter, error)
+    finally:
+        reporter.stop_heartbeat()
+        if recipe is not None:
+            recipe.cleanup()
+    log.info("job %s: trainer exits with %s", job_id, code.name)
+    try:
+        reporter.upload_all()
+    except Exception:
+        log.exception("could not upload the final log and metrics")
+    return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    configure_logging()
+    configure_libraries()
+    try:
+        environment = TrainerEnvironment.from_environ(os.environ)
+    except ValueError as error:
+        log.error("%s", error)
+        return TrainerExit.CRASHED
+    preempted = threading.Event()
+
+    def on_sigterm(signum: int, frame: FrameType | None) -> None:
+        # Only a flag: the loop finishes its step, writes a checkpoint and exits.
+        preempted.set()
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    return int(run(args.job_id, environment, preempted))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,261 @@
+"""Training data: download, validate every line, tokenize with loss masking, batch.
+
+Validation runs before any model is loaded (state VALIDATING, CPU only), so a typo on
+line 90,000 costs the user seconds, not a GPU hour. Every error names the file and the
+line: `s3://bucket/key:LINE: what is wrong`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from service.errors import InvalidArgument
+from service.storage import ObjectMissing, ObjectStore, parse_s3_uri
+from trainer.errors import DataValidationError
+
+log = logging.getLogger(__name__)
+
+IGNORE_INDEX = -100  # label value that cross_entropy skips: no loss on this position
+MAX_ERRORS_SHOWN = 20
+
+FINE_TUNING = "FINE_TUNING"
+CONTINUED_PRE_TRAINING = "CONTINUED_PRE_TRAINING"
+
+
+@dataclass(frozen=True)
+class Example:
+    """One record. Loss is taken on `completion` only; pre-training text has no prompt."""
+
+    prompt: str
+    completion: str
+
+
+@dataclass(frozen=True)
+class TokenizedExample:
+    input_ids: list[int]
+    labels: list[int]  # IGNORE_INDEX where no loss is taken (the prompt)
+
+
+@dataclass
+class Batch:
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    labels: torch.Tensor
+
+    def to(self, device: torch.device) -> Batch:
+        return Batch(
+            self.input_ids.to(device),
+            self.attention_mask.to(device),
+            self.labels.to(device),
+        )
+
+    @property
+    def target_tokens(self) -> int:
+        """Positions that carry a loss once labels are shifted for next-token prediction."""
+        return int((self.labels[:, 1:] != IGNORE_INDEX).sum())
+
+
+@dataclass
+class ValidationErrors:
+    """Problems found so far, across all files: the first few in full, all counted."""
+
+    shown: list[str] = field(default_factory=list)
+    total: int = 0
+
+    def add(self, where: str, problem: str) -> None:
+        self.total += 1
+        if len(self.shown) < MAX_ERRORS_SHOWN:
+            self.shown.append(f"{where}: {problem}")
+
+    def message(self) -> str:
+        head = f"the data has {self.total} problem{'s' if self.total != 1 else ''}"
+        if self.total > len(self.shown):
+            head += f" (the first {len(self.shown)} are listed)"
+        return head + ":\n" + "\n".join(self.shown)
+
+
+# -- reading and validation --------------------------------------------------------
+
+
+def _json_type(value: Any) -> str:
+    names = {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}
+    return names.get(type(value), "number")
+
+
+def _non_empty_string(record: dict[str, Any], name: str) -> str | None:
+    """The field's value if it is a string with more than whitespace in it, else None."""
+    value = record.get(name)
+    return value if isinstance(value, str) and value.strip() else None
+
+
+def _describe(record: dict[str, Any], name: str) -> str:
+    if name not in record:
+        return f'missing "{name}"'
+    return f'"{name}" must be a non-empty string'
+
+
+def parse_record(record: Any, customization_type: str) -> tuple[Example | None, list[str]]:
+    """Turn one decoded JSON value into an Example, or say what is wrong with it."""
+    if not isinstance(record, dict):
+        return None, [f"expected a JSON object, got {_json_type(record)}"]
+    if customization_type == FINE_TUNING:
+        prompt = _non_empty_string(record, "prompt")
+        completion = _non_empty_string(record, "completion")
+        if prompt is not None and completion is not None:
+            return Example(prompt, completion), []
+        fields = {"prompt": prompt, "completion": completion}
+        return None, [_describe(record, name) for name, value in fields.items() if value is None]
+    # Continued pre-training: Bedrock's {"input": ...} or the common {"text": ...}.
+    text = _non_empty_string(record, "input") or _non_empty_string(record, "text")
+    if text is None:
+        return None, ['expected a non-empty string "input" or "text"']
+    return Example("", text), []
+
+
+def read_jsonl(
+    path: Path, uri: str, customization_type: str, errors: ValidationErrors
+) -> list[Example]:
+    """Check every line of a JSONL file; blank lines are skipped, problems collected."""
+    examples = []
+    before = errors.total
+    with path.open("rb") as lines:
+        for number, raw in enumerate(lines, start=1):
+            where = f"{uri}:{number}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                errors.add(where, f"not valid UTF-8 ({error.reason} at byte {error.start})")
+                continue
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                errors.add(where, f"not valid JSON ({error.msg} at column {error.colno})")
+                continue
+            example, problems = parse_record(record, customization_type)
+            for problem in problems:
+                errors.add(where, problem)
+            if example is not None:
+                examples.append(example)
+    if not examples and errors.total == before:
+        errors.add(uri, "no records (the file is empty or has only blank lines)")
+    return examples
+
+
+def load_dataset(
+    storage: ObjectStore,
+    uri: str,
+    *,
+    what: str,
+    customization_type: str,
+    directory: Path,
+    errors: ValidationErrors,
+) -> list[Example]:
+    """Download one JSONL file and validate it; `what` is "training" or "validation"."""
+    try:
+        location = parse_s3_uri(uri, field=f"{what}DataConfig.s3Uri")
+    except InvalidArgument as error:
+        errors.add(uri, error.message)
+        return []
+    path = directory / f"{what}.jsonl"
+    try:
+        storage.download_file(location, path)
+    except ObjectMissing:
+        errors.add(uri, f"{what} data {uri} does not exist")
+        return []
+    examples = read_jsonl(path, uri, customization_type, errors)
+    log.info("read %d %s records from %s", len(examples), what, uri)
+    return examples
+
+
+def check_customization_type(customization_type: str) -> None:
+    if customization_type not in (FINE_TUNING, CONTINUED_PRE_TRAINING):
+        raise DataValidationError(
+            f"customizationType {customization_type} is not supported by this trainer yet; "
+            f"use {FINE_TUNING} or {CONTINUED_PRE_TRAINING}"
+        )
+
+
+# -- tokenization ------------------------------------------------------------------
+
+
+def tokenize(
+    examples: Sequence[Example], tokenizer: Any, max_length: int
+) -> tuple[list[TokenizedExample], int]:
+    """prompt (with the tokenizer's special tokens, e.g. BOS) + completion + EOS.
+
+    Labels are IGNORE_INDEX on the prompt, so the loss teaches the completion only.
+    Returns the examples and how many were dropped because truncation to `max_length`
+    left no completion token to learn from.
+    """
+    eos = tokenizer.eos_token_id
+    if eos is None:
+        raise ValueError("the tokenizer has no end-of-sequence token")
+    if not examples:
+        return [], 0  # (a fast tokenizer fails on an empty list)
+    # Whole lists at once: the fast tokenizer encodes them in parallel.
+    prompts = tokenizer([e.prompt for e in examples], add_special_tokens=True)["input_ids"]
+    completions = tokenizer([e.completion for e in examples], add_special_tokens=False)["input_ids"]
+    tokenized, dropped = [], 0
+    for prompt_ids, completion_ids in zip(prompts, completions, strict=True):
+        target = [*completion_ids, eos]
+        input_ids = [*prompt_ids, *target][:max_length]
+        labels = ([IGNORE_INDEX] * len(prompt_ids) + target)[:max_length]
+        # Position 0 is never predicted (nothing comes before it), so it does not count.
+        if all(label == IGNORE_INDEX for label in labels[1:]):
+            dropped += 1
+            continue
+        tokenized.append(TokenizedExample(input_ids, labels))
+    return tokenized, dropped
+
+
+# -- batching ----------------------------------------------------------------------
+
+
+def collate(examples: Sequence[TokenizedExample], pad_id: int) -> Batch:
+    """Pad to the longest example in this batch (not to max_length): less wasted compute."""
+    width = max(len(e.input_ids) for e in examples)
+    input_ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(examples), width), dtype=torch.long)
+    labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
+    for row, example in enumerate(examples):
+        length = len(example.input_ids)
+        input_ids[row, :length] = torch.tensor(example.input_ids)
+        attention_mask[row, :length] = 1
+        labels[row, :length] = torch.tensor(example.labels)
+    return Batch(input_ids, attention_mask, labels)
+
+
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """A generator of its own per (seed, epoch): the order of an epoch never depends on
+    how much randomness the model or an earlier epoch used, so a resumed run can
+    reproduce it."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+
+
+def batches(
+    examples: Sequence[TokenizedExample],
+    batch_size: int,
+    pad_id: int,
+    *,
+    generator: torch.Generator | None = None,
+) -> Iterator[Batch]:
+    """Batches in shuffled order when a generator is given, file order otherwise."""
+    if generator is None:
+        order = list(range(len(examples)))
+    else:
+        order = torch.randperm(len(examples), generator=generator).tolist()
+    for start in range(0, len(order), batch_size):
+        yield collate([examples[i] for i in order[start : start + batch_size]], pad_id)
+
+
+def batches_per_epoch(count: int, batch_size: int) -> int:
+    return -(-count // batch_size)

@@ -1,0 +1,54 @@
+"""The training loss: next-token cross-entropy on completion tokens, and gradient
+accumulation that weighs every token the same however the tokens were batched."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from trainer.data import IGNORE_INDEX, Batch
+
+
+def token_loss_sum(model: Any, batch: Batch) -> torch.Tensor:
+    """Summed next-token cross-entropy over the batch's target (non-ignored) tokens.
+
+    A sum, not a mean: the caller divides by the target tokens of the whole
+    accumulation window, so every token weighs the same however it was batched.
+    """
+    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+    # Position t predicts token t+1. float32 for the softmax: bf16 loses precision here.
+    shifted_logits = logits[:, :-1, :].float()
+    shifted_labels = batch.labels[:, 1:]
+    return F.cross_entropy(
+        shifted_logits.reshape(-1, shifted_logits.size(-1)),
+        shifted_labels.reshape(-1),
+        ignore_index=IGNORE_INDEX,
+        reduction="sum",
+    )
+
+
+def backward_window(
+    model: Any,
+    window: list[Batch],
+    device: torch.device,
+    autocast: Callable[[], contextlib.AbstractContextManager[Any]],
+) -> float:
+    """Forward and backward over the micro-batches of one optimizer step (gradient
+    accumulation); returns the mean loss per target token of the whole window.
+
+    Each micro-batch's summed loss is divided by the target tokens of the whole window,
+    so the gradients equal those of one big batch: accumulation changes memory use,
+    not the maths (a per-micro-batch mean would over-weight tokens of short batches).
+    """
+    target_tokens = max(sum(b.target_tokens for b in window), 1)
+    loss_sum = torch.zeros((), device=device)
+    for micro_batch in window:
+        with autocast():
+            loss = token_loss_sum(model, micro_batch.to(device))
+        (loss / target_tokens).backward()
+        loss_sum += loss.detach()  # stays on the device: one sync per step, not per batch
+    return float(loss_sum) / target_tokens

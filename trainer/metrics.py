@@ -1,0 +1,77 @@
+"""The metrics CSV files of DESIGN.md ("Output prefix"), kept locally and uploaded whole.
+
+The files are small (a row per optimizer step), so each upload rewrites the object: no
+multipart or append logic, and a reader always sees a complete, parseable file.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from pathlib import Path
+
+from service.storage import ObjectStore, S3Location
+
+TRAINING_CSV = "training_artifacts/step_wise_training_metrics.csv"
+VALIDATION_CSV = "validation_artifacts/post_fine_tuning_validation/validation_metrics.csv"
+TRAINING_HEADER = "step_number,epoch_number,training_loss,perplexity"
+VALIDATION_HEADER = "step_number,epoch_number,validation_loss,perplexity"
+
+
+def perplexity(loss: float) -> float:
+    """exp(mean token loss); capped where exp overflows (an untrained model on junk)."""
+    return math.exp(min(loss, 700.0))
+
+
+class _CsvFile:
+    def __init__(self, path: Path, location: S3Location, header: str) -> None:
+        self.path = path
+        self.location = location
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(header + "\n")
+        self.rows = 0
+        self.uploaded_rows = -1  # never uploaded
+
+    def add(self, step: int, epoch: int, loss: float) -> None:
+        with self.path.open("a") as file:
+            file.write(f"{step},{epoch},{loss:.6f},{perplexity(loss):.6f}\n")
+        self.rows += 1
+
+    def upload(self, storage: ObjectStore) -> None:
+        storage.upload_file(self.path, self.location)
+        self.uploaded_rows = self.rows
+
+
+class MetricsLog:
+    """Training and validation metrics; thread-safe (the heartbeat thread uploads)."""
+
+    def __init__(self, storage: ObjectStore, output: S3Location, directory: Path) -> None:
+        self._storage = storage
+        self._lock = threading.Lock()
+        self.training = _CsvFile(
+            directory / "step_wise_training_metrics.csv",
+            output.child(TRAINING_CSV),
+            TRAINING_HEADER,
+        )
+        self.validation = _CsvFile(
+            directory / "validation_metrics.csv", output.child(VALIDATION_CSV), VALIDATION_HEADER
+        )
+
+    def add_training(self, step: int, epoch: int, loss: float) -> None:
+        with self._lock:
+            self.training.add(step, epoch, loss)
+
+    def add_validation(self, step: int, epoch: int, loss: float) -> None:
+        with self._lock:
+            self.validation.add(step, epoch, loss)
+
+    def upload(self) -> None:
+        """Upload each file that changed since its last upload.
+
+        The training file goes up as soon as it has a row; the validation file only once
+        there is an evaluation, so a job without validation data has no empty one.
+        """
+        with self._lock:
+            for csv in (self.training, self.validation):
+                if csv.rows > 0 and csv.rows != csv.uploaded_rows:
+                    csv.upload(self._storage)

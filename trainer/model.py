@@ -1,0 +1,156 @@
+"""The base model: download from S3, refuse anything that could run code, then load.
+
+A model directory is untrusted input. Pickle-based weights (`*.bin`, `*.pt`, ...) run
+code when unpickled, `*.py` files and a config's `auto_map` ask transformers to import
+code that came with the model. We refuse all of them before transformers reads a byte,
+then load with remote code off and safetensors only. transformers 5.5 or newer is
+required: earlier 5.x releases can run code named by config fields even with remote code
+off (CVE-2026-4372, CVE-2026-5241).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from service.errors import InvalidArgument
+from service.storage import ObjectStore, parse_s3_uri
+from trainer.errors import ModelLoadError
+
+log = logging.getLogger(__name__)
+
+MIN_TRANSFORMERS = (5, 5)
+# Files whose loading can execute code: pickle-based weights and Python modules.
+REFUSED_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".py")
+# JSON files transformers reads when loading a model or tokenizer; none may name code.
+CONFIG_FILES = (
+    "config.json",
+    "tokenizer_config.json",
+    "generation_config.json",
+    "processor_config.json",
+    "preprocessor_config.json",
+)
+REMOTE_CODE_KEYS = ("auto_map", "trust_remote_code", "custom_pipelines")
+
+
+def download_model(storage: ObjectStore, uri: str, directory: Path) -> Path:
+    """Download the Hugging Face directory under the s3:// prefix `uri`."""
+    try:
+        location = parse_s3_uri(uri, field="baseModelIdentifier")
+    except InvalidArgument as error:
+        raise ModelLoadError(error.message) from error
+    paths = storage.download_prefix(location, directory)
+    if not paths:
+        raise ModelLoadError(f"base model {uri} has no files (nothing under that prefix)")
+    log.info("downloaded %d model files from %s", len(paths), uri)
+    return directory
+
+
+def _remote_code_keys(value: Any, path: str = "") -> list[str]:
+    """Every key under `value` (nested configs included) that asks for remote code."""
+    found = []
+    if isinstance(value, dict):
+        for key, child in value.items():
+            where = f"{path}.{key}" if path else str(key)
+            if key in REMOTE_CODE_KEYS:
+                found.append(where)
+            found.extend(_remote_code_keys(child, where))
+    elif isinstance(value, list):
+        for index, child in enumerate(value):
+            found.extend(_remote_code_keys(child, f"{path}[{index}]"))
+    return found
+
+
+def check_model_directory(directory: Path, uri: str) -> None:
+    """Raise ModelLoadError unless the directory is safetensors-only with no code in it."""
+    files = [p for p in directory.rglob("*") if p.is_file()]
+    refused = sorted(
+        p.relative_to(directory).as_posix() for p in files if p.suffix.lower() in REFUSED_SUFFIXES
+    )
+    if refused:
+        raise ModelLoadError(
+            f"base model {uri} contains files that can run code when loaded: "
+            f"{', '.join(refused[:10])}; only safetensors weights and no Python files are "
+            "accepted (convert the weights with safetensors and remove the code)"
+        )
+    if not any(p.suffix == ".safetensors" for p in files):
+        raise ModelLoadError(f"base model {uri} has no *.safetensors weights")
+    config = directory / "config.json"
+    if not config.is_file():
+        raise ModelLoadError(f"base model {uri} has no config.json")
+    for name in CONFIG_FILES:
+        path = directory / name
+        if not path.is_file():
+            continue
+        try:
+            document = json.loads(path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise ModelLoadError(f"base model {uri}: {name} is not valid JSON ({error})") from error
+        keys = _remote_code_keys(document)
+        if keys:
+            raise ModelLoadError(
+                f"base model {uri}: {name} asks for remote code ({', '.join(keys)}); "
+                "models with custom code are refused"
+            )
+
+
+def check_transformers_version() -> None:
+    import transformers
+
+    version = tuple(int(part) for part in transformers.__version__.split(".")[:2])
+    if version < MIN_TRANSFORMERS:
+        raise ModelLoadError(
+            f"transformers {transformers.__version__} is too old to load untrusted models "
+            "safely; the trainer needs 5.5 or newer"
+        )
+
+
+def load_model(directory: Path, uri: str, device: torch.device) -> tuple[Any, Any]:
+    """(model, tokenizer) from a checked directory, model in float32 on `device`.
+
+    Weights stay in float32 for the optimizer; on a GPU the forward pass runs in bfloat16
+    under autocast (recipe.py).
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    check_transformers_version()
+    try:
+        config = AutoConfig.from_pretrained(
+            directory, trust_remote_code=False, local_files_only=True
+        )
+        model: Any = AutoModelForCausalLM.from_pretrained(
+            directory,
+            config=config,
+            trust_remote_code=False,
+            use_safetensors=True,
+            local_files_only=True,
+            dtype=torch.float32,
+        )
+        tokenizer = AutoTokenizer.from_pretrained(
+            directory, trust_remote_code=False, local_files_only=True
+        )
+    except (torch.OutOfMemoryError, MemoryError):
+        raise
+    except Exception as error:
+        raise ModelLoadError(
+            f"could not load base model {uri}: {type(error).__name__}: {error}"
+        ) from error
+    if tokenizer.eos_token_id is None:
+        raise ModelLoadError(f"base model {uri}: the tokenizer has no end-of-sequence token")
+    log.info(
+        "loaded %s with %.2fM parameters on %s",
+        type(model).__name__,
+        sum(p.numel() for p in model.parameters()) / 1e6,
+        device,
+    )
+    return model.to(device), tokenizer
+
+
+def pad_token_id(tokenizer: Any) -> int:
+    """Padding is masked out everywhere, so any id works; EOS when there is no pad token."""
+    pad = tokenizer.pad_token_id
+    return int(pad if pad is not None else tokenizer.eos_token_id)
