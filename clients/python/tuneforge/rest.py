@@ -1,0 +1,217 @@
+"""`RestClient`: the same methods as `Client`, over the REST API, for where gRPC cannot go.
+
+    from tuneforge import RestClient
+
+    with RestClient("http://127.0.0.1:8000") as client:
+        job = client.create_job({...}).job
+        final = client.wait(job.job_id)
+
+It gives back the same proto messages and raises the same errors as the gRPC client,
+so code written against one runs against the other. `watch` polls (every
+`poll_interval` seconds) where gRPC streams.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+import urllib.parse
+import uuid
+from collections.abc import Iterator, Mapping
+from types import TracebackType
+from typing import Any
+
+import httpx
+
+from tuneforge import convert
+from tuneforge.errors import ApiError, DeadlineExceeded, Unavailable, from_rest
+from tuneforge.v1 import fine_tuning_pb2 as pb
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+
+
+class RestClient:
+    """A connection to a tuneforge server's REST API (`base_url`, e.g. http://host:8000).
+
+    `timeout`, `max_attempts`, `backoff` and `max_backoff` mean what they mean for
+    `Client`: UNAVAILABLE (HTTP 502/503/504, or no connection) is retried.
+    """
+
+    def __init__(
+        self,
+        base_url: str = DEFAULT_URL,
+        *,
+        timeout: float = 30.0,
+        max_attempts: int = 5,
+        backoff: float = 0.25,
+        max_backoff: float = 5.0,
+        poll_interval: float = 1.0,
+        headers: Mapping[str, str] | None = None,
+        http: httpx.Client | None = None,
+    ) -> None:
+        if max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1")
+        self.timeout = timeout
+        self.max_attempts = max_attempts
+        self.backoff = backoff
+        self.max_backoff = max_backoff
+        self.poll_interval = poll_interval
+        self._http = http or httpx.Client(
+            base_url=base_url.rstrip("/"), timeout=timeout, headers=dict(headers or {})
+        )
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> RestClient:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- calls -----------------------------------------------------------------------
+
+    def create_job(
+        self,
+        request: pb.CreateJobRequest | Mapping[str, Any],
+        *,
+        timeout: float | None = None,
+    ) -> pb.CreateJobResponse:
+        message = pb.CreateJobRequest()
+        message.CopyFrom(convert.create_request(request))
+        if not message.HasField("client_request_token"):
+            message.client_request_token = uuid.uuid4().hex
+        response = self._request("POST", "/v1/jobs", timeout, json=convert.create_body(message))
+        return pb.CreateJobResponse(
+            job=convert.job_from_dict(response.json()), created=response.status_code == 201
+        )
+
+    def get_job(self, job_id: str, *, timeout: float | None = None) -> pb.Job:
+        response = self._request("GET", f"/v1/jobs/{_segment(job_id)}", timeout)
+        return convert.job_from_dict(response.json())
+
+    def list_jobs(
+        self,
+        *,
+        state: str | int | None = None,
+        page_size: int = 0,
+        page_token: str = "",
+        timeout: float | None = None,
+    ) -> pb.ListJobsResponse:
+        params: dict[str, Any] = {}
+        if state is not None and convert.state_value(state) != pb.JOB_STATE_UNSPECIFIED:
+            params["status"] = convert.state_name(convert.state_value(state))
+        if page_size:
+            params["limit"] = page_size
+        if page_token:
+            params["pageToken"] = page_token
+        body = self._request("GET", "/v1/jobs", timeout, params=params).json()
+        return pb.ListJobsResponse(
+            jobs=[convert.job_from_dict(job) for job in body["jobs"]],
+            next_page_token=body.get("nextPageToken") or "",
+        )
+
+    def iter_jobs(
+        self, *, state: str | int | None = None, page_size: int = 100
+    ) -> Iterator[pb.Job]:
+        token = ""
+        while True:
+            page = self.list_jobs(state=state, page_size=page_size, page_token=token)
+            yield from page.jobs
+            token = page.next_page_token
+            if not token:
+                return
+
+    def stop_job(self, job_id: str, *, timeout: float | None = None) -> pb.Job:
+        response = self._request("POST", f"/v1/jobs/{_segment(job_id)}/stop", timeout)
+        return convert.job_from_dict(response.json())
+
+    def list_job_events(self, job_id: str, *, timeout: float | None = None) -> list[pb.JobEvent]:
+        body = self._request("GET", f"/v1/jobs/{_segment(job_id)}/events", timeout).json()
+        return [convert.event_from_dict(event) for event in body["events"]]
+
+    def list_checkpoints(self, job_id: str, *, timeout: float | None = None) -> list[pb.Checkpoint]:
+        body = self._request("GET", f"/v1/jobs/{_segment(job_id)}/checkpoints", timeout).json()
+        return [convert.checkpoint_from_dict(item) for item in body["checkpoints"]]
+
+    def read_job_log(
+        self,
+        job_id: str,
+        *,
+        offset: int = 0,
+        max_bytes: int = 0,
+        timeout: float | None = None,
+    ) -> pb.ReadJobLogResponse:
+        params: dict[str, Any] = {"offset": offset}
+        if max_bytes:
+            params["maxBytes"] = max_bytes
+        response = self._request("GET", f"/v1/jobs/{_segment(job_id)}/logs", timeout, params=params)
+        return pb.ReadJobLogResponse(
+            data=response.content,
+            next_offset=int(response.headers.get("x-next-offset", "0")),
+            size=int(response.headers.get("x-log-size", "0")),
+        )
+
+    # -- following a job -------------------------------------------------------------
+
+    def watch(self, job_id: str, *, timeout: float | None = None) -> Iterator[pb.Job]:
+        """The job now, then at every change of state or progress, until it ends."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        last: pb.Job | None = None
+        while True:
+            job = self.get_job(job_id)
+            if last is None or not convert.same_view(last, job):
+                last = job
+                yield job
+            if convert.is_terminal(job):
+                return
+            if deadline is not None and time.monotonic() + self.poll_interval > deadline:
+                raise DeadlineExceeded(f"job {job_id} did not end within {timeout} s")
+            time.sleep(self.poll_interval)
+
+    def wait(self, job_id: str, *, timeout: float | None = None) -> pb.Job:
+        final: pb.Job | None = None
+        for job in self.watch(job_id, timeout=timeout):
+            final = job
+        if final is None:  # pragma: no cover - watch always yields at least once
+            raise ApiError(f"no state seen for job {job_id}")
+        return final
+
+    # -- plumbing --------------------------------------------------------------------
+
+    def _request(
+        self, method: str, path: str, timeout: float | None, **arguments: Any
+    ) -> httpx.Response:
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                response = self._http.request(
+                    method, path, timeout=self.timeout if timeout is None else timeout, **arguments
+                )
+            except httpx.TimeoutException as error:
+                raise DeadlineExceeded(f"{method} {path}: {error}") from None
+            except httpx.TransportError as error:
+                failure: ApiError = Unavailable(f"cannot reach {self._http.base_url}: {error}")
+            else:
+                if response.status_code < 400:
+                    return response
+                try:
+                    body = response.json()
+                except ValueError:
+                    body = None
+                failure = from_rest(response.status_code, body)
+            if not isinstance(failure, Unavailable) or attempt >= self.max_attempts:
+                raise failure
+            delay = min(self.max_backoff, self.backoff * 2 ** (attempt - 1))
+            time.sleep(delay * random.uniform(0.5, 1.0))
+
+
+def _segment(job_id: str) -> str:
+    """A job id as one path segment: nothing in it can reach another route."""
+    return urllib.parse.quote(job_id, safe="")

@@ -1,0 +1,332 @@
+import datetime
+
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class JobState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    JOB_STATE_UNSPECIFIED: _ClassVar[JobState]
+    QUEUED: _ClassVar[JobState]
+    VALIDATING: _ClassVar[JobState]
+    RUNNING: _ClassVar[JobState]
+    STOPPING: _ClassVar[JobState]
+    STOPPED: _ClassVar[JobState]
+    COMPLETED: _ClassVar[JobState]
+    FAILED: _ClassVar[JobState]
+
+class FailureReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    FAILURE_REASON_UNSPECIFIED: _ClassVar[FailureReason]
+    DATA_VALIDATION: _ClassVar[FailureReason]
+    MODEL_LOAD: _ClassVar[FailureReason]
+    OUT_OF_MEMORY: _ClassVar[FailureReason]
+    STORAGE: _ClassVar[FailureReason]
+    TRAINER_CRASHED: _ClassVar[FailureReason]
+    INTERNAL: _ClassVar[FailureReason]
+
+class CustomizationType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    CUSTOMIZATION_TYPE_UNSPECIFIED: _ClassVar[CustomizationType]
+    FINE_TUNING: _ClassVar[CustomizationType]
+JOB_STATE_UNSPECIFIED: JobState
+QUEUED: JobState
+VALIDATING: JobState
+RUNNING: JobState
+STOPPING: JobState
+STOPPED: JobState
+COMPLETED: JobState
+FAILED: JobState
+FAILURE_REASON_UNSPECIFIED: FailureReason
+DATA_VALIDATION: FailureReason
+MODEL_LOAD: FailureReason
+OUT_OF_MEMORY: FailureReason
+STORAGE: FailureReason
+TRAINER_CRASHED: FailureReason
+INTERNAL: FailureReason
+CUSTOMIZATION_TYPE_UNSPECIFIED: CustomizationType
+FINE_TUNING: CustomizationType
+
+class DataConfig(_message.Message):
+    __slots__ = ("s3_uri",)
+    S3_URI_FIELD_NUMBER: _ClassVar[int]
+    s3_uri: str
+    def __init__(self, s3_uri: _Optional[str] = ...) -> None: ...
+
+class HyperParameters(_message.Message):
+    __slots__ = ("epoch_count", "batch_size", "learning_rate", "learning_rate_warmup_steps", "gradient_accumulation_steps", "max_sequence_length", "weight_decay", "seed")
+    EPOCH_COUNT_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    LEARNING_RATE_FIELD_NUMBER: _ClassVar[int]
+    LEARNING_RATE_WARMUP_STEPS_FIELD_NUMBER: _ClassVar[int]
+    GRADIENT_ACCUMULATION_STEPS_FIELD_NUMBER: _ClassVar[int]
+    MAX_SEQUENCE_LENGTH_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_DECAY_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    epoch_count: int
+    batch_size: int
+    learning_rate: float
+    learning_rate_warmup_steps: int
+    gradient_accumulation_steps: int
+    max_sequence_length: int
+    weight_decay: float
+    seed: int
+    def __init__(self, epoch_count: _Optional[int] = ..., batch_size: _Optional[int] = ..., learning_rate: _Optional[float] = ..., learning_rate_warmup_steps: _Optional[int] = ..., gradient_accumulation_steps: _Optional[int] = ..., max_sequence_length: _Optional[int] = ..., weight_decay: _Optional[float] = ..., seed: _Optional[int] = ...) -> None: ...
+
+class Progress(_message.Message):
+    __slots__ = ("step", "total_steps", "epoch", "total_epochs", "training_loss", "validation_loss", "tokens_seen", "eta_seconds", "first_step_at")
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_STEPS_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_EPOCHS_FIELD_NUMBER: _ClassVar[int]
+    TRAINING_LOSS_FIELD_NUMBER: _ClassVar[int]
+    VALIDATION_LOSS_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_SEEN_FIELD_NUMBER: _ClassVar[int]
+    ETA_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    FIRST_STEP_AT_FIELD_NUMBER: _ClassVar[int]
+    step: int
+    total_steps: int
+    epoch: int
+    total_epochs: int
+    training_loss: float
+    validation_loss: float
+    tokens_seen: int
+    eta_seconds: float
+    first_step_at: _timestamp_pb2.Timestamp
+    def __init__(self, step: _Optional[int] = ..., total_steps: _Optional[int] = ..., epoch: _Optional[int] = ..., total_epochs: _Optional[int] = ..., training_loss: _Optional[float] = ..., validation_loss: _Optional[float] = ..., tokens_seen: _Optional[int] = ..., eta_seconds: _Optional[float] = ..., first_step_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class Failure(_message.Message):
+    __slots__ = ("reason", "message")
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    reason: FailureReason
+    message: str
+    def __init__(self, reason: _Optional[_Union[FailureReason, str]] = ..., message: _Optional[str] = ...) -> None: ...
+
+class OutputLocations(_message.Message):
+    __slots__ = ("output_s3_uri", "model_s3_uri", "training_metrics_s3_uri", "validation_metrics_s3_uri", "checkpoints_s3_uri")
+    OUTPUT_S3_URI_FIELD_NUMBER: _ClassVar[int]
+    MODEL_S3_URI_FIELD_NUMBER: _ClassVar[int]
+    TRAINING_METRICS_S3_URI_FIELD_NUMBER: _ClassVar[int]
+    VALIDATION_METRICS_S3_URI_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINTS_S3_URI_FIELD_NUMBER: _ClassVar[int]
+    output_s3_uri: str
+    model_s3_uri: str
+    training_metrics_s3_uri: str
+    validation_metrics_s3_uri: str
+    checkpoints_s3_uri: str
+    def __init__(self, output_s3_uri: _Optional[str] = ..., model_s3_uri: _Optional[str] = ..., training_metrics_s3_uri: _Optional[str] = ..., validation_metrics_s3_uri: _Optional[str] = ..., checkpoints_s3_uri: _Optional[str] = ...) -> None: ...
+
+class StateTime(_message.Message):
+    __slots__ = ("state", "time")
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    state: JobState
+    time: _timestamp_pb2.Timestamp
+    def __init__(self, state: _Optional[_Union[JobState, str]] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class Job(_message.Message):
+    __slots__ = ("job_id", "job_name", "state", "stop_requested", "created_at", "updated_at", "started_at", "ended_at", "customization_type", "base_model_identifier", "training_data_config", "validation_data_config", "output_data_config", "hyper_parameters", "tags", "client_request_token", "progress", "failure", "output", "attempt", "state_times")
+    class TagsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    JOB_NAME_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    STOP_REQUESTED_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
+    STARTED_AT_FIELD_NUMBER: _ClassVar[int]
+    ENDED_AT_FIELD_NUMBER: _ClassVar[int]
+    CUSTOMIZATION_TYPE_FIELD_NUMBER: _ClassVar[int]
+    BASE_MODEL_IDENTIFIER_FIELD_NUMBER: _ClassVar[int]
+    TRAINING_DATA_CONFIG_FIELD_NUMBER: _ClassVar[int]
+    VALIDATION_DATA_CONFIG_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_DATA_CONFIG_FIELD_NUMBER: _ClassVar[int]
+    HYPER_PARAMETERS_FIELD_NUMBER: _ClassVar[int]
+    TAGS_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_REQUEST_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    FAILURE_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    STATE_TIMES_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    job_name: str
+    state: JobState
+    stop_requested: bool
+    created_at: _timestamp_pb2.Timestamp
+    updated_at: _timestamp_pb2.Timestamp
+    started_at: _timestamp_pb2.Timestamp
+    ended_at: _timestamp_pb2.Timestamp
+    customization_type: CustomizationType
+    base_model_identifier: str
+    training_data_config: DataConfig
+    validation_data_config: DataConfig
+    output_data_config: DataConfig
+    hyper_parameters: HyperParameters
+    tags: _containers.ScalarMap[str, str]
+    client_request_token: str
+    progress: Progress
+    failure: Failure
+    output: OutputLocations
+    attempt: int
+    state_times: _containers.RepeatedCompositeFieldContainer[StateTime]
+    def __init__(self, job_id: _Optional[str] = ..., job_name: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., stop_requested: _Optional[bool] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ended_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., customization_type: _Optional[_Union[CustomizationType, str]] = ..., base_model_identifier: _Optional[str] = ..., training_data_config: _Optional[_Union[DataConfig, _Mapping]] = ..., validation_data_config: _Optional[_Union[DataConfig, _Mapping]] = ..., output_data_config: _Optional[_Union[DataConfig, _Mapping]] = ..., hyper_parameters: _Optional[_Union[HyperParameters, _Mapping]] = ..., tags: _Optional[_Mapping[str, str]] = ..., client_request_token: _Optional[str] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ..., failure: _Optional[_Union[Failure, _Mapping]] = ..., output: _Optional[_Union[OutputLocations, _Mapping]] = ..., attempt: _Optional[int] = ..., state_times: _Optional[_Iterable[_Union[StateTime, _Mapping]]] = ...) -> None: ...
+
+class CreateJobRequest(_message.Message):
+    __slots__ = ("job_name", "base_model_identifier", "customization_type", "training_data_config", "validation_data_config", "output_data_config", "hyper_parameters", "client_request_token", "tags")
+    class TagsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    JOB_NAME_FIELD_NUMBER: _ClassVar[int]
+    BASE_MODEL_IDENTIFIER_FIELD_NUMBER: _ClassVar[int]
+    CUSTOMIZATION_TYPE_FIELD_NUMBER: _ClassVar[int]
+    TRAINING_DATA_CONFIG_FIELD_NUMBER: _ClassVar[int]
+    VALIDATION_DATA_CONFIG_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_DATA_CONFIG_FIELD_NUMBER: _ClassVar[int]
+    HYPER_PARAMETERS_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_REQUEST_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    TAGS_FIELD_NUMBER: _ClassVar[int]
+    job_name: str
+    base_model_identifier: str
+    customization_type: CustomizationType
+    training_data_config: DataConfig
+    validation_data_config: DataConfig
+    output_data_config: DataConfig
+    hyper_parameters: HyperParameters
+    client_request_token: str
+    tags: _containers.ScalarMap[str, str]
+    def __init__(self, job_name: _Optional[str] = ..., base_model_identifier: _Optional[str] = ..., customization_type: _Optional[_Union[CustomizationType, str]] = ..., training_data_config: _Optional[_Union[DataConfig, _Mapping]] = ..., validation_data_config: _Optional[_Union[DataConfig, _Mapping]] = ..., output_data_config: _Optional[_Union[DataConfig, _Mapping]] = ..., hyper_parameters: _Optional[_Union[HyperParameters, _Mapping]] = ..., client_request_token: _Optional[str] = ..., tags: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class CreateJobResponse(_message.Message):
+    __slots__ = ("job", "created")
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    CREATED_FIELD_NUMBER: _ClassVar[int]
+    job: Job
+    created: bool
+    def __init__(self, job: _Optional[_Union[Job, _Mapping]] = ..., created: _Optional[bool] = ...) -> None: ...
+
+class GetJobRequest(_message.Message):
+    __slots__ = ("job_id",)
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    def __init__(self, job_id: _Optional[str] = ...) -> None: ...
+
+class ListJobsRequest(_message.Message):
+    __slots__ = ("state", "page_size", "page_token")
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    state: JobState
+    page_size: int
+    page_token: str
+    def __init__(self, state: _Optional[_Union[JobState, str]] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class ListJobsResponse(_message.Message):
+    __slots__ = ("jobs", "next_page_token")
+    JOBS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    jobs: _containers.RepeatedCompositeFieldContainer[Job]
+    next_page_token: str
+    def __init__(self, jobs: _Optional[_Iterable[_Union[Job, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class StopJobRequest(_message.Message):
+    __slots__ = ("job_id",)
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    def __init__(self, job_id: _Optional[str] = ...) -> None: ...
+
+class WatchJobRequest(_message.Message):
+    __slots__ = ("job_id",)
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    def __init__(self, job_id: _Optional[str] = ...) -> None: ...
+
+class WatchJobResponse(_message.Message):
+    __slots__ = ("job",)
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    job: Job
+    def __init__(self, job: _Optional[_Union[Job, _Mapping]] = ...) -> None: ...
+
+class JobEvent(_message.Message):
+    __slots__ = ("sequence", "time", "type", "message", "state")
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    sequence: int
+    time: _timestamp_pb2.Timestamp
+    type: str
+    message: str
+    state: JobState
+    def __init__(self, sequence: _Optional[int] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., type: _Optional[str] = ..., message: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ...) -> None: ...
+
+class ListJobEventsRequest(_message.Message):
+    __slots__ = ("job_id",)
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    def __init__(self, job_id: _Optional[str] = ...) -> None: ...
+
+class ListJobEventsResponse(_message.Message):
+    __slots__ = ("events",)
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    events: _containers.RepeatedCompositeFieldContainer[JobEvent]
+    def __init__(self, events: _Optional[_Iterable[_Union[JobEvent, _Mapping]]] = ...) -> None: ...
+
+class Checkpoint(_message.Message):
+    __slots__ = ("step", "s3_uri", "committed_at")
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    S3_URI_FIELD_NUMBER: _ClassVar[int]
+    COMMITTED_AT_FIELD_NUMBER: _ClassVar[int]
+    step: int
+    s3_uri: str
+    committed_at: _timestamp_pb2.Timestamp
+    def __init__(self, step: _Optional[int] = ..., s3_uri: _Optional[str] = ..., committed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class ListCheckpointsRequest(_message.Message):
+    __slots__ = ("job_id",)
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    def __init__(self, job_id: _Optional[str] = ...) -> None: ...
+
+class ListCheckpointsResponse(_message.Message):
+    __slots__ = ("checkpoints",)
+    CHECKPOINTS_FIELD_NUMBER: _ClassVar[int]
+    checkpoints: _containers.RepeatedCompositeFieldContainer[Checkpoint]
+    def __init__(self, checkpoints: _Optional[_Iterable[_Union[Checkpoint, _Mapping]]] = ...) -> None: ...
+
+class ReadJobLogRequest(_message.Message):
+    __slots__ = ("job_id", "offset", "max_bytes")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    MAX_BYTES_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    offset: int
+    max_bytes: int
+    def __init__(self, job_id: _Optional[str] = ..., offset: _Optional[int] = ..., max_bytes: _Optional[int] = ...) -> None: ...
+
+class ReadJobLogResponse(_message.Message):
+    __slots__ = ("data", "next_offset", "size")
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    NEXT_OFFSET_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    data: bytes
+    next_offset: int
+    size: int
+    def __init__(self, data: _Optional[bytes] = ..., next_offset: _Optional[int] = ..., size: _Optional[int] = ...) -> None: ...

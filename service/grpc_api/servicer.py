@@ -1,0 +1,170 @@
+"""FineTuningService: parse, call the core (service/jobs.py), map. Nothing else.
+
+The core is synchronous (it talks to S3 through boto3); each call runs it in a worker
+thread, so a watch that waits between polls holds no thread while it waits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+from tuneforge.v1 import fine_tuning_pb2 as pb
+from tuneforge.v1 import fine_tuning_pb2_grpc as pb_grpc
+
+from service import jobs
+from service.context import ServiceContext
+from service.errors import InvalidArgument
+from service.grpc_api import mapping
+from service.grpc_api.errors import ShuttingDown, abort
+
+Response = TypeVar("Response")
+DEFAULT_PAGE_SIZE = 20
+
+
+def mapped(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn whatever a handler raises into its gRPC status (service/grpc_api/errors.py)."""
+    if inspect.isasyncgenfunction(method):
+
+        @functools.wraps(method)
+        async def streaming(
+            self: Any, request: Any, context: grpc.aio.ServicerContext
+        ) -> AsyncIterator[Any]:
+            try:
+                async for item in method(self, request, context):
+                    yield item
+            except grpc.aio.AbortError:
+                raise
+            except Exception as error:
+                await abort(context, error)
+
+        return streaming
+
+    @functools.wraps(method)
+    async def unary(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return await method(self, request, context)
+        except grpc.aio.AbortError:
+            raise
+        except Exception as error:
+            await abort(context, error)
+
+    return unary
+
+
+class FineTuningServicer(pb_grpc.FineTuningServiceServicer):
+    def __init__(self, context: ServiceContext, *, watch_poll_seconds: float = 0.5) -> None:
+        self.context = context
+        self.store = context.store
+        self.watch_poll_seconds = watch_poll_seconds
+        self._shutdown = asyncio.Event()
+
+    def shut_down(self) -> None:
+        """End every watch (UNAVAILABLE: call again elsewhere); called on the server's loop."""
+        self._shutdown.set()
+
+    def _kick(self) -> None:
+        if self.context.reconciler is not None:
+            self.context.reconciler.kick()
+
+    @staticmethod
+    def _run(
+        function: Callable[..., Response], *arguments: Any, **keywords: Any
+    ) -> Awaitable[Response]:
+        return asyncio.to_thread(function, *arguments, **keywords)
+
+    @mapped
+    async def CreateJob(
+        self, request: pb.CreateJobRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CreateJobResponse:
+        job_create = mapping.job_create(request)
+        job, created = await self._run(jobs.create_job, self.store, job_create)
+        if created:
+            self._kick()
+        return pb.CreateJobResponse(job=mapping.job_message(job), created=created)
+
+    @mapped
+    async def GetJob(self, request: pb.GetJobRequest, context: grpc.aio.ServicerContext) -> pb.Job:
+        return mapping.job_message(await self._run(jobs.get_job, self.store, request.job_id))
+
+    @mapped
+    async def ListJobs(
+        self, request: pb.ListJobsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListJobsResponse:
+        page_size = request.page_size or DEFAULT_PAGE_SIZE
+        if not 1 <= page_size <= jobs.MAX_PAGE_SIZE:
+            raise InvalidArgument(
+                f"pageSize must be between 1 and {jobs.MAX_PAGE_SIZE} (0: {DEFAULT_PAGE_SIZE})",
+                field="pageSize",
+            )
+        found, next_token = await self._run(
+            jobs.list_jobs,
+            self.store,
+            state=mapping.state_filter(request.state),
+            limit=page_size,
+            page_token=request.page_token or None,
+        )
+        return pb.ListJobsResponse(
+            jobs=[mapping.job_message(job) for job in found], next_page_token=next_token or ""
+        )
+
+    @mapped
+    async def StopJob(
+        self, request: pb.StopJobRequest, context: grpc.aio.ServicerContext
+    ) -> pb.Job:
+        job = await self._run(jobs.stop_job, self.store, request.job_id)
+        self._kick()
+        return mapping.job_message(job)
+
+    @mapped
+    async def WatchJob(
+        self, request: pb.WatchJobRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.WatchJobResponse]:
+        watch = jobs.JobWatch(self.store, request.job_id)
+        while True:
+            if self._shutdown.is_set():
+                raise ShuttingDown("the server is shutting down; watch the job again")
+            job = await self._run(watch.poll)
+            if job is not None:
+                yield pb.WatchJobResponse(job=mapping.job_message(job))
+            if watch.done:
+                return
+            try:
+                await asyncio.wait_for(self._shutdown.wait(), self.watch_poll_seconds)
+            except TimeoutError:
+                pass
+
+    @mapped
+    async def ListJobEvents(
+        self, request: pb.ListJobEventsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListJobEventsResponse:
+        events = await self._run(jobs.list_job_events, self.store, request.job_id)
+        return pb.ListJobEventsResponse(events=[mapping.event_message(e) for e in events])
+
+    @mapped
+    async def ListCheckpoints(
+        self, request: pb.ListCheckpointsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListCheckpointsResponse:
+        found = await self._run(jobs.list_checkpoints, self.store, request.job_id)
+        return pb.ListCheckpointsResponse(
+            checkpoints=[mapping.checkpoint_message(c) for c in found]
+        )
+
+    @mapped
+    async def ReadJobLog(
+        self, request: pb.ReadJobLogRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ReadJobLogResponse:
+        piece = await self._run(
+            jobs.read_job_log,
+            self.store,
+            request.job_id,
+            offset=request.offset,
+            max_bytes=request.max_bytes or jobs.DEFAULT_LOG_BYTES,
+        )
+        return pb.ReadJobLogResponse(
+            data=piece.data, next_offset=piece.next_offset, size=piece.size
+        )

@@ -1,0 +1,153 @@
+"""The `tuneforge` CLI, run as a subprocess against a real server."""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from service.embedded_s3 import free_port
+from tests.servers import ApiServer, demo_job
+
+SCRIPT = Path(sys.executable).parent / "tuneforge"
+
+
+def _tuneforge(
+    *arguments: str, endpoint: str | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    command = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "tuneforge"]
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("TUNEFORGE_")}
+    if endpoint is not None:
+        environment["TUNEFORGE_ENDPOINT"] = endpoint
+    return subprocess.run(
+        [*command, *arguments], capture_output=True, text=True, env=environment, timeout=timeout
+    )
+
+
+def test_cli_creates_and_watches_a_job(lively_server: ApiServer, tmp_path: Path) -> None:
+    api_server = lively_server
+    job_file = tmp_path / "job.yaml"
+    job_file.write_text(yaml.safe_dump(demo_job("cli-life", epochCount=1)))
+    created = _tuneforge(
+        "jobs",
+        "create",
+        "--file",
+        str(job_file),
+        "--tag",
+        "team=cli",
+        "--watch",
+        endpoint=api_server.grpc_target,
+        timeout=300,
+    )
+    assert created.returncode == 0, created.stdout + created.stderr
+    lines = created.stdout.splitlines()
+    assert lines[0].startswith("created job ") and "(cli-life)" in lines[0]
+    job_id = lines[0].split()[2]
+    # Not a terminal: one plain line per update, no progress-bar control characters.
+    assert "\r" not in created.stdout and "\x1b" not in created.stdout
+    running = [line for line in lines if "  RUNNING " in line]
+    assert running and any(" step " in line and " loss " in line for line in running), lines
+    assert any("eta " in line for line in running), lines
+    assert (
+        lines[-1].startswith(f"job {job_id} COMPLETED") and "model: s3://demo/output/" in lines[-1]
+    )
+
+    described = _tuneforge(
+        "jobs", "get", job_id, "--output", "json", endpoint=api_server.grpc_target
+    )
+    assert described.returncode == 0, described.stderr
+    job = json.loads(described.stdout)
+    with api_server.client() as rest:
+        assert job == rest.get(f"/v1/jobs/{job_id}").json()
+    assert job["state"] == "COMPLETED" and job["tags"] == {"team": "cli"}
+
+    listed = _tuneforge("--endpoint", api_server.grpc_target, "jobs", "list")
+    assert listed.returncode == 0
+    assert listed.stdout.splitlines()[0].split()[:3] == ["JOB", "ID", "NAME"]
+    assert any(
+        line.startswith(job_id) and "COMPLETED" in line for line in listed.stdout.splitlines()
+    )
+
+    logs = _tuneforge("jobs", "logs", job_id, endpoint=api_server.grpc_target)
+    assert logs.returncode == 0 and logs.stdout.strip()
+    events = _tuneforge("jobs", "events", job_id, endpoint=api_server.grpc_target)
+    assert events.returncode == 0 and "CREATED" in events.stdout
+
+    # On a terminal: a live line with a progress bar, redrawn in place.
+    leader, follower = pty.openpty()
+    command = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "tuneforge"]
+    watched = subprocess.run(
+        [*command, "--endpoint", api_server.grpc_target, "jobs", "watch", job_id],
+        stdout=follower,
+        stderr=subprocess.PIPE,
+        timeout=60,
+    )
+    os.close(follower)
+    screen = os.read(leader, 65536).decode()
+    os.close(leader)
+    assert watched.returncode == 0
+    assert "\r\x1b[K" in screen and "[########################] 100%" in screen, repr(screen)
+
+
+def test_cli_get_unknown_job_exits_non_zero_with_one_line(api_server: ApiServer) -> None:
+    result = _tuneforge("jobs", "get", "0000000000000000", endpoint=api_server.grpc_target)
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert result.stderr == (
+        "tuneforge: NOT_FOUND: no job with id '0000000000000000' (field jobId)\n"
+    )
+    over_rest = _tuneforge("--rest", api_server.url, "jobs", "get", "0000000000000000")
+    assert over_rest.returncode == 1 and over_rest.stderr == result.stderr
+
+
+def test_cli_exit_codes(api_server: ApiServer, tmp_path: Path) -> None:
+    target = api_server.grpc_target
+    flags = [
+        "--name",
+        "cli-flags",
+        "--base-model",
+        "s3://demo/models/tiny-llama/",
+        "--training-data",
+        "s3://demo/datasets/sample-train.jsonl",
+        "--output-data",
+        "s3://demo/output/",
+    ]
+    refused = _tuneforge("jobs", "create", *flags, "--learning-rate", "2", endpoint=target)
+    assert refused.returncode == 1
+    assert refused.stderr.startswith("tuneforge: INVALID_ARGUMENT: hyperParameters.learningRate")
+    assert refused.stderr.endswith("(field hyperParameters.learningRate)\n")
+    assert refused.stderr.count("\n") == 1
+
+    usage = _tuneforge("jobs", "create", "--epochs", "three", endpoint=target)
+    assert usage.returncode == 2
+    missing = _tuneforge("jobs", "create", "--file", str(tmp_path / "nope.yaml"), endpoint=target)
+    assert missing.returncode == 2 and missing.stderr.startswith("tuneforge: cannot read ")
+    bad_state = _tuneforge("jobs", "list", "--state", "SLEEPING", endpoint=target)
+    assert bad_state.returncode == 2 and "unknown job state" in bad_state.stderr
+
+    unreachable = _tuneforge("jobs", "list", endpoint=f"127.0.0.1:{free_port()}")
+    assert unreachable.returncode == 3
+    assert unreachable.stderr.startswith("tuneforge: UNAVAILABLE: ")
+    assert unreachable.stderr.count("\n") == 1
+
+    # Stop through the REST SDK: `watch` then exits 4, the job having ended STOPPED.
+    job_id = _tuneforge(
+        "jobs", "create", *flags, "--epochs", "100", "-q", endpoint=target
+    ).stdout.strip()
+    assert len(job_id) == 16
+    stopped = _tuneforge("--rest", api_server.url, "jobs", "stop", job_id)
+    assert stopped.returncode == 0 and stopped.stdout == f"job {job_id}: STOPPING\n"
+    started = time.monotonic()
+    watched = _tuneforge("jobs", "watch", job_id, "--output", "json", endpoint=target, timeout=120)
+    assert watched.returncode == 4, watched.stderr
+    updates = [json.loads(line) for line in watched.stdout.splitlines()]
+    assert updates[-1]["state"] == "STOPPED" and updates[-1]["stopRequested"]
+    assert time.monotonic() - started < 90
+    again = _tuneforge("jobs", "stop", job_id, endpoint=target)
+    assert again.returncode == 1 and again.stderr.startswith("tuneforge: FAILED_PRECONDITION: ")
