@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import csv
 import io
+import os
+import signal
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -191,3 +194,30 @@ def test_restarted_api_stops_a_job_it_did_not_start(
         assert not process_alive(status.launch.pid)
     finally:
         restarted.stop()
+
+
+def test_stop_escalates_to_sigkill_when_the_trainer_does_not_answer(
+    s3_server: Any, demo_assets: None, object_store: ObjectStore, tmp_path: Path
+) -> None:
+    server = ApiServer(
+        s3_server,
+        tmp_path / "home",
+        state_bucket=f"escalate-{uuid.uuid4().hex[:8]}",
+        extra_env={"TUNEFORGE_STOP_GRACE_SECONDS": "3", "TUNEFORGE_KILL_GRACE_SECONDS": "2"},
+    ).start()
+    try:
+        with server.client() as client:
+            body = demo_job("frozen", epochCount=100)
+            job_id = client.post("/v1/jobs", json=body).json()["jobId"]
+            server.wait_for(job_id, {"RUNNING"}, timeout=120)
+            status, _ = JobStore(object_store, server.state_bucket).get_status(job_id)
+            assert status.launch is not None and status.launch.pid is not None
+            # A frozen trainer cannot notice the stop request, nor handle SIGTERM.
+            os.kill(status.launch.pid, signal.SIGSTOP)
+            assert client.post(f"/v1/jobs/{job_id}/stop").status_code == 202
+            job = server.wait_for(job_id, {"STOPPED"}, timeout=30)
+        assert not process_alive(status.launch.pid)
+        assert "STOPPING" in job["stateTimes"]
+    finally:
+        server.stop()
+        server.kill_trainers()
