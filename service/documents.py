@@ -108,7 +108,10 @@ class FailureReason(enum.StrEnum):
 
 
 class _Document(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    # Stored documents keep fields they do not know: during a rolling upgrade a newer
+    # trainer or replica may add one, and an older reader must neither fail on it nor
+    # drop it when it writes the document back (compare-and-swap keeps it).
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
 
 
 class HyperParameters(_Document):
@@ -189,6 +192,8 @@ class Progress(_Document):
     tokensSeen: int = 0
     etaSeconds: float | None = None
     firstStepAt: str | None = None
+    # Classification jobs: accuracy, precision, recall, f1 of the last evaluation.
+    validationMetrics: dict[str, float] = {}
 
 
 class Failure(_Document):
@@ -222,6 +227,8 @@ class JobStatus(_Document):
     progress: Progress = Progress()
     failure: Failure | None = None
     stateTimes: dict[str, str] = {}
+    # Relaunches so far, by cause ("crash", "preemption"); written by the reconciler.
+    retries: dict[str, int] = {}
 
     def moved_to(self, new: JobState) -> JobStatus:
         """A copy in state `new`, with its time recorded; raises on an illegal move."""

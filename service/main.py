@@ -119,6 +119,8 @@ def main() -> int:
             heartbeat_timeout_seconds=settings.heartbeat_timeout_seconds,
             stop_grace_seconds=settings.stop_grace_seconds,
             kill_grace_seconds=settings.kill_grace_seconds,
+            crash_retry_budget=settings.crash_retry_budget,
+            max_attempts=settings.max_attempts,
         )
         context = ServiceContext(settings, store, reconciler, store_conformant=True)
         grpc_server, grpc_port = create_server(

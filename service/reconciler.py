@@ -9,7 +9,11 @@ pass walks `active/` (jobs not yet seen terminal) and, per job:
 - stop requested, trainer alive: after `stop_grace_seconds` SIGTERM its process group,
   after `kill_grace_seconds` more SIGKILL it.
 - trainer dead (process gone, or no heartbeat for `heartbeat_timeout_seconds`) and the
-  job not terminal: STOPPED if a stop was requested, else FAILED / TRAINER_CRASHED.
+  job not terminal: STOPPED if a stop was requested; else relaunched as the next
+  attempt (the trainer resumes from the job's state), within a budget per cause: a
+  preempted trainer (SIGTERM, exit 143) or a lost one (no heartbeat, exit unknown:
+  node loss) does not count against `crash_retry_budget`, a crash does; no job gets
+  more than `max_attempts`. Past the budget: FAILED / TRAINER_CRASHED.
 - terminal: drop the active marker.
 
 The reconciler writes `status.launch`, and writes `status.state` only for a job with no
@@ -36,7 +40,7 @@ from service.documents import (
     utc_now,
 )
 from service.errors import JobNotFound, TuneforgeError
-from service.launch.base import Launcher
+from service.launch.base import Launcher, Observed
 from service.store import Job, JobStore
 
 log = logging.getLogger(__name__)
@@ -63,6 +67,8 @@ class Reconciler:
         heartbeat_timeout_seconds: float = 60.0,
         stop_grace_seconds: float = 20.0,
         kill_grace_seconds: float = 10.0,
+        crash_retry_budget: int = 2,
+        max_attempts: int = 10,
     ) -> None:
         self.store = store
         self.launcher = launcher
@@ -71,6 +77,8 @@ class Reconciler:
         self.heartbeat_timeout_seconds = heartbeat_timeout_seconds
         self.stop_grace_seconds = stop_grace_seconds
         self.kill_grace_seconds = kill_grace_seconds
+        self.crash_retry_budget = crash_retry_budget
+        self.max_attempts = max_attempts
         self.replica_id = uuid.uuid4().hex[:12]
         self._wake = threading.Event()
         self._stopping = threading.Event()
@@ -139,10 +147,15 @@ class Reconciler:
             if job.control.stopRequested:
                 self._escalate_stop(job)
             return
-        self._handle_dead_trainer(job, observed.exit_code)
+        self._handle_dead_trainer(job, observed)
 
-    def _launch(self, job: Job) -> None:
-        attempt = 1
+    def _launch(self, job: Job, *, after: LaunchRecord | None = None, cause: str = "") -> None:
+        """Claim and start the next attempt: 1 for a queued job, or the one after `after`.
+
+        The claim is a compare-and-swap of `status.launch`: of all replicas reconciling
+        this job, exactly one wins it and starts a trainer.
+        """
+        attempt = 1 if after is None else after.attempt + 1
         claim = LaunchRecord(
             attempt=attempt,
             launcher=self.launcher.name,
@@ -152,10 +165,17 @@ class Reconciler:
         )
 
         def claim_launch(status: JobStatus) -> JobStatus | None:
-            if status.launch is not None or status.state != JobState.QUEUED:
+            if status.state.is_terminal():
+                return None
+            current = status.launch.attempt if status.launch else None
+            if current != (after.attempt if after else None):
                 return None  # another replica won
+            if after is None and status.state != JobState.QUEUED:
+                return None
             claimed = status.model_copy(deep=True)
             claimed.launch = claim
+            if cause:
+                claimed.retries[cause] = claimed.retries.get(cause, 0) + 1
             return claimed
 
         if self.store.update_status(job.spec.jobId, claim_launch) is None:
@@ -184,8 +204,11 @@ class Reconciler:
             return recorded
 
         self.store.update_status(job.spec.jobId, record_process)
+        why = f" after a {cause}" if cause else ""
         self.store.append_event(
-            job.spec.jobId, "LAUNCHED", f"trainer attempt {attempt} started ({self.launcher.name})"
+            job.spec.jobId,
+            "LAUNCHED",
+            f"trainer attempt {attempt} started ({self.launcher.name}){why}",
         )
 
     def _escalate_stop(self, job: Job) -> None:
@@ -196,7 +219,7 @@ class Reconciler:
         elif waited > self.stop_grace_seconds:
             self.launcher.signal(job.status.launch, signal.SIGTERM)
 
-    def _handle_dead_trainer(self, job: Job, exit_code: int | None) -> None:
+    def _handle_dead_trainer(self, job: Job, observed: Observed) -> None:
         launch = job.status.launch
         assert launch is not None
         # The trainer may have written a terminal state just before exiting; re-read.
@@ -209,18 +232,39 @@ class Reconciler:
         if job.control.stopRequested:
             self._finish(job, launch.attempt, JobState.STOPPED, None, "stopped")
             return
-        if exit_code is None:
+        exit_code = observed.exit_code
+        if exit_code is None and observed.alive is False:
+            how = "is gone (an earlier server process started it; its exit code is unknown)"
+            cause = "preemption"
+        elif exit_code is None:
             how = f"stopped sending heartbeats (last at {status.heartbeatAt or 'never'})"
+            cause = "preemption"  # lost with its node, as far as anyone can tell
+        elif exit_code == TrainerExit.PREEMPTED or exit_code == -signal.SIGTERM:
+            how = "was terminated (SIGTERM: preempted, or the service shut down)"
+            cause = "preemption"
         elif exit_code < 0:
             how = f"was killed by signal {signal.Signals(-exit_code).name}"
-        elif exit_code == TrainerExit.PREEMPTED:
-            how = "was terminated (SIGTERM: preempted, or the service shut down)"
+            cause = "crash"
         else:
             how = f"exited with code {exit_code}"
-        message = (
-            f"the trainer process {how} before the job finished; its log is at "
-            f"{self.store.log_location(job.spec.jobId).uri}"
-        )
+            cause = "crash"
+        log_uri = self.store.log_location(job.spec.jobId).uri
+        crashes = status.retries.get("crash", 0)
+        if exit_code == TrainerExit.BAD_INPUT:
+            pass  # bad data or config: never retried
+        elif launch.attempt >= self.max_attempts:
+            how += f"; it was attempt {launch.attempt} of at most {self.max_attempts}"
+        elif cause == "crash" and crashes >= self.crash_retry_budget:
+            how += f"; it had already crashed {crashes} time(s), the retry budget"
+        else:
+            self.store.append_event(
+                job.spec.jobId,
+                "RETRY",
+                f"the trainer of attempt {launch.attempt} {how} ({cause}); relaunching",
+            )
+            self._launch(job, after=launch, cause=cause)
+            return
+        message = f"the trainer process {how} before the job finished; its log is at {log_uri}"
         self._finish(job, launch.attempt, JobState.FAILED, FailureReason.TRAINER_CRASHED, message)
 
     def _finish(

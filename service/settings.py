@@ -6,9 +6,10 @@ the environment at import time.
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -52,12 +53,38 @@ class Settings(BaseSettings):
     # before SIGTERM, and after SIGTERM before SIGKILL of its process group.
     stop_grace_seconds: float = 20.0
     kill_grace_seconds: float = 10.0
+    # A crashed trainer is relaunched at most this many times; preemptions (SIGTERM)
+    # and lost nodes do not count, but no job gets more than `max_attempts` trainers.
+    crash_retry_budget: int = Field(default=2, ge=0, le=100)
+    max_attempts: int = Field(default=10, ge=1, le=1000)
     # Passed to the trainer: how often it writes its heartbeat and looks for a stop
     # request.
     trainer_heartbeat_seconds: float = 2.0
     trainer_python: str | None = None
 
     max_request_bytes: int = 1_048_576
+
+    # The Bedrock-compatible face (service/bedrock/): ARNs are built from these.
+    bedrock_region: str = Field(default="us-east-1", pattern=r"^[a-z0-9-]{1,20}$")
+    bedrock_account_id: str = Field(default="000000000000", pattern=r"^[0-9]{12}$")
+    # SigV4 access key id -> secret key. Requests signed with any other key are refused.
+    bedrock_access_keys: dict[str, SecretStr] = {}
+    # Bearer tokens accepted in `Authorization: Bearer <token>` (AWS_BEARER_TOKEN_BEDROCK).
+    bedrock_bearer_tokens: list[SecretStr] = []
+    # Development only: accept any signature (or none). Refused unless REST is on loopback.
+    bedrock_dev_mode_any_signature: bool = False
+    # Requests per second per caller (access key) on the Bedrock face; 0: no limit.
+    bedrock_requests_per_second: float = Field(default=0.0, ge=0)
+    bedrock_burst: int = Field(default=20, ge=1)
+
+    @model_validator(mode="after")
+    def _dev_mode_only_on_loopback(self) -> Settings:
+        if self.bedrock_dev_mode_any_signature and not _is_loopback(self.rest_host):
+            raise ValueError(
+                "bedrock_dev_mode_any_signature is only allowed when rest_host is a loopback "
+                f"address, not {self.rest_host!r}"
+            )
+        return self
 
     @property
     def embedded_store(self) -> bool:
@@ -68,3 +95,12 @@ class Settings(BaseSettings):
         if self.s3_endpoint_url:
             return self.s3_endpoint_url
         return f"http://127.0.0.1:{self.embedded_s3_port}"
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

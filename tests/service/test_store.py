@@ -109,3 +109,29 @@ def test_transitions() -> None:
         transition(JobState.QUEUED, JobState.COMPLETED)
     with pytest.raises(IllegalTransition):
         transition(JobState.RUNNING, JobState.STOPPED)
+
+
+def test_status_keeps_fields_a_newer_writer_added(
+    store: JobStore, object_store: ObjectStore
+) -> None:
+    from service.storage import S3Location
+
+    spec = _spec()
+    store.create(spec)
+    location = S3Location(store.bucket, f"jobs/{spec.jobId}/status.json")
+    found = object_store.get_json(location)
+    assert found is not None
+    document, etag = found
+    document["fieldFromTheFuture"] = {"x": 1}
+    object_store.put_json(location, document, if_match=etag)
+
+    def add_one(status: JobStatus) -> JobStatus:
+        changed = status.model_copy(deep=True)
+        changed.progress.step += 1
+        return changed
+
+    store.update_status(spec.jobId, add_one)
+    after = object_store.get_json(location)
+    assert after is not None
+    assert after[0]["fieldFromTheFuture"] == {"x": 1}
+    assert after[0]["progress"]["step"] == 1
