@@ -229,6 +229,8 @@ class JobStatus(_Document):
     stateTimes: dict[str, str] = {}
     # Relaunches so far, by cause ("crash", "preemption"); written by the reconciler.
     retries: dict[str, int] = {}
+    # 1 for the next job to start, while QUEUED for a free slot; written by the reconciler.
+    queuePosition: int | None = None
 
     def moved_to(self, new: JobState) -> JobStatus:
         """A copy in state `new`, with its time recorded; raises on an illegal move."""

@@ -22,7 +22,7 @@ from service.context import ServiceContext
 from service.embedded_s3 import EmbeddedS3
 from service.errors import TuneforgeError
 from service.grpc_api.server import create_server, grpc_address
-from service.launch.local import LocalLauncher
+from service.launch.local import LocalLauncher, visible_gpu_count
 from service.probe import check_conditional_writes
 from service.reconciler import Reconciler
 from service.settings import Settings
@@ -121,6 +121,7 @@ def main() -> int:
             kill_grace_seconds=settings.kill_grace_seconds,
             crash_retry_budget=settings.crash_retry_budget,
             max_attempts=settings.max_attempts,
+            slots=settings.local_slots or visible_gpu_count() or 1,
         )
         context = ServiceContext(settings, store, reconciler, store_conformant=True)
         grpc_server, grpc_port = create_server(

@@ -3,8 +3,10 @@
 Every replica runs one; there is no leader and nothing in memory that matters. Each
 pass walks `active/` (jobs not yet seen terminal) and, per job:
 
-- QUEUED, not launched: launch it. The launch is claimed by writing `status.launch`
-  with compare-and-swap, so of all replicas exactly one starts the attempt.
+- QUEUED, not launched: launch it when a slot is free (`slots` trainers at once;
+  queued jobs start in creation order and carry their `queuePosition` meanwhile). The
+  launch is claimed by writing `status.launch` with compare-and-swap, so of all
+  replicas exactly one starts the attempt.
 - stop requested, not launched: STOPPED.
 - stop requested, trainer alive: after `stop_grace_seconds` SIGTERM its process group,
   after `kill_grace_seconds` more SIGKILL it.
@@ -69,6 +71,7 @@ class Reconciler:
         kill_grace_seconds: float = 10.0,
         crash_retry_budget: int = 2,
         max_attempts: int = 10,
+        slots: int = 1,
     ) -> None:
         self.store = store
         self.launcher = launcher
@@ -79,6 +82,7 @@ class Reconciler:
         self.kill_grace_seconds = kill_grace_seconds
         self.crash_retry_budget = crash_retry_budget
         self.max_attempts = max_attempts
+        self.slots = slots
         self.replica_id = uuid.uuid4().hex[:12]
         self._wake = threading.Event()
         self._stopping = threading.Event()
@@ -112,31 +116,47 @@ class Reconciler:
             self._wake.wait(self.interval_seconds)
 
     def run_once(self) -> None:
-        for job_id in self.store.list_active_job_ids():
+        waiting: list[Job] = []
+        occupied = 0
+        for job_id in self.store.list_active_job_ids():  # oldest first
             if self._stopping.is_set():
                 return
             try:
-                self.reconcile(job_id)
+                job = self.store.get(job_id)
+                if self.reconcile(job):
+                    waiting.append(job)
+                elif job.status.launch is not None:
+                    occupied += 1
             except JobNotFound:
                 if _age_seconds_ms(job_id_created_ms(job_id)) > _ABANDONED_CREATE_SECONDS:
                     self.store.mark_inactive(job_id)
             except TuneforgeError as error:
                 log.warning("reconciling job %s failed: %s", job_id, error.message)
+        # Queued jobs start in creation order as slots free up; the rest learn their
+        # place in the queue.
+        free = max(0, self.slots - occupied)
+        for index, job in enumerate(waiting):
+            try:
+                if index < free:
+                    self._launch(job)
+                else:
+                    self._set_queue_position(job, index - free + 1)
+            except TuneforgeError as error:
+                log.warning("launching job %s failed: %s", job.spec.jobId, error.message)
 
     # -- one job ---------------------------------------------------------------
 
-    def reconcile(self, job_id: str) -> None:
-        job = self.store.get(job_id)
+    def reconcile(self, job: Job) -> bool:
+        """Act on one job; return True when it is queued and waits for a slot."""
         status = job.status
         if status.state.is_terminal():
-            self.store.mark_inactive(job_id)
-            return
+            self.store.mark_inactive(job.spec.jobId)
+            return False
         if status.launch is None:
             if job.control.stopRequested:
                 self._finish(job, None, JobState.STOPPED, None, "stopped before it was launched")
-            else:
-                self._launch(job)
-            return
+                return False
+            return True
 
         observed = self.launcher.observe(status.launch)
         alive = observed.alive
@@ -146,8 +166,19 @@ class Reconciler:
         if alive:
             if job.control.stopRequested:
                 self._escalate_stop(job)
-            return
+            return False
         self._handle_dead_trainer(job, observed)
+        return False
+
+    def _set_queue_position(self, job: Job, position: int) -> None:
+        def place(status: JobStatus) -> JobStatus | None:
+            if status.launch is not None or status.queuePosition == position:
+                return None
+            placed = status.model_copy(deep=True)
+            placed.queuePosition = position
+            return placed
+
+        self.store.update_status(job.spec.jobId, place)
 
     def _launch(self, job: Job, *, after: LaunchRecord | None = None, cause: str = "") -> None:
         """Claim and start the next attempt: 1 for a queued job, or the one after `after`.
@@ -174,6 +205,7 @@ class Reconciler:
                 return None
             claimed = status.model_copy(deep=True)
             claimed.launch = claim
+            claimed.queuePosition = None
             if cause:
                 claimed.retries[cause] = claimed.retries.get(cause, 0) + 1
             return claimed

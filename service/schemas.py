@@ -107,8 +107,14 @@ class JobCreate(_Request):
         ),
     ]
     customizationType: Annotated[
-        Literal["FINE_TUNING"],
-        Field(description="FINE_TUNING: instruction tuning on {prompt, completion} pairs."),
+        Literal["FINE_TUNING", "CONTINUED_PRE_TRAINING", "CLASSIFICATION"],
+        Field(
+            description="FINE_TUNING: instruction tuning on {prompt, completion} pairs (or "
+            "conversations); loss on the completion only. CONTINUED_PRE_TRAINING: "
+            "domain adaptation on {input} or {text} documents, long ones split into "
+            "maxSequenceLength chunks. CLASSIFICATION: transfer learning on {text, label} "
+            "records (labels strings or integers); reports accuracy, precision, recall, F1."
+        ),
     ] = "FINE_TUNING"
     trainingDataConfig: TrainingDataConfig
     validationDataConfig: ValidationDataConfig | None = None
@@ -174,6 +180,9 @@ class JobPublic(BaseModel):
     failure: FailurePublic | None = None
     output: OutputLocations
     attempt: int = Field(description="Launch attempt of the trainer; 0 while not launched.")
+    queuePosition: int | None = Field(
+        default=None, description="While QUEUED for a free trainer slot: 1 starts next."
+    )
     stateTimes: dict[str, str] = Field(
         default={}, description="When the job entered each state it has been in."
     )
@@ -223,6 +232,7 @@ class JobPublic(BaseModel):
             ),
             attempt=status.launch.attempt if status.launch else 0,
             stateTimes=status.stateTimes,
+            queuePosition=status.queuePosition,
         )
 
 

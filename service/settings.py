@@ -56,6 +56,9 @@ class Settings(BaseSettings):
     # A crashed trainer is relaunched at most this many times; preemptions (SIGTERM)
     # and lost nodes do not count, but no job gets more than `max_attempts` trainers.
     crash_retry_budget: int = Field(default=2, ge=0, le=100)
+    # Trainers the local launcher runs at once; more jobs wait QUEUED in creation
+    # order. Unset: one per visible GPU, or one on a host without GPUs.
+    local_slots: int | None = Field(default=None, ge=1, le=1024)
     max_attempts: int = Field(default=10, ge=1, le=1000)
     # Passed to the trainer: how often it writes its heartbeat and looks for a stop
     # request.

@@ -59,6 +59,8 @@ class ApiServer:
                 "TUNEFORGE_HEARTBEAT_TIMEOUT_SECONDS": "30",
                 "TUNEFORGE_STOP_GRACE_SECONDS": "10",
                 "TUNEFORGE_KILL_GRACE_SECONDS": "5",
+                # Tests start several short jobs at once; queueing has its own test.
+                "TUNEFORGE_LOCAL_SLOTS": "4",
             }
         )
         env["TUNEFORGE_GRPC_PORT"] = str(self.grpc_port)
