@@ -9,6 +9,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api.errors import error_body, install_error_handlers
 from service.api.routes import health, jobs
+from service.bedrock import routes as bedrock_routes
 from service.context import ServiceContext
 
 
@@ -72,5 +73,6 @@ def create_app(context: ServiceContext) -> FastAPI:
     install_error_handlers(app)
     app.include_router(jobs.router)
     app.include_router(health.router)
+    app.include_router(bedrock_routes.router)  # Bedrock-compatible face (own error shape)
     app.add_middleware(BodySizeLimit, max_bytes=context.settings.max_request_bytes)
     return app

@@ -1,0 +1,81 @@
+"""Bedrock job names: unique per account, each pointing at its job.
+
+    names/<jobName>.json   {jobName, jobId, fingerprint, clientRequestToken,
+                            customModelName, roleArn, baseModelIdentifier, createdAt}
+
+Created with If-None-Match before the job, so two creates of one name have one winner;
+the job id is filled in (If-Match) once the job exists. It also keeps the Bedrock fields
+the native job spec has no place for.
+"""
+
+from __future__ import annotations
+
+import re
+
+from pydantic import BaseModel
+
+from service.storage import PreconditionFailed, S3Location
+from service.store import JobStore
+
+_JOB_NAME = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9+\-.])*$")
+
+
+class NameRecord(BaseModel):
+    jobName: str
+    jobId: str | None = None
+    fingerprint: str
+    clientRequestToken: str | None = None
+    customModelName: str
+    roleArn: str
+    baseModelIdentifier: str
+    customModelTags: dict[str, str] = {}
+    createdAt: str
+
+
+def _location(store: JobStore, name: str) -> S3Location | None:
+    if not _JOB_NAME.match(name) or len(name) > 63:
+        return None
+    return S3Location(store.bucket, f"names/{name}.json")
+
+
+def claim(store: JobStore, record: NameRecord) -> tuple[NameRecord, bool]:
+    """Create the record; return the one holding the name and whether it is ours."""
+    location = _location(store, record.jobName)
+    assert location is not None, "job names are validated before they get here"
+    try:
+        store.storage.put_json(location, record.model_dump(mode="json"), if_none_match=True)
+        return record, True
+    except PreconditionFailed:
+        found = get(store, record.jobName)
+        if found is None:  # released in between
+            return claim(store, record)
+        return found, False
+
+
+def set_job_id(store: JobStore, name: str, job_id: str) -> None:
+    location = _location(store, name)
+    assert location is not None
+    found = store.storage.get_json(location)
+    if found is None:
+        return
+    record = NameRecord.model_validate(found[0])
+    if record.jobId is None:
+        record.jobId = job_id
+        try:
+            store.storage.put_json(location, record.model_dump(mode="json"), if_match=found[1])
+        except PreconditionFailed:
+            pass  # a concurrent retry wrote the same id
+
+
+def release(store: JobStore, name: str) -> None:
+    location = _location(store, name)
+    if location is not None:
+        store.storage.delete(location)
+
+
+def get(store: JobStore, name: str) -> NameRecord | None:
+    location = _location(store, name)
+    if location is None:
+        return None
+    found = store.storage.get_json(location)
+    return None if found is None else NameRecord.model_validate(found[0])
