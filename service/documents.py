@@ -143,7 +143,12 @@ class HyperParameters(_Document):
     ] = 1
     maxSequenceLength: Annotated[
         int,
-        Field(ge=8, le=32_768, description="Tokens per example; longer ones are truncated."),
+        Field(
+            ge=8,
+            le=32_768,
+            description="Tokens per example. Longer instruction and classification "
+            "examples are truncated; longer documents are split into chunks.",
+        ),
     ] = 512
     weightDecay: Annotated[
         float, Field(ge=0, le=1, description="AdamW decoupled weight decay. 0-1.")

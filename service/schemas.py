@@ -109,8 +109,8 @@ class JobCreate(_Request):
     customizationType: Annotated[
         Literal["FINE_TUNING", "CONTINUED_PRE_TRAINING", "CLASSIFICATION"],
         Field(
-            description="FINE_TUNING: instruction tuning on {prompt, completion} pairs (or "
-            "conversations); loss on the completion only. CONTINUED_PRE_TRAINING: "
+            description="FINE_TUNING: instruction tuning on {prompt, completion} pairs; "
+            "loss on the completion only. CONTINUED_PRE_TRAINING: "
             "domain adaptation on {input} or {text} documents, long ones split into "
             "maxSequenceLength chunks. CLASSIFICATION: transfer learning on {text, label} "
             "records (labels strings or integers); reports accuracy, precision, recall, F1."

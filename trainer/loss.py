@@ -18,7 +18,10 @@ def token_loss_sum(model: Any, batch: Batch) -> torch.Tensor:
 
     A sum, not a mean: the caller divides by the target tokens of the whole
     accumulation window, so every token weighs the same however it was batched.
+    A classification batch gives the summed cross-entropy of its head over the examples.
     """
+    if batch.classification:
+        return classification_loss_sum(model, batch)[0]
     logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
     # Position t predicts token t+1. float32 for the softmax: bf16 loses precision here.
     shifted_logits = logits[:, :-1, :].float()
@@ -29,6 +32,13 @@ def token_loss_sum(model: Any, batch: Batch) -> torch.Tensor:
         ignore_index=IGNORE_INDEX,
         reduction="sum",
     )
+
+
+def classification_loss_sum(model: Any, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """(summed cross-entropy of the classification head over the batch, the logits)."""
+    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+    logits = logits.float()
+    return F.cross_entropy(logits, batch.labels, reduction="sum"), logits
 
 
 def backward_window(

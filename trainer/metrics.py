@@ -16,6 +16,8 @@ TRAINING_CSV = "training_artifacts/step_wise_training_metrics.csv"
 VALIDATION_CSV = "validation_artifacts/post_fine_tuning_validation/validation_metrics.csv"
 TRAINING_HEADER = "step_number,epoch_number,training_loss,perplexity"
 VALIDATION_HEADER = "step_number,epoch_number,validation_loss,perplexity"
+# Classification jobs append these columns to the validation file (same order).
+CLASSIFICATION_METRICS = ("accuracy", "precision", "recall", "f1")
 
 
 def perplexity(loss: float) -> float:
@@ -32,9 +34,10 @@ class _CsvFile:
         self.rows = 0
         self.uploaded_rows = -1  # never uploaded
 
-    def add(self, step: int, epoch: int, loss: float) -> None:
+    def add(self, step: int, epoch: int, loss: float, extra: tuple[float, ...] = ()) -> None:
+        columns = "".join(f",{value:.6f}" for value in extra)
         with self.path.open("a") as file:
-            file.write(f"{step},{epoch},{loss:.6f},{perplexity(loss):.6f}\n")
+            file.write(f"{step},{epoch},{loss:.6f},{perplexity(loss):.6f}{columns}\n")
         self.rows += 1
 
     def upload(self, storage: ObjectStore) -> None:
@@ -45,8 +48,19 @@ class _CsvFile:
 class MetricsLog:
     """Training and validation metrics; thread-safe (the heartbeat thread uploads)."""
 
-    def __init__(self, storage: ObjectStore, output: S3Location, directory: Path) -> None:
+    def __init__(
+        self,
+        storage: ObjectStore,
+        output: S3Location,
+        directory: Path,
+        *,
+        classification: bool = False,
+    ) -> None:
         self._storage = storage
+        self.classification = classification
+        header = VALIDATION_HEADER
+        if classification:
+            header += "".join(f",{name}" for name in CLASSIFICATION_METRICS)
         self._lock = threading.Lock()
         self.training = _CsvFile(
             directory / "step_wise_training_metrics.csv",
@@ -54,16 +68,23 @@ class MetricsLog:
             TRAINING_HEADER,
         )
         self.validation = _CsvFile(
-            directory / "validation_metrics.csv", output.child(VALIDATION_CSV), VALIDATION_HEADER
+            directory / "validation_metrics.csv", output.child(VALIDATION_CSV), header
         )
 
     def add_training(self, step: int, epoch: int, loss: float) -> None:
         with self._lock:
             self.training.add(step, epoch, loss)
 
-    def add_validation(self, step: int, epoch: int, loss: float) -> None:
+    def add_validation(
+        self, step: int, epoch: int, loss: float, metrics: dict[str, float] | None = None
+    ) -> None:
+        """A validation row; a classification job's row carries its CLASSIFICATION_METRICS."""
+        extra: tuple[float, ...] = ()
+        if self.classification:
+            values = metrics or {}
+            extra = tuple(values.get(name, math.nan) for name in CLASSIFICATION_METRICS)
         with self._lock:
-            self.validation.add(step, epoch, loss)
+            self.validation.add(step, epoch, loss, extra)
 
     def upload(self) -> None:
         """Upload each file that changed since its last upload.
@@ -75,3 +96,29 @@ class MetricsLog:
             for csv in (self.training, self.validation):
                 if csv.rows > 0 and csv.rows != csv.uploaded_rows:
                     csv.upload(self._storage)
+
+
+def classification_metrics(predictions: list[int], targets: list[int]) -> dict[str, float]:
+    """Accuracy and macro precision, recall and F1 (as scikit-learn computes them: the
+    mean over the labels seen in targets or predictions, 0 where a ratio is 0/0)."""
+    if not targets:
+        return {}
+    classes = sorted(set(targets) | set(predictions))
+    precisions, recalls, f1s = [], [], []
+    for label in classes:
+        tp = sum(1 for p, t in zip(predictions, targets, strict=True) if p == t == label)
+        predicted = sum(1 for p in predictions if p == label)
+        actual = sum(1 for t in targets if t == label)
+        precision = tp / predicted if predicted else 0.0
+        recall = tp / actual if actual else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        precisions.append(precision)
+        recalls.append(recall)
+        f1s.append(f1)
+    correct = sum(1 for p, t in zip(predictions, targets, strict=True) if p == t)
+    return {
+        "accuracy": correct / len(targets),
+        "precision": sum(precisions) / len(classes),
+        "recall": sum(recalls) / len(classes),
+        "f1": sum(f1s) / len(classes),
+    }

@@ -109,38 +109,69 @@ def check_transformers_version() -> None:
         )
 
 
-def load_model(directory: Path, uri: str, device: torch.device) -> tuple[Any, Any]:
+def load_model(
+    directory: Path, uri: str, device: torch.device, *, labels: list[str] | None = None
+) -> tuple[Any, Any]:
     """(model, tokenizer) from a checked directory, model in float32 on `device`.
+
+    Without `labels`, a causal language model. With `labels` (classification), the base
+    model with a new sequence-classification head of len(labels) outputs, the labels
+    stored in its config as id2label / label2id; a head the base model already has with
+    another shape is replaced (ignore_mismatched_sizes).
 
     Weights stay in float32 for the optimizer; on a GPU the forward pass runs in bfloat16
     under autocast (recipe.py).
     """
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import (
+        AutoConfig,
+        AutoModelForCausalLM,
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+    )
 
     check_transformers_version()
     try:
         config = AutoConfig.from_pretrained(
             directory, trust_remote_code=False, local_files_only=True
         )
-        model: Any = AutoModelForCausalLM.from_pretrained(
-            directory,
-            config=config,
-            trust_remote_code=False,
-            use_safetensors=True,
-            local_files_only=True,
-            dtype=torch.float32,
-        )
         tokenizer = AutoTokenizer.from_pretrained(
             directory, trust_remote_code=False, local_files_only=True
         )
+        model: Any
+        if labels is None:
+            model = AutoModelForCausalLM.from_pretrained(
+                directory,
+                config=config,
+                trust_remote_code=False,
+                use_safetensors=True,
+                local_files_only=True,
+                dtype=torch.float32,
+            )
+        else:
+            config.num_labels = len(labels)
+            config.id2label = dict(enumerate(labels))
+            config.label2id = {label: index for index, label in enumerate(labels)}
+            if config.pad_token_id is None and tokenizer.pad_token_id is not None:
+                config.pad_token_id = tokenizer.pad_token_id  # a decoder's head needs it
+            model = AutoModelForSequenceClassification.from_pretrained(
+                directory,
+                config=config,
+                trust_remote_code=False,
+                use_safetensors=True,
+                local_files_only=True,
+                dtype=torch.float32,
+                ignore_mismatched_sizes=True,
+            )
     except (torch.OutOfMemoryError, MemoryError):
         raise
     except Exception as error:
         raise ModelLoadError(
             f"could not load base model {uri}: {type(error).__name__}: {error}"
         ) from error
-    if tokenizer.eos_token_id is None:
+    if labels is None and tokenizer.eos_token_id is None:
         raise ModelLoadError(f"base model {uri}: the tokenizer has no end-of-sequence token")
+    if labels is not None and tokenizer.pad_token_id is None and tokenizer.eos_token_id is None:
+        raise ModelLoadError(f"base model {uri}: the tokenizer has neither a pad nor an EOS token")
     log.info(
         "loaded %s with %.2fM parameters on %s",
         type(model).__name__,

@@ -21,6 +21,8 @@ class TrainingProgress:
     total_epochs: int = 0
     training_loss: float | None = None  # of the latest step
     validation_loss: float | None = None  # of the latest evaluation
+    # Classification: accuracy, precision, recall, f1 of the latest evaluation.
+    validation_metrics: dict[str, float] = dataclasses.field(default_factory=dict)
     tokens_seen: int = 0  # non-padding tokens through the model in training
     first_step_at: str | None = None
     eta_seconds: float | None = None
@@ -44,4 +46,5 @@ class TrainingProgress:
             tokensSeen=self.tokens_seen,
             etaSeconds=self.eta_seconds,
             firstStepAt=self.first_step_at,
+            validationMetrics=dict(self.validation_metrics),
         )

@@ -1,6 +1,13 @@
 """The full fine-tuning recipe: setup, train, evaluate, save_checkpoint, cleanup.
 
 One readable loop over plain PyTorch. transformers only loads the model and tokenizer.
+The customization type picks the data format, the model head and the loss:
+
+    FINE_TUNING             {prompt, completion}; causal LM, loss on the completion
+    CONTINUED_PRE_TRAINING  {input} / {text}; causal LM, loss on every token, long
+                            documents split into maxSequenceLength chunks
+    CLASSIFICATION          {text, label}; sequence-classification head, cross-entropy,
+                            validation accuracy / precision / recall / F1
 
     QUEUED -> VALIDATING   check every data line, then download, check and load the model
            -> RUNNING      AdamW, warm-up + linear decay, gradient accumulation, clipping
@@ -26,8 +33,8 @@ from service.storage import ObjectStore, parse_s3_uri
 from trainer import checkpoint, data
 from trainer.data import Batch, TokenizedExample
 from trainer.errors import DataValidationError, Fenced
-from trainer.loss import backward_window, token_loss_sum
-from trainer.metrics import MetricsLog
+from trainer.loss import backward_window, classification_loss_sum, token_loss_sum
+from trainer.metrics import MetricsLog, classification_metrics
 from trainer.model import check_model_directory, download_model, load_model, pad_token_id
 from trainer.optim import build_optimizer, learning_rate_at, set_learning_rate
 from trainer.progress import TrainingProgress
@@ -63,7 +70,12 @@ class FullFineTuningRecipe:
         self.output = parse_s3_uri(spec.output_prefix, field="outputDataConfig.s3Uri")
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.progress = TrainingProgress(total_epochs=self.hp.epochCount)
-        self.metrics = MetricsLog(storage, self.output, workdir / "metrics")
+        self.kind = spec.customizationType
+        self.classification = self.kind == data.CLASSIFICATION
+        self.labels: list[str] | None = None  # classification: class id -> label
+        self.metrics = MetricsLog(
+            storage, self.output, workdir / "metrics", classification=self.classification
+        )
         self.model: Any = None
         self.tokenizer: Any = None
         self.optimizer: torch.optim.Optimizer | None = None
@@ -156,6 +168,8 @@ class FullFineTuningRecipe:
             )
             for what, uri in sources
         }
+        if self.classification and not errors.total:
+            self.labels = data.label_set(loaded["training"], loaded.get("validation", []), errors)
         if errors.total:
             raise DataValidationError(errors.message())
         self.reporter.event("DATA_VALIDATED", f"{len(loaded['training'])} training records")
@@ -164,12 +178,16 @@ class FullFineTuningRecipe:
         model_dir = self.workdir / "base-model"
         download_model(self.storage, spec.baseModelIdentifier, model_dir)
         check_model_directory(model_dir, spec.baseModelIdentifier)
-        self.model, self.tokenizer = load_model(model_dir, spec.baseModelIdentifier, self.device)
+        self.model, self.tokenizer = load_model(
+            model_dir, spec.baseModelIdentifier, self.device, labels=self.labels
+        )
         self.pad_id = pad_token_id(self.tokenizer)
         self.max_length = self._max_length()
 
         self.train_set = self._tokenize(loaded["training"], "training")
         self.validation_set = self._tokenize(loaded.get("validation", []), "validation")
+        if not self.train_set and self.kind != data.FINE_TUNING:
+            raise DataValidationError("the training data has no tokens to train on")
         if not self.train_set:
             raise DataValidationError(
                 f"no training record has a completion token left within {self.max_length} "
@@ -195,6 +213,15 @@ class FullFineTuningRecipe:
         return self.hp.maxSequenceLength
 
     def _tokenize(self, examples: list[data.Example], what: str) -> list[TokenizedExample]:
+        if self.classification:
+            assert self.labels is not None
+            return data.tokenize_classification(
+                examples, self.tokenizer, self.max_length, self.labels
+            )
+        if self.kind == data.CONTINUED_PRE_TRAINING:
+            chunks = data.tokenize_documents(examples, self.tokenizer, self.max_length)
+            log.info("%d %s documents -> %d chunks", len(examples), what, len(chunks))
+            return chunks
         tokenized, dropped = data.tokenize(examples, self.tokenizer, self.max_length)
         if dropped:
             log.warning(
@@ -279,6 +306,8 @@ class FullFineTuningRecipe:
     @torch.no_grad()
     def evaluate(self) -> float:
         """Mean loss per completion token over the whole validation set."""
+        if self.classification:
+            return self.evaluate_classification()
         self.model.eval()
         loss_sum, tokens = 0.0, 0
         for batch in data.batches(self.validation_set, self.hp.batchSize, self.pad_id):
@@ -291,6 +320,34 @@ class FullFineTuningRecipe:
         self.publish()
         log.info("epoch %d validation loss %.4f", self.progress.epoch, loss)
         return loss
+
+    @torch.no_grad()
+    def evaluate_classification(self) -> float:
+        """Mean cross-entropy per example, and accuracy / precision / recall / F1 (macro)."""
+        self.model.eval()
+        loss_sum = 0.0
+        predictions: list[int] = []
+        targets: list[int] = []
+        for batch in data.batches(self.validation_set, self.hp.batchSize, self.pad_id):
+            batch = batch.to(self.device)
+            with self.autocast():
+                loss, logits = classification_loss_sum(self.model, batch)
+            loss_sum += float(loss)
+            predictions += logits.argmax(dim=-1).tolist()
+            targets += batch.labels.tolist()
+        loss_value = loss_sum / max(len(targets), 1)
+        scores = classification_metrics(predictions, targets)
+        self.progress.validation_loss = loss_value
+        self.progress.validation_metrics = scores
+        self.metrics.add_validation(self.progress.step, self.progress.epoch, loss_value, scores)
+        self.publish()
+        log.info(
+            "epoch %d validation loss %.4f %s",
+            self.progress.epoch,
+            loss_value,
+            " ".join(f"{name} {value:.4f}" for name, value in scores.items()),
+        )
+        return loss_value
 
     # -- saving ------------------------------------------------------------------
 

@@ -97,7 +97,8 @@ def test_unreachable_server_is_unavailable() -> None:
 
 def test_calls_and_watches_survive_a_server_restart(api_server: ApiServer) -> None:
     """UNAVAILABLE while the server restarts: calls are retried, a watch reopens."""
-    client = Client(api_server.grpc_target, max_attempts=12, backoff=0.2, max_backoff=1.0)
+    # Enough retries to span a server start on a loaded 2-core machine (~40 s).
+    client = Client(api_server.grpc_target, max_attempts=45, backoff=0.2, max_backoff=1.0)
     job_id = client.create_job(_failing_job("restart")).job.job_id
     updates: list[pb.Job] = []
     failures: list[BaseException] = []

@@ -158,6 +158,8 @@ def job_from_dict(data: Mapping[str, Any]) -> pb.Job:
         tags=data.get("tags") or {},
         attempt=int(data.get("attempt") or 0),
     )
+    if data.get("queuePosition") is not None:
+        job.queue_position = int(data["queuePosition"])
     for field, name in (
         ("createdAt", "created_at"),
         ("updatedAt", "updated_at"),
@@ -181,6 +183,7 @@ def job_from_dict(data: Mapping[str, Any]) -> pb.Job:
         if progress.get(key) is not None:
             setattr(job.progress, name, progress[key])
     _set_time(job.progress, "first_step_at", progress.get("firstStepAt"))
+    job.progress.validation_metrics.update(progress.get("validationMetrics") or {})
     if data.get("failure"):
         failure = data["failure"]
         job.failure.CopyFrom(pb.Failure(reason=failure["reason"], message=failure["message"]))
@@ -233,6 +236,7 @@ def job_to_dict(job: pb.Job) -> JobDict:
             "tokensSeen": progress.tokens_seen,
             "etaSeconds": _optional(progress, "eta_seconds"),
             "firstStepAt": _time(progress, "first_step_at"),
+            "validationMetrics": dict(sorted(progress.validation_metrics.items())),
         },
         "failure": (
             {
@@ -244,6 +248,7 @@ def job_to_dict(job: pb.Job) -> JobDict:
         ),
         "output": {key: getattr(job.output, name) for key, name in _OUTPUT.items()},
         "attempt": job.attempt,
+        "queuePosition": _optional(job, "queue_position"),
         "stateTimes": {state_name(entry.state): _time(entry, "time") for entry in job.state_times},
     }
 

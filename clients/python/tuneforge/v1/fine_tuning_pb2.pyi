@@ -35,6 +35,8 @@ class CustomizationType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     CUSTOMIZATION_TYPE_UNSPECIFIED: _ClassVar[CustomizationType]
     FINE_TUNING: _ClassVar[CustomizationType]
+    CONTINUED_PRE_TRAINING: _ClassVar[CustomizationType]
+    CLASSIFICATION: _ClassVar[CustomizationType]
 JOB_STATE_UNSPECIFIED: JobState
 QUEUED: JobState
 VALIDATING: JobState
@@ -52,6 +54,8 @@ TRAINER_CRASHED: FailureReason
 INTERNAL: FailureReason
 CUSTOMIZATION_TYPE_UNSPECIFIED: CustomizationType
 FINE_TUNING: CustomizationType
+CONTINUED_PRE_TRAINING: CustomizationType
+CLASSIFICATION: CustomizationType
 
 class DataConfig(_message.Message):
     __slots__ = ("s3_uri",)
@@ -80,7 +84,14 @@ class HyperParameters(_message.Message):
     def __init__(self, epoch_count: _Optional[int] = ..., batch_size: _Optional[int] = ..., learning_rate: _Optional[float] = ..., learning_rate_warmup_steps: _Optional[int] = ..., gradient_accumulation_steps: _Optional[int] = ..., max_sequence_length: _Optional[int] = ..., weight_decay: _Optional[float] = ..., seed: _Optional[int] = ...) -> None: ...
 
 class Progress(_message.Message):
-    __slots__ = ("step", "total_steps", "epoch", "total_epochs", "training_loss", "validation_loss", "tokens_seen", "eta_seconds", "first_step_at")
+    __slots__ = ("step", "total_steps", "epoch", "total_epochs", "training_loss", "validation_loss", "tokens_seen", "eta_seconds", "first_step_at", "validation_metrics")
+    class ValidationMetricsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
     STEP_FIELD_NUMBER: _ClassVar[int]
     TOTAL_STEPS_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
@@ -90,6 +101,7 @@ class Progress(_message.Message):
     TOKENS_SEEN_FIELD_NUMBER: _ClassVar[int]
     ETA_SECONDS_FIELD_NUMBER: _ClassVar[int]
     FIRST_STEP_AT_FIELD_NUMBER: _ClassVar[int]
+    VALIDATION_METRICS_FIELD_NUMBER: _ClassVar[int]
     step: int
     total_steps: int
     epoch: int
@@ -99,7 +111,8 @@ class Progress(_message.Message):
     tokens_seen: int
     eta_seconds: float
     first_step_at: _timestamp_pb2.Timestamp
-    def __init__(self, step: _Optional[int] = ..., total_steps: _Optional[int] = ..., epoch: _Optional[int] = ..., total_epochs: _Optional[int] = ..., training_loss: _Optional[float] = ..., validation_loss: _Optional[float] = ..., tokens_seen: _Optional[int] = ..., eta_seconds: _Optional[float] = ..., first_step_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    validation_metrics: _containers.ScalarMap[str, float]
+    def __init__(self, step: _Optional[int] = ..., total_steps: _Optional[int] = ..., epoch: _Optional[int] = ..., total_epochs: _Optional[int] = ..., training_loss: _Optional[float] = ..., validation_loss: _Optional[float] = ..., tokens_seen: _Optional[int] = ..., eta_seconds: _Optional[float] = ..., first_step_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., validation_metrics: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class Failure(_message.Message):
     __slots__ = ("reason", "message")
@@ -132,7 +145,7 @@ class StateTime(_message.Message):
     def __init__(self, state: _Optional[_Union[JobState, str]] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("job_id", "job_name", "state", "stop_requested", "created_at", "updated_at", "started_at", "ended_at", "customization_type", "base_model_identifier", "training_data_config", "validation_data_config", "output_data_config", "hyper_parameters", "tags", "client_request_token", "progress", "failure", "output", "attempt", "state_times")
+    __slots__ = ("job_id", "job_name", "state", "stop_requested", "created_at", "updated_at", "started_at", "ended_at", "customization_type", "base_model_identifier", "training_data_config", "validation_data_config", "output_data_config", "hyper_parameters", "tags", "client_request_token", "progress", "failure", "output", "attempt", "state_times", "queue_position")
     class TagsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -161,6 +174,7 @@ class Job(_message.Message):
     OUTPUT_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     STATE_TIMES_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_POSITION_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     job_name: str
     state: JobState
@@ -182,7 +196,8 @@ class Job(_message.Message):
     output: OutputLocations
     attempt: int
     state_times: _containers.RepeatedCompositeFieldContainer[StateTime]
-    def __init__(self, job_id: _Optional[str] = ..., job_name: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., stop_requested: _Optional[bool] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ended_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., customization_type: _Optional[_Union[CustomizationType, str]] = ..., base_model_identifier: _Optional[str] = ..., training_data_config: _Optional[_Union[DataConfig, _Mapping]] = ..., validation_data_config: _Optional[_Union[DataConfig, _Mapping]] = ..., output_data_config: _Optional[_Union[DataConfig, _Mapping]] = ..., hyper_parameters: _Optional[_Union[HyperParameters, _Mapping]] = ..., tags: _Optional[_Mapping[str, str]] = ..., client_request_token: _Optional[str] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ..., failure: _Optional[_Union[Failure, _Mapping]] = ..., output: _Optional[_Union[OutputLocations, _Mapping]] = ..., attempt: _Optional[int] = ..., state_times: _Optional[_Iterable[_Union[StateTime, _Mapping]]] = ...) -> None: ...
+    queue_position: int
+    def __init__(self, job_id: _Optional[str] = ..., job_name: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., stop_requested: _Optional[bool] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ended_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., customization_type: _Optional[_Union[CustomizationType, str]] = ..., base_model_identifier: _Optional[str] = ..., training_data_config: _Optional[_Union[DataConfig, _Mapping]] = ..., validation_data_config: _Optional[_Union[DataConfig, _Mapping]] = ..., output_data_config: _Optional[_Union[DataConfig, _Mapping]] = ..., hyper_parameters: _Optional[_Union[HyperParameters, _Mapping]] = ..., tags: _Optional[_Mapping[str, str]] = ..., client_request_token: _Optional[str] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ..., failure: _Optional[_Union[Failure, _Mapping]] = ..., output: _Optional[_Union[OutputLocations, _Mapping]] = ..., attempt: _Optional[int] = ..., state_times: _Optional[_Iterable[_Union[StateTime, _Mapping]]] = ..., queue_position: _Optional[int] = ...) -> None: ...
 
 class CreateJobRequest(_message.Message):
     __slots__ = ("job_name", "base_model_identifier", "customization_type", "training_data_config", "validation_data_config", "output_data_config", "hyper_parameters", "client_request_token", "tags")
