@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from tuneforge import Client, pb
 
 from service.storage import ObjectStore, parse_s3_uri
 from tests.bedrock.conftest import (
@@ -50,6 +51,10 @@ def test_job_completes_with_metrics_and_a_custom_model(
         native = rest.get(f"/v1/jobs/{job_id}").json()
     assert native["state"] == "COMPLETED" and native["jobName"] == "bedrock-life"
     assert native["tags"] == {"team": "ml"}
+    # ... and through gRPC.
+    with Client(trainer_server.grpc_target) as grpc_client:
+        seen = grpc_client.get_job(job_id)
+    assert seen.state == pb.COMPLETED and seen.job_name == "bedrock-life"
 
     model = client.get_custom_model(modelIdentifier="life-model")
     assert model["modelArn"] == job["outputModelArn"] and model["jobArn"] == arn
