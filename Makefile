@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint unit bench-start-latency clean proto proto-check
+.PHONY: run test lint bench-start-latency bench-classification clean proto proto-check
 
 $(STAMP): pyproject.toml clients/python/pyproject.toml constraints/test.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -35,6 +35,10 @@ test: lint
 
 bench-start-latency: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) bench/start_latency.py
+
+# Whole SST-2 through tuneforge beside a plain PyTorch loop (several minutes on a CPU).
+bench-classification: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) bench/classification_sst2.py
 
 clean:
 	rm -rf $(VENV) .tuneforge .pytest_cache .mypy_cache .ruff_cache
