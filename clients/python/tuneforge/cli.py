@@ -23,16 +23,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol, TextIO
 
 from tuneforge import __version__, convert
 from tuneforge.client import DEFAULT_ENDPOINT, Client
+from tuneforge.display import ProgressView, print_job, print_json
 from tuneforge.errors import ApiError, DeadlineExceeded, Unavailable
 from tuneforge.rest import RestClient
 from tuneforge.v1 import fine_tuning_pb2 as pb
@@ -68,124 +67,6 @@ class JobsApi(Protocol):
 
 
 # -- formatting -----------------------------------------------------------------------
-
-
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "?"
-    whole = max(0, round(seconds))
-    hours, rest = divmod(whole, 3600)
-    minutes, secs = divmod(rest, 60)
-    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
-
-
-def _loss(value: float | None) -> str:
-    return "-" if value is None else f"{value:.4f}"
-
-
-def _progress_text(job: pb.Job) -> str:
-    progress = convert.job_to_dict(job)["progress"]
-    parts = []
-    if progress["totalSteps"]:
-        parts.append(f"step {progress['step']}/{progress['totalSteps']}")
-    elif progress["step"]:
-        parts.append(f"step {progress['step']}")
-    if progress["totalEpochs"]:
-        parts.append(f"epoch {progress['epoch']}/{progress['totalEpochs']}")
-    if progress["trainingLoss"] is not None:
-        parts.append(f"loss {_loss(progress['trainingLoss'])}")
-    if progress["validationLoss"] is not None:
-        parts.append(f"val_loss {_loss(progress['validationLoss'])}")
-    if progress["etaSeconds"] is not None and not convert.is_terminal(job):
-        parts.append(f"eta {_duration(progress['etaSeconds'])}")
-    return "  ".join(parts)
-
-
-def _ending(job: pb.Job) -> str:
-    data = convert.job_to_dict(job)
-    if job.state == pb.FAILED:
-        failure = data["failure"] or {"reason": "UNKNOWN", "message": ""}
-        return f"job {job.job_id} FAILED ({failure['reason']}): {failure['message']}"
-    took = ""
-    if job.HasField("started_at") and job.HasField("ended_at"):
-        took = f" after {_duration(job.ended_at.seconds - job.started_at.seconds)}"
-    if job.state == pb.COMPLETED:
-        return f"job {job.job_id} COMPLETED{took}; model: {job.output.model_s3_uri}"
-    return f"job {job.job_id} {convert.state_name(job.state)}{took}"
-
-
-class ProgressView:
-    """A live line (state, bar, step, loss, ETA) on a terminal; plain lines elsewhere."""
-
-    def __init__(self, stream: TextIO, *, live: bool) -> None:
-        self.stream = stream
-        self.live = live
-        self._state: int | None = None
-        self._open = False
-        self._last_line = ""
-
-    def update(self, job: pb.Job) -> None:
-        if self.live:
-            self._render_live(job)
-        else:
-            line = f"{convert.state_name(job.state):<10}  {_progress_text(job)}".rstrip()
-            if line == self._last_line:
-                return  # a change this view does not show (the launch attempt, say)
-            self._last_line = line
-            stamp = datetime.now(UTC).strftime("%H:%M:%S")
-            self.stream.write(f"{stamp}  {line}\n")
-        self.stream.flush()
-
-    def finish(self, job: pb.Job) -> None:
-        if self._open:
-            self.stream.write("\n")
-            self._open = False
-        self.stream.write(_ending(job) + "\n")
-        self.stream.flush()
-
-    def _render_live(self, job: pb.Job) -> None:
-        if self._state is not None and job.state != self._state and self._open:
-            self.stream.write("\n")  # keep the line of the state that ended
-        self._state = job.state
-        width = shutil.get_terminal_size((100, 20)).columns
-        progress = job.progress
-        text = f"{convert.state_name(job.state):<10}"
-        if progress.HasField("total_steps") and progress.total_steps > 0:
-            fraction = min(1.0, progress.step / progress.total_steps)
-            size = 24
-            filled = round(fraction * size)
-            text += f" [{'#' * filled}{'-' * (size - filled)}] {fraction:4.0%}"
-        text += "  " + _progress_text(job)
-        self.stream.write("\r\x1b[K" + text[: max(10, width - 1)])
-        self._open = True
-
-
-def _print_job(job: pb.Job, out: TextIO) -> None:
-    data = convert.job_to_dict(job)
-    rows: list[tuple[str, str]] = [
-        ("job", f"{data['jobId']}  ({data['jobName']})"),
-        ("state", data["state"] + ("  (stop requested)" if data["stopRequested"] else "")),
-        ("progress", _progress_text(job) or "-"),
-        ("created", data["createdAt"] or "-"),
-        ("started", data["startedAt"] or "-"),
-        ("ended", data["endedAt"] or "-"),
-        ("base model", data["baseModelIdentifier"]),
-        ("training", data["trainingDataConfig"]["s3Uri"]),
-        ("validation", (data["validationDataConfig"] or {}).get("s3Uri", "-")),
-        ("output", data["output"]["outputS3Uri"]),
-        ("model", data["output"]["modelS3Uri"]),
-        ("hyper", " ".join(f"{k}={v}" for k, v in data["hyperParameters"].items())),
-    ]
-    if data["tags"]:
-        rows.append(("tags", " ".join(f"{k}={v}" for k, v in data["tags"].items())))
-    if data["failure"]:
-        rows.append(("failure", f"{data['failure']['reason']}: {data['failure']['message']}"))
-    for name, value in rows:
-        out.write(f"{name:<11} {value}\n")
-
-
-def _json(value: Any, out: TextIO, *, indent: int | None = 2) -> None:
-    out.write(json.dumps(value, indent=indent) + "\n")
 
 
 # -- commands -------------------------------------------------------------------------
@@ -279,7 +160,7 @@ def cmd_create(api: JobsApi, args: argparse.Namespace, out: TextIO) -> int:
     if args.quiet:
         out.write(job.job_id + "\n")
     elif args.output == "json":
-        _json(convert.job_to_dict(job), out)
+        print_json(convert.job_to_dict(job), out)
     elif response.created:
         out.write(f"created job {job.job_id} ({job.job_name}), {convert.state_name(job.state)}\n")
     else:
@@ -293,9 +174,9 @@ def cmd_create(api: JobsApi, args: argparse.Namespace, out: TextIO) -> int:
 def cmd_get(api: JobsApi, args: argparse.Namespace, out: TextIO) -> int:
     job = api.get_job(args.job_id)
     if args.output == "json":
-        _json(convert.job_to_dict(job), out)
+        print_json(convert.job_to_dict(job), out)
     else:
-        _print_job(job, out)
+        print_job(job, out)
     return EXIT_OK
 
 
@@ -309,7 +190,7 @@ def cmd_list(api: JobsApi, args: argparse.Namespace, out: TextIO) -> int:
         if not token or not args.all:
             break
     if args.output == "json":
-        _json(
+        print_json(
             {"jobs": [convert.job_to_dict(j) for j in found], "nextPageToken": token or None}, out
         )
         return EXIT_OK
@@ -331,7 +212,7 @@ def cmd_list(api: JobsApi, args: argparse.Namespace, out: TextIO) -> int:
 def cmd_stop(api: JobsApi, args: argparse.Namespace, out: TextIO) -> int:
     job = api.stop_job(args.job_id)
     if args.output == "json":
-        _json(convert.job_to_dict(job), out)
+        print_json(convert.job_to_dict(job), out)
     else:
         out.write(f"job {job.job_id}: {convert.state_name(job.state)}\n")
     return EXIT_OK
@@ -343,7 +224,7 @@ def _watch(api: JobsApi, job_id: str, args: argparse.Namespace, out: TextIO) -> 
     for job in api.watch(job_id):
         final = job
         if args.output == "json":
-            _json(convert.job_to_dict(job), out, indent=None)
+            print_json(convert.job_to_dict(job), out, indent=None)
             out.flush()
         else:
             view.update(job)
@@ -396,7 +277,7 @@ def cmd_logs(api: JobsApi, args: argparse.Namespace, out: TextIO) -> int:
 def cmd_events(api: JobsApi, args: argparse.Namespace, out: TextIO) -> int:
     events = api.list_job_events(args.job_id)
     if args.output == "json":
-        _json({"events": [convert.event_to_dict(e) for e in events]}, out)
+        print_json({"events": [convert.event_to_dict(e) for e in events]}, out)
         return EXIT_OK
     for event in events:
         data = convert.event_to_dict(event)
@@ -408,7 +289,7 @@ def cmd_events(api: JobsApi, args: argparse.Namespace, out: TextIO) -> int:
 def cmd_checkpoints(api: JobsApi, args: argparse.Namespace, out: TextIO) -> int:
     checkpoints = api.list_checkpoints(args.job_id)
     if args.output == "json":
-        _json({"checkpoints": [convert.checkpoint_to_dict(c) for c in checkpoints]}, out)
+        print_json({"checkpoints": [convert.checkpoint_to_dict(c) for c in checkpoints]}, out)
         return EXIT_OK
     for checkpoint in checkpoints:
         data = convert.checkpoint_to_dict(checkpoint)
