@@ -17,7 +17,7 @@ import enum
 import secrets
 import time
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -114,6 +114,11 @@ class _Document(BaseModel):
     model_config = ConfigDict(extra="allow", populate_by_name=True)
 
 
+LearningRateScheduler = Literal["linear", "cosine", "constant"]
+Precision = Literal["auto", "bf16", "fp32"]
+TrainingMethod = Literal["FULL", "LORA"]
+
+
 class HyperParameters(_Document):
     """Training knobs. Every field has a default and a documented range."""
 
@@ -156,6 +161,126 @@ class HyperParameters(_Document):
     seed: Annotated[
         int, Field(ge=0, le=2**31 - 1, description="Seed for shuffling and initialisation.")
     ] = 42
+    dropout: Annotated[
+        float | None,
+        Field(
+            ge=0,
+            lt=1,
+            description="Dropout probability set on the model's config (attention, hidden and "
+            "classifier dropout where the architecture has them). [0, 1). Unset keeps the base "
+            "model's own values.",
+        ),
+    ] = None
+    lrScheduler: Annotated[
+        LearningRateScheduler,
+        Field(
+            description="Learning-rate shape after warm-up: linear decay to 0, cosine decay to "
+            "0, or constant."
+        ),
+    ] = "linear"
+    maxGradNorm: Annotated[
+        float,
+        Field(
+            ge=0,
+            le=1000,
+            description="Gradients are clipped to this global L2 norm before each optimizer "
+            "step; 0 turns clipping off. 0-1000.",
+        ),
+    ] = 1.0
+    evalIntervalSteps: Annotated[
+        int,
+        Field(
+            ge=0,
+            le=1_000_000,
+            description="Evaluate on the validation data every this many optimizer steps, as "
+            "well as at each epoch end; 0 means at epoch ends only. 0-1000000.",
+        ),
+    ] = 0
+    checkpointIntervalSteps: Annotated[
+        int,
+        Field(
+            ge=0,
+            le=1_000_000,
+            description="Commit a resumable checkpoint every this many optimizer steps, as well "
+            "as at each epoch end; 0 means at epoch ends only. 0-1000000.",
+        ),
+    ] = 0
+    keepCheckpoints: Annotated[
+        int,
+        Field(
+            ge=1,
+            le=100,
+            description="Committed checkpoints kept in the output (the newest ones); older "
+            "ones are deleted. The final model is always kept. 1-100.",
+        ),
+    ] = 2
+    earlyStoppingPatience: Annotated[
+        int,
+        Field(
+            ge=0,
+            le=1000,
+            description="Stop training after this many evaluations in a row without the "
+            "validation loss improving by more than earlyStoppingThreshold; 0 turns early "
+            "stopping off. Needs validation data. 0-1000.",
+        ),
+    ] = 0
+    earlyStoppingThreshold: Annotated[
+        float,
+        Field(
+            ge=0,
+            le=100,
+            description="Smallest drop in validation loss (nats) that counts as an "
+            "improvement for early stopping. 0-100.",
+        ),
+    ] = 0.0
+    precision: Annotated[
+        Precision,
+        Field(
+            description="Numeric precision of training: auto (bf16 mixed precision where the "
+            "GPU supports it, else fp32), bf16, or fp32."
+        ),
+    ] = "auto"
+    method: Annotated[
+        TrainingMethod,
+        Field(
+            description="FULL updates every weight; LORA trains low-rank adapters (peft) and "
+            "leaves the base weights frozen."
+        ),
+    ] = "FULL"
+    loraRank: Annotated[
+        int, Field(ge=1, le=1024, description="LoRA rank r (method LORA). 1-1024.")
+    ] = 8
+    loraAlpha: Annotated[
+        float,
+        Field(gt=0, le=4096, description="LoRA scaling alpha (method LORA). (0, 4096]."),
+    ] = 16.0
+    loraDropout: Annotated[
+        float, Field(ge=0, lt=1, description="Dropout on the LoRA path (method LORA). [0, 1).")
+    ] = 0.05
+    loraTargetModules: Annotated[
+        list[str] | None,
+        Field(
+            max_length=64,
+            description="Module names the adapters wrap (method LORA), e.g. "
+            '["q_proj", "v_proj"]. Unset picks the attention projections of the '
+            "base model's architecture.",
+        ),
+    ] = None
+    packing: Annotated[
+        bool,
+        Field(
+            description="Pack the examples of each batch into full sequences with no padding; "
+            "attention never crosses examples and the loss is the same as unpacked training. "
+            "Turn off only to compare."
+        ),
+    ] = True
+    mergeAdapter: Annotated[
+        bool,
+        Field(
+            description="method LORA: also write a merged full model (base + adapter) next "
+            "to the adapter in the final output."
+        ),
+    ] = False
 
 
 class DataLocation(_Document):
