@@ -7,9 +7,11 @@ them.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from service.documents import FailureReason, HyperParameters, JobState, Progress
 from service.errors import InvalidArgument
@@ -18,6 +20,10 @@ from service.store import Job
 
 _NAME_PATTERN = r"^[a-zA-Z0-9](-*[a-zA-Z0-9+.])*$"
 _TOKEN_PATTERN = r"^[a-zA-Z0-9](-*[a-zA-Z0-9])*$"
+# A module name as peft matches it: a Python identifier, or a dotted path of them
+# ("q_proj", "self_attn.q_proj", "layers.0.mlp"); a numeric segment is a layer index.
+_MODULE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*$")
+_LORA_ONLY = ("loraRank", "loraAlpha", "loraDropout", "loraTargetModules", "mergeAdapter")
 
 
 def _checked_uri(value: str, field: str, *, folder: bool) -> str:
@@ -155,6 +161,64 @@ class OutputLocations(BaseModel):
     trainingMetricsS3Uri: str
     validationMetricsS3Uri: str
     checkpointsS3Uri: str
+
+    @model_validator(mode="after")
+    def _lora_settings(self) -> JobCreate:
+        """LoRA knobs only with method LORA, and target modules that can name a module.
+
+        A LoRA knob the caller set to something other than its default is refused with
+        method FULL (it would silently do nothing); a default sent back as it is (a job's
+        described hyperParameters reused for a new job) is not. Raised as a
+        ValidationError located at the field, so every face names
+        `hyperParameters.<field>` as it does for a range error.
+        """
+        hyper = self.hyperParameters
+        problems: list[InitErrorDetails] = []
+        if hyper.method == "FULL":
+            problems += [
+                _field_error(
+                    name,
+                    getattr(hyper, name),
+                    "lora_only",
+                    f"{name} applies only to method LORA; set method to LORA or leave {name} out",
+                )
+                for name in _LORA_ONLY
+                if name in hyper.model_fields_set
+                and getattr(hyper, name) != HyperParameters.model_fields[name].default
+            ]
+        modules = hyper.loraTargetModules
+        if modules is not None and not modules:
+            problems.append(
+                _field_error(
+                    "loraTargetModules",
+                    modules,
+                    "empty_module_list",
+                    "loraTargetModules must name at least one module, or be left out for the "
+                    "architecture's default",
+                )
+            )
+        bad = [name for name in modules or [] if not _MODULE_NAME.match(name) or len(name) > 200]
+        if bad:
+            problems.append(
+                _field_error(
+                    "loraTargetModules",
+                    modules,
+                    "module_name",
+                    f"loraTargetModules has names that cannot be module names: {bad[:5]}; a "
+                    "name is letters, digits and '_' (dotted paths allowed), e.g. q_proj",
+                )
+            )
+        if problems:
+            raise ValidationError.from_exception_data(type(self).__name__, problems)
+        return self
+
+
+def _field_error(name: str, value: object, kind: str, message: str) -> InitErrorDetails:
+    return InitErrorDetails(
+        type=PydanticCustomError(kind, message),
+        loc=("hyperParameters", name),
+        input=value,
+    )
 
 
 class JobPublic(BaseModel):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import types
 import typing
 from dataclasses import dataclass
 from typing import Annotated, Any
@@ -104,7 +105,7 @@ def _tags(tags: list[TagIn], field: str) -> dict[str, str]:
 
 
 def _range(info: FieldInfo) -> str:
-    low, high, open_low = "", "", False
+    low, high, open_low, open_high = "", "", False, False
     for item in info.metadata:
         if isinstance(item, annotated_types.Ge):
             low = str(item.ge)
@@ -112,13 +113,63 @@ def _range(info: FieldInfo) -> str:
             low, open_low = str(item.gt), True
         elif isinstance(item, annotated_types.Le):
             high = str(item.le)
-    return f"({low}, {high}]" if open_low else f"{low}-{high}"
+        elif isinstance(item, annotated_types.Lt):
+            high, open_high = str(item.lt), True
+    if open_low or open_high:
+        return f"{'(' if open_low else '['}{low}, {high}{')' if open_high else ']'}"
+    return f"{low}-{high}"
+
+
+def _value_type(info: FieldInfo) -> Any:
+    """The field's type without `| None` (unset is spelled by leaving the key out)."""
+    annotation = info.annotation
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
+    return annotation
+
+
+def _describe(info: FieldInfo) -> str:
+    """What a value of the field looks like, for an error message."""
+    kind = _value_type(info)
+    if kind is int:
+        return f"an integer in the range {_range(info)}"
+    if kind is float:
+        return f"a number in the range {_range(info)}"
+    if kind is bool:
+        return "true or false"
+    if typing.get_origin(kind) is typing.Literal:
+        return "one of " + ", ".join(str(choice) for choice in typing.get_args(kind))
+    return "a comma-separated list of names"
+
+
+def _parse_hyper_parameter(key: str, raw: str, info: FieldInfo) -> object:
+    """One Bedrock string as the native field's type; ValidationException if it is not one."""
+    kind = _value_type(info)
+    if kind in (int, float):
+        try:
+            return kind(raw)
+        except ValueError:
+            pass
+    elif kind is bool:
+        if raw.strip().lower() in ("true", "false"):
+            return raw.strip().lower() == "true"
+    elif typing.get_origin(kind) is typing.Literal:
+        if raw in typing.get_args(kind):
+            return raw
+    elif typing.get_origin(kind) is list:
+        return [name.strip() for name in raw.split(",") if name.strip()]
+    raise ValidationException(f"hyperParameters.{key} must be {_describe(info)}, got {raw!r}")
 
 
 def hyper_parameters(values: dict[str, str]) -> HyperParameters:
-    """Bedrock's string map -> the native HyperParameters, with the native ranges."""
+    """Bedrock's string map -> the native HyperParameters, with the native ranges.
+
+    Every value is a string: numbers as Bedrock writes them ("3", "0.0001"), booleans
+    "true" / "false", choices as the native API spells them ("cosine", "LORA"), and
+    loraTargetModules as a comma-separated list ("q_proj,v_proj").
+    """
     fields = HyperParameters.model_fields
-    parsed: dict[str, int | float] = {}
+    parsed: dict[str, object] = {}
     for key, raw in values.items():
         info = fields.get(key)
         if info is None:
@@ -126,14 +177,7 @@ def hyper_parameters(values: dict[str, str]) -> HyperParameters:
                 f"hyperParameters.{key} is not a supported hyperparameter; supported: "
                 + ", ".join(fields)
             )
-        integer = info.annotation is int
-        try:
-            parsed[key] = int(raw) if integer else float(raw)
-        except ValueError:
-            kind = "an integer" if integer else "a number"
-            raise ValidationException(
-                f"hyperParameters.{key} must be {kind} in the range {_range(info)}, got {raw!r}"
-            ) from None
+        parsed[key] = _parse_hyper_parameter(key, raw, info)
     try:
         return HyperParameters.model_validate(parsed)
     except ValidationError as error:
@@ -141,9 +185,25 @@ def hyper_parameters(values: dict[str, str]) -> HyperParameters:
         key = str(item["loc"][0]) if item.get("loc") else "?"
         info = fields[key]
         raise ValidationException(
-            f"hyperParameters.{key} must be in the range {_range(info)}, got "
+            f"hyperParameters.{key} must be {_describe(info)}, got "
             f"{values.get(key)!r} ({item['msg']})"
         ) from None
+
+
+def hyper_parameter_strings(hyper: HyperParameters) -> dict[str, str]:
+    """The native values as Bedrock's string map, in the form `hyper_parameters` reads:
+    unset ones (None) left out, booleans "true" / "false", lists comma-separated."""
+    strings: dict[str, str] = {}
+    for key, value in hyper.model_dump().items():
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            strings[key] = "true" if value else "false"
+        elif isinstance(value, list):
+            strings[key] = ",".join(value)
+        else:
+            strings[key] = str(value)
+    return strings
 
 
 def to_native(request: CreateJobIn, base_model_uri: str) -> JobCreate:
@@ -272,9 +332,7 @@ def job_response(job: JobPublic, names: NameRecord | None, arns: Arns) -> dict[s
         "creationTime": job.createdAt,
         "lastModifiedTime": job.updatedAt,
         "baseModelArn": names.baseModelIdentifier if names else job.baseModelIdentifier,
-        "hyperParameters": {
-            key: str(value) for key, value in job.hyperParameters.model_dump().items()
-        },
+        "hyperParameters": hyper_parameter_strings(job.hyperParameters),
         "trainingDataConfig": {"s3Uri": job.trainingDataConfig.s3Uri},
         "validationDataConfig": {
             "validators": (

@@ -41,7 +41,7 @@ def test_create_is_idempotent_with_client_request_token(cheap_server: ApiServer)
         ({"hyperParameters": {"epochCount": "0"}}, r"hyperParameters\.epochCount .*1-100"),
         ({"hyperParameters": {"learningRate": "2"}}, r"learningRate .*\(0, 1\]"),
         ({"hyperParameters": {"batchSize": "eight"}}, r"batchSize must be an integer .*1-1024"),
-        ({"hyperParameters": {"dropout": "0.1"}}, r"hyperParameters\.dropout is not a supported"),
+        ({"hyperParameters": {"temperature": "0.1"}}, r"temperature is not a supported"),
         ({"trainingDataConfig": {"s3Uri": "s3://demo/datasets/"}}, "trainingDataConfig.s3Uri"),
         ({"baseModelIdentifier": "amazon.titan-text-lite-v1"}, "baseModelIdentifier"),
         ({"roleArn": "not-a-role"}, "roleArn"),

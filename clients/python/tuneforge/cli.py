@@ -116,7 +116,51 @@ _CREATE_FLAGS: list[tuple[str, str, str]] = [
     ("max_sequence_length", "hyperParameters.maxSequenceLength", "tokens (default 512)"),
     ("weight_decay", "hyperParameters.weightDecay", "AdamW weight decay (default 0)"),
     ("seed", "hyperParameters.seed", "random seed (default 42)"),
+    ("dropout", "hyperParameters.dropout", "dropout on the model's config (default: the model's)"),
+    ("lr_scheduler", "hyperParameters.lrScheduler", "linear, cosine or constant (default linear)"),
+    ("max_grad_norm", "hyperParameters.maxGradNorm", "gradient clipping norm, 0 off (default 1)"),
+    ("eval_interval_steps", "hyperParameters.evalIntervalSteps", "evaluate every N steps"),
+    (
+        "checkpoint_interval_steps",
+        "hyperParameters.checkpointIntervalSteps",
+        "checkpoint every N steps",
+    ),
+    ("keep_checkpoints", "hyperParameters.keepCheckpoints", "checkpoints kept (default 2)"),
+    (
+        "early_stopping_patience",
+        "hyperParameters.earlyStoppingPatience",
+        "evaluations without improvement before stopping (default 0: off)",
+    ),
+    (
+        "early_stopping_threshold",
+        "hyperParameters.earlyStoppingThreshold",
+        "smallest validation-loss drop that counts (default 0)",
+    ),
+    ("precision", "hyperParameters.precision", "auto, bf16 or fp32 (default auto)"),
+    ("method", "hyperParameters.method", "FULL or LORA (default FULL)"),
+    ("lora_rank", "hyperParameters.loraRank", "LoRA rank (default 8)"),
+    ("lora_alpha", "hyperParameters.loraAlpha", "LoRA alpha (default 16)"),
+    ("lora_dropout", "hyperParameters.loraDropout", "LoRA dropout (default 0.05)"),
+    (
+        "lora_target_modules",
+        "hyperParameters.loraTargetModules",
+        "comma-separated module names (default: per architecture)",
+    ),
+    ("packing", "hyperParameters.packing", "true or false (default true)"),
+    ("merge_adapter", "hyperParameters.mergeAdapter", "true or false (default false)"),
 ]
+
+
+def _boolean(text: str) -> bool:
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    raise argparse.ArgumentTypeError(f"want true or false, got {text!r}")
+
+
+def _names(text: str) -> list[str]:
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
 _FLAG_TYPES: dict[str, Callable[[str], Any]] = {
     "epochs": int,
     "batch_size": int,
@@ -126,6 +170,19 @@ _FLAG_TYPES: dict[str, Callable[[str], Any]] = {
     "max_sequence_length": int,
     "weight_decay": float,
     "seed": int,
+    "dropout": float,
+    "max_grad_norm": float,
+    "eval_interval_steps": int,
+    "checkpoint_interval_steps": int,
+    "keep_checkpoints": int,
+    "early_stopping_patience": int,
+    "early_stopping_threshold": float,
+    "lora_rank": int,
+    "lora_alpha": float,
+    "lora_dropout": float,
+    "lora_target_modules": _names,
+    "packing": _boolean,
+    "merge_adapter": _boolean,
 }
 
 

@@ -126,7 +126,25 @@ _HYPER = {
     "maxSequenceLength": "max_sequence_length",
     "weightDecay": "weight_decay",
     "seed": "seed",
+    "dropout": "dropout",
+    "lrScheduler": "lr_scheduler",
+    "maxGradNorm": "max_grad_norm",
+    "evalIntervalSteps": "eval_interval_steps",
+    "checkpointIntervalSteps": "checkpoint_interval_steps",
+    "keepCheckpoints": "keep_checkpoints",
+    "earlyStoppingPatience": "early_stopping_patience",
+    "earlyStoppingThreshold": "early_stopping_threshold",
+    "precision": "precision",
+    "method": "method",
+    "loraRank": "lora_rank",
+    "loraAlpha": "lora_alpha",
+    "loraDropout": "lora_dropout",
+    "packing": "packing",
+    "mergeAdapter": "merge_adapter",
 }
+# A repeated field has no presence: an empty list reads as unset (the per-architecture
+# default), as null does in REST's JSON.
+_HYPER_LISTS = {"loraTargetModules": "lora_target_modules"}
 _PROGRESS = {
     "step": "step",
     "totalSteps": "total_steps",
@@ -175,6 +193,8 @@ def job_from_dict(data: Mapping[str, Any]) -> pb.Job:
     for key, value in (data.get("hyperParameters") or {}).items():
         if key in _HYPER and value is not None:
             setattr(job.hyper_parameters, _HYPER[key], value)
+        elif key in _HYPER_LISTS and value:
+            getattr(job.hyper_parameters, _HYPER_LISTS[key]).extend(value)
     if data.get("clientRequestToken") is not None:
         job.client_request_token = data["clientRequestToken"]
     progress = data.get("progress") or {}
@@ -221,9 +241,7 @@ def job_to_dict(job: pb.Job) -> JobDict:
             else None
         ),
         "outputDataConfig": {"s3Uri": job.output_data_config.s3_uri},
-        "hyperParameters": {
-            key: _optional(hyper, name) for key, name in _HYPER.items() if hyper.HasField(name)
-        },
+        "hyperParameters": _hyper_parameters_dict(hyper),
         "tags": dict(sorted(job.tags.items())),
         "clientRequestToken": _optional(job, "client_request_token"),
         "progress": {
@@ -251,6 +269,15 @@ def job_to_dict(job: pb.Job) -> JobDict:
         "queuePosition": _optional(job, "queue_position"),
         "stateTimes": {state_name(entry.state): _time(entry, "time") for entry in job.state_times},
     }
+
+
+def _hyper_parameters_dict(hyper: pb.HyperParameters) -> dict[str, Any]:
+    """REST's hyperParameters: every field, null where unset (as REST shows an unset
+    dropout or loraTargetModules)."""
+    values: dict[str, Any] = {key: _optional(hyper, name) for key, name in _HYPER.items()}
+    for key, name in _HYPER_LISTS.items():
+        values[key] = list(getattr(hyper, name)) or None
+    return values
 
 
 def is_terminal(job: pb.Job) -> bool:

@@ -64,7 +64,7 @@ class DataConfig(_message.Message):
     def __init__(self, s3_uri: _Optional[str] = ...) -> None: ...
 
 class HyperParameters(_message.Message):
-    __slots__ = ("epoch_count", "batch_size", "learning_rate", "learning_rate_warmup_steps", "gradient_accumulation_steps", "max_sequence_length", "weight_decay", "seed")
+    __slots__ = ("epoch_count", "batch_size", "learning_rate", "learning_rate_warmup_steps", "gradient_accumulation_steps", "max_sequence_length", "weight_decay", "seed", "dropout", "lr_scheduler", "max_grad_norm", "eval_interval_steps", "checkpoint_interval_steps", "keep_checkpoints", "early_stopping_patience", "early_stopping_threshold", "precision", "method", "lora_rank", "lora_alpha", "lora_dropout", "lora_target_modules", "packing", "merge_adapter")
     EPOCH_COUNT_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     LEARNING_RATE_FIELD_NUMBER: _ClassVar[int]
@@ -73,6 +73,22 @@ class HyperParameters(_message.Message):
     MAX_SEQUENCE_LENGTH_FIELD_NUMBER: _ClassVar[int]
     WEIGHT_DECAY_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
+    DROPOUT_FIELD_NUMBER: _ClassVar[int]
+    LR_SCHEDULER_FIELD_NUMBER: _ClassVar[int]
+    MAX_GRAD_NORM_FIELD_NUMBER: _ClassVar[int]
+    EVAL_INTERVAL_STEPS_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_INTERVAL_STEPS_FIELD_NUMBER: _ClassVar[int]
+    KEEP_CHECKPOINTS_FIELD_NUMBER: _ClassVar[int]
+    EARLY_STOPPING_PATIENCE_FIELD_NUMBER: _ClassVar[int]
+    EARLY_STOPPING_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    PRECISION_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    LORA_RANK_FIELD_NUMBER: _ClassVar[int]
+    LORA_ALPHA_FIELD_NUMBER: _ClassVar[int]
+    LORA_DROPOUT_FIELD_NUMBER: _ClassVar[int]
+    LORA_TARGET_MODULES_FIELD_NUMBER: _ClassVar[int]
+    PACKING_FIELD_NUMBER: _ClassVar[int]
+    MERGE_ADAPTER_FIELD_NUMBER: _ClassVar[int]
     epoch_count: int
     batch_size: int
     learning_rate: float
@@ -81,7 +97,23 @@ class HyperParameters(_message.Message):
     max_sequence_length: int
     weight_decay: float
     seed: int
-    def __init__(self, epoch_count: _Optional[int] = ..., batch_size: _Optional[int] = ..., learning_rate: _Optional[float] = ..., learning_rate_warmup_steps: _Optional[int] = ..., gradient_accumulation_steps: _Optional[int] = ..., max_sequence_length: _Optional[int] = ..., weight_decay: _Optional[float] = ..., seed: _Optional[int] = ...) -> None: ...
+    dropout: float
+    lr_scheduler: str
+    max_grad_norm: float
+    eval_interval_steps: int
+    checkpoint_interval_steps: int
+    keep_checkpoints: int
+    early_stopping_patience: int
+    early_stopping_threshold: float
+    precision: str
+    method: str
+    lora_rank: int
+    lora_alpha: float
+    lora_dropout: float
+    lora_target_modules: _containers.RepeatedScalarFieldContainer[str]
+    packing: bool
+    merge_adapter: bool
+    def __init__(self, epoch_count: _Optional[int] = ..., batch_size: _Optional[int] = ..., learning_rate: _Optional[float] = ..., learning_rate_warmup_steps: _Optional[int] = ..., gradient_accumulation_steps: _Optional[int] = ..., max_sequence_length: _Optional[int] = ..., weight_decay: _Optional[float] = ..., seed: _Optional[int] = ..., dropout: _Optional[float] = ..., lr_scheduler: _Optional[str] = ..., max_grad_norm: _Optional[float] = ..., eval_interval_steps: _Optional[int] = ..., checkpoint_interval_steps: _Optional[int] = ..., keep_checkpoints: _Optional[int] = ..., early_stopping_patience: _Optional[int] = ..., early_stopping_threshold: _Optional[float] = ..., precision: _Optional[str] = ..., method: _Optional[str] = ..., lora_rank: _Optional[int] = ..., lora_alpha: _Optional[float] = ..., lora_dropout: _Optional[float] = ..., lora_target_modules: _Optional[_Iterable[str]] = ..., packing: _Optional[bool] = ..., merge_adapter: _Optional[bool] = ...) -> None: ...
 
 class Progress(_message.Message):
     __slots__ = ("step", "total_steps", "epoch", "total_epochs", "training_loss", "validation_loss", "tokens_seen", "eta_seconds", "first_step_at", "validation_metrics")
