@@ -3,6 +3,11 @@
 Validation runs before any model is loaded (state VALIDATING, CPU only), so a typo on
 line 90,000 costs the user seconds, not a GPU hour. Every error names the file and the
 line: `s3://bucket/key:LINE: what is wrong`.
+
+FINE_TUNING files hold one record format each: {"prompt", "completion"}, or
+conversations (Bedrock's or OpenAI's, see trainer/conversations.py). Every record
+becomes an `Example`; every example a `TokenizedExample` (input_ids + labels, labels
+IGNORE_INDEX where no loss is taken), the per-example form batching and packing take.
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ import torch
 
 from service.errors import InvalidArgument
 from service.storage import ObjectMissing, ObjectStore, parse_s3_uri
+from trainer import conversations
+from trainer.conversations import Message
 from trainer.errors import DataValidationError
 
 log = logging.getLogger(__name__)
@@ -30,18 +37,25 @@ CONTINUED_PRE_TRAINING = "CONTINUED_PRE_TRAINING"
 CLASSIFICATION = "CLASSIFICATION"
 CUSTOMIZATION_TYPES = (FINE_TUNING, CONTINUED_PRE_TRAINING, CLASSIFICATION)
 
+# The record formats of a FINE_TUNING file (one per file).
+PROMPT_COMPLETION = "prompt-completion"
+RECORD_FORMATS = (PROMPT_COMPLETION, conversations.BEDROCK, conversations.OPENAI)
+
 
 @dataclass(frozen=True)
 class Example:
     """One record. Loss is taken on `completion` only; pre-training text has no prompt.
 
     A classification record keeps its text in `completion`, its label (as a string) in
-    `label`, and where it came from (`uri:line`) in `where`, for label errors."""
+    `label`. A conversation keeps its turns in `messages` (prompt and completion empty);
+    its loss is on the assistant turns. `where` is where it came from (`uri:line`), for
+    the messages about it."""
 
     prompt: str
     completion: str
     label: str | None = None
     where: str = field(default="", compare=False)
+    messages: tuple[Message, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -144,28 +158,57 @@ def parse_record(
         assert text is not None and label is not None
         return Example("", text, label=label, where=where), []
     if customization_type == FINE_TUNING:
+        record_format = fine_tuning_format(record)
+        if record_format != PROMPT_COMPLETION:
+            messages, problems = conversations.parse_conversation(record, record_format)
+            if messages is None:
+                return None, problems
+            return Example("", "", where=where, messages=messages), []
         prompt = _non_empty_string(record, "prompt")
         completion = _non_empty_string(record, "completion")
         if prompt is not None and completion is not None:
-            return Example(prompt, completion), []
+            return Example(prompt, completion, where=where), []
         fields = {"prompt": prompt, "completion": completion}
         return None, [_describe(record, name) for name, value in fields.items() if value is None]
     # Continued pre-training: Bedrock's {"input": ...} or the common {"text": ...}.
     text = _non_empty_string(record, "input") or _non_empty_string(record, "text")
     if text is None:
         return None, ['expected a non-empty string "input" or "text"']
-    return Example("", text), []
+    return Example("", text, where=where), []
+
+
+def fine_tuning_format(record: dict[str, Any]) -> str:
+    """The format of a FINE_TUNING record: a conversation format or PROMPT_COMPLETION."""
+    return conversations.record_format(record) or PROMPT_COMPLETION
 
 
 def read_jsonl(
-    path: Path, uri: str, customization_type: str, errors: ValidationErrors
+    path: Path,
+    uri: str,
+    customization_type: str,
+    errors: ValidationErrors,
+    *,
+    max_records: int | None = None,
 ) -> list[Example]:
-    """Check every line of a JSONL file; blank lines are skipped, problems collected."""
+    """Check every line of a JSONL file; blank lines are skipped, problems collected.
+
+    A FINE_TUNING file takes its format from its first record; a record of another
+    format is an error (one file, one format). Past `max_records` records, reading
+    stops with an error."""
     examples = []
     before = errors.total
+    file_format: tuple[str, int] | None = None  # (format, line it was set by)
+    records = 0
     with path.open("rb") as lines:
         for number, raw in enumerate(lines, start=1):
             where = f"{uri}:{number}"
+            if max_records is not None and records >= max_records and raw.strip():
+                errors.add(
+                    where,
+                    f"more than {max_records:,} records in one file; split the data or "
+                    "sample it down",
+                )
+                break
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as error:
@@ -178,6 +221,18 @@ def read_jsonl(
             except json.JSONDecodeError as error:
                 errors.add(where, f"not valid JSON ({error.msg} at column {error.colno})")
                 continue
+            records += 1
+            if customization_type == FINE_TUNING and isinstance(record, dict):
+                record_format = fine_tuning_format(record)
+                if file_format is None:
+                    file_format = (record_format, number)
+                elif record_format != file_format[0]:
+                    errors.add(
+                        where,
+                        f"this record is {record_format} but the file's first record (line "
+                        f"{file_format[1]}) is {file_format[0]}; a file may not mix formats",
+                    )
+                    continue
             example, problems = parse_record(record, customization_type, where)
             for problem in problems:
                 errors.add(where, problem)
@@ -256,33 +311,69 @@ def label_set(
 # -- tokenization ------------------------------------------------------------------
 
 
-def tokenize(
-    examples: Sequence[Example], tokenizer: Any, max_length: int
-) -> tuple[list[TokenizedExample], int]:
-    """prompt (with the tokenizer's special tokens, e.g. BOS) + completion + EOS.
+def encode_fine_tuning(
+    examples: Sequence[Example], tokenizer: Any, template: str | None = None
+) -> list[tuple[list[int], list[int]]]:
+    """(input_ids, labels) of each example, whole (not truncated).
 
-    Labels are IGNORE_INDEX on the prompt, so the loss teaches the completion only.
-    Returns the examples and how many were dropped because truncation to `max_length`
-    left no completion token to learn from.
+    prompt/completion: the prompt with the tokenizer's special tokens (e.g. BOS), the
+    completion, EOS; labels IGNORE_INDEX on the prompt. A conversation: rendered with
+    `template` (default: the tokenizer's chat template, else DEFAULT_CHAT_TEMPLATE);
+    labels on the assistant turns only (trainer/conversations.py).
     """
     eos = tokenizer.eos_token_id
     if eos is None:
         raise ValueError("the tokenizer has no end-of-sequence token")
+    encoded: list[tuple[list[int], list[int]]] = [([], [])] * len(examples)
+    pairs = [i for i, e in enumerate(examples) if e.messages is None]
+    if pairs:  # whole lists at once: the fast tokenizer encodes them in parallel
+        prompts = tokenizer([examples[i].prompt for i in pairs], add_special_tokens=True)
+        completions = tokenizer([examples[i].completion for i in pairs], add_special_tokens=False)
+        for index, prompt_ids, completion_ids in zip(
+            pairs, prompts["input_ids"], completions["input_ids"], strict=True
+        ):
+            target = [*completion_ids, eos]
+            encoded[index] = ([*prompt_ids, *target], [IGNORE_INDEX] * len(prompt_ids) + target)
+    chat_template = template or conversations.chat_template_of(tokenizer)
+    for index, example in enumerate(examples):
+        if example.messages is None:
+            continue
+        rendered = conversations.render_conversation(tokenizer, example.messages, chat_template)
+        labels = [
+            token if trained else IGNORE_INDEX
+            for token, trained in zip(rendered.input_ids, rendered.trained, strict=True)
+        ]
+        encoded[index] = (rendered.input_ids, labels)
+    return encoded
+
+
+def truncate(input_ids: list[int], labels: list[int], max_length: int) -> TokenizedExample | None:
+    """The example cut to `max_length` tokens, or None when no target token is left.
+
+    Position 0 is never predicted (nothing comes before it), so it does not count."""
+    input_ids, labels = input_ids[:max_length], labels[:max_length]
+    if all(label == IGNORE_INDEX for label in labels[1:]):
+        return None
+    return TokenizedExample(input_ids, labels)
+
+
+def tokenize(
+    examples: Sequence[Example], tokenizer: Any, max_length: int, template: str | None = None
+) -> tuple[list[TokenizedExample], int]:
+    """FINE_TUNING examples (see `encode_fine_tuning`) cut to `max_length` tokens.
+
+    Returns the examples and how many were dropped because truncation to `max_length`
+    left no completion (assistant) token to learn from.
+    """
     if not examples:
         return [], 0  # (a fast tokenizer fails on an empty list)
-    # Whole lists at once: the fast tokenizer encodes them in parallel.
-    prompts = tokenizer([e.prompt for e in examples], add_special_tokens=True)["input_ids"]
-    completions = tokenizer([e.completion for e in examples], add_special_tokens=False)["input_ids"]
     tokenized, dropped = [], 0
-    for prompt_ids, completion_ids in zip(prompts, completions, strict=True):
-        target = [*completion_ids, eos]
-        input_ids = [*prompt_ids, *target][:max_length]
-        labels = ([IGNORE_INDEX] * len(prompt_ids) + target)[:max_length]
-        # Position 0 is never predicted (nothing comes before it), so it does not count.
-        if all(label == IGNORE_INDEX for label in labels[1:]):
+    for input_ids, labels in encode_fine_tuning(examples, tokenizer, template):
+        example = truncate(input_ids, labels, max_length)
+        if example is None:
             dropped += 1
-            continue
-        tokenized.append(TokenizedExample(input_ids, labels))
+        else:
+            tokenized.append(example)
     return tokenized, dropped
 
 
