@@ -287,6 +287,37 @@ class DataLocation(_Document):
     s3Uri: str
 
 
+Sharding = Literal["DDP", "FSDP"]
+
+
+class JobResources(_Document):
+    """What one attempt of the job runs on; launchers turn it into their own requests
+    (a Ray entrypoint's GPUs, a Kubernetes Job's `nvidia.com/gpu` and completions)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    gpus: Annotated[
+        int,
+        Field(ge=0, le=64, description="GPUs per node for the trainer; 0 trains on CPU. 0-64."),
+    ] = 0
+    nodes: Annotated[
+        int,
+        Field(
+            ge=1,
+            le=64,
+            description="Machines the trainer spans (one Kubernetes pod or Ray worker each). "
+            "1-64; more than 1 needs a cluster launcher (ray or kubernetes).",
+        ),
+    ] = 1
+    sharding: Annotated[
+        Sharding,
+        Field(
+            description="How ranks share the model with several GPUs: DDP replicates it, "
+            "FSDP shards it (for models that do not fit one GPU)."
+        ),
+    ] = "DDP"
+
+
 class JobSpec(_Document):
     """What the user asked for. Written once; never changes."""
 
@@ -302,6 +333,7 @@ class JobSpec(_Document):
     hyperParameters: HyperParameters
     tags: dict[str, str] = {}
     clientRequestToken: str | None = None
+    resources: JobResources = JobResources()
 
     @property
     def output_prefix(self) -> str:

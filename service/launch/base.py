@@ -1,4 +1,4 @@
-"""The interface every launcher implements (local now; ray and kubernetes later)."""
+"""The interface every launcher implements: local, ray and kubernetes."""
 
 from __future__ import annotations
 
@@ -12,7 +12,12 @@ from service.documents import JobSpec, LaunchRecord
 
 @dataclass(frozen=True)
 class Started:
-    """What a launcher reports about a trainer it just started."""
+    """What a launcher reports about a trainer it just started.
+
+    `host` is where the attempt runs: the local host name, or for a cluster launcher
+    the cluster's name for the attempt (a Ray submission id, `<namespace>/<job name>` in
+    Kubernetes), by which `observe` and `signal` find it again from the launch record.
+    """
 
     host: str
     pid: int | None
@@ -21,10 +26,16 @@ class Started:
 
 @dataclass(frozen=True)
 class Observed:
-    """What a launcher can tell about an attempt: alive, exited (with code), or unknown."""
+    """What a launcher can tell about an attempt: alive, exited (with code), or unknown.
+
+    `reason` is what a cluster launcher learned beyond the exit code, in words for the
+    job's events (e.g. "out of memory (OOMKilled)", "evicted"); None when nothing more
+    is known.
+    """
 
     alive: bool | None
     exit_code: int | None = None
+    reason: str | None = None
 
 
 class Launcher(Protocol):

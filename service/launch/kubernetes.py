@@ -1,0 +1,428 @@
+"""The Kubernetes launcher: each trainer attempt is one `batch/v1` Job.
+
+`render_job_manifest()` is a pure function from a job's spec and attempt to the Job
+manifest (a plain dict); `KubernetesLauncher` creates, observes and deletes those Jobs
+with the official `kubernetes` client, and `observed_from_status()` is the pure mapping
+from a Job and its Pods (plain dicts, as the API returns them) to `Observed`.
+
+Invariants of every rendered Job:
+
+- its name is `tuneforge-<job-id>-a<attempt>`, built from a validated job id only, so
+  one attempt is one Job and a repeated create of the same attempt is a no-op (409);
+- `restartPolicy: Never`: a failed pod is replaced by the Job controller (counting
+  against `backoffLimit`, the crash retry budget), never restarted in place;
+- `podFailurePolicy` ignores disruptions (preemption, eviction, node drain: the pod is
+  replaced and does not count as a failure) and fails the Job at once on the trainer's
+  "bad input" exit code, which no retry can fix;
+- the pod gets `terminationGracePeriodSeconds` long enough to commit a checkpoint after
+  SIGTERM, which the trainer treats as preemption;
+- S3 credentials come from a Secret by reference; no secret value is ever in the
+  manifest;
+- the container runs as non-root, without privilege escalation, on a read-only root
+  filesystem; its only writable place is an emptyDir mounted at /scratch (its working
+  directory and HOME);
+- multi-node jobs (`resources.nodes` > 1) are Indexed Jobs (completions = parallelism
+  = nodes); each pod learns its rank from `JOB_COMPLETION_INDEX` and finds rank 0 as
+  `<job name>-0.<job name>` through a headless Service of the same name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import signal
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from service.documents import JOB_ID_PATTERN, JobSpec, LaunchRecord, TrainerExit
+from service.launch.base import Observed, Started
+
+log = logging.getLogger(__name__)
+
+LABEL_JOB_ID = "tuneforge.io/job-id"
+LABEL_TENANT = "tuneforge.io/tenant"
+LABEL_ATTEMPT = "tuneforge.io/attempt"
+ANNOTATION_TENANT = "tuneforge.io/tenant"
+# The trainer's environment never carries these: they come from the Secret.
+CREDENTIAL_VARIABLES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+SCRATCH = "/scratch"
+# torch.distributed's rendezvous port on rank 0 of a multi-node job.
+RENDEZVOUS_PORT = 29500
+
+_LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+
+
+@dataclass(frozen=True)
+class KubernetesConfig:
+    """Where and how trainer Jobs run; built from Settings in `main()`."""
+
+    namespace: str
+    image: str
+    s3_secret_name: str
+    termination_grace_seconds: int = 300
+    backoff_limit: int = 2
+    cpu_request: str = "2"
+    memory_request: str = "8Gi"
+    memory_limit: str | None = None
+    scratch_size: str = "50Gi"
+    service_account: str | None = None
+    image_pull_policy: str = "IfNotPresent"
+
+    def __post_init__(self) -> None:
+        if not _DNS_LABEL.match(self.namespace) or len(self.namespace) > 63:
+            raise ValueError(f"kubernetes namespace {self.namespace!r} is not a DNS label")
+        if not self.image.strip():
+            raise ValueError("the trainer image is not set")
+        if not _DNS_LABEL.match(self.s3_secret_name.replace(".", "-")):
+            raise ValueError(f"secret name {self.s3_secret_name!r} is not a valid name")
+        if self.termination_grace_seconds < 1:
+            raise ValueError("termination_grace_seconds must be at least 1")
+        if self.backoff_limit < 0:
+            raise ValueError("backoff_limit must not be negative")
+
+
+def job_name(job_id: str, attempt: int) -> str:
+    """The Kubernetes Job (and headless Service) name of one attempt."""
+    if not re.match(JOB_ID_PATTERN, job_id):
+        raise ValueError(f"not a job id: {job_id!r}")
+    if not 1 <= attempt <= 9999:
+        raise ValueError(f"attempt out of range: {attempt}")
+    return f"tuneforge-{job_id}-a{attempt}"
+
+
+def tenant_label(tenant: str) -> str:
+    """The tenant as a label value: itself when it is a valid one (at most 63
+    characters of the allowed set), else a stable hash; the annotation keeps it whole."""
+    if len(tenant) <= 63 and _LABEL_VALUE.match(tenant):
+        return tenant
+    return "h-" + hashlib.sha256(tenant.encode()).hexdigest()[:20]
+
+
+def _labels(spec: JobSpec, attempt: int) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/name": "tuneforge-trainer",
+        "app.kubernetes.io/managed-by": "tuneforge",
+        LABEL_JOB_ID: spec.jobId,
+        LABEL_TENANT: tenant_label(spec.tenant),
+        LABEL_ATTEMPT: str(attempt),
+    }
+
+
+def _environment(
+    spec: JobSpec, attempt: int, environment: Mapping[str, str], config: KubernetesConfig
+) -> list[dict[str, Any]]:
+    name = job_name(spec.jobId, attempt)
+    nodes = spec.resources.nodes
+    values = {k: v for k, v in environment.items() if k not in CREDENTIAL_VARIABLES}
+    values.update(
+        {
+            "HOME": SCRATCH,
+            "HF_HOME": f"{SCRATCH}/hf-home",
+            "HF_HUB_OFFLINE": "1",
+            "PYTHONUNBUFFERED": "1",
+            "TMPDIR": f"{SCRATCH}/tmp",
+            "TUNEFORGE_LOG_FILE": f"{SCRATCH}/trainer.log",
+            "TUNEFORGE_ATTEMPT": str(attempt),
+            "TUNEFORGE_NODES": str(nodes),
+            "TUNEFORGE_GPUS_PER_NODE": str(spec.resources.gpus),
+            "TUNEFORGE_SHARDING": spec.resources.sharding,
+        }
+    )
+    if nodes > 1:
+        values["MASTER_ADDR"] = f"{name}-0.{name}"
+        values["MASTER_PORT"] = str(RENDEZVOUS_PORT)
+    variables: list[dict[str, Any]] = [
+        {"name": key, "value": value} for key, value in sorted(values.items())
+    ]
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        variables.append(
+            {
+                "name": key,
+                "valueFrom": {"secretKeyRef": {"name": config.s3_secret_name, "key": key}},
+            }
+        )
+    if nodes > 1:
+        # The rank of this pod: the Job controller's completion index.
+        index = "metadata.annotations['batch.kubernetes.io/job-completion-index']"
+        variables.append(
+            {"name": "TUNEFORGE_NODE_RANK", "valueFrom": {"fieldRef": {"fieldPath": index}}}
+        )
+    return variables
+
+
+def render_job_manifest(
+    spec: JobSpec, attempt: int, environment: Mapping[str, str], config: KubernetesConfig
+) -> dict[str, Any]:
+    """The `batch/v1` Job of one attempt of `spec` (see the module docstring)."""
+    name = job_name(spec.jobId, attempt)
+    labels = _labels(spec, attempt)
+    resources = spec.resources
+    requests: dict[str, str] = {"cpu": config.cpu_request, "memory": config.memory_request}
+    limits: dict[str, str] = {}
+    if config.memory_limit:
+        limits["memory"] = config.memory_limit
+    if resources.gpus:
+        # Extended resources must be requested and limited alike.
+        requests["nvidia.com/gpu"] = str(resources.gpus)
+        limits["nvidia.com/gpu"] = str(resources.gpus)
+    container: dict[str, Any] = {
+        "name": "trainer",
+        "image": config.image,
+        "imagePullPolicy": config.image_pull_policy,
+        "command": ["python", "-m", "trainer", "--job-id", spec.jobId],
+        "workingDir": SCRATCH,
+        "env": _environment(spec, attempt, environment, config),
+        "resources": {"requests": requests, **({"limits": limits} if limits else {})},
+        "securityContext": {
+            "runAsNonRoot": True,
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
+        "volumeMounts": [{"name": "scratch", "mountPath": SCRATCH}],
+    }
+    if resources.nodes > 1:
+        container["ports"] = [{"name": "rendezvous", "containerPort": RENDEZVOUS_PORT}]
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "terminationGracePeriodSeconds": config.termination_grace_seconds,
+        "automountServiceAccountToken": False,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": 10001,
+            "runAsGroup": 10001,
+            "fsGroup": 10001,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [container],
+        "volumes": [{"name": "scratch", "emptyDir": {"sizeLimit": config.scratch_size}}],
+    }
+    if config.service_account:
+        pod_spec["serviceAccountName"] = config.service_account
+    if resources.nodes > 1:
+        pod_spec["subdomain"] = name
+    job_spec: dict[str, Any] = {
+        "backoffLimit": config.backoff_limit,
+        "completions": resources.nodes,
+        "parallelism": resources.nodes,
+        "podFailurePolicy": {
+            "rules": [
+                {
+                    # Preempted, evicted, drained: not the trainer's fault; the pod is
+                    # replaced without counting against backoffLimit.
+                    "action": "Ignore",
+                    "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}],
+                },
+                {
+                    # Bad data or a refused model: no retry can fix it.
+                    "action": "FailJob",
+                    "onExitCodes": {
+                        "containerName": "trainer",
+                        "operator": "In",
+                        "values": [int(TrainerExit.BAD_INPUT)],
+                    },
+                },
+            ]
+        },
+        "template": {"metadata": {"labels": labels}, "spec": pod_spec},
+    }
+    if resources.nodes > 1:
+        job_spec["completionMode"] = "Indexed"
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": name,
+            "namespace": config.namespace,
+            "labels": labels,
+            "annotations": {ANNOTATION_TENANT: spec.tenant},
+        },
+        "spec": job_spec,
+    }
+
+
+def render_rendezvous_service(
+    spec: JobSpec, attempt: int, config: KubernetesConfig
+) -> dict[str, Any]:
+    """The headless Service that gives a multi-node attempt's pods DNS names."""
+    name = job_name(spec.jobId, attempt)
+    labels = _labels(spec, attempt)
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": name, "namespace": config.namespace, "labels": labels},
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": True,
+            "selector": {LABEL_JOB_ID: spec.jobId, LABEL_ATTEMPT: str(attempt)},
+            "ports": [{"name": "rendezvous", "port": RENDEZVOUS_PORT}],
+        },
+    }
+
+
+# -- status ---------------------------------------------------------------------------
+
+
+def _true_condition(resource: Mapping[str, Any], *types: str) -> Mapping[str, Any] | None:
+    for condition in (resource.get("status") or {}).get("conditions") or []:
+        if condition.get("type") in types and condition.get("status") == "True":
+            return condition
+    return None
+
+
+def _pod_end(pod: Mapping[str, Any]) -> tuple[int | None, str | None]:
+    """The exit code of a failed pod's trainer container and why, as far as known."""
+    status = pod.get("status") or {}
+    if status.get("reason") == "Evicted" or _true_condition(pod, "DisruptionTarget"):
+        why = status.get("message") or status.get("reason") or "disrupted"
+        return int(TrainerExit.PREEMPTED), f"preempted (the pod was evicted: {why})"
+    for container in status.get("containerStatuses") or []:
+        if container.get("name") != "trainer":
+            continue
+        terminated = (container.get("state") or {}).get("terminated") or (
+            container.get("lastState") or {}
+        ).get("terminated")
+        if not terminated:
+            continue
+        code = terminated.get("exitCode")
+        reason = terminated.get("reason")
+        if reason == "OOMKilled":
+            return code, "out of memory (OOMKilled: the container passed its memory limit)"
+        return code, reason
+    return None, status.get("reason")
+
+
+def observed_from_status(job: Mapping[str, Any] | None, pods: list[Mapping[str, Any]]) -> Observed:
+    """What a Job (None: not found) and its pods say about an attempt.
+
+    Not finished (pending, scheduling, running, a pod being replaced): alive. Complete:
+    exited 0. Failed: the exit code and reason of its last failed pod; an evicted or
+    disrupted pod reads as preempted (exit 143). A Job that is gone: dead, exit unknown.
+    """
+    if job is None:
+        return Observed(alive=False, reason="its Kubernetes Job is gone (deleted)")
+    if _true_condition(job, "Complete", "SuccessCriteriaMet"):
+        return Observed(alive=False, exit_code=int(TrainerExit.OK))
+    failed = _true_condition(job, "Failed", "FailureTarget")
+    if failed is None:
+        return Observed(alive=True)
+    job_reason = failed.get("reason") or "Failed"
+    failed_pods = [p for p in pods if (p.get("status") or {}).get("phase") == "Failed"]
+    failed_pods.sort(key=lambda p: (p.get("metadata") or {}).get("creationTimestamp") or "")
+    if not failed_pods:
+        return Observed(alive=False, reason=f"its Kubernetes Job failed ({job_reason})")
+    code, pod_reason = _pod_end(failed_pods[-1])
+    reason = f"{pod_reason}; " if pod_reason else ""
+    return Observed(alive=False, exit_code=code, reason=f"{reason}Job {job_reason}")
+
+
+# -- the launcher ---------------------------------------------------------------------
+
+
+def _api_status(error: Exception) -> int | None:
+    status = getattr(error, "status", None)
+    return status if isinstance(status, int) else None
+
+
+class KubernetesLauncher:
+    """Creates, observes and deletes one `batch/v1` Job per trainer attempt."""
+
+    name = "kubernetes"
+
+    def __init__(self, config: KubernetesConfig, api_client: Any | None = None) -> None:
+        from kubernetes import client
+        from kubernetes import config as kube_config
+
+        self.config = config
+        if api_client is None:
+            # In a pod: its service account; elsewhere: the operator's kubeconfig.
+            try:
+                kube_config.load_incluster_config()
+            except kube_config.ConfigException:
+                kube_config.load_kube_config()
+            api_client = client.ApiClient()
+        self._client = api_client
+        self._batch = client.BatchV1Api(api_client)
+        self._core = client.CoreV1Api(api_client)
+
+    def _create(self, create: Any, body: dict[str, Any]) -> None:
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            create(namespace=self.config.namespace, body=body)
+        except ApiException as error:
+            if _api_status(error) != 409:
+                raise
+            # AlreadyExists: an earlier try of this very attempt created it.
+            log.info("%s %s exists already", body["kind"], body["metadata"]["name"])
+
+    def start(self, spec: JobSpec, attempt: int, environment: dict[str, str]) -> Started:
+        manifest = render_job_manifest(spec, attempt, environment, self.config)
+        if spec.resources.nodes > 1:
+            service = render_rendezvous_service(spec, attempt, self.config)
+            self._create(self._core.create_namespaced_service, service)
+        self._create(self._batch.create_namespaced_job, manifest)
+        name = manifest["metadata"]["name"]
+        log.info("created Kubernetes Job %s/%s", self.config.namespace, name)
+        return Started(f"{self.config.namespace}/{name}", None, None)
+
+    def _job_of(self, launch: LaunchRecord) -> str | None:
+        namespace, _, name = launch.host.partition("/")
+        if namespace != self.config.namespace or not name.startswith("tuneforge-"):
+            return None
+        return name
+
+    def observe(self, launch: LaunchRecord) -> Observed:
+        from kubernetes.client.exceptions import ApiException
+
+        name = self._job_of(launch)
+        if name is None:
+            return Observed(alive=None)
+        try:
+            job = self._batch.read_namespaced_job(name, self.config.namespace)
+        except ApiException as error:
+            if _api_status(error) == 404:
+                return observed_from_status(None, [])
+            raise
+        job_data = self._client.sanitize_for_serialization(job)
+        pods: list[Mapping[str, Any]] = []
+        if _true_condition(job_data, "Failed", "FailureTarget"):
+            listing = self._core.list_namespaced_pod(
+                self.config.namespace, label_selector=f"job-name={name}"
+            )
+            pods = self._client.sanitize_for_serialization(listing).get("items") or []
+        return observed_from_status(job_data, pods)
+
+    def signal(self, launch: LaunchRecord, which: signal.Signals) -> None:
+        """SIGTERM: delete the Job, its pods get their termination grace (a checkpoint);
+        SIGKILL: delete it with no grace."""
+        from kubernetes import client
+        from kubernetes.client.exceptions import ApiException
+
+        name = self._job_of(launch)
+        if name is None:
+            return
+        grace = 0 if which == signal.SIGKILL else self.config.termination_grace_seconds
+        options = client.V1DeleteOptions(
+            propagation_policy="Foreground", grace_period_seconds=grace
+        )
+        try:
+            self._batch.delete_namespaced_job(name, self.config.namespace, body=options)
+            log.info("deleted Kubernetes Job %s (%s, grace %ds)", name, which.name, grace)
+        except ApiException as error:
+            if _api_status(error) != 404:
+                raise
+        try:
+            self._core.delete_namespaced_service(name, self.config.namespace)
+        except ApiException as error:
+            if _api_status(error) != 404:
+                raise
+
+    def local_log(self, job_id: str, attempt: int) -> None:
+        return None  # the trainer uploads its own log
+
+    def shutdown(self, grace_seconds: float) -> None:
+        return None  # trainer Jobs outlive API replicas by design
