@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from trainer.data import IGNORE_INDEX, Batch
+from trainer.packing import PackedBatch
 
 
 def token_loss_sum(model: Any, batch: Batch) -> torch.Tensor:
@@ -22,7 +23,10 @@ def token_loss_sum(model: Any, batch: Batch) -> torch.Tensor:
     """
     if batch.classification:
         return classification_loss_sum(model, batch)[0]
-    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+    if isinstance(batch, PackedBatch):  # per-example positions and block-diagonal attention
+        logits = model(**batch.model_inputs()).logits
+    else:
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
     # Position t predicts token t+1. float32 for the softmax: bf16 loses precision here.
     shifted_logits = logits[:, :-1, :].float()
     shifted_labels = batch.labels[:, 1:]

@@ -37,6 +37,7 @@ from trainer.loss import backward_window, classification_loss_sum, token_loss_su
 from trainer.metrics import MetricsLog, classification_metrics
 from trainer.model import check_model_directory, download_model, load_model, pad_token_id
 from trainer.optim import build_optimizer, learning_rate_at, set_learning_rate
+from trainer.packing import Packer
 from trainer.progress import TrainingProgress
 from trainer.reporting import Reporter
 
@@ -83,6 +84,7 @@ class FullFineTuningRecipe:
         self.validation_set: list[TokenizedExample] = []
         self.pad_id = 0
         self.max_length = self.hp.maxSequenceLength
+        self.packer: Packer | None = None  # packs training batches; None: padded batches
         self._training_started = 0.0
 
     # -- the whole job -----------------------------------------------------------
@@ -183,6 +185,10 @@ class FullFineTuningRecipe:
         )
         self.pad_id = pad_token_id(self.tokenizer)
         self.max_length = self._max_length()
+        if self.hp.packing and not self.classification:  # a classification head pools per row
+            self.packer = Packer.for_model(
+                self.model, row_length=self.max_length, pad_id=self.pad_id
+            )
 
         self.train_set = self._tokenize(loaded["training"], "training")
         self.validation_set = self._tokenize(loaded.get("validation", []), "validation")
@@ -250,7 +256,7 @@ class FullFineTuningRecipe:
             for batch in data.batches(
                 self.train_set, self.hp.batchSize, self.pad_id, generator=generator
             ):
-                window.append(batch)
+                window.append(self.packer.pack_batch(batch) if self.packer else batch)
                 if len(window) < accumulation:
                     continue
                 self.train_step(window)
