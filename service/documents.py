@@ -358,6 +358,28 @@ class Progress(_Document):
     validationMetrics: dict[str, float] = {}
 
 
+class TokenLengths(_Document):
+    """Percentiles (nearest rank) of the records' token counts, before truncation."""
+
+    p50: int
+    p90: int
+    p99: int
+    max: int
+
+
+class DataSummary(_Document):
+    """What preflight validation found in the data (trainer/preflight.py)."""
+
+    trainingRecords: int
+    validationRecords: int = 0
+    # Of the training records; None when there are none.
+    tokenLengths: TokenLengths | None = None
+    # Records (training and validation) longer than maxSequenceLength, cut to fit.
+    truncatedRecords: int = 0
+    # CLASSIFICATION: training records per label.
+    labelDistribution: dict[str, int] = {}
+
+
 class Failure(_Document):
     reason: FailureReason
     message: str
@@ -393,6 +415,8 @@ class JobStatus(_Document):
     retries: dict[str, int] = {}
     # 1 for the next job to start, while QUEUED for a free slot; written by the reconciler.
     queuePosition: int | None = None
+    # What preflight validation found; written by the trainer once the data is checked.
+    dataSummary: DataSummary | None = None
 
     def moved_to(self, new: JobState) -> JobStatus:
         """A copy in state `new`, with its time recorded; raises on an illegal move."""

@@ -30,12 +30,12 @@ import torch
 
 from service.documents import JobSpec, JobState, TrainerExit, utc_now
 from service.storage import ObjectStore, parse_s3_uri
-from trainer import checkpoint, data
+from trainer import checkpoint, data, preflight
 from trainer.data import Batch, TokenizedExample
 from trainer.errors import DataValidationError, Fenced
 from trainer.loss import backward_window, classification_loss_sum, token_loss_sum
 from trainer.metrics import MetricsLog, classification_metrics
-from trainer.model import check_model_directory, download_model, load_model, pad_token_id
+from trainer.model import load_model, pad_token_id
 from trainer.optim import build_optimizer, learning_rate_at, set_learning_rate
 from trainer.packing import Packer
 from trainer.progress import TrainingProgress
@@ -155,31 +155,19 @@ class FullFineTuningRecipe:
         """Validate all data, then download, check and load the model, then tokenize."""
         spec = self.spec
         data.check_customization_type(spec.customizationType)
-        errors = data.ValidationErrors()
-        sources = [("training", spec.trainingDataConfig.s3Uri)]
-        if spec.validationDataConfig is not None:
-            sources.append(("validation", spec.validationDataConfig.s3Uri))
-        loaded = {
-            what: data.load_dataset(
-                self.storage,
-                uri,
-                what=what,
-                customization_type=spec.customizationType,
-                directory=self.workdir / "data",
-                errors=errors,
-            )
-            for what, uri in sources
-        }
-        if self.classification and not errors.total:
-            self.labels = data.label_set(loaded["training"], loaded.get("validation", []), errors)
-        if errors.total:
-            raise DataValidationError(errors.message())
-        self.reporter.event("DATA_VALIDATED", f"{len(loaded['training'])} training records")
+        # Preflight (trainer/preflight.py): every record checked and tokenized with the
+        # base model's tokenizer before its weights are loaded, or taken from the cache.
+        model_dir = self.workdir / "base-model"
+        prepared = preflight.run_preflight(
+            spec,
+            storage=self.storage,
+            reporter=self.reporter,
+            model_dir=model_dir,
+            directory=self.workdir / "data",
+        )
+        self.labels = prepared.labels
 
         torch.manual_seed(self.hp.seed)
-        model_dir = self.workdir / "base-model"
-        download_model(self.storage, spec.baseModelIdentifier, model_dir)
-        check_model_directory(model_dir, spec.baseModelIdentifier)
         self.model, self.tokenizer = load_model(
             model_dir, spec.baseModelIdentifier, self.device, labels=self.labels
         )
@@ -190,8 +178,8 @@ class FullFineTuningRecipe:
                 self.model, row_length=self.max_length, pad_id=self.pad_id
             )
 
-        self.train_set = self._tokenize(loaded["training"], "training")
-        self.validation_set = self._tokenize(loaded.get("validation", []), "validation")
+        self.train_set = prepared.training
+        self.validation_set = prepared.validation
         if not self.train_set and self.kind != data.FINE_TUNING:
             raise DataValidationError("the training data has no tokens to train on")
         if not self.train_set:
@@ -217,26 +205,6 @@ class FullFineTuningRecipe:
             )
             return limit
         return self.hp.maxSequenceLength
-
-    def _tokenize(self, examples: list[data.Example], what: str) -> list[TokenizedExample]:
-        if self.classification:
-            assert self.labels is not None
-            return data.tokenize_classification(
-                examples, self.tokenizer, self.max_length, self.labels
-            )
-        if self.kind == data.CONTINUED_PRE_TRAINING:
-            chunks = data.tokenize_documents(examples, self.tokenizer, self.max_length)
-            log.info("%d %s documents -> %d chunks", len(examples), what, len(chunks))
-            return chunks
-        tokenized, dropped = data.tokenize(examples, self.tokenizer, self.max_length)
-        if dropped:
-            log.warning(
-                "%d %s records have no completion token within %d tokens; skipped",
-                dropped,
-                what,
-                self.max_length,
-            )
-        return tokenized
 
     # -- training ----------------------------------------------------------------
 

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from service.documents import Failure, JobState, JobStatus, Progress, utc_now
+from service.documents import DataSummary, Failure, JobState, JobStatus, Progress, utc_now
 from service.errors import TuneforgeError
 from service.store import JobStore
 from trainer.errors import Fenced
@@ -138,6 +138,22 @@ class Reporter:
             beat.heartbeatAt = utc_now()
             beat.progress = progress
             return beat
+
+        try:
+            self.store.update_status(self.job_id, change)
+        except Fenced as error:
+            raise self._fenced(error) from None
+
+    def set_data_summary(self, summary: DataSummary) -> None:
+        """Write what preflight validation found into status.dataSummary, now."""
+
+        def change(status: JobStatus) -> JobStatus | None:
+            self._check_owner(status)
+            if status.state.is_terminal():
+                return None
+            summarized = status.model_copy(deep=True)
+            summarized.dataSummary = summary
+            return summarized
 
         try:
             self.store.update_status(self.job_id, change)
