@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from service.observability.metrics import Metrics
 from service.reconciler import Reconciler
 from service.settings import Settings
 from service.store import JobStore
@@ -16,3 +17,5 @@ class ServiceContext:
     reconciler: Reconciler | None
     # Set once the store answered and passed the conditional-write probe.
     store_conformant: bool = False
+    # This replica's Prometheus metrics (GET /metrics).
+    metrics: Metrics = field(default_factory=Metrics)

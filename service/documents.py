@@ -287,6 +287,12 @@ class DataLocation(_Document):
     s3Uri: str
 
 
+class Notifications(_Document):
+    """Where to tell about the job's end (service/webhooks.py)."""
+
+    webhookUrl: str | None = None
+
+
 Sharding = Literal["DDP", "FSDP"]
 
 
@@ -333,6 +339,7 @@ class JobSpec(_Document):
     hyperParameters: HyperParameters
     tags: dict[str, str] = {}
     clientRequestToken: str | None = None
+    notifications: Notifications | None = None
     resources: JobResources = JobResources()
 
     @property
@@ -356,6 +363,11 @@ class Progress(_Document):
     firstStepAt: str | None = None
     # Classification jobs: accuracy, precision, recall, f1 of the last evaluation.
     validationMetrics: dict[str, float] = {}
+    # Filled by the trainer's reporter (trainer/reporting.py) for /metrics: the learning
+    # rate of the latest step, recent throughput, and peak GPU memory when there is a GPU.
+    learningRate: float | None = None
+    tokensPerSecond: float | None = None
+    gpuMemoryBytes: int | None = None
 
 
 class TokenLengths(_Document):

@@ -11,6 +11,7 @@ import base64
 import hashlib
 import json
 import re
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +24,7 @@ from service.documents import (
     JobEvent,
     JobSpec,
     JobState,
+    Notifications,
     new_job_id,
     utc_now,
 )
@@ -30,6 +32,7 @@ from service.errors import FailedPrecondition, IdempotencyConflict, InvalidArgum
 from service.schemas import JobCreate, JobPublic
 from service.storage import ObjectMissing, S3Location, parse_s3_uri
 from service.store import Job, JobStore
+from service.webhooks import check_webhook_url
 
 MAX_PAGE_SIZE = 100
 # List with a state filter reads each job's status; bound the work per request and
@@ -43,8 +46,17 @@ def request_fingerprint(request: JobCreate) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
-def create_job(store: JobStore, request: JobCreate, tenant: str = "default") -> tuple[Job, bool]:
-    """Create a job; return it and whether it is new (False: an idempotent repeat)."""
+def create_job(
+    store: JobStore,
+    request: JobCreate,
+    tenant: str = "default",
+    *,
+    webhook_hosts: Collection[str] = (),
+) -> tuple[Job, bool]:
+    """Create a job; return it and whether it is new (False: an idempotent repeat).
+    Refused before anything is written when its webhook host is not in `webhook_hosts`."""
+    if request.notifications is not None:
+        check_webhook_url(request.notifications.webhookUrl, webhook_hosts)
     spec = JobSpec(
         jobId=new_job_id(),
         jobName=request.jobName,
@@ -62,6 +74,11 @@ def create_job(store: JobStore, request: JobCreate, tenant: str = "default") -> 
         hyperParameters=request.hyperParameters,
         tags=request.tags,
         clientRequestToken=request.clientRequestToken,
+        notifications=(
+            Notifications(webhookUrl=request.notifications.webhookUrl)
+            if request.notifications is not None
+            else None
+        ),
     )
     if request.clientRequestToken is None:
         store.create(spec)

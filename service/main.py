@@ -10,8 +10,10 @@ external store, trainers keep running and a restarted server picks them up.
 from __future__ import annotations
 
 import logging
+import os
 import secrets
 import signal
+import socket
 import sys
 from pathlib import Path
 
@@ -23,11 +25,14 @@ from service.embedded_s3 import EmbeddedS3
 from service.errors import TuneforgeError
 from service.grpc_api.server import create_server, grpc_address
 from service.launch.local import LocalLauncher, visible_gpu_count
+from service.observability.logging import configure_logging
+from service.observability.metrics import Metrics
 from service.probe import check_conditional_writes
 from service.reconciler import Reconciler
 from service.settings import Settings
 from service.storage import ObjectStore
 from service.store import JobStore
+from service.webhooks import WebhookNotifier
 
 log = logging.getLogger("tuneforge")
 
@@ -58,9 +63,8 @@ def _stop_requested(signum: int, frame: object) -> None:
 
 def main() -> int:
     settings = Settings()
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(settings.log_format, level=getattr(logging, settings.log_level))
+    metrics = Metrics()
     home = settings.home.resolve()
     home.mkdir(parents=True, exist_ok=True)
 
@@ -93,6 +97,7 @@ def main() -> int:
             secret_access_key=secret,
             region=settings.s3_region,
         )
+        storage.add_call_observer(metrics.observe_store_call)
         storage.ensure_bucket(settings.state_bucket)
         check_conditional_writes(storage, settings.state_bucket)
         if embedded is not None and settings.seed_demo:
@@ -107,10 +112,23 @@ def main() -> int:
             "TUNEFORGE_STATE_BUCKET": settings.state_bucket,
             "TUNEFORGE_HEARTBEAT_SECONDS": str(settings.trainer_heartbeat_seconds),
         }
+        if settings.log_format is not None:  # unset: the trainer's log stays readable
+            trainer_environment["TUNEFORGE_LOG_FORMAT"] = settings.log_format
         if access_key and secret:
             trainer_environment["AWS_ACCESS_KEY_ID"] = access_key
             trainer_environment["AWS_SECRET_ACCESS_KEY"] = secret
         store = JobStore(storage, settings.state_bucket)
+        notifier = None
+        if settings.webhook_allowed_hosts and settings.webhook_secret is not None:
+            notifier = WebhookNotifier(
+                store,
+                settings.webhook_secret.get_secret_value(),
+                metrics=metrics,
+                max_attempts=settings.webhook_max_attempts,
+                retry_seconds=settings.webhook_retry_seconds,
+                timeout_seconds=settings.webhook_timeout_seconds,
+                replica_id=f"{socket.gethostname()}:{os.getpid()}",
+            )
         reconciler = Reconciler(
             store,
             launcher,
@@ -122,14 +140,20 @@ def main() -> int:
             crash_retry_budget=settings.crash_retry_budget,
             max_attempts=settings.max_attempts,
             slots=settings.local_slots or visible_gpu_count() or 1,
+            metrics=metrics,
+            notifier=notifier,
         )
-        context = ServiceContext(settings, store, reconciler, store_conformant=True)
+        context = ServiceContext(
+            settings, store, reconciler, store_conformant=True, metrics=metrics
+        )
         grpc_server, grpc_port = create_server(
             grpc_address(settings.grpc_host, settings.grpc_port),
             context,
             watch_poll_seconds=settings.grpc_watch_poll_seconds,
         )
         reconciler.start()
+        if notifier is not None:
+            notifier.start()
         print(f"REST API: http://{settings.rest_host}:{settings.rest_port}  (docs at /docs)")
         print(f"gRPC API: {grpc_address(settings.grpc_host, grpc_port)}  (health, reflection)")
         print(f"launcher: {launcher.name}, trainer work directories under {home / 'work'}")
@@ -140,6 +164,10 @@ def main() -> int:
                 host=settings.rest_host,
                 port=settings.rest_port,
                 log_level="info",
+                # Logging is configured above (structured); requests are logged, with
+                # their request id, by service/observability/middleware.py.
+                log_config=None,
+                access_log=False,
                 timeout_graceful_shutdown=10,
             )
         )
@@ -154,6 +182,8 @@ def main() -> int:
             # After REST: in-flight gRPC calls get the same grace; watches end UNAVAILABLE.
             grpc_server.stop(grace=10)
         reconciler.stop()
+        if notifier is not None:
+            notifier.stop()
         return 0 if server.started else 1
     except TuneforgeError as error:
         print(f"tuneforge cannot start: {error.message}", file=sys.stderr)

@@ -43,7 +43,10 @@ from service.documents import (
 )
 from service.errors import JobNotFound, TuneforgeError
 from service.launch.base import Launcher, Observed
+from service.observability.metrics import Metrics, RunningJob, is_running
+from service.observability.request_context import bind_job
 from service.store import Job, JobStore
+from service.webhooks import WebhookNotifier
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +75,8 @@ class Reconciler:
         crash_retry_budget: int = 2,
         max_attempts: int = 10,
         slots: int = 1,
+        metrics: Metrics | None = None,
+        notifier: WebhookNotifier | None = None,
     ) -> None:
         self.store = store
         self.launcher = launcher
@@ -84,6 +89,12 @@ class Reconciler:
         self.max_attempts = max_attempts
         self.slots = slots
         self.replica_id = uuid.uuid4().hex[:12]
+        # Observability: pass timings, jobs by state, running jobs' gauges (/metrics);
+        # webhook deliveries for jobs that end (a finished job stays active until its
+        # delivery is settled).
+        self.metrics = metrics
+        self.notifier = notifier
+        self._queue_length = 0
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -107,23 +118,31 @@ class Reconciler:
     def _loop(self) -> None:
         while not self._stopping.is_set():
             self._wake.clear()
+            started = time.perf_counter()
             try:
                 self.run_once()
             except TuneforgeError as error:
                 log.warning("reconcile pass failed: %s", error.message)
             except Exception:
                 log.exception("reconcile pass failed")
+            if self.metrics is not None:
+                self.metrics.reconcile_duration.observe(time.perf_counter() - started)
             self._wake.wait(self.interval_seconds)
 
     def run_once(self) -> None:
         waiting: list[Job] = []
+        seen: list[Job] = []
+        self._queue_length = 0
         occupied = 0
         for job_id in self.store.list_active_job_ids():  # oldest first
             if self._stopping.is_set():
                 return
             try:
                 job = self.store.get(job_id)
-                if self.reconcile(job):
+                seen.append(job)
+                with bind_job(job_id, job.spec.tenant, _attempt(job)):
+                    waits = self.reconcile(job)
+                if waits:
                     waiting.append(job)
                 elif job.status.launch is not None:
                     occupied += 1
@@ -138,11 +157,22 @@ class Reconciler:
         for index, job in enumerate(waiting):
             try:
                 if index < free:
-                    self._launch(job)
+                    with bind_job(job.spec.jobId, job.spec.tenant, 1):
+                        self._launch(job)
                 else:
                     self._set_queue_position(job, index - free + 1)
             except TuneforgeError as error:
                 log.warning("launching job %s failed: %s", job.spec.jobId, error.message)
+        if self.metrics is not None:
+            self.metrics.observe_jobs(
+                [job.status.state for job in seen],
+                self._queue_length,
+                [
+                    RunningJob(job.spec.jobId, job.spec.tenant, job.status.progress)
+                    for job in seen
+                    if is_running(job.status.state)
+                ],
+            )
 
     # -- one job ---------------------------------------------------------------
 
@@ -150,7 +180,7 @@ class Reconciler:
         """Act on one job; return True when it is queued and waits for a slot."""
         status = job.status
         if status.state.is_terminal():
-            self.store.mark_inactive(job.spec.jobId)
+            self._retire(job.spec.jobId)
             return False
         if status.launch is None:
             if job.control.stopRequested:
@@ -171,6 +201,8 @@ class Reconciler:
         return False
 
     def _set_queue_position(self, job: Job, position: int) -> None:
+        self._queue_length += 1
+
         def place(status: JobStatus) -> JobStatus | None:
             if status.launch is not None or status.queuePosition == position:
                 return None
@@ -258,7 +290,7 @@ class Reconciler:
         status, _ = self.store.get_status(job.spec.jobId)
         if status.state.is_terminal():
             self._upload_log(job.spec.jobId, launch.attempt)
-            self.store.mark_inactive(job.spec.jobId)
+            self._retire(job.spec.jobId)
             return
         self._upload_log(job.spec.jobId, launch.attempt)
         if job.control.stopRequested:
@@ -324,12 +356,22 @@ class Reconciler:
         if self.store.update_status(job.spec.jobId, finish) is not None:
             self.store.append_event(job.spec.jobId, "STATE_CHANGED", message, state)
             log.info("job %s is %s: %s", job.spec.jobId, state.value, message)
-        self.store.mark_inactive(job.spec.jobId)
+        self._retire(job.spec.jobId)
+
+    def _retire(self, job_id: str) -> None:
+        """Drop a finished job from `active/`, once its webhook delivery is settled."""
+        if self.notifier is not None and not self.notifier.settled(self.store.get(job_id)):
+            return  # a later pass asks again
+        self.store.mark_inactive(job_id)
 
     def _upload_log(self, job_id: str, attempt: int) -> None:
         path = self.launcher.local_log(job_id, attempt)
         if path is not None:
             self.store.upload_log(job_id, path)
+
+
+def _attempt(job: Job) -> int:
+    return job.status.launch.attempt if job.status.launch else 0
 
 
 def _age_seconds_ms(created_ms: int) -> float:

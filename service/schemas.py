@@ -75,6 +75,20 @@ class OutputDataConfig(_Request):
         return _checked_uri(value, "s3Uri", folder=True)
 
 
+class NotificationsConfig(_Request):
+    webhookUrl: Annotated[
+        str,
+        Field(
+            min_length=1,
+            max_length=2048,
+            description="http(s) URL that gets a signed JSON POST when the job ends "
+            "(COMPLETED, FAILED or STOPPED); its host must be one the operator allowed "
+            "(TUNEFORGE_WEBHOOK_ALLOWED_HOSTS). Signature: README, Monitoring.",
+            examples=["https://hooks.example.com/tuneforge"],
+        ),
+    ]
+
+
 class JobCreate(_Request):
     """A fine-tuning job to create."""
 
@@ -143,6 +157,7 @@ class JobCreate(_Request):
         ],
         Field(max_length=50, description="Up to 50 key/value labels."),
     ] = {}
+    notifications: NotificationsConfig | None = None
 
     @field_validator("baseModelIdentifier")
     @classmethod
@@ -250,6 +265,7 @@ class JobPublic(BaseModel):
     stateTimes: dict[str, str] = Field(
         default={}, description="When the job entered each state it has been in."
     )
+    notifications: NotificationsConfig | None = None
 
     @classmethod
     def from_job(cls, job: Job) -> JobPublic:
@@ -297,6 +313,11 @@ class JobPublic(BaseModel):
             attempt=status.launch.attempt if status.launch else 0,
             stateTimes=status.stateTimes,
             queuePosition=status.queuePosition,
+            notifications=(
+                NotificationsConfig(webhookUrl=spec.notifications.webhookUrl)
+                if spec.notifications is not None and spec.notifications.webhookUrl
+                else None
+            ),
         )
 
 

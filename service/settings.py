@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -67,6 +68,21 @@ class Settings(BaseSettings):
 
     max_request_bytes: int = 1_048_576
 
+    # -- observability (service/observability/, service/webhooks.py) -------------------
+    # Log lines: `json` (one JSON object a line) or `console` (readable, coloured on a
+    # terminal); unset: console when stderr is a terminal, else json.
+    log_format: Literal["json", "console"] | None = None
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # Hosts a job's notifications.webhookUrl may point at (exact host names or IPs);
+    # empty: webhooks are off and a create that asks for one is refused.
+    webhook_allowed_hosts: list[str] = []
+    # HMAC-SHA256 key of the X-Tuneforge-Signature header; required with allowed hosts.
+    webhook_secret: SecretStr | None = None
+    # Tries per delivery (exponential backoff from webhook_retry_seconds) before
+    # WEBHOOK_FAILED.
+    webhook_max_attempts: int = Field(default=6, ge=1, le=20)
+    webhook_retry_seconds: float = Field(default=1.0, gt=0, le=600)
+    webhook_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
     # The Bedrock-compatible face (service/bedrock/): ARNs are built from these.
     bedrock_region: str = Field(default="us-east-1", pattern=r"^[a-z0-9-]{1,20}$")
     bedrock_account_id: str = Field(default="000000000000", pattern=r"^[0-9]{12}$")
@@ -79,6 +95,15 @@ class Settings(BaseSettings):
     # Requests per second per caller (access key) on the Bedrock face; 0: no limit.
     bedrock_requests_per_second: float = Field(default=0.0, ge=0)
     bedrock_burst: int = Field(default=20, ge=1)
+
+    @model_validator(mode="after")
+    def _webhooks_need_a_secret(self) -> Settings:
+        if self.webhook_allowed_hosts and self.webhook_secret is None:
+            raise ValueError(
+                "webhook_allowed_hosts is set but webhook_secret is not: deliveries are "
+                "signed with it; set TUNEFORGE_WEBHOOK_SECRET"
+            )
+        return self
 
     @model_validator(mode="after")
     def _dev_mode_only_on_loopback(self) -> Settings:

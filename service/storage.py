@@ -14,7 +14,8 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -147,6 +148,36 @@ class ObjectStore:
             secret_access_key=env.get("AWS_SECRET_ACCESS_KEY") or None,
             region=env.get("AWS_DEFAULT_REGION", "us-east-1"),
         )
+
+    def add_call_observer(self, observer: Callable[[str, float, str | None], None]) -> None:
+        """Call `observer(operation, seconds, error)` after every S3 API call (metrics).
+
+        `error` is None on success, else the S3 error code or the exception's class name.
+        The time covers botocore's retries; the observer runs in the calling thread.
+        """
+
+        def before(context: dict[str, Any], model: Any, **_: Any) -> None:
+            context["tuneforge_operation"] = model.name
+            context["tuneforge_call_started"] = time.perf_counter()
+
+        def done(context: dict[str, Any], error: str | None) -> None:
+            started = context.pop("tuneforge_call_started", None)
+            operation = context.get("tuneforge_operation", "unknown")
+            if started is not None:
+                observer(operation, time.perf_counter() - started, error)
+
+        def after(context: dict[str, Any], http_response: Any, parsed: Any, **_: Any) -> None:
+            failed = http_response.status_code >= 300
+            code = parsed.get("Error", {}).get("Code") if failed else None
+            done(context, (code or str(http_response.status_code)) if failed else None)
+
+        def after_error(context: dict[str, Any], exception: Exception, **_: Any) -> None:
+            done(context, type(exception).__name__)
+
+        events = self._client.meta.events
+        events.register("before-call.s3", before)
+        events.register("after-call.s3", after)
+        events.register("after-call-error.s3", after_error)
 
     # -- buckets ---------------------------------------------------------------
 

@@ -227,5 +227,26 @@ class JobStore:
                 events.append(JobEvent.model_validate(found[0]))
         return events
 
+    def list_events_page(
+        self, job_id: str, *, after: int | None, limit: int
+    ) -> tuple[list[JobEvent], bool]:
+        """Up to `limit` events with a sequence above `after`, in order, and whether more
+        follow. Event keys never change once written, so a page boundary is stable."""
+        prefix = self._job(job_id, "events/")
+        keys: list[str] = []
+        for item in self.storage.list_objects(prefix):
+            name = item["key"][len(prefix.key) :].removesuffix(".json")
+            if not name.isdigit() or (after is not None and int(name) <= after):
+                continue
+            keys.append(item["key"])
+            if len(keys) > limit:
+                break
+        events = []
+        for key in keys[:limit]:
+            found = self.storage.get_json(S3Location(self.bucket, key))
+            if found is not None:
+                events.append(JobEvent.model_validate(found[0]))
+        return events, len(keys) > limit
+
     def upload_log(self, job_id: str, path: Path) -> None:
         self.storage.upload_file(path, self.log_location(job_id))

@@ -26,7 +26,9 @@ JobId = Annotated[str, Path(description="The job's id.", examples=["0p5v2m8x3k7q
     summary="Create a fine-tuning job",
 )
 def create_job(request: JobCreate, context: ContextDep, response: Response) -> JobPublic:
-    job, created = jobs.create_job(context.store, request)
+    job, created = jobs.create_job(
+        context.store, request, webhook_hosts=context.settings.webhook_allowed_hosts
+    )
     if created and context.reconciler is not None:
         context.reconciler.kick()
     if not created:

@@ -1,0 +1,1 @@
+"""Observability: Prometheus metrics, structured logs, request ids (issue 7)."""
