@@ -1,0 +1,30 @@
+"""REST v1: a job's training and validation metric rows (`GET /v1/jobs/{id}/metrics`).
+
+The dashboard draws its loss curves from this; scripts can too. The rows come from the
+CSV files in the job's output (service/training_metrics.py), so they are as fresh as the
+trainer's last upload (every ~10 s while it runs, and at the end).
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from service.api.deps import CurrentTenant, StoreDep
+from service.api.errors import ERROR_RESPONSES
+from service.api.routes.jobs import JobId
+from service.training_metrics import JobMetrics, read_job_metrics
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=ERROR_RESPONSES)
+
+
+@router.get(
+    "/{job_id}/metrics",
+    response_model=JobMetrics,
+    summary="A job's training and validation metrics, by step",
+    description="Every row of the job's step_wise_training_metrics.csv and "
+    "validation_metrics.csv uploaded so far, oldest step first. Columns beyond loss and "
+    "perplexity (classification scores, or any the trainer adds) are in `metrics`; values "
+    "that are not finite numbers are null. Empty lists before the first step.",
+)
+def get_job_metrics(job_id: JobId, store: StoreDep, caller: CurrentTenant) -> JobMetrics:
+    return read_job_metrics(store, job_id, tenant=caller.tenant)
