@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from service.documents import FailureReason, HyperParameters, JobState, Progress
+from service.documents import DataSummary, FailureReason, HyperParameters, JobState, Progress
 from service.errors import InvalidArgument
 from service.storage import parse_s3_uri
 from service.store import Job
@@ -265,6 +265,12 @@ class JobPublic(BaseModel):
     stateTimes: dict[str, str] = Field(
         default={}, description="When the job entered each state it has been in."
     )
+    dataSummary: DataSummary | None = Field(
+        default=None,
+        description="What validation found in the data: record counts, token-length "
+        "percentiles of the training records, truncated records, label distribution "
+        "(CLASSIFICATION). Set once the data is checked.",
+    )
     notifications: NotificationsConfig | None = None
 
     @classmethod
@@ -313,6 +319,7 @@ class JobPublic(BaseModel):
             attempt=status.launch.attempt if status.launch else 0,
             stateTimes=status.stateTimes,
             queuePosition=status.queuePosition,
+            dataSummary=status.dataSummary,
             notifications=(
                 NotificationsConfig(webhookUrl=spec.notifications.webhookUrl)
                 if spec.notifications is not None and spec.notifications.webhookUrl

@@ -216,7 +216,40 @@ def job_from_dict(data: Mapping[str, Any]) -> pb.Job:
     # In the order the job entered them (the stored document's keys are sorted by name).
     entries.sort(key=lambda entry: (entry.time.seconds, entry.time.nanos))
     job.state_times.extend(entries)
+    if data.get("dataSummary"):
+        job.data_summary.CopyFrom(_data_summary_message(data["dataSummary"]))
     return job
+
+
+def _data_summary_message(summary: Mapping[str, Any]) -> pb.DataSummary:
+    message = pb.DataSummary(
+        training_records=summary["trainingRecords"],
+        validation_records=summary.get("validationRecords") or 0,
+        truncated_records=summary.get("truncatedRecords") or 0,
+        label_distribution=summary.get("labelDistribution") or {},
+    )
+    if summary.get("tokenLengths"):
+        message.token_lengths.CopyFrom(pb.TokenLengths(**summary["tokenLengths"]))
+    return message
+
+
+def _data_summary_dict(job: pb.Job) -> dict[str, Any] | None:
+    """REST's dataSummary: null until the data is checked."""
+    if not job.HasField("data_summary"):
+        return None
+    summary = job.data_summary
+    lengths = summary.token_lengths
+    return {
+        "trainingRecords": summary.training_records,
+        "validationRecords": summary.validation_records,
+        "tokenLengths": (
+            {"p50": lengths.p50, "p90": lengths.p90, "p99": lengths.p99, "max": lengths.max}
+            if summary.HasField("token_lengths")
+            else None
+        ),
+        "truncatedRecords": summary.truncated_records,
+        "labelDistribution": dict(summary.label_distribution.items()),
+    }
 
 
 def job_to_dict(job: pb.Job) -> JobDict:
@@ -268,6 +301,7 @@ def job_to_dict(job: pb.Job) -> JobDict:
         "attempt": job.attempt,
         "queuePosition": _optional(job, "queue_position"),
         "stateTimes": {state_name(entry.state): _time(entry, "time") for entry in job.state_times},
+        "dataSummary": _data_summary_dict(job),
     }
 
 

@@ -154,6 +154,39 @@ class Failure(_message.Message):
     message: str
     def __init__(self, reason: _Optional[_Union[FailureReason, str]] = ..., message: _Optional[str] = ...) -> None: ...
 
+class TokenLengths(_message.Message):
+    __slots__ = ("p50", "p90", "p99", "max")
+    P50_FIELD_NUMBER: _ClassVar[int]
+    P90_FIELD_NUMBER: _ClassVar[int]
+    P99_FIELD_NUMBER: _ClassVar[int]
+    MAX_FIELD_NUMBER: _ClassVar[int]
+    p50: int
+    p90: int
+    p99: int
+    max: int
+    def __init__(self, p50: _Optional[int] = ..., p90: _Optional[int] = ..., p99: _Optional[int] = ..., max: _Optional[int] = ...) -> None: ...
+
+class DataSummary(_message.Message):
+    __slots__ = ("training_records", "validation_records", "token_lengths", "truncated_records", "label_distribution")
+    class LabelDistributionEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    TRAINING_RECORDS_FIELD_NUMBER: _ClassVar[int]
+    VALIDATION_RECORDS_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_LENGTHS_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATED_RECORDS_FIELD_NUMBER: _ClassVar[int]
+    LABEL_DISTRIBUTION_FIELD_NUMBER: _ClassVar[int]
+    training_records: int
+    validation_records: int
+    token_lengths: TokenLengths
+    truncated_records: int
+    label_distribution: _containers.ScalarMap[str, int]
+    def __init__(self, training_records: _Optional[int] = ..., validation_records: _Optional[int] = ..., token_lengths: _Optional[_Union[TokenLengths, _Mapping]] = ..., truncated_records: _Optional[int] = ..., label_distribution: _Optional[_Mapping[str, int]] = ...) -> None: ...
+
 class OutputLocations(_message.Message):
     __slots__ = ("output_s3_uri", "model_s3_uri", "training_metrics_s3_uri", "validation_metrics_s3_uri", "checkpoints_s3_uri")
     OUTPUT_S3_URI_FIELD_NUMBER: _ClassVar[int]
@@ -177,7 +210,7 @@ class StateTime(_message.Message):
     def __init__(self, state: _Optional[_Union[JobState, str]] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("job_id", "job_name", "state", "stop_requested", "created_at", "updated_at", "started_at", "ended_at", "customization_type", "base_model_identifier", "training_data_config", "validation_data_config", "output_data_config", "hyper_parameters", "tags", "client_request_token", "progress", "failure", "output", "attempt", "state_times", "queue_position")
+    __slots__ = ("job_id", "job_name", "state", "stop_requested", "created_at", "updated_at", "started_at", "ended_at", "customization_type", "base_model_identifier", "training_data_config", "validation_data_config", "output_data_config", "hyper_parameters", "tags", "client_request_token", "progress", "failure", "output", "attempt", "state_times", "queue_position", "data_summary")
     class TagsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -207,6 +240,7 @@ class Job(_message.Message):
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     STATE_TIMES_FIELD_NUMBER: _ClassVar[int]
     QUEUE_POSITION_FIELD_NUMBER: _ClassVar[int]
+    DATA_SUMMARY_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     job_name: str
     state: JobState
@@ -229,7 +263,8 @@ class Job(_message.Message):
     attempt: int
     state_times: _containers.RepeatedCompositeFieldContainer[StateTime]
     queue_position: int
-    def __init__(self, job_id: _Optional[str] = ..., job_name: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., stop_requested: _Optional[bool] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ended_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., customization_type: _Optional[_Union[CustomizationType, str]] = ..., base_model_identifier: _Optional[str] = ..., training_data_config: _Optional[_Union[DataConfig, _Mapping]] = ..., validation_data_config: _Optional[_Union[DataConfig, _Mapping]] = ..., output_data_config: _Optional[_Union[DataConfig, _Mapping]] = ..., hyper_parameters: _Optional[_Union[HyperParameters, _Mapping]] = ..., tags: _Optional[_Mapping[str, str]] = ..., client_request_token: _Optional[str] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ..., failure: _Optional[_Union[Failure, _Mapping]] = ..., output: _Optional[_Union[OutputLocations, _Mapping]] = ..., attempt: _Optional[int] = ..., state_times: _Optional[_Iterable[_Union[StateTime, _Mapping]]] = ..., queue_position: _Optional[int] = ...) -> None: ...
+    data_summary: DataSummary
+    def __init__(self, job_id: _Optional[str] = ..., job_name: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., stop_requested: _Optional[bool] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ended_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., customization_type: _Optional[_Union[CustomizationType, str]] = ..., base_model_identifier: _Optional[str] = ..., training_data_config: _Optional[_Union[DataConfig, _Mapping]] = ..., validation_data_config: _Optional[_Union[DataConfig, _Mapping]] = ..., output_data_config: _Optional[_Union[DataConfig, _Mapping]] = ..., hyper_parameters: _Optional[_Union[HyperParameters, _Mapping]] = ..., tags: _Optional[_Mapping[str, str]] = ..., client_request_token: _Optional[str] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ..., failure: _Optional[_Union[Failure, _Mapping]] = ..., output: _Optional[_Union[OutputLocations, _Mapping]] = ..., attempt: _Optional[int] = ..., state_times: _Optional[_Iterable[_Union[StateTime, _Mapping]]] = ..., queue_position: _Optional[int] = ..., data_summary: _Optional[_Union[DataSummary, _Mapping]] = ...) -> None: ...
 
 class CreateJobRequest(_message.Message):
     __slots__ = ("job_name", "base_model_identifier", "customization_type", "training_data_config", "validation_data_config", "output_data_config", "hyper_parameters", "client_request_token", "tags")
