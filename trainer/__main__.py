@@ -22,7 +22,6 @@ import argparse
 import logging
 import os
 import signal
-import sys
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -32,6 +31,8 @@ from typing import TYPE_CHECKING
 
 from service.documents import Failure, FailureReason, TrainerExit
 from service.errors import JobNotFound, StoreUnavailable
+from service.observability.logging import bind_process_fields
+from service.observability.logging import configure_logging as configure_structured_logging
 from service.storage import ObjectStore, StorageError
 from service.store import JobStore
 from trainer.errors import BadInput, Fenced
@@ -76,14 +77,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def configure_logging() -> None:
-    logging.basicConfig(
-        level=logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    # boto's debug output would include request signatures; keep it quiet.
-    for noisy in ("botocore", "boto3", "urllib3", "s3transfer"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    # Structured lines (service/observability/logging.py); readable by default, as the
+    # log is the job's own (GET /v1/jobs/{id}/logs). boto's debug output (request
+    # signatures) stays quiet.
+    configure_structured_logging(os.environ.get("TUNEFORGE_LOG_FORMAT") or "console")
 
 
 def configure_libraries() -> None:
@@ -150,6 +147,7 @@ def run(job_id: str, environment: TrainerEnvironment, preempted: threading.Event
     recipe: FullFineTuningRecipe | None = None
     try:
         spec = store.get_spec(job_id)
+        bind_process_fields(job_id=job_id, tenant=spec.tenant, attempt=environment.attempt)
         log.info("job %s attempt %d: %s", job_id, environment.attempt, spec.jobName)
         recipe = FullFineTuningRecipe(
             spec, storage=storage, reporter=reporter, workdir=Path.cwd(), preempted=preempted

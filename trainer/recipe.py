@@ -188,6 +188,7 @@ class FullFineTuningRecipe:
                 "tokens (maxSequenceLength); raise maxSequenceLength or shorten the prompts"
             )
         self.optimizer = build_optimizer(self.model, self.hp.learningRate, self.hp.weightDecay)
+        self.reporter.observe_optimizer(self.optimizer)  # its learning rate goes to /metrics
         batches = data.batches_per_epoch(len(self.train_set), self.hp.batchSize)
         steps_per_epoch = -(-batches // self.hp.gradientAccumulationSteps)
         self.progress.total_steps = steps_per_epoch * self.hp.epochCount

@@ -13,10 +13,12 @@
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from service.documents import DataSummary, Failure, JobState, JobStatus, Progress, utc_now
 from service.errors import TuneforgeError
@@ -24,6 +26,18 @@ from service.store import JobStore
 from trainer.errors import Fenced
 
 log = logging.getLogger(__name__)
+
+# Tokens per second is measured over about this long, so it follows speed changes.
+_THROUGHPUT_WINDOW_SECONDS = 30.0
+
+
+def _gpu_memory_bytes() -> int | None:
+    """Peak memory this process allocated on its GPU, or None without one (or torch)."""
+    torch = sys.modules.get("torch")
+    if torch is None or not torch.cuda.is_available():
+        return None
+    return int(torch.cuda.max_memory_allocated())
+
 
 # States the trainer moves through in order. A later attempt (a resume) can find the
 # job already past a phase; asking for an earlier phase then leaves the state as it is.
@@ -52,6 +66,8 @@ class Reporter:
         self.fenced = threading.Event()
         self._progress = Progress()
         self._lock = threading.Lock()
+        self._throughput: list[tuple[float, int]] = []  # (monotonic time, tokensSeen)
+        self._optimizer: Any = None
         self._uploads: list[Callable[[], None]] = []
         self._halt = threading.Event()
         self._thread: threading.Thread | None = None
@@ -79,9 +95,33 @@ class Reporter:
     # -- status writes -----------------------------------------------------------
 
     def set_progress(self, progress: Progress) -> None:
-        """Publish the latest progress; the next heartbeat or state change writes it."""
+        """Publish the latest progress; the next heartbeat or state change writes it.
+
+        Fills what /metrics shows that the loop does not count itself: throughput over
+        the last `_THROUGHPUT_WINDOW_SECONDS`, the optimizer's learning rate, GPU memory.
+        """
+        progress = progress.model_copy()
+        now = time.monotonic()
         with self._lock:
-            self._progress = progress.model_copy()
+            self._throughput.append((now, progress.tokensSeen))
+            while len(self._throughput) > 2 and now - self._throughput[1][0] >= (
+                _THROUGHPUT_WINDOW_SECONDS
+            ):
+                self._throughput.pop(0)
+            (first_time, first_tokens) = self._throughput[0]
+            if progress.tokensPerSecond is None and now > first_time:
+                tokens = progress.tokensSeen - first_tokens
+                if tokens >= 0 and len(self._throughput) > 1:
+                    progress.tokensPerSecond = round(tokens / (now - first_time), 2)
+            if progress.learningRate is None and self._optimizer is not None:
+                progress.learningRate = float(self._optimizer.param_groups[0]["lr"])
+            if progress.gpuMemoryBytes is None:
+                progress.gpuMemoryBytes = _gpu_memory_bytes()
+            self._progress = progress
+
+    def observe_optimizer(self, optimizer: Any) -> None:
+        """Report this optimizer's learning rate with every progress update."""
+        self._optimizer = optimizer
 
     def progress(self) -> Progress:
         with self._lock:
