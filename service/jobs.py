@@ -178,6 +178,40 @@ def list_job_events(store: JobStore, job_id: str) -> list[JobEvent]:
     return sorted(store.list_events(job_id), key=lambda event: event.sequence)
 
 
+MAX_EVENTS_PAGE_SIZE = 1000
+DEFAULT_EVENTS_PAGE_SIZE = 100
+
+
+def list_job_events_page(
+    store: JobStore, job_id: str, *, page_size: int, page_token: str | None
+) -> tuple[list[JobEvent], str | None]:
+    """One page of the job's events, oldest first, and the token of the next page (None
+    on the last). A token names the last event of its page, so it stays valid while
+    events are appended: the next page starts right after it."""
+    if not 1 <= page_size <= MAX_EVENTS_PAGE_SIZE:
+        raise InvalidArgument(
+            f"pageSize must be between 1 and {MAX_EVENTS_PAGE_SIZE}", field="pageSize"
+        )
+    after = _decode_event_token(page_token) if page_token else None
+    store.get_spec(job_id)  # JobNotFound for an unknown job, rather than an empty page
+    events, more = store.list_events_page(job_id, after=after, limit=page_size)
+    if not more or not events:
+        return events, None
+    token = base64.urlsafe_b64encode(f"event:{events[-1].sequence}".encode()).decode()
+    return events, token.rstrip("=")
+
+
+def _decode_event_token(token: str) -> int:
+    try:
+        text = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+    except (ValueError, UnicodeDecodeError):
+        text = ""
+    kind, _, number = text.partition(":")
+    if kind != "event" or not number.isdigit() or len(number) > 12:
+        raise InvalidArgument("pageToken is not a token this service issued", field="pageToken")
+    return int(number)
+
+
 class Checkpoint(BaseModel):
     """A checkpoint whose COMMITTED marker exists: every file under it is complete."""
 

@@ -30,6 +30,7 @@ from tuneforge.v1 import fine_tuning_pb2_grpc as pb_grpc
 from service.context import ServiceContext
 from service.errors import TuneforgeError
 from service.grpc_api.servicer import FineTuningServicer
+from service.observability.grpc import ObservationInterceptor
 from service.storage import S3Location
 
 log = logging.getLogger(__name__)
@@ -108,11 +109,15 @@ class GrpcServer:
 
     async def _start(self) -> int:
         server = grpc.aio.server(
+            interceptors=[
+                # Outermost: request ids and metrics for every call, refused ones too.
+                ObservationInterceptor(self.context.metrics),
+            ],
             options=[
                 # Two servers on one port must be an error, not a silent split.
                 ("grpc.so_reuseport", 0),
                 ("grpc.max_receive_message_length", self.context.settings.max_request_bytes),
-            ]
+            ],
         )
         self._servicer = FineTuningServicer(
             self.context, watch_poll_seconds=self.watch_poll_seconds

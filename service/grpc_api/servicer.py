@@ -82,7 +82,12 @@ class FineTuningServicer(pb_grpc.FineTuningServiceServicer):
         self, request: pb.CreateJobRequest, context: grpc.aio.ServicerContext
     ) -> pb.CreateJobResponse:
         job_create = mapping.job_create(request)
-        job, created = await self._run(jobs.create_job, self.store, job_create)
+        job, created = await self._run(
+            jobs.create_job,
+            self.store,
+            job_create,
+            webhook_hosts=self.context.settings.webhook_allowed_hosts,
+        )
         if created:
             self._kick()
         return pb.CreateJobResponse(job=mapping.job_message(job), created=created)
@@ -142,8 +147,16 @@ class FineTuningServicer(pb_grpc.FineTuningServiceServicer):
     async def ListJobEvents(
         self, request: pb.ListJobEventsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListJobEventsResponse:
-        events = await self._run(jobs.list_job_events, self.store, request.job_id)
-        return pb.ListJobEventsResponse(events=[mapping.event_message(e) for e in events])
+        events, next_token = await self._run(
+            jobs.list_job_events_page,
+            self.store,
+            request.job_id,
+            page_size=request.page_size or jobs.DEFAULT_EVENTS_PAGE_SIZE,
+            page_token=request.page_token or None,
+        )
+        return pb.ListJobEventsResponse(
+            events=[mapping.event_message(e) for e in events], next_page_token=next_token or ""
+        )
 
     @mapped
     async def ListCheckpoints(

@@ -58,7 +58,7 @@ class JobsApi(Protocol):
     ) -> pb.ListJobsResponse: ...
     def stop_job(self, job_id: str) -> pb.Job: ...
     def watch(self, job_id: str) -> Iterator[pb.Job]: ...
-    def list_job_events(self, job_id: str) -> list[pb.JobEvent]: ...
+    def list_job_events(self, job_id: str, *, page_size: int = ...) -> list[pb.JobEvent]: ...
     def list_checkpoints(self, job_id: str) -> list[pb.Checkpoint]: ...
     def read_job_log(
         self, job_id: str, *, offset: int = ..., max_bytes: int = ...
@@ -332,7 +332,7 @@ def cmd_logs(api: JobsApi, args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_events(api: JobsApi, args: argparse.Namespace, out: TextIO) -> int:
-    events = api.list_job_events(args.job_id)
+    events = api.list_job_events(args.job_id, page_size=args.page_size)  # walks the pages
     if args.output == "json":
         print_json({"events": [convert.event_to_dict(e) for e in events]}, out)
         return EXIT_OK
@@ -447,7 +447,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--interval", type=float, default=2.0, help="seconds between reads with --follow"
     )
 
-    command("events", cmd_events, "list a job's lifecycle events").add_argument("job_id")
+    events = command("events", cmd_events, "list a job's lifecycle events, oldest first")
+    events.add_argument("job_id")
+    events.add_argument(
+        "--page-size", type=int, default=100, help="events fetched per request (1-1000)"
+    )
     command("checkpoints", cmd_checkpoints, "list a job's committed checkpoints").add_argument(
         "job_id"
     )

@@ -146,10 +146,21 @@ class Client:
         job: pb.Job = self._call(self._stub.StopJob, pb.StopJobRequest(job_id=job_id), timeout)
         return job
 
-    def list_job_events(self, job_id: str, *, timeout: float | None = None) -> list[pb.JobEvent]:
-        request = pb.ListJobEventsRequest(job_id=job_id)
-        response: pb.ListJobEventsResponse = self._call(self._stub.ListJobEvents, request, timeout)
-        return list(response.events)
+    def list_job_events(
+        self, job_id: str, *, page_size: int = 100, timeout: float | None = None
+    ) -> list[pb.JobEvent]:
+        """Every event of the job, oldest first, read `page_size` at a time."""
+        events: list[pb.JobEvent] = []
+        token = ""
+        while True:
+            request = pb.ListJobEventsRequest(job_id=job_id, page_size=page_size, page_token=token)
+            response: pb.ListJobEventsResponse = self._call(
+                self._stub.ListJobEvents, request, timeout
+            )
+            events.extend(response.events)
+            token = response.next_page_token
+            if not token:
+                return events
 
     def list_checkpoints(self, job_id: str, *, timeout: float | None = None) -> list[pb.Checkpoint]:
         request = pb.ListCheckpointsRequest(job_id=job_id)

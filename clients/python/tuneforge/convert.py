@@ -154,6 +154,9 @@ _PROGRESS = {
     "validationLoss": "validation_loss",
     "tokensSeen": "tokens_seen",
     "etaSeconds": "eta_seconds",
+    "learningRate": "learning_rate",
+    "tokensPerSecond": "tokens_per_second",
+    "gpuMemoryBytes": "gpu_memory_bytes",
 }
 _OUTPUT = {
     "outputS3Uri": "output_s3_uri",
@@ -207,6 +210,8 @@ def job_from_dict(data: Mapping[str, Any]) -> pb.Job:
     if data.get("failure"):
         failure = data["failure"]
         job.failure.CopyFrom(pb.Failure(reason=failure["reason"], message=failure["message"]))
+    if (data.get("notifications") or {}).get("webhookUrl"):
+        job.notifications.webhook_url = data["notifications"]["webhookUrl"]
     for key, name in _OUTPUT.items():
         setattr(job.output, name, (data.get("output") or {}).get(key, ""))
     entries = [
@@ -288,6 +293,9 @@ def job_to_dict(job: pb.Job) -> JobDict:
             "etaSeconds": _optional(progress, "eta_seconds"),
             "firstStepAt": _time(progress, "first_step_at"),
             "validationMetrics": dict(sorted(progress.validation_metrics.items())),
+            "learningRate": _optional(progress, "learning_rate"),
+            "tokensPerSecond": _optional(progress, "tokens_per_second"),
+            "gpuMemoryBytes": _optional(progress, "gpu_memory_bytes"),
         },
         "failure": (
             {
@@ -302,6 +310,9 @@ def job_to_dict(job: pb.Job) -> JobDict:
         "queuePosition": _optional(job, "queue_position"),
         "stateTimes": {state_name(entry.state): _time(entry, "time") for entry in job.state_times},
         "dataSummary": _data_summary_dict(job),
+        "notifications": (
+            {"webhookUrl": job.notifications.webhook_url} if job.HasField("notifications") else None
+        ),
     }
 
 

@@ -131,9 +131,20 @@ class RestClient:
         response = self._request("POST", f"/v1/jobs/{_segment(job_id)}/stop", timeout)
         return convert.job_from_dict(response.json())
 
-    def list_job_events(self, job_id: str, *, timeout: float | None = None) -> list[pb.JobEvent]:
-        body = self._request("GET", f"/v1/jobs/{_segment(job_id)}/events", timeout).json()
-        return [convert.event_from_dict(event) for event in body["events"]]
+    def list_job_events(
+        self, job_id: str, *, page_size: int = 100, timeout: float | None = None
+    ) -> list[pb.JobEvent]:
+        """Every event of the job, oldest first, read `page_size` at a time."""
+        events: list[pb.JobEvent] = []
+        params: dict[str, Any] = {"pageSize": page_size}
+        while True:
+            path = f"/v1/jobs/{_segment(job_id)}/events"
+            body = self._request("GET", path, timeout, params=params).json()
+            events.extend(convert.event_from_dict(event) for event in body["events"])
+            token = body.get("nextPageToken")
+            if not token:
+                return events
+            params = {"pageSize": page_size, "pageToken": token}
 
     def list_checkpoints(self, job_id: str, *, timeout: float | None = None) -> list[pb.Checkpoint]:
         body = self._request("GET", f"/v1/jobs/{_segment(job_id)}/checkpoints", timeout).json()

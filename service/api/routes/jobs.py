@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Response, status
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from service import jobs
 from service.api.deps import ContextDep, StoreDep
@@ -75,6 +75,9 @@ def stop_job(job_id: JobId, context: ContextDep) -> JobPublic:
 
 class JobEventList(BaseModel):
     events: list[JobEvent]
+    nextPageToken: str | None = Field(
+        default=None, description="Pass as pageToken for the next page; absent on the last."
+    )
 
 
 class CheckpointList(BaseModel):
@@ -82,8 +85,21 @@ class CheckpointList(BaseModel):
 
 
 @router.get("/{job_id}/events", response_model=JobEventList, summary="A job's events, oldest first")
-def list_job_events(job_id: JobId, store: StoreDep) -> JobEventList:
-    return JobEventList(events=jobs.list_job_events(store, job_id))
+def list_job_events(
+    job_id: JobId,
+    store: StoreDep,
+    page_size: Annotated[
+        int,
+        Query(alias="pageSize", ge=1, le=jobs.MAX_EVENTS_PAGE_SIZE, description="Page size."),
+    ] = jobs.DEFAULT_EVENTS_PAGE_SIZE,
+    page_token: Annotated[
+        str | None, Query(alias="pageToken", max_length=64, description="From nextPageToken.")
+    ] = None,
+) -> JobEventList:
+    events, next_token = jobs.list_job_events_page(
+        store, job_id, page_size=page_size, page_token=page_token
+    )
+    return JobEventList(events=events, nextPageToken=next_token)
 
 
 @router.get(
