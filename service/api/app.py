@@ -10,6 +10,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service.api.errors import error_body, install_error_handlers
 from service.api.routes import health, jobs
 from service.api.routes import metrics as prometheus_metrics
+from service.api.routes import stream as job_stream
 from service.bedrock import routes as bedrock_routes
 from service.context import ServiceContext
 from service.observability.middleware import RequestObservation
@@ -76,6 +77,7 @@ def create_app(context: ServiceContext) -> FastAPI:
     app.include_router(jobs.router)
     app.include_router(health.router)
     app.include_router(prometheus_metrics.router)  # GET /metrics
+    app.include_router(job_stream.router)  # GET /v1/jobs/{id}/stream (Server-Sent Events)
     app.include_router(bedrock_routes.router)  # Bedrock-compatible face (own error shape)
     app.add_middleware(BodySizeLimit, max_bytes=context.settings.max_request_bytes)
     # Outermost: every response, a refused one included, carries its request id.
