@@ -164,19 +164,6 @@ class JobCreate(_Request):
     def _model_uri(cls, value: str) -> str:
         return _checked_uri(value, "baseModelIdentifier", folder=True)
 
-
-class FailurePublic(BaseModel):
-    reason: FailureReason
-    message: str
-
-
-class OutputLocations(BaseModel):
-    outputS3Uri: str = Field(description="The job's own folder under outputDataConfig.")
-    modelS3Uri: str
-    trainingMetricsS3Uri: str
-    validationMetricsS3Uri: str
-    checkpointsS3Uri: str
-
     @model_validator(mode="after")
     def _lora_settings(self) -> JobCreate:
         """LoRA knobs only with method LORA, and target modules that can name a module.
@@ -234,6 +221,19 @@ def _field_error(name: str, value: object, kind: str, message: str) -> InitError
         loc=("hyperParameters", name),
         input=value,
     )
+
+
+class FailurePublic(BaseModel):
+    reason: FailureReason
+    message: str
+
+
+class OutputLocations(BaseModel):
+    outputS3Uri: str = Field(description="The job's own folder under outputDataConfig.")
+    modelS3Uri: str
+    trainingMetricsS3Uri: str
+    validationMetricsS3Uri: str
+    checkpointsS3Uri: str
 
 
 class JobPublic(BaseModel):
