@@ -24,6 +24,7 @@ from service.context import ServiceContext
 from service.embedded_s3 import EmbeddedS3
 from service.errors import TuneforgeError
 from service.grpc_api.server import create_server, grpc_address
+from service.launch.base import Launcher
 from service.launch.local import LocalLauncher, visible_gpu_count
 from service.observability.logging import configure_logging
 from service.observability.metrics import Metrics
@@ -61,6 +62,38 @@ def _stop_requested(signum: int, frame: object) -> None:
     log.info("shutting down (%s)", signal.Signals(signum).name)
 
 
+def cluster_launcher(settings: Settings) -> Launcher:
+    """The Ray or Kubernetes launcher the settings name (README, "Scaling out")."""
+    if settings.launcher == "ray":
+        from service.launch.ray import RayLauncher
+
+        if not settings.ray_address:
+            raise TuneforgeError("TUNEFORGE_RAY_ADDRESS is required with TUNEFORGE_LAUNCHER=ray")
+        return RayLauncher(
+            settings.ray_address,
+            python=settings.ray_trainer_python,
+            cpus_per_trainer=settings.ray_trainer_cpus,
+            forward_credentials=settings.ray_forward_s3_credentials,
+            stop_grace_seconds=settings.kill_grace_seconds,
+        )
+    from service.launch.kubernetes import KubernetesConfig, KubernetesLauncher
+
+    return KubernetesLauncher(
+        KubernetesConfig(
+            namespace=settings.kubernetes_namespace,
+            image=settings.kubernetes_trainer_image,
+            s3_secret_name=settings.kubernetes_s3_secret,
+            termination_grace_seconds=settings.kubernetes_termination_grace_seconds,
+            backoff_limit=settings.crash_retry_budget,
+            cpu_request=settings.kubernetes_trainer_cpu,
+            memory_request=settings.kubernetes_trainer_memory,
+            memory_limit=settings.kubernetes_trainer_memory_limit,
+            scratch_size=settings.kubernetes_scratch_size,
+            service_account=settings.kubernetes_trainer_service_account,
+        )
+    )
+
+
 def main() -> int:
     settings = Settings()
     configure_logging(settings.log_format, level=getattr(logging, settings.log_level))
@@ -89,8 +122,10 @@ def main() -> int:
         )
         print(f"object store (SeaweedFS S3): {embedded.endpoint_url}  credentials: {env_file}")
 
-    launcher = LocalLauncher(home / "work", settings.trainer_python)
+    launcher: Launcher = LocalLauncher(home / "work", settings.trainer_python)
     try:
+        if settings.launcher != "local":
+            launcher = cluster_launcher(settings)
         storage = ObjectStore(
             endpoint_url=settings.endpoint_url,
             access_key_id=access_key,
@@ -139,7 +174,11 @@ def main() -> int:
             kill_grace_seconds=settings.kill_grace_seconds,
             crash_retry_budget=settings.crash_retry_budget,
             max_attempts=settings.max_attempts,
-            slots=settings.local_slots or visible_gpu_count() or 1,
+            slots=(
+                settings.cluster_slots
+                if settings.launcher != "local"
+                else settings.local_slots or visible_gpu_count() or 1
+            ),
             metrics=metrics,
             notifier=notifier,
         )

@@ -43,7 +43,9 @@ class Settings(BaseSettings):
     state_bucket: str = "tuneforge"
     seed_demo: bool = True
 
-    launcher: str = Field(default="local", pattern="^local$")
+    # Where trainers run: `local` subprocesses, jobs on a `ray` cluster (ray_address),
+    # or `kubernetes` Jobs (kubernetes_*). README, "Scaling out".
+    launcher: str = Field(default="local", pattern="^(local|ray|kubernetes)$")
     # How often each replica looks at the store for work (queued jobs, stop
     # requests to escalate, dead trainers).
     reconcile_interval_seconds: float = 2.0
@@ -65,6 +67,31 @@ class Settings(BaseSettings):
     # request.
     trainer_heartbeat_seconds: float = 2.0
     trainer_python: str | None = None
+
+    # -- cluster launchers (service/launch/ray.py, service/launch/kubernetes.py) -------
+    # Attempts a cluster launcher has submitted at once; the cluster queues the rest.
+    cluster_slots: int = Field(default=100, ge=1, le=100_000)
+    # The Ray dashboard's address (Jobs API), e.g. http://127.0.0.1:8265.
+    ray_address: str | None = None
+    # The Python on the Ray nodes that has tuneforge installed.
+    ray_trainer_python: str = "python"
+    ray_trainer_cpus: float = Field(default=1.0, gt=0, le=1024)
+    # Send the S3 credentials with each Ray job. A Ray job's environment is readable on
+    # the dashboard; by default the Ray nodes hold the credentials themselves.
+    ray_forward_s3_credentials: bool = False
+    kubernetes_namespace: str = Field(
+        default="tuneforge", pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=63
+    )
+    kubernetes_trainer_image: str = "tuneforge-trainer:0.1.0"
+    # A Secret in that namespace with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY.
+    kubernetes_s3_secret: str = "tuneforge-s3"
+    # SIGTERM to SIGKILL of a trainer pod: time to commit a preemption checkpoint.
+    kubernetes_termination_grace_seconds: int = Field(default=300, ge=1, le=86_400)
+    kubernetes_trainer_cpu: str = "2"
+    kubernetes_trainer_memory: str = "8Gi"
+    kubernetes_trainer_memory_limit: str | None = None
+    kubernetes_scratch_size: str = "50Gi"
+    kubernetes_trainer_service_account: str | None = None
 
     max_request_bytes: int = 1_048_576
 

@@ -1,0 +1,198 @@
+"""The Ray launcher: each trainer attempt is one job on a Ray cluster, through the Ray
+Jobs API (`ray.job_submission.JobSubmissionClient`, the dashboard's HTTP address).
+
+Invariants:
+
+- an attempt's `submission_id` is `tuneforge-<job-id>-a<attempt>`, built from a
+  validated job id only: a submit retried after a lost answer finds the job it already
+  created ("already exists" is success), and a relaunch is a new attempt, a new id;
+- the entrypoint is the same `python -m trainer --job-id <id>` the local launcher runs,
+  with the same environment, in a fresh temporary working directory on the Ray node;
+  its output goes to `trainer.log` there, which the trainer uploads as the job's log;
+- S3 credentials are not sent with the job unless `forward_credentials` is set: a Ray
+  job's runtime environment is readable by anyone who can read the dashboard, so by
+  default the Ray nodes hold the credentials themselves (their environment, an
+  instance profile);
+- the entrypoint asks Ray for the job's GPUs (`entrypoint_num_gpus`) and CPUs; a job
+  the cluster cannot fit yet stays PENDING, which reads as alive (queued by Ray);
+- a stop (SIGTERM or SIGKILL) is Ray's `stop_job`: SIGTERM to the trainer, SIGKILL
+  after `stop_grace_seconds` (RAY_JOB_STOP_WAIT_TIME_S of the job's supervisor).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import shlex
+import signal
+from collections.abc import Mapping
+from typing import Any
+
+from service.documents import JOB_ID_PATTERN, JobSpec, LaunchRecord, TrainerExit
+from service.launch.base import Observed, Started
+
+log = logging.getLogger(__name__)
+
+CREDENTIAL_VARIABLES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+_SUBMISSION_ID = re.compile(r"^tuneforge-[0-9a-z]{16}-a[0-9]{1,4}$")
+
+
+def submission_id(job_id: str, attempt: int) -> str:
+    """The Ray submission id of one attempt."""
+    if not re.match(JOB_ID_PATTERN, job_id):
+        raise ValueError(f"not a job id: {job_id!r}")
+    if not 1 <= attempt <= 9999:
+        raise ValueError(f"attempt out of range: {attempt}")
+    return f"tuneforge-{job_id}-a{attempt}"
+
+
+def entrypoint(python: str, job_id: str, attempt: int) -> str:
+    """The shell command Ray runs: a fresh working directory, then the trainer in it.
+
+    `exec` makes the trainer the process Ray signals on a stop, so it gets the SIGTERM
+    itself and can commit a checkpoint.
+    """
+    name = submission_id(job_id, attempt)
+    return (
+        f'work="$(mktemp -d "${{TMPDIR:-/tmp}}/{name}-XXXXXX")" && cd "$work" && '
+        f'export HOME="$work" HF_HOME="$work/hf-home" TUNEFORGE_LOG_FILE="$work/trainer.log" '
+        f"&& exec {shlex.quote(python)} -m trainer --job-id {job_id} "
+        f'>>"$work/trainer.log" 2>&1'
+    )
+
+
+def observed_from_job_info(info: Mapping[str, Any] | None) -> Observed:
+    """What Ray's job info (None: Ray has no such job) says about an attempt.
+
+    PENDING (waiting for resources or its runtime environment) and RUNNING: alive.
+    SUCCEEDED, FAILED: exited, with the trainer's exit code where Ray recorded one.
+    STOPPED: stopped through Ray; without an exit code it reads as preempted (143).
+    """
+    if info is None:
+        return Observed(alive=False, reason="Ray has no record of the job")
+    status = str(info.get("status") or "")
+    status = status.rsplit(".", 1)[-1]  # "JobStatus.RUNNING" or "RUNNING"
+    code = info.get("driver_exit_code")
+    message = (info.get("message") or "").strip().splitlines()
+    reason = message[0][:300] if message else None
+    if status in ("PENDING", "RUNNING"):
+        return Observed(alive=True)
+    if status == "SUCCEEDED":
+        return Observed(alive=False, exit_code=int(code) if code is not None else 0)
+    if status == "STOPPED":
+        stopped = int(code) if code is not None else int(TrainerExit.PREEMPTED)
+        return Observed(alive=False, exit_code=stopped, reason="stopped through Ray")
+    if status == "FAILED":
+        return Observed(
+            alive=False,
+            exit_code=int(code) if code is not None else None,
+            reason=reason or str(info.get("error_type") or "failed"),
+        )
+    return Observed(alive=None, reason=f"unknown Ray job status {status!r}")
+
+
+class RayLauncher:
+    """Submits, observes and stops one Ray job per trainer attempt."""
+
+    name = "ray"
+
+    def __init__(
+        self,
+        address: str,
+        *,
+        python: str = "python",
+        cpus_per_trainer: float = 1.0,
+        forward_credentials: bool = False,
+        stop_grace_seconds: float = 30.0,
+    ) -> None:
+        self.address = address
+        self.python = python
+        self.cpus_per_trainer = cpus_per_trainer
+        self.forward_credentials = forward_credentials
+        self.stop_grace_seconds = stop_grace_seconds
+        self._client: Any | None = None
+
+    @property
+    def client(self) -> Any:
+        """The Jobs API client, connected on first use (so a Ray cluster that is down
+        when the API starts delays trainers, not the API)."""
+        if self._client is None:
+            from ray.job_submission import JobSubmissionClient
+
+            self._client = JobSubmissionClient(self.address)
+        return self._client
+
+    def runtime_environment(self, attempt: int, environment: Mapping[str, str]) -> dict[str, Any]:
+        variables = {
+            key: value
+            for key, value in environment.items()
+            if self.forward_credentials or key not in CREDENTIAL_VARIABLES
+        }
+        variables.update(
+            {
+                "HF_HUB_OFFLINE": "1",
+                "PYTHONUNBUFFERED": "1",
+                "TUNEFORGE_ATTEMPT": str(attempt),
+                # Read by the job's supervisor: SIGKILL this long after a stop's SIGTERM.
+                "RAY_JOB_STOP_WAIT_TIME_S": str(max(1, round(self.stop_grace_seconds))),
+            }
+        )
+        return {"env_vars": variables}
+
+    def _job_info(self, name: str) -> Mapping[str, Any] | None:
+        try:
+            info = self.client.get_job_info(name)
+        except RuntimeError as error:
+            # The SDK raises RuntimeError with the HTTP status in its message.
+            if "404" in str(error) or "does not exist" in str(error):
+                return None
+            raise
+        return {
+            "status": str(info.status),
+            "driver_exit_code": getattr(info, "driver_exit_code", None),
+            "message": info.message,
+            "error_type": getattr(info, "error_type", None),
+        }
+
+    def start(self, spec: JobSpec, attempt: int, environment: dict[str, str]) -> Started:
+        name = submission_id(spec.jobId, attempt)
+        try:
+            self.client.submit_job(
+                entrypoint=entrypoint(self.python, spec.jobId, attempt),
+                submission_id=name,
+                runtime_env=self.runtime_environment(attempt, environment),
+                entrypoint_num_cpus=self.cpus_per_trainer,
+                entrypoint_num_gpus=spec.resources.gpus or None,
+                metadata={"tuneforge_job_id": spec.jobId, "tenant": spec.tenant[:64]},
+            )
+        except RuntimeError:
+            # Ray answers a duplicate submission id with an error (HTTP 500 whose text
+            # varies by release); if the job is there, an earlier try created it.
+            if self._job_info(name) is None:
+                raise
+            log.info("Ray job %s exists already", name)
+        log.info("submitted Ray job %s for job %s attempt %d", name, spec.jobId, attempt)
+        return Started(name, None, None)
+
+    def observe(self, launch: LaunchRecord) -> Observed:
+        if not _SUBMISSION_ID.match(launch.host):
+            return Observed(alive=None)
+        return observed_from_job_info(self._job_info(launch.host))
+
+    def signal(self, launch: LaunchRecord, which: signal.Signals) -> None:
+        """Ray has one stop: SIGTERM to the trainer, SIGKILL after the stop grace."""
+        if not _SUBMISSION_ID.match(launch.host):
+            return
+        try:
+            stopped = self.client.stop_job(launch.host)
+        except RuntimeError as error:
+            if "404" in str(error) or "does not exist" in str(error):
+                return
+            raise
+        log.info("asked Ray to stop job %s (%s): %s", launch.host, which.name, stopped)
+
+    def local_log(self, job_id: str, attempt: int) -> None:
+        return None  # the trainer uploads its own log
+
+    def shutdown(self, grace_seconds: float) -> None:
+        return None  # Ray jobs outlive API replicas by design

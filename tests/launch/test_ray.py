@@ -1,0 +1,253 @@
+"""Ray launcher, against a real single-node Ray cluster on 127.0.0.1.
+
+The cluster is started with `ray start --head` (bounded wait) for this module and torn
+down with `ray stop --force` after it. The real API server runs with
+TUNEFORGE_LAUNCHER=ray and submits each trainer attempt through Ray's Jobs API. The Ray
+node holds the S3 credentials in its own environment (the launcher does not send them by
+default), as a real cluster's nodes would.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from service.documents import TrainerExit
+from service.embedded_s3 import EmbeddedS3, free_port
+from service.launch.ray import (
+    RayLauncher,
+    entrypoint,
+    observed_from_job_info,
+    submission_id,
+)
+from service.storage import ObjectStore
+from service.store import JobStore
+from tests.conftest import ACCESS_KEY, SECRET_KEY
+from tests.servers import ApiServer, demo_job
+
+RAY = str(Path(sys.executable).with_name("ray"))
+JOB_ID = "0123456789abcdef"
+
+
+# -- pure parts -----------------------------------------------------------------------
+
+
+def test_submission_ids_come_from_validated_job_ids_and_attempts() -> None:
+    assert submission_id(JOB_ID, 2) == f"tuneforge-{JOB_ID}-a2"
+    with pytest.raises(ValueError, match="not a job id"):
+        submission_id("x; rm -rf /", 1)
+    with pytest.raises(ValueError, match="attempt"):
+        submission_id(JOB_ID, 0)
+
+
+def test_entrypoint_runs_the_trainer_in_a_fresh_directory_as_the_signalled_process() -> None:
+    command = entrypoint("/opt/venv/bin/python", JOB_ID, 1)
+    assert "mktemp -d" in command
+    assert f"exec /opt/venv/bin/python -m trainer --job-id {JOB_ID}" in command
+
+
+def test_credentials_are_not_sent_to_ray_unless_asked() -> None:
+    environment = {
+        "AWS_ENDPOINT_URL": "http://store:8333",
+        "AWS_ACCESS_KEY_ID": "key",
+        "AWS_SECRET_ACCESS_KEY": "secret",
+    }
+    kept = RayLauncher("http://127.0.0.1:1").runtime_environment(3, environment)["env_vars"]
+    assert "AWS_SECRET_ACCESS_KEY" not in kept and "AWS_ACCESS_KEY_ID" not in kept
+    assert kept["AWS_ENDPOINT_URL"] == "http://store:8333"
+    assert kept["TUNEFORGE_ATTEMPT"] == "3"
+    forwarded = RayLauncher("http://127.0.0.1:1", forward_credentials=True).runtime_environment(
+        1, environment
+    )["env_vars"]
+    assert forwarded["AWS_SECRET_ACCESS_KEY"] == "secret"
+
+
+@pytest.mark.parametrize(
+    ("info", "alive", "exit_code"),
+    [
+        ({"status": "PENDING"}, True, None),
+        ({"status": "RUNNING"}, True, None),
+        ({"status": "SUCCEEDED", "driver_exit_code": 0}, False, 0),
+        ({"status": "FAILED", "driver_exit_code": 2, "message": "bad input"}, False, 2),
+        ({"status": "FAILED", "driver_exit_code": -9}, False, -9),
+        ({"status": "FAILED", "message": "runtime env setup failed"}, False, None),
+        ({"status": "STOPPED"}, False, int(TrainerExit.PREEMPTED)),
+        (None, False, None),
+    ],
+)
+def test_ray_job_states_map_to_observed(
+    info: dict[str, Any] | None, alive: bool, exit_code: int | None
+) -> None:
+    observed = observed_from_job_info(info)
+    assert (observed.alive, observed.exit_code) == (alive, exit_code)
+
+
+# -- a real Ray cluster -----------------------------------------------------------------
+
+
+def _free_ports(count: int) -> list[int]:
+    ports: set[int] = set()
+    while len(ports) < count:
+        ports.add(free_port())
+    return sorted(ports)
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(s3_server: EmbeddedS3, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """`ray start --head` on loopback; yields the dashboard (Jobs API) address."""
+    root = tmp_path_factory.mktemp("ray")
+    scratch = root / "scratch"
+    scratch.mkdir()
+    gcs, dashboard, client_server, agent = _free_ports(4)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TUNEFORGE_", "AWS_"))}
+    env.update(
+        {
+            # Ray otherwise swaps 127.0.0.1 for the host's outward address.
+            "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+            # What the node gives its jobs: the store's credentials, a scratch TMPDIR.
+            "AWS_ACCESS_KEY_ID": ACCESS_KEY,
+            "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+            "TMPDIR": str(scratch),
+            "HF_HUB_OFFLINE": "1",
+        }
+    )
+    command = [
+        RAY, "start", "--head",
+        "--node-ip-address=127.0.0.1",
+        f"--port={gcs}",
+        "--dashboard-host=127.0.0.1",
+        f"--dashboard-port={dashboard}",
+        f"--ray-client-server-port={client_server}",
+        f"--dashboard-agent-listen-port={agent}",
+        "--num-cpus=2",
+        "--include-dashboard=true",
+        "--disable-usage-stats",
+        f"--temp-dir={root / 't'}",
+    ]  # fmt: skip
+    address = f"http://127.0.0.1:{dashboard}"
+    try:
+        started = subprocess.run(
+            command, env=env, capture_output=True, text=True, timeout=240, check=False
+        )
+        if started.returncode != 0:
+            raise RuntimeError(
+                f"ray start failed: {started.stdout[-2000:]}{started.stderr[-2000:]}"
+            )
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(f"{address}/api/version", timeout=5).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("the Ray dashboard did not answer within 120 s")
+            time.sleep(1)
+        yield address
+    finally:
+        subprocess.run([RAY, "stop", "--force"], env=env, capture_output=True, timeout=120)
+
+
+@pytest.fixture
+def ray_api_server(
+    ray_cluster: str, s3_server: EmbeddedS3, demo_assets: None, tmp_path: Path
+) -> Iterator[ApiServer]:
+    server = ApiServer(
+        s3_server,
+        tmp_path / "home",
+        state_bucket=f"ray-{uuid.uuid4().hex[:12]}",
+        extra_env={
+            "TUNEFORGE_LAUNCHER": "ray",
+            "TUNEFORGE_RAY_ADDRESS": ray_cluster,
+            "TUNEFORGE_RAY_TRAINER_PYTHON": sys.executable,
+            # Ray on two shared cores starts a job's runtime slowly.
+            "TUNEFORGE_HEARTBEAT_TIMEOUT_SECONDS": "120",
+        },
+    )
+    server.start()
+    yield server
+    server.stop()
+
+
+def ray_job_status(address: str, job_id: str, attempt: int) -> dict[str, Any]:
+    """Ray's final word on an attempt (the trainer writes the job's state before it
+    exits, so Ray may still say RUNNING for a moment)."""
+    from ray.job_submission import JobSubmissionClient
+
+    client = JobSubmissionClient(address)
+    deadline = time.monotonic() + 120
+    while True:
+        info = client.get_job_info(submission_id(job_id, attempt))
+        if info.status.is_terminal() or time.monotonic() > deadline:
+            return {"status": str(info.status), "driver_exit_code": info.driver_exit_code}
+        time.sleep(1)
+
+
+def trainer_pids(job_id: str) -> list[int]:
+    """Processes whose command line is `... -m trainer --job-id <job_id>`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"trainer" in argv and b"--job-id" in argv and job_id.encode() in argv:
+            found.append(int(entry.name))
+    return found
+
+
+def test_a_job_on_ray_completes(ray_api_server: ApiServer, ray_cluster: str) -> None:
+    with ray_api_server.client() as client:
+        job_id = client.post("/v1/jobs", json=demo_job("ray-ok", epochCount=1)).json()["jobId"]
+    job = ray_api_server.wait_for(job_id, {"COMPLETED"}, timeout=400)
+    assert job["attempt"] == 1
+    assert job["progress"]["step"] > 0
+    ray_job = ray_job_status(ray_cluster, job_id, 1)
+    assert ray_job["status"].endswith("SUCCEEDED") and ray_job["driver_exit_code"] == 0
+
+
+def test_a_stop_stops_a_job_on_ray(ray_api_server: ApiServer, ray_cluster: str) -> None:
+    with ray_api_server.client() as client:
+        body = demo_job("ray-stop", epochCount=100)
+        job_id = client.post("/v1/jobs", json=body).json()["jobId"]
+        ray_api_server.wait_for(job_id, {"RUNNING"}, timeout=400)
+        assert client.post(f"/v1/jobs/{job_id}/stop").status_code == 202
+    job = ray_api_server.wait_for(job_id, {"STOPPED"}, timeout=200)
+    assert job["attempt"] == 1
+    ray_job = ray_job_status(ray_cluster, job_id, 1)
+    assert ray_job["status"].endswith(("SUCCEEDED", "STOPPED")), ray_job
+    assert trainer_pids(job_id) == []
+
+
+def test_a_killed_trainer_on_ray_is_relaunched_and_completes(
+    ray_api_server: ApiServer, ray_cluster: str, object_store: ObjectStore
+) -> None:
+    store = JobStore(object_store, ray_api_server.state_bucket)
+    with ray_api_server.client() as client:
+        body = demo_job("ray-crash", epochCount=1)
+        job_id = client.post("/v1/jobs", json=body).json()["jobId"]
+    ray_api_server.wait_for(job_id, {"RUNNING"}, timeout=400)
+    (pid,) = trainer_pids(job_id)
+    os.kill(pid, signal.SIGKILL)
+
+    job = ray_api_server.wait_for(job_id, {"COMPLETED"}, timeout=500)
+    assert job["attempt"] == 2
+    status, _ = store.get_status(job_id)
+    assert status.retries == {"crash": 1}
+    first = ray_job_status(ray_cluster, job_id, 1)
+    assert first["status"].endswith("FAILED")
+    assert ray_job_status(ray_cluster, job_id, 2)["status"].endswith("SUCCEEDED")
+    retry = [e for e in store.list_events(job_id) if e.type == "RETRY"]
+    assert len(retry) == 1, retry
