@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from service.auth.tenants import Access
 from service.observability.metrics import Metrics
 from service.reconciler import Reconciler
 from service.settings import Settings
@@ -17,5 +18,7 @@ class ServiceContext:
     reconciler: Reconciler | None
     # Set once the store answered and passed the conditional-write probe.
     store_conformant: bool = False
+    # Authentication and per-tenant limits; None: development mode, everyone is "default".
+    access: Access | None = None
     # This replica's Prometheus metrics (GET /metrics).
     metrics: Metrics = field(default_factory=Metrics)

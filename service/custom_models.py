@@ -1,6 +1,8 @@
 """Custom models: the models that completed jobs produce, by name. Transport-free.
 
-    models/<name>.json   {modelName, jobName, jobId, createdAt, tags}   (If-None-Match)
+    models/<tenant>/<name>.json   {modelName, jobName, jobId, createdAt, tags}   (If-None-Match)
+
+Names are unique per tenant; one tenant never sees, nor collides with, another's.
 
 A name is reserved when its job is created and becomes a usable model when that job is
 COMPLETED (a job that FAILED or was STOPPED gives its name up to the next create); its
@@ -22,6 +24,7 @@ from service.store import Job, JobStore
 
 MODEL_NAME_PATTERN = r"^([0-9a-zA-Z][_-]?){1,63}$"
 _MODEL_NAME = re.compile(MODEL_NAME_PATTERN)
+_TENANT = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 
 
 class ModelNotFound(TuneforgeError):
@@ -45,30 +48,32 @@ class CustomModelRecord(BaseModel):
     tags: dict[str, str] = {}
 
 
-def _location(store: JobStore, name: str) -> S3Location:
-    if not _MODEL_NAME.match(name) or len(name) > 63:
+def _location(store: JobStore, tenant: str, name: str) -> S3Location:
+    if not _MODEL_NAME.match(name) or len(name) > 63 or not _TENANT.match(tenant):
         raise ModelNotFound(name)
-    return S3Location(store.bucket, f"models/{name}.json")
+    return S3Location(store.bucket, f"models/{tenant}/{name}.json")
 
 
 def model_prefix(job: Job) -> str:
     return job.spec.output_prefix + "model/"
 
 
-def reserve(store: JobStore, record: CustomModelRecord) -> CustomModelRecord:
+def reserve(store: JobStore, tenant: str, record: CustomModelRecord) -> CustomModelRecord:
     """Create the record; return the one that holds the name (ours or an earlier one)."""
-    location = _location(store, record.modelName)
+    location = _location(store, tenant, record.modelName)
     try:
         store.storage.put_json(location, record.model_dump(mode="json"), if_none_match=True)
         return record
     except PreconditionFailed:
-        found = get_record(store, record.modelName)
+        found = get_record(store, tenant, record.modelName)
         if found is None:
             raise ModelConflict(f"custom model name '{record.modelName}' is busy; retry") from None
         return found
 
 
-def take_over(store: JobStore, record: CustomModelRecord, holder: CustomModelRecord) -> bool:
+def take_over(
+    store: JobStore, tenant: str, record: CustomModelRecord, holder: CustomModelRecord
+) -> bool:
     """Give the name to `record` if `holder`'s job ended without making a model.
 
     Returns whether it did: the holder's job FAILED or STOPPED, and no other create took
@@ -82,20 +87,22 @@ def take_over(store: JobStore, record: CustomModelRecord, holder: CustomModelRec
         return False
     if state not in (JobState.FAILED, JobState.STOPPED):
         return False
-    found = store.storage.get_json(_location(store, holder.modelName))
+    found = store.storage.get_json(_location(store, tenant, holder.modelName))
     if found is None or CustomModelRecord.model_validate(found[0]) != holder:
         return False
     try:
         store.storage.put_json(
-            _location(store, record.modelName), record.model_dump(mode="json"), if_match=found[1]
+            _location(store, tenant, record.modelName),
+            record.model_dump(mode="json"),
+            if_match=found[1],
         )
     except PreconditionFailed:
         return False
     return True
 
 
-def set_job_id(store: JobStore, name: str, job_id: str) -> None:
-    found = store.storage.get_json(_location(store, name))
+def set_job_id(store: JobStore, tenant: str, name: str, job_id: str) -> None:
+    found = store.storage.get_json(_location(store, tenant, name))
     if found is None:
         return
     record = CustomModelRecord.model_validate(found[0])
@@ -103,37 +110,39 @@ def set_job_id(store: JobStore, name: str, job_id: str) -> None:
         record.jobId = job_id
         try:
             store.storage.put_json(
-                _location(store, name), record.model_dump(mode="json"), if_match=found[1]
+                _location(store, tenant, name), record.model_dump(mode="json"), if_match=found[1]
             )
         except PreconditionFailed:
             pass  # another replica finished the same create
 
 
-def release(store: JobStore, name: str) -> None:
-    store.storage.delete(_location(store, name))
+def release(store: JobStore, tenant: str, name: str) -> None:
+    store.storage.delete(_location(store, tenant, name))
 
 
-def get_record(store: JobStore, name: str) -> CustomModelRecord | None:
-    found = store.storage.get_json(_location(store, name))
+def get_record(store: JobStore, tenant: str, name: str) -> CustomModelRecord | None:
+    found = store.storage.get_json(_location(store, tenant, name))
     return None if found is None else CustomModelRecord.model_validate(found[0])
 
 
-def list_records(store: JobStore) -> list[CustomModelRecord]:
+def list_records(store: JobStore, tenant: str) -> list[CustomModelRecord]:
+    if not _TENANT.match(tenant):
+        return []
     records = []
-    for item in store.storage.list_objects(S3Location(store.bucket, "models/")):
+    for item in store.storage.list_objects(S3Location(store.bucket, f"models/{tenant}/")):
         found = store.storage.get_json(S3Location(store.bucket, item["key"]))
         if found is not None:
             records.append(CustomModelRecord.model_validate(found[0]))
     return records
 
 
-def get_model(store: JobStore, name: str) -> tuple[CustomModelRecord, Job]:
-    """A model that exists: its record and the COMPLETED job that produced it."""
-    record = get_record(store, name)
+def get_model(store: JobStore, tenant: str, name: str) -> tuple[CustomModelRecord, Job]:
+    """A model of `tenant` that exists: its record and the COMPLETED job that made it."""
+    record = get_record(store, tenant, name)
     if record is None or record.jobId is None:
         raise ModelNotFound(name)
     job = store.get(record.jobId)
-    if job.status.state != JobState.COMPLETED:
+    if job.spec.tenant != tenant or job.status.state != JobState.COMPLETED:
         raise ModelNotFound(name)
     return record, job
 
@@ -152,8 +161,8 @@ def jobs_using(store: JobStore, job: Job) -> list[str]:
     return users
 
 
-def delete_model(store: JobStore, name: str) -> None:
-    record, job = get_model(store, name)
+def delete_model(store: JobStore, tenant: str, name: str) -> None:
+    record, job = get_model(store, tenant, name)
     users = jobs_using(store, job)
     if users:
         raise ModelConflict(
@@ -161,4 +170,4 @@ def delete_model(store: JobStore, name: str) -> None:
             "not ended; stop them or wait for them to end, then delete it"
         )
     store.storage.delete_prefix(parse_s3_uri(model_prefix(job), field="modelIdentifier"))
-    release(store, record.modelName)
+    release(store, tenant, record.modelName)

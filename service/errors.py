@@ -57,3 +57,24 @@ class StoreNotConformant(TuneforgeError):
 
 class IllegalTransition(Exception):
     """A state change the job state machine does not allow. A bug, never user input."""
+
+
+class Unauthenticated(TuneforgeError):
+    """No API key, or one that is unknown, malformed or revoked."""
+
+    code = "UNAUTHENTICATED"
+
+
+class TooManyRequests(TuneforgeError):
+    """A per-tenant limit is reached: requests per second, or jobs waiting in the queue.
+
+    `retry_after_seconds` is when trying again may succeed (edges send it as a hint).
+    """
+
+    code = "RESOURCE_EXHAUSTED"
+
+    def __init__(
+        self, message: str, *, retry_after_seconds: float, field: str | None = None
+    ) -> None:
+        super().__init__(message, field=field)
+        self.retry_after_seconds = retry_after_seconds

@@ -74,6 +74,7 @@ def create_job(
         hyperParameters=request.hyperParameters,
         tags=request.tags,
         clientRequestToken=request.clientRequestToken,
+        resources=request.resources,
         notifications=(
             Notifications(webhookUrl=request.notifications.webhookUrl)
             if request.notifications is not None

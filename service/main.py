@@ -20,12 +20,14 @@ from pathlib import Path
 import uvicorn
 
 from service.api.app import create_app
+from service.auth.keys import KeyStore
+from service.auth.tenants import Access
 from service.context import ServiceContext
 from service.embedded_s3 import EmbeddedS3
 from service.errors import TuneforgeError
 from service.grpc_api.server import create_server, grpc_address
 from service.launch.base import Launcher
-from service.launch.local import LocalLauncher, visible_gpu_count
+from service.launch.local import LocalLauncher, ResourceLimits, visible_gpu_count
 from service.observability.logging import configure_logging
 from service.observability.metrics import Metrics
 from service.probe import check_conditional_writes
@@ -122,7 +124,15 @@ def main() -> int:
         )
         print(f"object store (SeaweedFS S3): {embedded.endpoint_url}  credentials: {env_file}")
 
-    launcher: Launcher = LocalLauncher(home / "work", settings.trainer_python)
+    launcher: Launcher = LocalLauncher(
+        home / "work",
+        settings.trainer_python,
+        limits=ResourceLimits(
+            memory_bytes=settings.trainer_max_memory_bytes,
+            processes=settings.trainer_max_processes,
+            open_files=settings.trainer_max_open_files,
+        ),
+    )
     try:
         if settings.launcher != "local":
             launcher = cluster_launcher(settings)
@@ -153,6 +163,11 @@ def main() -> int:
             trainer_environment["AWS_ACCESS_KEY_ID"] = access_key
             trainer_environment["AWS_SECRET_ACCESS_KEY"] = secret
         store = JobStore(storage, settings.state_bucket)
+        # Before anything listens: refuses to start with auth off on a non-loopback bind.
+        access = Access.start(
+            settings,
+            KeyStore(storage, settings.state_bucket, cache_seconds=settings.key_cache_seconds),
+        )
         notifier = None
         if settings.webhook_allowed_hosts and settings.webhook_secret is not None:
             notifier = WebhookNotifier(
@@ -179,11 +194,12 @@ def main() -> int:
                 if settings.launcher != "local"
                 else settings.local_slots or visible_gpu_count() or 1
             ),
+            tenant_running_limit=lambda tenant: access.policy(tenant).max_running_jobs,
             metrics=metrics,
             notifier=notifier,
         )
         context = ServiceContext(
-            settings, store, reconciler, store_conformant=True, metrics=metrics
+            settings, store, reconciler, store_conformant=True, access=access, metrics=metrics
         )
         grpc_server, grpc_port = create_server(
             grpc_address(settings.grpc_host, settings.grpc_port),

@@ -4,7 +4,8 @@ Every replica runs one; there is no leader and nothing in memory that matters. E
 pass walks `active/` (jobs not yet seen terminal) and, per job:
 
 - QUEUED, not launched: launch it when a slot is free (`slots` trainers at once;
-  queued jobs start in creation order and carry their `queuePosition` meanwhile). The
+  queued jobs start in creation order and carry their `queuePosition` meanwhile) and
+  its tenant runs fewer than its `tenant_running_limit` trainers. The
   launch is claimed by writing `status.launch` with compare-and-swap, so of all
   replicas exactly one starts the attempt.
 - stop requested, not launched: STOPPED.
@@ -29,6 +30,7 @@ import signal
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 from service.documents import (
@@ -75,6 +77,7 @@ class Reconciler:
         crash_retry_budget: int = 2,
         max_attempts: int = 10,
         slots: int = 1,
+        tenant_running_limit: Callable[[str], int] | None = None,
         metrics: Metrics | None = None,
         notifier: WebhookNotifier | None = None,
     ) -> None:
@@ -88,6 +91,9 @@ class Reconciler:
         self.crash_retry_budget = crash_retry_budget
         self.max_attempts = max_attempts
         self.slots = slots
+        # Trainers one tenant may have at once (0: only the slots limit them); a tenant
+        # at its limit has its queued jobs wait while other tenants' start.
+        self.tenant_running_limit = tenant_running_limit or (lambda tenant: 0)
         self.replica_id = uuid.uuid4().hex[:12]
         # Observability: pass timings, jobs by state, running jobs' gauges (/metrics);
         # webhook deliveries for jobs that end (a finished job stays active until its
@@ -134,6 +140,7 @@ class Reconciler:
         seen: list[Job] = []
         self._queue_length = 0
         occupied = 0
+        running_by_tenant: dict[str, int] = {}
         for job_id in self.store.list_active_job_ids():  # oldest first
             if self._stopping.is_set():
                 return
@@ -146,6 +153,8 @@ class Reconciler:
                     waiting.append(job)
                 elif job.status.launch is not None:
                     occupied += 1
+                    tenant = job.spec.tenant
+                    running_by_tenant[tenant] = running_by_tenant.get(tenant, 0) + 1
             except JobNotFound:
                 if _age_seconds_ms(job_id_created_ms(job_id)) > _ABANDONED_CREATE_SECONDS:
                     self.store.mark_inactive(job_id)
@@ -154,13 +163,20 @@ class Reconciler:
         # Queued jobs start in creation order as slots free up; the rest learn their
         # place in the queue.
         free = max(0, self.slots - occupied)
-        for index, job in enumerate(waiting):
+        position = 0
+        for job in waiting:
+            tenant = job.spec.tenant
+            limit = self.tenant_running_limit(tenant)
+            tenant_has_room = limit <= 0 or running_by_tenant.get(tenant, 0) < limit
             try:
-                if index < free:
+                if free > 0 and tenant_has_room:
+                    free -= 1
+                    running_by_tenant[tenant] = running_by_tenant.get(tenant, 0) + 1
                     with bind_job(job.spec.jobId, job.spec.tenant, 1):
                         self._launch(job)
                 else:
-                    self._set_queue_position(job, index - free + 1)
+                    position += 1
+                    self._set_queue_position(job, position)
             except TuneforgeError as error:
                 log.warning("launching job %s failed: %s", job.spec.jobId, error.message)
         if self.metrics is not None:

@@ -13,7 +13,14 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from service.documents import DataSummary, FailureReason, HyperParameters, JobState, Progress
+from service.documents import (
+    DataSummary,
+    FailureReason,
+    HyperParameters,
+    JobResources,
+    JobState,
+    Progress,
+)
 from service.errors import InvalidArgument
 from service.storage import parse_s3_uri
 from service.store import Job
@@ -140,6 +147,7 @@ class JobCreate(_Request):
     validationDataConfig: ValidationDataConfig | None = None
     outputDataConfig: OutputDataConfig
     hyperParameters: HyperParameters = HyperParameters()
+    resources: JobResources = JobResources()
     clientRequestToken: Annotated[
         str | None,
         Field(
@@ -253,6 +261,7 @@ class JobPublic(BaseModel):
     validationDataConfig: ValidationDataConfig | None = None
     outputDataConfig: OutputDataConfig
     hyperParameters: HyperParameters
+    resources: JobResources = JobResources()
     tags: dict[str, str]
     clientRequestToken: str | None = None
     progress: Progress
@@ -300,6 +309,7 @@ class JobPublic(BaseModel):
             ),
             outputDataConfig=OutputDataConfig(s3Uri=spec.outputDataConfig.s3Uri),
             hyperParameters=spec.hyperParameters,
+            resources=spec.resources,
             tags=spec.tags,
             clientRequestToken=spec.clientRequestToken,
             progress=status.progress,

@@ -10,8 +10,28 @@ import ipaddress
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class TenantLimitOverrides(BaseModel):
+    """One tenant's limits where they differ from the defaults (unset: the default)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_running_jobs: int | None = Field(default=None, ge=0)
+    max_queued_jobs: int | None = Field(default=None, ge=0)
+    requests_per_second: float | None = Field(default=None, ge=0)
+    burst: int | None = Field(default=None, ge=1)
+
+
+class BedrockAccessKey(BaseModel):
+    """A SigV4 key pair of the Bedrock face and the tenant whose jobs it acts on."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    secret: SecretStr
+    tenant: str = Field(default="default", pattern=r"^[a-zA-Z0-9_-]{1,64}$")
 
 
 class Settings(BaseSettings):
@@ -113,8 +133,9 @@ class Settings(BaseSettings):
     # The Bedrock-compatible face (service/bedrock/): ARNs are built from these.
     bedrock_region: str = Field(default="us-east-1", pattern=r"^[a-z0-9-]{1,20}$")
     bedrock_account_id: str = Field(default="000000000000", pattern=r"^[0-9]{12}$")
-    # SigV4 access key id -> secret key. Requests signed with any other key are refused.
-    bedrock_access_keys: dict[str, SecretStr] = {}
+    # SigV4 access key id -> secret key, or -> {"secret": ..., "tenant": ...} (a bare
+    # secret acts for tenant "default"). Requests signed with any other key are refused.
+    bedrock_access_keys: dict[str, SecretStr | BedrockAccessKey] = {}
     # Bearer tokens accepted in `Authorization: Bearer <token>` (AWS_BEARER_TOKEN_BEDROCK).
     bedrock_bearer_tokens: list[SecretStr] = []
     # Development only: accept any signature (or none). Refused unless REST is on loopback.
@@ -122,6 +143,32 @@ class Settings(BaseSettings):
     # Requests per second per caller (access key) on the Bedrock face; 0: no limit.
     bedrock_requests_per_second: float = Field(default=0.0, ge=0)
     bedrock_burst: int = Field(default=20, ge=1)
+
+    # -- authentication, tenancy and per-tenant limits (service/auth/) -----------------
+    # The operator's key for /v1/admin/keys (`tuneforge keys create --tenant T`). Setting
+    # it turns authentication on for every face; so does any API key in the store. With
+    # neither, the service runs in development mode (no auth, tenant "default"), which
+    # it allows only when REST and gRPC listen on loopback.
+    admin_key: SecretStr | None = Field(default=None, min_length=16)
+    # How long a replica trusts what it read of an API key: a revocation takes effect
+    # on every replica within this many seconds.
+    key_cache_seconds: float = Field(default=2.0, ge=0, le=30)
+    # Defaults for every tenant; `tenant_limits` overrides them per tenant, e.g.
+    # TUNEFORGE_TENANT_LIMITS='{"acme": {"max_running_jobs": 4}}'. 0: no limit.
+    tenant_max_running_jobs: int = Field(default=0, ge=0)
+    tenant_max_queued_jobs: int = Field(default=100, ge=0)
+    tenant_requests_per_second: float = Field(default=0.0, ge=0)
+    tenant_burst: int = Field(default=50, ge=1)
+    tenant_limits: dict[str, TenantLimitOverrides] = {}
+    # Buckets that job data, base models and outputs may live in ("*": any bucket but
+    # the state bucket, which no job may ever name). Per tenant, replaces the default.
+    allowed_buckets: list[str] = ["*"]
+    tenant_allowed_buckets: dict[str, list[str]] = {}
+
+    # -- the trainer's resource limits (service/launch/local.py; 0: unlimited) ---------
+    trainer_max_memory_bytes: int = Field(default=0, ge=0)
+    trainer_max_processes: int = Field(default=0, ge=0)
+    trainer_max_open_files: int = Field(default=4096, ge=0)
 
     @model_validator(mode="after")
     def _webhooks_need_a_secret(self) -> Settings:

@@ -131,6 +131,11 @@ class JobStore:
                 existing["jobId"], existing["fingerprint"], JobSpec.model_validate(existing["spec"])
             )
 
+    def find_idempotency_token(self, tenant: str, token: str) -> str | None:
+        """The job id a tenant's token was claimed for, or None if it never was."""
+        found = self.storage.get_json(self._idempotency(tenant, token))
+        return None if found is None else str(found[0]["jobId"])
+
     # -- read ----------------------------------------------------------------
 
     def get_spec(self, job_id: str) -> JobSpec:

@@ -26,8 +26,12 @@ class ApiServer:
         state_bucket: str = "tuneforge",
         port: int | None = None,
         extra_env: dict[str, str] | None = None,
+        admin_key: str | None = None,
     ) -> None:
         self.s3 = s3
+        # With an admin key the server requires API keys on every face (service/auth/);
+        # `create_api_key` makes them, and `client(api_key)` / `wait_for(api_key=)` use them.
+        self.admin_key = admin_key
         self.home = home
         self.port = port or free_port()
         self.state_bucket = state_bucket
@@ -64,6 +68,8 @@ class ApiServer:
             }
         )
         env["TUNEFORGE_GRPC_PORT"] = str(self.grpc_port)
+        if self.admin_key is not None:
+            env["TUNEFORGE_ADMIN_KEY"] = self.admin_key
         env.update(self.extra_env)
         return env
 
@@ -127,13 +133,30 @@ class ApiServer:
     def grpc_target(self) -> str:
         return f"127.0.0.1:{self.grpc_port}"
 
-    def client(self) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=30)
+    def client(self, api_key: str | None = None) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
+        return httpx.Client(base_url=self.url, timeout=30, headers=headers)
 
-    def wait_for(self, job_id: str, states: set[str], timeout: float = 120.0) -> dict[str, Any]:
+    def create_api_key(self, tenant: str) -> str:
+        """A new API key for `tenant`, through the admin endpoint (needs `admin_key`)."""
+        assert self.admin_key is not None, "start the server with admin_key= to make keys"
+        with self.client(self.admin_key) as admin:
+            response = admin.post("/v1/admin/keys", json={"tenant": tenant})
+        assert response.status_code == 201, response.text
+        key: str = response.json()["key"]
+        return key
+
+    def wait_for(
+        self,
+        job_id: str,
+        states: set[str],
+        timeout: float = 120.0,
+        *,
+        api_key: str | None = None,
+    ) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         job: dict[str, Any] = {}
-        with self.client() as client:
+        with self.client(api_key) as client:
             while time.monotonic() < deadline:
                 job = client.get(f"/v1/jobs/{job_id}").json()
                 if job["state"] in states:

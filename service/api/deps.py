@@ -1,13 +1,26 @@
-"""FastAPI dependencies, as `Annotated` aliases the routes declare."""
+"""FastAPI dependencies, as `Annotated` aliases the routes declare.
+
+`CurrentTenant` authenticates the caller (`Authorization: Bearer <key>`), counts the
+request against its tenant's rate limit, and gives the tenant's `TenantPolicy`; every
+route that touches jobs declares it and passes `.tenant` to the core.
+"""
 
 from __future__ import annotations
 
 from typing import Annotated
 
 from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from service.auth.limits import TenantPolicy
+from service.auth.tenants import DEFAULT_TENANT
 from service.context import ServiceContext
+from service.errors import Unauthenticated
 from service.store import JobStore
+
+# Declares the scheme in /openapi.json; the header itself is read below, so that a
+# missing or malformed one gets the service's own 401 body rather than FastAPI's 403.
+_bearer = HTTPBearer(auto_error=False, description="An API key: `tuneforge keys create`.")
 
 
 def get_context(request: Request) -> ServiceContext:
@@ -19,5 +32,27 @@ def get_store(request: Request) -> JobStore:
     return get_context(request).store
 
 
+def current_tenant(
+    request: Request,
+    _declared: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> TenantPolicy:
+    context = get_context(request)
+    if context.access is None:
+        return TenantPolicy.unlimited(DEFAULT_TENANT, context.store.bucket)
+    return context.access.authenticate(request.headers.get("authorization"))
+
+
+def require_admin(
+    request: Request,
+    _declared: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> None:
+    context = get_context(request)
+    if context.access is None:
+        raise Unauthenticated("key administration needs the server's TUNEFORGE_ADMIN_KEY")
+    context.access.check_admin(request.headers.get("authorization"))
+
+
 ContextDep = Annotated[ServiceContext, Depends(get_context)]
 StoreDep = Annotated[JobStore, Depends(get_store)]
+CurrentTenant = Annotated[TenantPolicy, Depends(current_tenant)]
+AdminDep = Annotated[None, Depends(require_admin)]

@@ -6,6 +6,7 @@ Body shape, always: `{"error": {"code", "message", "field"?, "errors"?}}`.
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -13,6 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from service.auth.keys import KeyNotFound
 from service.errors import (
     FailedPrecondition,
     IdempotencyConflict,
@@ -20,7 +22,9 @@ from service.errors import (
     JobNotFound,
     StoreNotConformant,
     StoreUnavailable,
+    TooManyRequests,
     TuneforgeError,
+    Unauthenticated,
 )
 from service.schemas import ErrorResponse
 
@@ -28,7 +32,10 @@ log = logging.getLogger(__name__)
 
 _STATUS = {
     InvalidArgument: 400,
+    Unauthenticated: 401,
     JobNotFound: 404,
+    KeyNotFound: 404,
+    TooManyRequests: 429,
     IdempotencyConflict: 409,
     FailedPrecondition: 409,
     StoreUnavailable: 503,
@@ -41,8 +48,10 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         400: "Bad request: a value is invalid (the field is named).",
         404: "No such job.",
         409: "Conflict: the job's state does not allow it, or an idempotency token was reused.",
+        401: "No valid API key (send Authorization: Bearer <key>).",
         413: "Request body too large.",
         422: "The request body does not match the schema (the field is named).",
+        429: "A per-tenant limit (requests per second, queued jobs); retry after Retry-After.",
         503: "The object store is unavailable; retry after the Retry-After seconds.",
     }.items()
 }
@@ -68,6 +77,10 @@ async def _domain_error(request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, TuneforgeError)
     status = next((s for cls, s in _STATUS.items() if isinstance(error, cls)), 500)
     headers = {"Retry-After": "5"} if status == 503 else None
+    if isinstance(error, TooManyRequests):
+        headers = {"Retry-After": str(max(1, math.ceil(error.retry_after_seconds)))}
+    elif isinstance(error, Unauthenticated):
+        headers = {"WWW-Authenticate": "Bearer"}
     if status == 500:
         log.error("unmapped error on %s: %s", request.url.path, error.message)
     return JSONResponse(

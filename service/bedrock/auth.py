@@ -1,9 +1,18 @@
-"""Who may call the Bedrock face: SigV4 against configured keys, or a bearer token.
+"""Who may call the Bedrock face, and for which tenant.
 
-The expected signature is recomputed with botocore's own `SigV4Auth` from the request as
-received (method, raw path, raw query, the headers the caller signed, the body) and
-compared in constant time. `bedrock_dev_mode_any_signature` (loopback only, enforced by
-`Settings`) accepts any request.
+- SigV4 against `bedrock_access_keys`: each access key acts for its configured tenant
+  ("default" for a bare secret). The expected signature is recomputed with botocore's
+  own `SigV4Auth` from the request as received (method, raw path, raw query, the headers
+  the caller signed, the body) and compared in constant time.
+- `Authorization: Bearer <token>` (AWS_BEARER_TOKEN_BEDROCK): a tuneforge API key acts
+  for its tenant; a token from `bedrock_bearer_tokens` for tenant "default".
+- Development mode: with authentication off service-wide (service/auth/tenants.py) and
+  no Bedrock keys or tokens configured, every caller is tenant "default";
+  `bedrock_dev_mode_any_signature` (loopback only, enforced by `Settings`) accepts any
+  signature for tenant "default" even with keys configured.
+
+The caller's `TenantPolicy` (after its tenant's rate limit) is left in
+`request.state.tenant_policy` for the routes.
 """
 
 from __future__ import annotations
@@ -19,9 +28,12 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest, HTTPHeaders
 from botocore.credentials import Credentials
 from fastapi import Request
+from starlette.concurrency import run_in_threadpool
 
+from service.auth.limits import TenantPolicy
+from service.auth.tenants import DEFAULT_TENANT, Access
 from service.bedrock.errors import AccessDeniedException, ThrottlingException
-from service.settings import Settings
+from service.settings import BedrockAccessKey, Settings
 
 SERVICE_NAME = "bedrock"
 MAX_CLOCK_SKEW_SECONDS = 15 * 60
@@ -66,21 +78,39 @@ class _RateLimiter:
 
 
 class Authenticator:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, access: Access | None, state_bucket: str) -> None:
         self.settings = settings
+        self.access = access
+        self.state_bucket = state_bucket
         self.limiter = _RateLimiter(settings.bedrock_requests_per_second, settings.bedrock_burst)
+
+    @property
+    def development_mode(self) -> bool:
+        """No credential of any kind configured: everyone is tenant "default"."""
+        return (
+            (self.access is None or not self.access.enabled)
+            and not self.settings.bedrock_access_keys
+            and not self.settings.bedrock_bearer_tokens
+        )
 
     async def __call__(self, request: Request) -> None:
         body = await request.body()  # cached by Starlette for the handler
-        caller = self.caller(request, body)
+        # Reading an API key may read the store (cached briefly): not on the event loop.
+        caller, tenant = await run_in_threadpool(self.caller, request, body)
         if not self.limiter.take(caller):
             raise ThrottlingException("Too many requests, please wait before trying again.")
+        if self.access is None:
+            policy = TenantPolicy.unlimited(tenant, self.state_bucket)
+        else:
+            policy = self.access.admit(tenant)  # TooManyRequests: ThrottlingException
+        request.state.tenant_policy = policy
 
-    def caller(self, request: Request, body: bytes) -> str:
+    def caller(self, request: Request, body: bytes) -> tuple[str, str]:
+        """(who, for the per-caller rate limit; the tenant they act for)."""
         header = request.headers.get("authorization", "")
-        if self.settings.bedrock_dev_mode_any_signature:
+        if self.settings.bedrock_dev_mode_any_signature or self.development_mode:
             match = _SIGV4.match(header)
-            return match.group("credential").split("/")[0] if match else "dev"
+            return (match.group("credential").split("/")[0] if match else "dev"), DEFAULT_TENANT
         if not header:
             raise AccessDeniedException(
                 "Missing Authentication Token: sign the request with SigV4 (service "
@@ -93,13 +123,17 @@ class Authenticator:
             raise AccessDeniedException("Authorization header is not a SigV4 or bearer one")
         return self._sigv4(request, body, match)
 
-    def _bearer(self, token: str) -> str:
+    def _bearer(self, token: str) -> tuple[str, str]:
+        caller = "bearer:" + hashlib.sha256(token.encode()).hexdigest()[:16]
         for known in self.settings.bedrock_bearer_tokens:
             if hmac.compare_digest(known.get_secret_value().encode(), token.encode()):
-                return "bearer:" + hashlib.sha256(token.encode()).hexdigest()[:16]
+                return caller, DEFAULT_TENANT
+        tenant = self.access.keys.tenant_of(token) if self.access is not None else None
+        if tenant is not None:
+            return caller, tenant
         raise AccessDeniedException("The bearer token included in the request is invalid.")
 
-    def _sigv4(self, request: Request, body: bytes, match: re.Match[str]) -> str:
+    def _sigv4(self, request: Request, body: bytes, match: re.Match[str]) -> tuple[str, str]:
         parts = match.group("credential").split("/")
         if len(parts) != 5 or parts[3] != SERVICE_NAME or parts[4] != "aws4_request":
             raise AccessDeniedException(
@@ -107,9 +141,13 @@ class Authenticator:
                 "'aws4_request'."
             )
         access_key, date, region = parts[0], parts[1], parts[2]
-        secret = self.settings.bedrock_access_keys.get(access_key)
-        if secret is None:
+        configured = self.settings.bedrock_access_keys.get(access_key)
+        if configured is None:
             raise AccessDeniedException("The security token included in the request is invalid.")
+        if isinstance(configured, BedrockAccessKey):
+            secret, tenant = configured.secret, configured.tenant
+        else:
+            secret, tenant = configured, DEFAULT_TENANT
         amz_date = request.headers.get("x-amz-date", "")
         try:
             signed_at = datetime.strptime(amz_date, "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
@@ -147,7 +185,7 @@ class Authenticator:
                 "The request signature we calculated does not match the signature you "
                 "provided. Check your AWS Secret Access Key and signing method."
             )
-        return access_key
+        return access_key, tenant
 
 
 def authenticator_for(request: Request) -> Authenticator:
@@ -155,10 +193,17 @@ def authenticator_for(request: Request) -> Authenticator:
     state = request.app.state
     found: Authenticator | None = getattr(state, "bedrock_authenticator", None)
     if found is None:
-        found = Authenticator(request.app.state.context.settings)
+        context = request.app.state.context
+        found = Authenticator(context.settings, context.access, context.store.bucket)
         state.bedrock_authenticator = found
     return found
 
 
 async def authenticate(request: Request) -> None:
     await authenticator_for(request)(request)
+
+
+def tenant_policy(request: Request) -> TenantPolicy:
+    """The caller's policy, as `authenticate` left it (it runs before every route)."""
+    policy: TenantPolicy = request.state.tenant_policy
+    return policy

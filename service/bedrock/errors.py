@@ -26,7 +26,9 @@ from service.errors import (
     JobNotFound,
     StoreNotConformant,
     StoreUnavailable,
+    TooManyRequests,
     TuneforgeError,
+    Unauthenticated,
 )
 
 log = logging.getLogger(__name__)
@@ -103,6 +105,10 @@ def to_bedrock(error: Exception) -> BedrockError:
         return ValidationException(validation_message(list(error.errors())))
     if isinstance(error, InvalidArgument):
         return ValidationException(error.message)
+    if isinstance(error, Unauthenticated):
+        return AccessDeniedException(error.message)
+    if isinstance(error, TooManyRequests):
+        return ThrottlingException(error.message)
     if isinstance(error, (JobNotFound, ModelNotFound)):
         return ResourceNotFoundException(error.message)
     if isinstance(error, (IdempotencyConflict, FailedPrecondition, ModelConflict)):

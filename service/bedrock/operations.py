@@ -9,6 +9,7 @@ from datetime import datetime
 from typing import Any
 
 from service import custom_models, jobs
+from service.auth.limits import TenantPolicy
 from service.bedrock import registry
 from service.bedrock.errors import (
     ConflictException,
@@ -40,53 +41,55 @@ _JOB_ID = re.compile(JOB_ID_PATTERN)
 # -- lookups ---------------------------------------------------------------------
 
 
-def find_job(store: JobStore, arns: Arns, identifier: str) -> Job:
-    """A job by its ARN, its Bedrock name, or its native id."""
+def find_job(store: JobStore, arns: Arns, identifier: str, *, tenant: str) -> Job:
+    """One of the tenant's jobs by its ARN, its Bedrock name, or its native id."""
     if identifier.startswith("arn:"):
         job_id = arns.resource_id(identifier, "model-customization-job")
         if job_id is None:
             raise ResourceNotFoundException(f"no model customization job with ARN {identifier}")
-        return _job_or_not_found(store, job_id, identifier)
-    record = registry.get(store, identifier)
+        return _job_or_not_found(store, job_id, identifier, tenant)
+    record = registry.get(store, tenant, identifier)
     if record is not None and record.jobId is not None:
-        return _job_or_not_found(store, record.jobId, identifier)
+        return _job_or_not_found(store, record.jobId, identifier, tenant)
     if _JOB_ID.match(identifier):
-        return _job_or_not_found(store, identifier, identifier)
+        return _job_or_not_found(store, identifier, identifier, tenant)
     raise ResourceNotFoundException(f"no model customization job named '{identifier}'")
 
 
-def _job_or_not_found(store: JobStore, job_id: str, identifier: str) -> Job:
+def _job_or_not_found(store: JobStore, job_id: str, identifier: str, tenant: str) -> Job:
     try:
-        return jobs.get_job(store, job_id)
+        return jobs.get_job(store, job_id, tenant=tenant)
     except JobNotFound:
         raise ResourceNotFoundException(f"no model customization job '{identifier}'") from None
 
 
 def names_of(store: JobStore, job: Job) -> NameRecord | None:
     """The Bedrock record of a job created through this face (None for REST/gRPC ones)."""
-    record = registry.get(store, job.spec.jobName)
+    record = registry.get(store, job.spec.tenant, job.spec.jobName)
     return record if record is not None and record.jobId == job.spec.jobId else None
 
 
-def find_model(store: JobStore, arns: Arns, identifier: str) -> tuple[CustomModelRecord, Job]:
+def find_model(
+    store: JobStore, arns: Arns, identifier: str, *, tenant: str
+) -> tuple[CustomModelRecord, Job]:
     name = identifier
     if identifier.startswith("arn:"):
         job_id = arns.resource_id(identifier, "custom-model")
         if job_id is None or not _JOB_ID.match(job_id):
             raise ResourceNotFoundException(f"no custom model with ARN {identifier}")
-        job = _job_or_not_found(store, job_id, identifier)
+        job = _job_or_not_found(store, job_id, identifier, tenant)
         names = names_of(store, job)
         if names is None:
             raise ResourceNotFoundException(f"no custom model with ARN {identifier}")
         name = names.customModelName
     try:
-        record, job = custom_models.get_model(store, name)
+        record, job = custom_models.get_model(store, tenant, name)
     except custom_models.ModelNotFound:
         raise ResourceNotFoundException(f"no custom model '{identifier}'") from None
     return record, job
 
 
-def resolve_base_model(store: JobStore, arns: Arns, identifier: str) -> str:
+def resolve_base_model(store: JobStore, arns: Arns, identifier: str, *, tenant: str) -> str:
     """An s3:// model folder as given, or the artifacts of a custom model (name or ARN)."""
     if identifier.startswith("s3://"):
         return identifier
@@ -96,7 +99,7 @@ def resolve_base_model(store: JobStore, arns: Arns, identifier: str) -> str:
             "s3:// model folder, or a custom model's name or ARN"
         )
     try:
-        _, job = find_model(store, arns, identifier)
+        _, job = find_model(store, arns, identifier, tenant=tenant)
     except ResourceNotFoundException:
         raise ValidationException(
             f"baseModelIdentifier {identifier!r} is neither an s3:// model folder nor an "
@@ -108,8 +111,9 @@ def resolve_base_model(store: JobStore, arns: Arns, identifier: str) -> str:
 # -- jobs --------------------------------------------------------------------------
 
 
-def create_job(store: JobStore, arns: Arns, request: CreateJobIn) -> Job:
-    base_uri = resolve_base_model(store, arns, request.baseModelIdentifier)
+def create_job(store: JobStore, arns: Arns, request: CreateJobIn, policy: TenantPolicy) -> Job:
+    tenant = policy.tenant
+    base_uri = resolve_base_model(store, arns, request.baseModelIdentifier, tenant=tenant)
     native = to_native(request, base_uri)  # everything validated before anything is written
     now = utc_now()
     record = NameRecord(
@@ -122,7 +126,7 @@ def create_job(store: JobStore, arns: Arns, request: CreateJobIn) -> Job:
         customModelTags={tag.key: tag.value for tag in request.customModelTags},
         createdAt=now,
     )
-    holder, ours = registry.claim(store, record)
+    holder, ours = registry.claim(store, tenant, record)
     if not ours:
         token = request.clientRequestToken
         if token is None or holder.clientRequestToken != token:
@@ -142,29 +146,31 @@ def create_job(store: JobStore, arns: Arns, request: CreateJobIn) -> Job:
             createdAt=now,
             tags=record.customModelTags,
         )
-        model = custom_models.reserve(store, wanted)
-        if model.jobName != request.jobName and not custom_models.take_over(store, wanted, model):
+        model = custom_models.reserve(store, tenant, wanted)
+        if model.jobName != request.jobName and not custom_models.take_over(
+            store, tenant, wanted, model
+        ):
             raise ConflictException(
                 f"a custom model named '{request.customModelName}' already exists (made by job "
                 f"'{model.jobName}'); custom model names are unique"
             )
-        job, _ = jobs.create_job(store, native)
+        job, _ = jobs.create_job(store, native, policy)
     except Exception:
         if ours:
-            registry.release(store, request.jobName)
+            registry.release(store, tenant, request.jobName)
         raise
-    registry.set_job_id(store, request.jobName, job.spec.jobId)
-    custom_models.set_job_id(store, request.customModelName, job.spec.jobId)
+    registry.set_job_id(store, tenant, request.jobName, job.spec.jobId)
+    custom_models.set_job_id(store, tenant, request.customModelName, job.spec.jobId)
     return job
 
 
-def get_job(store: JobStore, arns: Arns, identifier: str) -> dict[str, Any]:
-    job = find_job(store, arns, identifier)
+def get_job(store: JobStore, arns: Arns, identifier: str, *, tenant: str) -> dict[str, Any]:
+    job = find_job(store, arns, identifier, tenant=tenant)
     return job_response(JobPublic.from_job(job), names_of(store, job), arns)
 
 
-def stop_job(store: JobStore, arns: Arns, identifier: str) -> None:
-    job = find_job(store, arns, identifier)
+def stop_job(store: JobStore, arns: Arns, identifier: str, *, tenant: str) -> None:
+    job = find_job(store, arns, identifier, tenant=tenant)
     status = STATUS[JobPublic.from_job(job).state]
     if status == "Stopping":
         raise ConflictException(f"job {identifier} is already Stopping")
@@ -173,7 +179,7 @@ def stop_job(store: JobStore, arns: Arns, identifier: str) -> None:
             f"job {identifier} is {status}; only an InProgress job can be stopped"
         )
     try:
-        jobs.stop_job(store, job.spec.jobId)
+        jobs.stop_job(store, job.spec.jobId, tenant=tenant)
     except FailedPrecondition as error:  # it ended in between
         raise ValidationException(error.message) from None
 
@@ -221,6 +227,7 @@ def list_jobs(
     store: JobStore,
     arns: Arns,
     *,
+    tenant: str,
     creation_time_after: datetime | None,
     creation_time_before: datetime | None,
     status_equals: str | None,
@@ -258,6 +265,8 @@ def list_jobs(
         try:
             job = store.get(job_id)
         except JobNotFound:
+            continue
+        if job.spec.tenant != tenant:
             continue
         public = JobPublic.from_job(job)
         state_matches = wanted is None or public.state in wanted
@@ -303,15 +312,15 @@ def model_response(
     return response
 
 
-def get_model(store: JobStore, arns: Arns, identifier: str) -> dict[str, Any]:
-    record, job = find_model(store, arns, identifier)
+def get_model(store: JobStore, arns: Arns, identifier: str, *, tenant: str) -> dict[str, Any]:
+    record, job = find_model(store, arns, identifier, tenant=tenant)
     return model_response(store, record, job, arns)
 
 
-def delete_model(store: JobStore, arns: Arns, identifier: str) -> None:
-    record, _ = find_model(store, arns, identifier)
+def delete_model(store: JobStore, arns: Arns, identifier: str, *, tenant: str) -> None:
+    record, _ = find_model(store, arns, identifier, tenant=tenant)
     try:
-        custom_models.delete_model(store, record.modelName)
+        custom_models.delete_model(store, tenant, record.modelName)
     except custom_models.ModelConflict as error:
         raise ConflictException(error.message) from None
     except custom_models.ModelNotFound:
@@ -322,6 +331,7 @@ def list_models(
     store: JobStore,
     arns: Arns,
     *,
+    tenant: str,
     creation_time_after: datetime | None,
     creation_time_before: datetime | None,
     name_contains: str | None,
@@ -341,11 +351,11 @@ def list_models(
     after = creation_time_after.isoformat() if creation_time_after else None
     before = creation_time_before.isoformat() if creation_time_before else None
     summaries: list[dict[str, Any]] = []
-    for record in custom_models.list_records(store):
+    for record in custom_models.list_records(store, tenant):
         if name_contains and name_contains.lower() not in record.modelName.lower():
             continue
         try:
-            record, job = custom_models.get_model(store, record.modelName)
+            record, job = custom_models.get_model(store, tenant, record.modelName)
         except (custom_models.ModelNotFound, JobNotFound):
             continue  # reserved by a job that has not completed
         model = model_response(store, record, job, arns)

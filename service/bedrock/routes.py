@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from service.bedrock import operations
-from service.bedrock.auth import authenticate
+from service.bedrock.auth import authenticate, tenant_policy
 from service.bedrock.errors import bedrock_route_class
 from service.bedrock.mapping import Arns, parse_create
 from service.context import ServiceContext
@@ -52,7 +52,9 @@ Text = Annotated[str | None, Query(max_length=2048)]
 async def create_model_customization_job(request: Request) -> JSONResponse:
     parsed = parse_create(await request.body())
     context = _context(request)
-    job = await run_in_threadpool(operations.create_job, context.store, _arns(request), parsed)
+    job = await run_in_threadpool(
+        operations.create_job, context.store, _arns(request), parsed, tenant_policy(request)
+    )
     if context.reconciler is not None:
         context.reconciler.kick()
     return JSONResponse({"jobArn": _arns(request).job(job.spec.jobId)}, status_code=201)
@@ -73,6 +75,7 @@ def list_model_customization_jobs(
     return operations.list_jobs(
         _context(request).store,
         _arns(request),
+        tenant=tenant_policy(request).tenant,
         creation_time_after=creation_time_after,
         creation_time_before=creation_time_before,
         status_equals=status_equals,
@@ -87,7 +90,9 @@ def list_model_customization_jobs(
 # `:path`: an ARN arrives with its '/' percent-encoded, and the path is matched decoded.
 @router.get("/model-customization-jobs/{job_identifier:path}", summary="GetModelCustomizationJob")
 def get_model_customization_job(request: Request, job_identifier: str) -> dict[str, Any]:
-    return operations.get_job(_context(request).store, _arns(request), job_identifier)
+    tenant = tenant_policy(request).tenant
+    store = _context(request).store
+    return operations.get_job(store, _arns(request), job_identifier, tenant=tenant)
 
 
 @router.post(
@@ -95,7 +100,9 @@ def get_model_customization_job(request: Request, job_identifier: str) -> dict[s
 )
 def stop_model_customization_job(request: Request, job_identifier: str) -> dict[str, Any]:
     context = _context(request)
-    operations.stop_job(context.store, _arns(request), job_identifier)
+    operations.stop_job(
+        context.store, _arns(request), job_identifier, tenant=tenant_policy(request).tenant
+    )
     if context.reconciler is not None:
         context.reconciler.kick()
     return {}
@@ -116,6 +123,7 @@ def list_custom_models(
     return operations.list_models(
         _context(request).store,
         _arns(request),
+        tenant=tenant_policy(request).tenant,
         creation_time_after=creation_time_after,
         creation_time_before=creation_time_before,
         name_contains=name_contains,
@@ -129,10 +137,20 @@ def list_custom_models(
 
 @router.get("/custom-models/{model_identifier:path}", summary="GetCustomModel")
 def get_custom_model(request: Request, model_identifier: str) -> dict[str, Any]:
-    return operations.get_model(_context(request).store, _arns(request), model_identifier)
+    return operations.get_model(
+        _context(request).store,
+        _arns(request),
+        model_identifier,
+        tenant=tenant_policy(request).tenant,
+    )
 
 
 @router.delete("/custom-models/{model_identifier:path}", summary="DeleteCustomModel")
 def delete_custom_model(request: Request, model_identifier: str) -> dict[str, Any]:
-    operations.delete_model(_context(request).store, _arns(request), model_identifier)
+    operations.delete_model(
+        _context(request).store,
+        _arns(request),
+        model_identifier,
+        tenant=tenant_policy(request).tenant,
+    )
     return {}

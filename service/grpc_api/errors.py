@@ -8,6 +8,8 @@
 | FailedPrecondition                      | FAILED_PRECONDITION | PreconditionFailure         |
 | IdempotencyConflict                     | ALREADY_EXISTS      | (ErrorInfo only)            |
 | StoreUnavailable, StoreNotConformant    | UNAVAILABLE         | RetryInfo (5 s)             |
+| Unauthenticated                         | UNAUTHENTICATED     | (ErrorInfo only)            |
+| TooManyRequests                         | RESOURCE_EXHAUSTED  | RetryInfo (when to retry)   |
 | ShuttingDown (a watch cut by shutdown)  | UNAVAILABLE         | RetryInfo (1 s)             |
 | any other error                         | INTERNAL            | (logged here)               |
 
@@ -19,6 +21,7 @@ and `metadata["field"]` the field at fault, named as REST names it.
 from __future__ import annotations
 
 import logging
+import math
 from typing import NoReturn
 
 import grpc
@@ -34,7 +37,9 @@ from service.errors import (
     JobNotFound,
     StoreNotConformant,
     StoreUnavailable,
+    TooManyRequests,
     TuneforgeError,
+    Unauthenticated,
 )
 
 log = logging.getLogger(__name__)
@@ -49,6 +54,8 @@ _CODES: list[tuple[type[TuneforgeError], int]] = [
     (FailedPrecondition, code_pb2.FAILED_PRECONDITION),
     (StoreUnavailable, code_pb2.UNAVAILABLE),
     (StoreNotConformant, code_pb2.UNAVAILABLE),
+    (Unauthenticated, code_pb2.UNAUTHENTICATED),
+    (TooManyRequests, code_pb2.RESOURCE_EXHAUSTED),
 ]
 
 
@@ -145,6 +152,8 @@ def status_of(error: BaseException) -> status_pb2.Status:
         )
     elif code == code_pb2.UNAVAILABLE:
         details.append(_retry_info(_RETRY_SECONDS))
+    elif isinstance(error, TooManyRequests):
+        details.append(_retry_info(max(1, math.ceil(error.retry_after_seconds))))
     elif code == code_pb2.INTERNAL:
         log.error("unmapped error serving a gRPC call: %s: %s", error.code, error.message)
     return status_pb2.Status(code=code, message=error.message, details=details)

@@ -29,6 +29,7 @@ from tuneforge.v1 import fine_tuning_pb2_grpc as pb_grpc
 
 from service.context import ServiceContext
 from service.errors import TuneforgeError
+from service.grpc_api.auth import AuthInterceptor
 from service.grpc_api.servicer import FineTuningServicer
 from service.observability.grpc import ObservationInterceptor
 from service.storage import S3Location
@@ -112,6 +113,8 @@ class GrpcServer:
             interceptors=[
                 # Outermost: request ids and metrics for every call, refused ones too.
                 ObservationInterceptor(self.context.metrics),
+                # API keys and per-tenant rate limits on FineTuningService (not health).
+                AuthInterceptor(self.context, SERVICE_NAME),
             ],
             options=[
                 # Two servers on one port must be an error, not a silent split.

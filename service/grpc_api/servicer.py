@@ -20,6 +20,7 @@ from service import jobs
 from service.context import ServiceContext
 from service.errors import InvalidArgument
 from service.grpc_api import mapping
+from service.grpc_api.auth import current_policy
 from service.grpc_api.errors import ShuttingDown, abort
 
 Response = TypeVar("Response")
@@ -86,6 +87,7 @@ class FineTuningServicer(pb_grpc.FineTuningServiceServicer):
             jobs.create_job,
             self.store,
             job_create,
+            current_policy(),
             webhook_hosts=self.context.settings.webhook_allowed_hosts,
         )
         if created:
@@ -94,7 +96,10 @@ class FineTuningServicer(pb_grpc.FineTuningServiceServicer):
 
     @mapped
     async def GetJob(self, request: pb.GetJobRequest, context: grpc.aio.ServicerContext) -> pb.Job:
-        return mapping.job_message(await self._run(jobs.get_job, self.store, request.job_id))
+        job = await self._run(
+            jobs.get_job, self.store, request.job_id, tenant=current_policy().tenant
+        )
+        return mapping.job_message(job)
 
     @mapped
     async def ListJobs(
@@ -109,6 +114,7 @@ class FineTuningServicer(pb_grpc.FineTuningServiceServicer):
         found, next_token = await self._run(
             jobs.list_jobs,
             self.store,
+            tenant=current_policy().tenant,
             state=mapping.state_filter(request.state),
             limit=page_size,
             page_token=request.page_token or None,
@@ -121,7 +127,9 @@ class FineTuningServicer(pb_grpc.FineTuningServiceServicer):
     async def StopJob(
         self, request: pb.StopJobRequest, context: grpc.aio.ServicerContext
     ) -> pb.Job:
-        job = await self._run(jobs.stop_job, self.store, request.job_id)
+        job = await self._run(
+            jobs.stop_job, self.store, request.job_id, tenant=current_policy().tenant
+        )
         self._kick()
         return mapping.job_message(job)
 
@@ -129,7 +137,7 @@ class FineTuningServicer(pb_grpc.FineTuningServiceServicer):
     async def WatchJob(
         self, request: pb.WatchJobRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.WatchJobResponse]:
-        watch = jobs.JobWatch(self.store, request.job_id)
+        watch = jobs.JobWatch(self.store, request.job_id, tenant=current_policy().tenant)
         while True:
             if self._shutdown.is_set():
                 raise ShuttingDown("the server is shutting down; watch the job again")
@@ -151,6 +159,7 @@ class FineTuningServicer(pb_grpc.FineTuningServiceServicer):
             jobs.list_job_events_page,
             self.store,
             request.job_id,
+            tenant=current_policy().tenant,
             page_size=request.page_size or jobs.DEFAULT_EVENTS_PAGE_SIZE,
             page_token=request.page_token or None,
         )
@@ -162,7 +171,9 @@ class FineTuningServicer(pb_grpc.FineTuningServiceServicer):
     async def ListCheckpoints(
         self, request: pb.ListCheckpointsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListCheckpointsResponse:
-        found = await self._run(jobs.list_checkpoints, self.store, request.job_id)
+        found = await self._run(
+            jobs.list_checkpoints, self.store, request.job_id, tenant=current_policy().tenant
+        )
         return pb.ListCheckpointsResponse(
             checkpoints=[mapping.checkpoint_message(c) for c in found]
         )
@@ -175,6 +186,7 @@ class FineTuningServicer(pb_grpc.FineTuningServiceServicer):
             jobs.read_job_log,
             self.store,
             request.job_id,
+            tenant=current_policy().tenant,
             offset=request.offset,
             max_bytes=request.max_bytes or jobs.DEFAULT_LOG_BYTES,
         )

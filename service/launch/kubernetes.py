@@ -124,7 +124,6 @@ def _environment(
             "HF_HUB_OFFLINE": "1",
             "PYTHONUNBUFFERED": "1",
             "TMPDIR": f"{SCRATCH}/tmp",
-            "TUNEFORGE_LOG_FILE": f"{SCRATCH}/trainer.log",
             "TUNEFORGE_ATTEMPT": str(attempt),
             "TUNEFORGE_NODES": str(nodes),
             "TUNEFORGE_GPUS_PER_NODE": str(spec.resources.gpus),

@@ -4,7 +4,10 @@ Each trainer runs in its own session and process group (so a Ctrl-C aimed at the
 server does not reach it, and a stop can signal the whole group), in its own working
 directory `<home>/work/<job-id>/attempt-<n>/`, with its output in `trainer.log` there.
 It gets a fresh environment with only what it needs: none of the server's variables
-are inherited.
+are inherited (so no API keys, admin key or other secrets of the server). It runs under
+the resource limits of `ResourceLimits` (address space, processes, open files), set by
+a few lines of Python that run first in the new process and then exec the trainer: not
+by `preexec_fn`, which runs Python between fork and exec of a multi-threaded server.
 
 Trainers outlive the API server that started them; a restarted server finds them again
 by the pid and the process start time recorded in the job's launch record.
@@ -20,6 +23,7 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from service.documents import JobSpec, LaunchRecord
@@ -28,6 +32,41 @@ from service.launch.base import Observed, Started
 log = logging.getLogger(__name__)
 
 _PASSED_THROUGH = ("PATH", "LANG", "LC_ALL", "TZ", "TMPDIR")
+
+# Run as `python -c _WITH_LIMITS AS NPROC NOFILE -m trainer ...`: set each limit that is
+# not 0 (soft and hard, never above the current hard one), then become the trainer
+# (same pid, same process group).
+_WITH_LIMITS = """
+import os, resource, sys
+for name, value in zip(("RLIMIT_AS", "RLIMIT_NPROC", "RLIMIT_NOFILE"), sys.argv[1:4]):
+    which, wanted = getattr(resource, name), int(value)
+    if wanted > 0:
+        hard = resource.getrlimit(which)[1]
+        limit = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        resource.setrlimit(which, (limit, limit))
+os.execv(sys.executable, [sys.executable, *sys.argv[4:]])
+"""
+
+
+@dataclass(frozen=True)
+class ResourceLimits:
+    """Per-trainer limits; 0 leaves one as the server's own.
+
+    `memory_bytes` bounds the address space (RLIMIT_AS: virtual memory, which PyTorch
+    reserves generously, so give it room: several GiB on CPU, more with CUDA);
+    `processes` is RLIMIT_NPROC, which Linux counts per user, threads included;
+    `open_files` is RLIMIT_NOFILE.
+    """
+
+    memory_bytes: int = 0
+    processes: int = 0
+    open_files: int = 0
+
+    def command(self, python: str, arguments: list[str]) -> list[str]:
+        if not (self.memory_bytes or self.processes or self.open_files):
+            return [python, *arguments]
+        limits = [str(self.memory_bytes), str(self.processes), str(self.open_files)]
+        return [python, "-c", _WITH_LIMITS, *limits, *arguments]
 
 
 def process_start_ticks(pid: int) -> int | None:
@@ -47,9 +86,12 @@ def process_start_ticks(pid: int) -> int | None:
 class LocalLauncher:
     name = "local"
 
-    def __init__(self, work_root: Path, python: str | None = None) -> None:
+    def __init__(
+        self, work_root: Path, python: str | None = None, *, limits: ResourceLimits | None = None
+    ) -> None:
         self.work_root = work_root
         self.python = python or sys.executable
+        self.limits = limits or ResourceLimits()
         self.host = socket.gethostname()
         # Trainers this process started: kept so their exit codes can be reaped.
         self._children: dict[int, subprocess.Popen[bytes]] = {}
@@ -75,7 +117,7 @@ class LocalLauncher:
         )
         with open(log_path, "ab") as output:
             process = subprocess.Popen(
-                [self.python, "-m", "trainer", "--job-id", spec.jobId],
+                self.limits.command(self.python, ["-m", "trainer", "--job-id", spec.jobId]),
                 cwd=directory,
                 env=env,
                 stdin=subprocess.DEVNULL,

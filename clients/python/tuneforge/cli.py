@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol, TextIO
 
-from tuneforge import __version__, convert
+from tuneforge import __version__, convert, keys_cli
 from tuneforge.client import DEFAULT_ENDPOINT, Client
 from tuneforge.display import ProgressView, print_job, print_json
 from tuneforge.errors import ApiError, DeadlineExceeded, Unavailable
@@ -376,6 +376,12 @@ def _common(defaults: bool) -> argparse.ArgumentParser:
         help="use the REST API at URL instead of gRPC (default $TUNEFORGE_REST_URL)",
     )
     parser.add_argument(
+        "--api-key",
+        metavar="KEY",
+        default=default(os.environ.get("TUNEFORGE_API_KEY") or None),
+        help="API key, when the server requires one (default $TUNEFORGE_API_KEY)",
+    )
+    parser.add_argument(
         "--timeout",
         type=float,
         default=default(30.0),
@@ -402,7 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
         allow_abbrev=False,
     )
     parser.add_argument("--version", action="version", version=f"tuneforge {__version__}")
-    groups = parser.add_subparsers(dest="group", required=True, metavar="jobs")
+    groups = parser.add_subparsers(dest="group", required=True, metavar="{jobs,keys}")
     jobs = groups.add_parser("jobs", help="fine-tuning jobs", allow_abbrev=False)
     commands = jobs.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -455,17 +461,30 @@ def build_parser() -> argparse.ArgumentParser:
     command("checkpoints", cmd_checkpoints, "list a job's committed checkpoints").add_argument(
         "job_id"
     )
+    keys_cli.add_commands(groups, common)
     return parser
 
 
 def _connect(args: argparse.Namespace) -> JobsApi:
     if args.rest:
-        return RestClient(args.rest, timeout=args.timeout, max_attempts=3)
-    return Client(args.endpoint, timeout=args.timeout, max_attempts=3)
+        return RestClient(args.rest, timeout=args.timeout, max_attempts=3, api_key=args.api_key)
+    return Client(args.endpoint, timeout=args.timeout, max_attempts=3, api_key=args.api_key)
 
 
 def _fail(message: str) -> None:
     sys.stderr.write("tuneforge: " + " ".join(message.split()) + "\n")
+
+
+def _run_keys_command(args: argparse.Namespace, out: TextIO) -> int:
+    try:
+        handler: Callable[[argparse.Namespace, TextIO], int] = args.handler
+        return handler(args, out)
+    except Unavailable as error:
+        _fail(str(error))
+        return EXIT_UNREACHABLE
+    except ApiError as error:
+        _fail(str(error))
+        return EXIT_REFUSED
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -474,6 +493,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.output == "json" and getattr(args, "quiet", False):
         args.quiet = False
     out = sys.stdout
+    if getattr(args, "keys_command", False):
+        return _run_keys_command(args, out)
     try:
         if args.command == "list" and args.state is not None:
             convert.state_value(args.state)  # a bad state is a usage error, found here

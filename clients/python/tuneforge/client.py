@@ -39,7 +39,8 @@ class Client:
     `endpoint` is `host:port`. `timeout` is the deadline, in seconds, of each call
     (a method's own `timeout=` overrides it); `max_attempts` bounds tries of a call
     that meets UNAVAILABLE (1: no retry), waiting `backoff` seconds after the first,
-    doubling, at most `max_backoff`. Pass `credentials` for TLS, or a ready `channel`.
+    doubling, at most `max_backoff`. Pass `credentials` for TLS, or a ready `channel`;
+    `api_key` (from `tuneforge keys create`) when the server requires one.
     """
 
     def __init__(
@@ -53,6 +54,7 @@ class Client:
         credentials: grpc.ChannelCredentials | None = None,
         channel: grpc.Channel | None = None,
         metadata: Mapping[str, str] | None = None,
+        api_key: str | None = None,
     ) -> None:
         if max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
@@ -61,7 +63,10 @@ class Client:
         self.max_attempts = max_attempts
         self.backoff = backoff
         self.max_backoff = max_backoff
-        self.metadata = tuple((metadata or {}).items())
+        sent = dict(metadata or {})
+        if api_key:  # sent as the `authorization` metadata of every call
+            sent["authorization"] = f"Bearer {api_key}"
+        self.metadata = tuple(sent.items())
         if channel is None:
             channel = (
                 grpc.secure_channel(endpoint, credentials)

@@ -77,6 +77,18 @@ class DeadlineExceeded(ApiError):
     code = "DEADLINE_EXCEEDED"
 
 
+class Unauthenticated(ApiError):
+    """No valid API key: set TUNEFORGE_API_KEY (or pass --api-key / api_key=)."""
+
+    code = "UNAUTHENTICATED"
+
+
+class ResourceExhausted(ApiError):
+    """A per-tenant limit (requests per second, queued jobs); retry later."""
+
+    code = "RESOURCE_EXHAUSTED"
+
+
 class Internal(ApiError):
     """A bug in the service (it logs it)."""
 
@@ -95,6 +107,8 @@ _BY_GRPC_CODE: dict[grpc.StatusCode, type[ApiError]] = {
     grpc.StatusCode.CANCELLED: Unavailable,
     grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
     grpc.StatusCode.INTERNAL: Internal,
+    grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhausted,
 }
 
 
@@ -148,6 +162,10 @@ def from_rest(status: int, body: Any) -> ApiError:
         cls = AlreadyExists if reason == "IDEMPOTENCY_CONFLICT" else FailedPrecondition
     elif status in (502, 503, 504):
         cls = Unavailable
+    elif status == 401:
+        cls = Unauthenticated
+    elif status == 429:
+        cls = ResourceExhausted
     else:
         cls = Internal
     return cls(message, field=field, reason=reason, violations=violations)

@@ -34,7 +34,8 @@ class RestClient:
     """A connection to a tuneforge server's REST API (`base_url`, e.g. http://host:8000).
 
     `timeout`, `max_attempts`, `backoff` and `max_backoff` mean what they mean for
-    `Client`: UNAVAILABLE (HTTP 502/503/504, or no connection) is retried.
+    `Client`: UNAVAILABLE (HTTP 502/503/504, or no connection) is retried. `api_key` is
+    sent as `Authorization: Bearer <key>`.
     """
 
     def __init__(
@@ -48,6 +49,7 @@ class RestClient:
         poll_interval: float = 1.0,
         headers: Mapping[str, str] | None = None,
         http: httpx.Client | None = None,
+        api_key: str | None = None,
     ) -> None:
         if max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
@@ -56,8 +58,11 @@ class RestClient:
         self.backoff = backoff
         self.max_backoff = max_backoff
         self.poll_interval = poll_interval
+        sent = dict(headers or {})
+        if api_key:
+            sent["Authorization"] = f"Bearer {api_key}"
         self._http = http or httpx.Client(
-            base_url=base_url.rstrip("/"), timeout=timeout, headers=dict(headers or {})
+            base_url=base_url.rstrip("/"), timeout=timeout, headers=sent
         )
 
     def close(self) -> None:

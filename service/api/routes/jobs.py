@@ -8,7 +8,7 @@ from fastapi import APIRouter, Path, Query, Response, status
 from pydantic import BaseModel, Field
 
 from service import jobs
-from service.api.deps import ContextDep, StoreDep
+from service.api.deps import ContextDep, CurrentTenant, StoreDep
 from service.api.errors import ERROR_RESPONSES
 from service.documents import JobEvent, JobState
 from service.schemas import JobCreate, JobList, JobPublic
@@ -25,9 +25,14 @@ JobId = Annotated[str, Path(description="The job's id.", examples=["0p5v2m8x3k7q
     responses={200: {"model": JobPublic, "description": "Idempotent repeat: the existing job."}},
     summary="Create a fine-tuning job",
 )
-def create_job(request: JobCreate, context: ContextDep, response: Response) -> JobPublic:
+def create_job(
+    request: JobCreate, context: ContextDep, caller: CurrentTenant, response: Response
+) -> JobPublic:
     job, created = jobs.create_job(
-        context.store, request, webhook_hosts=context.settings.webhook_allowed_hosts
+        context.store,
+        request,
+        caller,
+        webhook_hosts=context.settings.webhook_allowed_hosts,
     )
     if created and context.reconciler is not None:
         context.reconciler.kick()
@@ -38,13 +43,14 @@ def create_job(request: JobCreate, context: ContextDep, response: Response) -> J
 
 
 @router.get("/{job_id}", response_model=JobPublic, summary="Describe a job")
-def get_job(job_id: JobId, store: StoreDep) -> JobPublic:
-    return JobPublic.from_job(jobs.get_job(store, job_id))
+def get_job(job_id: JobId, store: StoreDep, caller: CurrentTenant) -> JobPublic:
+    return JobPublic.from_job(jobs.get_job(store, job_id, tenant=caller.tenant))
 
 
 @router.get("", response_model=JobList, summary="List jobs, newest first")
 def list_jobs(
     store: StoreDep,
+    caller: CurrentTenant,
     state: Annotated[
         JobState | None, Query(alias="status", description="Only jobs in this state.")
     ] = None,
@@ -53,7 +59,9 @@ def list_jobs(
         str | None, Query(alias="pageToken", max_length=64, description="From nextPageToken.")
     ] = None,
 ) -> JobList:
-    found, next_token = jobs.list_jobs(store, state=state, limit=limit, page_token=page_token)
+    found, next_token = jobs.list_jobs(
+        store, tenant=caller.tenant, state=state, limit=limit, page_token=page_token
+    )
     return JobList(jobs=[JobPublic.from_job(job) for job in found], nextPageToken=next_token)
 
 
@@ -63,8 +71,8 @@ def list_jobs(
     response_model=JobPublic,
     summary="Ask a job to stop",
 )
-def stop_job(job_id: JobId, context: ContextDep) -> JobPublic:
-    job = jobs.stop_job(context.store, job_id)
+def stop_job(job_id: JobId, context: ContextDep, caller: CurrentTenant) -> JobPublic:
+    job = jobs.stop_job(context.store, job_id, tenant=caller.tenant)
     if context.reconciler is not None:
         context.reconciler.kick()
     return JobPublic.from_job(job)
@@ -88,6 +96,7 @@ class CheckpointList(BaseModel):
 def list_job_events(
     job_id: JobId,
     store: StoreDep,
+    caller: CurrentTenant,
     page_size: Annotated[
         int,
         Query(alias="pageSize", ge=1, le=jobs.MAX_EVENTS_PAGE_SIZE, description="Page size."),
@@ -97,7 +106,7 @@ def list_job_events(
     ] = None,
 ) -> JobEventList:
     events, next_token = jobs.list_job_events_page(
-        store, job_id, page_size=page_size, page_token=page_token
+        store, job_id, tenant=caller.tenant, page_size=page_size, page_token=page_token
     )
     return JobEventList(events=events, nextPageToken=next_token)
 
@@ -107,8 +116,8 @@ def list_job_events(
     response_model=CheckpointList,
     summary="A job's committed checkpoints, by step",
 )
-def list_checkpoints(job_id: JobId, store: StoreDep) -> CheckpointList:
-    return CheckpointList(checkpoints=jobs.list_checkpoints(store, job_id))
+def list_checkpoints(job_id: JobId, store: StoreDep, caller: CurrentTenant) -> CheckpointList:
+    return CheckpointList(checkpoints=jobs.list_checkpoints(store, job_id, tenant=caller.tenant))
 
 
 @router.get(
@@ -126,6 +135,7 @@ def list_checkpoints(job_id: JobId, store: StoreDep) -> CheckpointList:
 def read_job_log(
     job_id: JobId,
     store: StoreDep,
+    caller: CurrentTenant,
     offset: Annotated[
         int, Query(description="Byte to start at; negative counts from the end.")
     ] = 0,
@@ -134,7 +144,9 @@ def read_job_log(
         Query(alias="maxBytes", ge=1, le=jobs.MAX_LOG_BYTES, description="Most bytes to return."),
     ] = jobs.DEFAULT_LOG_BYTES,
 ) -> Response:
-    piece = jobs.read_job_log(store, job_id, offset=offset, max_bytes=max_bytes)
+    piece = jobs.read_job_log(
+        store, job_id, tenant=caller.tenant, offset=offset, max_bytes=max_bytes
+    )
     return Response(
         piece.data,
         media_type="text/plain; charset=utf-8",

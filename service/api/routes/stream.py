@@ -26,7 +26,7 @@ from fastapi import APIRouter, Header, Path
 from fastapi.responses import StreamingResponse
 
 from service import jobs
-from service.api.deps import ContextDep
+from service.api.deps import ContextDep, CurrentTenant
 from service.api.errors import ERROR_RESPONSES
 from service.schemas import JobPublic
 from service.store import Job
@@ -55,11 +55,12 @@ def _message(job: Job, sequence: int) -> bytes:
 async def stream_job(
     job_id: Annotated[str, Path(description="The job's id.")],
     context: ContextDep,
+    caller: CurrentTenant,
     last_event_id: Annotated[
         str | None, Header(alias="Last-Event-ID", description="Resume numbering after this id.")
     ] = None,
 ) -> StreamingResponse:
-    watch = jobs.JobWatch(context.store, job_id)
+    watch = jobs.JobWatch(context.store, job_id, tenant=caller.tenant)
     # Read once before answering, so an unknown job is a 404, not an empty stream.
     first = await asyncio.to_thread(watch.poll)
     assert first is not None  # the first poll always returns the job
