@@ -132,8 +132,11 @@ def encode(data: CachedData, classification: bool) -> bytes:
 
 
 def decode(body: bytes) -> CachedData:
-    """The entry's content; raises ValueError (or SafetensorError) if it is not one."""
-    tensors = load_safetensors(body)
+    """The entry's content; raises ValueError if it is not one."""
+    try:
+        tensors = load_safetensors(body)
+    except SafetensorError as error:
+        raise ValueError(f"not a safetensors file: {error}") from error
     metadata = _metadata(body)
     if metadata.get("formatVersion") != str(FORMAT_VERSION):
         raise ValueError(f"format version {metadata.get('formatVersion')}")
@@ -175,7 +178,7 @@ class DatasetCache:
             return None
         try:
             return decode(found[0])
-        except (SafetensorError, ValueError, KeyError, TypeError) as error:
+        except (ValueError, KeyError, TypeError) as error:
             log.warning(
                 "ignoring unreadable tokenized-data cache entry %s: %s", location.uri, error
             )

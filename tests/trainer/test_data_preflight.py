@@ -1,0 +1,146 @@
+"""Preflight's parts without a store: token-length checks, summary percentiles, warnings,
+and the tokenized-data cache's encoding and key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from service.documents import DataSummary, TokenLengths
+from trainer.conversations import Message
+from trainer.data import IGNORE_INDEX, Example, TokenizedExample, ValidationErrors
+from trainer.dataset_cache import (
+    CachedData,
+    DatasetCache,
+    cache_key,
+    decode,
+    encode,
+    tokenizer_files_hash,
+)
+from trainer.preflight import _tokenize_fine_tuning, find_warnings, percentiles
+
+URI = "s3://bucket/train.jsonl"
+
+
+@pytest.fixture(scope="module")
+def tokenizer(demo_model_dir: Path) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(demo_model_dir)
+
+
+def test_percentiles_are_nearest_rank() -> None:
+    assert percentiles([]) is None
+    assert percentiles([7]) == TokenLengths(p50=7, p90=7, p99=7, max=7)
+    lengths = list(range(1, 101))  # 1..100
+    assert percentiles(lengths[::-1]) == TokenLengths(p50=50, p90=90, p99=99, max=100)
+
+
+def test_a_record_with_nothing_to_learn_within_the_length_is_an_error_others_truncated(
+    tokenizer: Any,
+) -> None:
+    long_prompt = Example("word " * 100, " ok", where=f"{URI}:2")
+    long_answer = Example("Say it:", " word" * 100, where=f"{URI}:3")
+    long_chat = Example(
+        "",
+        "",
+        where=f"{URI}:4",
+        messages=(Message("user", "word " * 100), Message("assistant", "ok")),
+    )
+    short = Example("What is 1 + 1?\nAnswer:", " 2", where=f"{URI}:1")
+    errors = ValidationErrors()
+    result = _tokenize_fine_tuning(
+        [short, long_prompt, long_answer, long_chat], tokenizer, 32, errors
+    )
+    assert errors.total == 2
+    assert errors.shown[0].startswith(f"{URI}:2: the completion starts at token ")
+    assert "past maxSequenceLength 32" in errors.shown[0]
+    assert errors.shown[1].startswith(f"{URI}:4: the first assistant turn starts at token ")
+    assert result.truncated == [f"{URI}:3"]
+    assert [len(e.input_ids) <= 32 for e in result.examples] == [True, True]
+    assert result.lengths[2] > 32  # counted before truncation
+
+
+def test_warnings_name_truncated_duplicate_and_overlapping_records() -> None:
+    a = Example("p", "a", where=f"{URI}:1")
+    b = Example("p", "b", where=f"{URI}:2")
+    a_again = Example("p", "a", where=f"{URI}:3")
+    validation = [Example("p", "b", where="s3://bucket/valid.jsonl:1")]
+    warnings = find_warnings(
+        {"training": [a, b, a_again], "validation": validation}, [f"{URI}:2"], 16
+    )
+    assert warnings == [
+        f"1 record is longer than maxSequenceLength 16 tokens and will be truncated: {URI}:2",
+        f"1 duplicate training record: {URI}:3 (same as line 1)",
+        "1 validation record is also in the training data, so the validation loss overstates "
+        "quality: s3://bucket/valid.jsonl:1",
+    ]
+    assert find_warnings({"training": [a, b], "validation": []}, [], 16) == []
+
+
+def test_the_cache_entry_gives_back_exactly_what_was_stored() -> None:
+    stored = CachedData(
+        splits={
+            "training": [
+                TokenizedExample([1, 2, 3], [IGNORE_INDEX, 2, 3]),
+                TokenizedExample([4], [4]),
+            ],
+            "validation": [],
+        },
+        labels=None,
+        summary=DataSummary(
+            trainingRecords=2,
+            tokenLengths=TokenLengths(p50=1, p90=3, p99=3, max=3),
+            truncatedRecords=1,
+        ),
+        warnings=["one warning"],
+    )
+    assert decode(encode(stored, classification=False)) == stored
+    classified = CachedData(
+        splits={"training": [TokenizedExample([5, 6], [1], classification=True)], "validation": []},
+        labels=["negative", "positive"],
+        summary=DataSummary(trainingRecords=1, labelDistribution={"negative": 0, "positive": 1}),
+        warnings=[],
+    )
+    assert decode(encode(classified, classification=True)) == classified
+    with pytest.raises(ValueError):
+        decode(b"not a safetensors file")
+
+
+def test_the_cache_key_changes_with_each_input(demo_model_dir: Path, tmp_path: Path) -> None:
+    base: dict[str, Any] = {
+        "datasets": [("training", "s3://b/t.jsonl", '"etag-1"')],
+        "tokenizer_hash": tokenizer_files_hash(demo_model_dir),
+        "chat_template": "{{ x }}",
+        "max_length": 64,
+        "customization_type": "FINE_TUNING",
+    }
+    key = cache_key(**base)
+    assert key == cache_key(**base) and len(key) == 64
+    changes: list[dict[str, Any]] = [
+        {"datasets": [("training", "s3://b/t.jsonl", '"etag-2"')]},
+        {"datasets": [("validation", "s3://b/t.jsonl", '"etag-1"')]},
+        {"tokenizer_hash": "0" * 64},
+        {"chat_template": None},
+        {"max_length": 65},
+        {"customization_type": "CONTINUED_PRE_TRAINING"},
+    ]
+    assert len({cache_key(**(base | change)) for change in changes} | {key}) == len(changes) + 1
+    # The tokenizer hash follows the tokenizer files, not the weights.
+    copy = tmp_path / "model"
+    copy.mkdir()
+    for path in demo_model_dir.iterdir():
+        (copy / path.name).write_bytes(path.read_bytes())
+    (copy / "model.safetensors").write_bytes(b"other weights")
+    assert tokenizer_files_hash(copy) == base["tokenizer_hash"]
+    (copy / "tokenizer_config.json").write_text('{"changed": true}')
+    assert tokenizer_files_hash(copy) != base["tokenizer_hash"]
+
+
+def test_cache_keys_are_checked_before_they_name_an_object() -> None:
+    cache = DatasetCache(storage=None, bucket="state")  # type: ignore[arg-type]
+    assert cache.location("a" * 64).key == f"cache/tokenized/{'a' * 64}/examples.safetensors"
+    with pytest.raises(ValueError):
+        cache.location("../jobs/x")
