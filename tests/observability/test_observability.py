@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -221,10 +222,13 @@ def _log_lines(server: ApiServer) -> list[dict[str, Any]]:
 def test_logs_are_json_lines_with_job_and_request_ids(
     observed_server: ApiServer, observed_run: ObservedRun
 ) -> None:
-    banner = ("object store", "demo assets", "REST API:", "gRPC API:", "launcher:")
+    # Besides JSON lines there is only the start-up banner main() prints (addresses):
+    # nothing shaped like a plain-text log line, no bare traceback.
     raw = observed_server.log_path.read_text().splitlines()
     not_json = [line for line in raw if line and not line.startswith("{")]
-    assert all(line.startswith(banner) for line in not_json), not_json[:5]
+    plain_log = re.compile(r"(DEBUG|INFO|WARNING|ERROR|CRITICAL)\b|^Traceback|^\s+File ")
+    assert not [line for line in not_json if plain_log.search(line)], not_json[:5]
+    assert len(not_json) <= 10, not_json
     lines = _log_lines(observed_server)
     assert all({"event", "level", "timestamp"} <= set(line) for line in lines)
 
