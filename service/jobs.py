@@ -17,6 +17,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from service.auth.limits import TenantPolicy
 from service.documents import (
     JOB_ID_PATTERN,
     DataLocation,
@@ -28,7 +29,13 @@ from service.documents import (
     new_job_id,
     utc_now,
 )
-from service.errors import FailedPrecondition, IdempotencyConflict, InvalidArgument, JobNotFound
+from service.errors import (
+    FailedPrecondition,
+    IdempotencyConflict,
+    InvalidArgument,
+    JobNotFound,
+    TooManyRequests,
+)
 from service.schemas import JobCreate, JobPublic
 from service.storage import ObjectMissing, S3Location, parse_s3_uri
 from service.store import Job, JobStore
@@ -46,17 +53,55 @@ def request_fingerprint(request: JobCreate) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
+def _check_buckets(request: JobCreate, policy: TenantPolicy) -> None:
+    policy.check_uri(request.baseModelIdentifier, "baseModelIdentifier")
+    policy.check_uri(request.trainingDataConfig.s3Uri, "trainingDataConfig.s3Uri")
+    if request.validationDataConfig is not None:
+        policy.check_uri(request.validationDataConfig.s3Uri, "validationDataConfig.s3Uri")
+    policy.check_uri(request.outputDataConfig.s3Uri, "outputDataConfig.s3Uri")
+
+
+def _check_queue_room(store: JobStore, policy: TenantPolicy) -> None:
+    """Refuse a create that would put more than `max_queued_jobs` of the tenant's jobs in
+    the queue. Approximate under concurrent creates (a count, not a lock)."""
+    if policy.max_queued_jobs <= 0:
+        return
+    queued = 0
+    for job_id in store.list_active_job_ids():
+        try:
+            if store.get_spec(job_id).tenant != policy.tenant:
+                continue
+            status, _ = store.get_status(job_id)
+        except JobNotFound:
+            continue
+        if status.state == JobState.QUEUED and status.launch is None:
+            queued += 1
+    if queued >= policy.max_queued_jobs:
+        raise TooManyRequests(
+            f"tenant '{policy.tenant}' already has {queued} jobs waiting in the queue, the "
+            f"most it may have ({policy.max_queued_jobs}); wait for some to start, or stop "
+            "some, then create this one again",
+            retry_after_seconds=30,
+        )
+
+
 def create_job(
     store: JobStore,
     request: JobCreate,
-    tenant: str = "default",
+    policy: TenantPolicy,
     *,
     webhook_hosts: Collection[str] = (),
 ) -> tuple[Job, bool]:
-    """Create a job; return it and whether it is new (False: an idempotent repeat).
-    Refused before anything is written when its webhook host is not in `webhook_hosts`."""
+    """Create a job for `policy.tenant`; return it and whether it is new (False: an
+    idempotent repeat). Refused before anything is written when a URI is outside the
+    tenant's buckets, its queue is full, or its webhook host is not in `webhook_hosts`."""
+    tenant = policy.tenant
     if request.notifications is not None:
         check_webhook_url(request.notifications.webhookUrl, webhook_hosts)
+    _check_buckets(request, policy)
+    token = request.clientRequestToken
+    if token is None or store.find_idempotency_token(tenant, token) is None:
+        _check_queue_room(store, policy)
     spec = JobSpec(
         jobId=new_job_id(),
         jobName=request.jobName,
@@ -104,8 +149,20 @@ def create_job(
     return store.get(record.job_id), created
 
 
-def get_job(store: JobStore, job_id: str) -> Job:
-    return store.get(job_id)
+def _owned_spec(store: JobStore, job_id: str, tenant: str) -> JobSpec:
+    """The job's spec if it belongs to `tenant`; another tenant's job is JobNotFound, the
+    same answer as no job at all, so that nobody learns which ids exist."""
+    spec = store.get_spec(job_id)
+    if spec.tenant != tenant:
+        raise JobNotFound(job_id)
+    return spec
+
+
+def get_job(store: JobStore, job_id: str, *, tenant: str) -> Job:
+    job = store.get(job_id)
+    if job.spec.tenant != tenant:
+        raise JobNotFound(job_id)
+    return job
 
 
 def encode_page_token(job_id: str) -> str:
@@ -123,9 +180,14 @@ def decode_page_token(token: str) -> str:
 
 
 def list_jobs(
-    store: JobStore, *, state: JobState | None, limit: int, page_token: str | None
+    store: JobStore,
+    *,
+    tenant: str,
+    state: JobState | None,
+    limit: int,
+    page_token: str | None,
 ) -> tuple[list[Job], str | None]:
-    """Jobs newest first; returns (jobs, next page token or None)."""
+    """The tenant's jobs newest first; returns (jobs, next page token or None)."""
     if not 1 <= limit <= MAX_PAGE_SIZE:
         raise InvalidArgument(f"limit must be between 1 and {MAX_PAGE_SIZE}", field="limit")
     after = decode_page_token(page_token) if page_token else None
@@ -142,6 +204,8 @@ def list_jobs(
                 job = store.get(job_id)
             except JobNotFound:
                 continue  # a create in flight: its spec is not written yet
+            if job.spec.tenant != tenant:
+                continue
             if state is None or _visible_state(job) == state:
                 jobs.append(job)
             if len(jobs) == limit:
@@ -156,9 +220,9 @@ def _visible_state(job: Job) -> JobState:
     return job.status.state
 
 
-def stop_job(store: JobStore, job_id: str) -> Job:
+def stop_job(store: JobStore, job_id: str, *, tenant: str) -> Job:
     """Record a stop request. The trainer sees it and stops; the reconciler escalates."""
-    job = store.get(job_id)
+    job = get_job(store, job_id, tenant=tenant)
     if job.status.state.is_terminal():
         raise FailedPrecondition(
             f"job {job_id} is already {job.status.state.value}; only QUEUED, VALIDATING or "
@@ -173,9 +237,9 @@ def stop_job(store: JobStore, job_id: str) -> Job:
 # -- events, checkpoints, logs, watching (both edges call these) ---------------------
 
 
-def list_job_events(store: JobStore, job_id: str) -> list[JobEvent]:
+def list_job_events(store: JobStore, job_id: str, *, tenant: str) -> list[JobEvent]:
     """The job's lifecycle events, oldest first."""
-    store.get_spec(job_id)  # JobNotFound for an unknown job, rather than an empty list
+    _owned_spec(store, job_id, tenant)  # JobNotFound for an unknown job, not an empty list
     return sorted(store.list_events(job_id), key=lambda event: event.sequence)
 
 
@@ -184,7 +248,7 @@ DEFAULT_EVENTS_PAGE_SIZE = 100
 
 
 def list_job_events_page(
-    store: JobStore, job_id: str, *, page_size: int, page_token: str | None
+    store: JobStore, job_id: str, *, tenant: str, page_size: int, page_token: str | None
 ) -> tuple[list[JobEvent], str | None]:
     """One page of the job's events, oldest first, and the token of the next page (None
     on the last). A token names the last event of its page, so it stays valid while
@@ -194,7 +258,7 @@ def list_job_events_page(
             f"pageSize must be between 1 and {MAX_EVENTS_PAGE_SIZE}", field="pageSize"
         )
     after = _decode_event_token(page_token) if page_token else None
-    store.get_spec(job_id)  # JobNotFound for an unknown job, rather than an empty page
+    _owned_spec(store, job_id, tenant)
     events, more = store.list_events_page(job_id, after=after, limit=page_size)
     if not more or not events:
         return events, None
@@ -224,13 +288,13 @@ class Checkpoint(BaseModel):
 _COMMITTED_MARKER = re.compile(r"^step-(\d+)/COMMITTED$")
 
 
-def list_checkpoints(store: JobStore, job_id: str) -> list[Checkpoint]:
+def list_checkpoints(store: JobStore, job_id: str, *, tenant: str) -> list[Checkpoint]:
     """Committed checkpoints under the job's output prefix, lowest step first.
 
     A folder without its COMMITTED marker (an upload cut short) is not listed: readers
     trust only committed checkpoints (DESIGN.md, output layout).
     """
-    spec = store.get_spec(job_id)
+    spec = _owned_spec(store, job_id, tenant)
     prefix = parse_s3_uri(spec.output_prefix + "checkpoints/", field="outputDataConfig.s3Uri")
     found: list[Checkpoint] = []
     try:
@@ -266,7 +330,12 @@ class LogSlice:
 
 
 def read_job_log(
-    store: JobStore, job_id: str, *, offset: int = 0, max_bytes: int = DEFAULT_LOG_BYTES
+    store: JobStore,
+    job_id: str,
+    *,
+    tenant: str,
+    offset: int = 0,
+    max_bytes: int = DEFAULT_LOG_BYTES,
 ) -> LogSlice:
     """Up to `max_bytes` of the trainer's log from byte `offset` (negative: from the end).
 
@@ -275,7 +344,7 @@ def read_job_log(
     """
     if not 1 <= max_bytes <= MAX_LOG_BYTES:
         raise InvalidArgument(f"maxBytes must be between 1 and {MAX_LOG_BYTES}", field="maxBytes")
-    store.get_spec(job_id)
+    _owned_spec(store, job_id, tenant)
     found = store.storage.get_bytes(store.log_location(job_id))
     log = found[0] if found is not None else b""
     size = len(log)
@@ -295,14 +364,15 @@ class JobWatch:
     `updatedAt` alone does not count as a change: it moves with every heartbeat.
     """
 
-    def __init__(self, store: JobStore, job_id: str) -> None:
+    def __init__(self, store: JobStore, job_id: str, *, tenant: str) -> None:
         self.store = store
         self.job_id = job_id
+        self.tenant = tenant
         self.done = False
         self._seen: dict[str, Any] | None = None
 
     def poll(self) -> Job | None:
-        job = self.store.get(self.job_id)
+        job = get_job(self.store, self.job_id, tenant=self.tenant)
         view = JobPublic.from_job(job).model_dump(mode="json", exclude={"updatedAt"})
         self.done = _visible_state(job).is_terminal()
         if view == self._seen:
