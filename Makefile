@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench-start-latency bench-classification clean proto proto-check
+.PHONY: run test lint bench-start-latency bench-classification bench-trainer-throughput clean proto proto-check
 
 $(STAMP): pyproject.toml clients/python/pyproject.toml constraints/test.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -39,6 +39,10 @@ bench-start-latency: $(STAMP)
 # Whole SST-2 through tuneforge beside a plain PyTorch loop (several minutes on a CPU).
 bench-classification: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) bench/classification_sst2.py
+
+# tuneforge's packed training loop beside HF Trainer, padded and flattened (a few minutes).
+bench-trainer-throughput: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) bench/trainer_throughput.py
 
 clean:
 	rm -rf $(VENV) .tuneforge .pytest_cache .mypy_cache .ruff_cache

@@ -15,11 +15,16 @@ or a few rows. Invariants, each checked by tests/trainer/test_packing.py:
   is never a target in unpacked training either, so the target tokens, the summed loss
   and its gradient are those of the same examples run one at a time.
 
-Rows are filled first-fit-decreasing up to `row_length` tokens (the job's sequence
-length, or the longest example if longer): a row's dense mask costs row_length² and
-its attention compute grows the same way, so one huge row would cost more than the
-padding it saves. Rows are padded to the longest row only; that tail is its own
-segment (it attends only to itself, so no softmax row is empty) and carries no loss.
+With a mask, attention over a row costs width² however the row is split into
+examples, so one huge row can cost more than the padding it saves. The layout is the
+cheapest of: k = 1, 2, ... rows filled first-fit-decreasing to the narrowest width that
+needs no more than k rows,
+by a simple cost model (rows * width * (weights per token + attention per token over the
+width), both read off the model's size); no row is longer than twice the job's sequence
+length (`row_length`) or the longest example. Rows are padded to the widest row only;
+that tail is its own segment (it attends only to itself, so no softmax row is empty) and
+carries no loss. Flash-attention's varlen kernel costs each example its own length²: one
+row, no padding at all.
 
 Only architectures whose attention and positions are known to follow position ids and
 a 4D mask are packed (`PACKABLE_MODEL_TYPES`); any other falls back to padded batches
@@ -116,9 +121,15 @@ def packing_refusal(model: Any, row_length: int) -> str | None:
 class Packer:
     """Turns the padded batches of trainer/data.py into packed ones for one model."""
 
-    def __init__(self, *, row_length: int, pad_id: int, attention: str) -> None:
+    def __init__(
+        self, *, row_length: int, pad_id: int, attention: str, attention_cost: float = 0.0
+    ) -> None:
+        """`attention_cost`: the attention compute of one token per token of row width,
+        relative to the compute its weights cost (see `attention_cost`); 0 packs for the
+        fewest computed tokens."""
         self.row_length = row_length
         self.pad_id = pad_id
+        self.attention_cost = attention_cost
         self.varlen = attention.startswith(VARLEN_ATTENTION_PREFIXES)
         self.additive_mask = attention == "eager"
 
@@ -130,11 +141,18 @@ class Packer:
             log.warning("packing is off for this job: %s; batches are padded instead", refusal)
             return None
         attention = str(getattr(model.config, "_attn_implementation", None) or "sdpa")
-        packer = cls(row_length=row_length, pad_id=pad_id, attention=attention)
+        packer = cls(
+            row_length=row_length,
+            pad_id=pad_id,
+            attention=attention,
+            attention_cost=attention_cost(model),
+        )
         log.info(
             "packing batches (%s attention, %s)",
             attention,
-            "variable-length, one row" if packer.varlen else f"rows of up to {row_length} tokens",
+            "variable-length, one row"
+            if packer.varlen
+            else f"rows of up to {2 * row_length} tokens",
         )
         return packer
 
@@ -162,10 +180,8 @@ class Packer:
     def pack(self, examples: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> PackedBatch:
         """(input_ids, labels) pairs, one per example, laid out in packed rows."""
         lengths = [len(ids) for ids, _ in examples]
-        if self.varlen:
-            rows = [list(range(len(examples)))]  # the kernel needs a single row
-        else:
-            rows = _first_fit_decreasing(lengths, max(self.row_length, max(lengths)))
+        # The varlen kernel needs a single row, and it costs nothing to make it wide.
+        rows = [list(range(len(examples)))] if self.varlen else self.layout(lengths)
         width = max(sum(lengths[i] for i in row) for row in rows)
         shape = (len(rows), width)
         input_ids = torch.full(shape, self.pad_id, dtype=torch.long)
@@ -198,6 +214,50 @@ class Packer:
             varlen=self.varlen,
             additive_mask=self.additive_mask,
         )
+
+    def layout(self, lengths: Sequence[int]) -> list[list[int]]:
+        """The rows (example indices) that cost least to compute, by the cost model."""
+        longest, total = max(lengths), sum(lengths)
+        widest = max(2 * self.row_length, longest)
+        best: tuple[float, list[list[int]]] | None = None
+        for wanted in range(1, len(lengths) + 1):
+            capacity = max(longest, -(-total // wanted))
+            if capacity > widest:
+                continue
+            rows = _narrowest_rows(lengths, wanted, capacity, widest)
+            width = max(sum(lengths[i] for i in row) for row in rows)
+            cost = len(rows) * width * (1 + self.attention_cost * width)
+            if best is None or cost < best[0]:
+                best = (cost, rows)
+            if capacity == longest:
+                break  # more rows cannot be narrower than the longest example
+        assert best is not None  # wanted = len(lengths) gives capacity = longest
+        return best[1]
+
+
+def attention_cost(model: Any) -> float:
+    """Attention compute per token per token of row width, relative to the compute of
+    the weights per token: 4·hidden·layers multiply-adds (scores and weighted values)
+    against about 2·parameters."""
+    config = model.config
+    hidden = getattr(config, "hidden_size", None)
+    layers = getattr(config, "num_hidden_layers", None)
+    parameters = sum(p.numel() for p in model.parameters())
+    if not isinstance(hidden, int) or not isinstance(layers, int) or not parameters:
+        return 0.0
+    return 4 * hidden * layers / (2 * parameters)
+
+
+def _narrowest_rows(lengths: Sequence[int], wanted: int, low: int, high: int) -> list[list[int]]:
+    """First-fit-decreasing rows at the smallest capacity in [low, high] (bisected) that
+    needs at most `wanted` rows; at `high` if none does."""
+    while low < high:
+        middle = (low + high) // 2
+        if len(_first_fit_decreasing(lengths, middle)) <= wanted:
+            high = middle
+        else:
+            low = middle + 1
+    return _first_fit_decreasing(lengths, low)
 
 
 def _first_fit_decreasing(lengths: Sequence[int], capacity: int) -> list[list[int]]:
