@@ -13,7 +13,6 @@ IGNORE_INDEX where no loss is taken), the per-example form batching and packing 
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,13 +20,9 @@ from typing import Any
 
 import torch
 
-from service.errors import InvalidArgument
-from service.storage import ObjectMissing, ObjectStore, parse_s3_uri
 from trainer import conversations
 from trainer.conversations import Message
 from trainer.errors import DataValidationError
-
-log = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100  # label value that cross_entropy skips: no loss on this position
 MAX_ERRORS_SHOWN = 20
@@ -240,32 +235,6 @@ def read_jsonl(
                 examples.append(example)
     if not examples and errors.total == before:
         errors.add(uri, "no records (the file is empty or has only blank lines)")
-    return examples
-
-
-def load_dataset(
-    storage: ObjectStore,
-    uri: str,
-    *,
-    what: str,
-    customization_type: str,
-    directory: Path,
-    errors: ValidationErrors,
-) -> list[Example]:
-    """Download one JSONL file and validate it; `what` is "training" or "validation"."""
-    try:
-        location = parse_s3_uri(uri, field=f"{what}DataConfig.s3Uri")
-    except InvalidArgument as error:
-        errors.add(uri, error.message)
-        return []
-    path = directory / f"{what}.jsonl"
-    try:
-        storage.download_file(location, path)
-    except ObjectMissing:
-        errors.add(uri, f"{what} data {uri} does not exist")
-        return []
-    examples = read_jsonl(path, uri, customization_type, errors)
-    log.info("read %d %s records from %s", len(examples), what, uri)
     return examples
 
 
