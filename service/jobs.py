@@ -53,7 +53,8 @@ def request_fingerprint(request: JobCreate) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
-def _check_buckets(request: JobCreate, policy: TenantPolicy) -> None:
+def check_buckets(request: JobCreate, policy: TenantPolicy) -> None:
+    """InvalidArgument naming the field when a URI is outside the tenant's buckets."""
     policy.check_uri(request.baseModelIdentifier, "baseModelIdentifier")
     policy.check_uri(request.trainingDataConfig.s3Uri, "trainingDataConfig.s3Uri")
     if request.validationDataConfig is not None:
@@ -98,7 +99,7 @@ def create_job(
     tenant = policy.tenant
     if request.notifications is not None:
         check_webhook_url(request.notifications.webhookUrl, webhook_hosts)
-    _check_buckets(request, policy)
+    check_buckets(request, policy)
     token = request.clientRequestToken
     if token is None or store.find_idempotency_token(tenant, token) is None:
         _check_queue_room(store, policy)

@@ -115,6 +115,7 @@ def create_job(store: JobStore, arns: Arns, request: CreateJobIn, policy: Tenant
     tenant = policy.tenant
     base_uri = resolve_base_model(store, arns, request.baseModelIdentifier, tenant=tenant)
     native = to_native(request, base_uri)  # everything validated before anything is written
+    jobs.check_buckets(native, policy)
     now = utc_now()
     record = NameRecord(
         jobName=request.jobName,
@@ -139,6 +140,7 @@ def create_job(store: JobStore, arns: Arns, request: CreateJobIn, policy: Tenant
                 f"clientRequestToken '{token}' was already used with different parameters; "
                 "send the same request to get that job back, or use a new token"
             )
+    reserved = False
     try:
         wanted = CustomModelRecord(
             modelName=request.customModelName,
@@ -147,6 +149,7 @@ def create_job(store: JobStore, arns: Arns, request: CreateJobIn, policy: Tenant
             tags=record.customModelTags,
         )
         model = custom_models.reserve(store, tenant, wanted)
+        reserved = model is wanted
         if model.jobName != request.jobName and not custom_models.take_over(
             store, tenant, wanted, model
         ):
@@ -158,6 +161,8 @@ def create_job(store: JobStore, arns: Arns, request: CreateJobIn, policy: Tenant
     except Exception:
         if ours:
             registry.release(store, tenant, request.jobName)
+        if reserved:  # e.g. the tenant's queue is full: the name must not stay taken
+            custom_models.release(store, tenant, request.customModelName)
         raise
     registry.set_job_id(store, tenant, request.jobName, job.spec.jobId)
     custom_models.set_job_id(store, tenant, request.customModelName, job.spec.jobId)

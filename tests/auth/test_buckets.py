@@ -73,6 +73,10 @@ def test_buckets_are_enforced_on_grpc_and_bedrock(auth_server: ApiServer) -> Non
     with pytest.raises(alpha.exceptions.ValidationException) as refused:
         alpha.create_model_customization_job(**body)
     assert "trainingDataConfig.s3Uri" in str(refused.value)
-    # The name was not kept by the refused create.
+    # Neither the job name nor the custom model name was kept by the refused create.
     with pytest.raises(alpha.exceptions.ResourceNotFoundException):
         alpha.get_model_customization_job(jobIdentifier=body["jobName"])
+    again = bedrock_body(unique("buckets-bedrock-ok"))
+    again["customModelName"] = body["customModelName"]
+    arn = alpha.create_model_customization_job(**again)["jobArn"]
+    alpha.stop_model_customization_job(jobIdentifier=arn)
