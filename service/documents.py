@@ -287,6 +287,19 @@ class DataLocation(_Document):
     s3Uri: str
 
 
+class MlflowIntegration(_Document):
+    """Log the training to this MLflow tracking server (trainer/mlflow_tracking.py)."""
+
+    trackingUri: str
+    experimentName: str = "tuneforge"
+
+
+class Integrations(_Document):
+    """Outside systems the trainer reports to; the host was allowed at create."""
+
+    mlflow: MlflowIntegration | None = None
+
+
 class Notifications(_Document):
     """Where to tell about the job's end (service/webhooks.py)."""
 
@@ -339,6 +352,7 @@ class JobSpec(_Document):
     hyperParameters: HyperParameters
     tags: dict[str, str] = {}
     clientRequestToken: str | None = None
+    integrations: Integrations | None = None
     notifications: Notifications | None = None
     resources: JobResources = JobResources()
 

@@ -21,10 +21,12 @@ from service.auth.limits import TenantPolicy
 from service.documents import (
     JOB_ID_PATTERN,
     DataLocation,
+    Integrations,
     JobControl,
     JobEvent,
     JobSpec,
     JobState,
+    MlflowIntegration,
     Notifications,
     new_job_id,
     utc_now,
@@ -36,6 +38,7 @@ from service.errors import (
     JobNotFound,
     TooManyRequests,
 )
+from service.integrations import check_mlflow_tracking_uri
 from service.schemas import JobCreate, JobPublic
 from service.storage import ObjectMissing, S3Location, parse_s3_uri
 from service.store import Job, JobStore
@@ -92,6 +95,7 @@ def create_job(
     policy: TenantPolicy,
     *,
     webhook_hosts: Collection[str] = (),
+    mlflow_hosts: Collection[str] = (),
 ) -> tuple[Job, bool]:
     """Create a job for `policy.tenant`; return it and whether it is new (False: an
     idempotent repeat). Refused before anything is written when a URI is outside the
@@ -99,6 +103,9 @@ def create_job(
     tenant = policy.tenant
     if request.notifications is not None:
         check_webhook_url(request.notifications.webhookUrl, webhook_hosts)
+    mlflow = request.integrations.mlflow if request.integrations is not None else None
+    if mlflow is not None:  # the trainer will connect there: only to allowed hosts
+        check_mlflow_tracking_uri(mlflow.trackingUri, mlflow_hosts)
     check_buckets(request, policy)
     token = request.clientRequestToken
     if token is None or store.find_idempotency_token(tenant, token) is None:
@@ -120,6 +127,15 @@ def create_job(
         hyperParameters=request.hyperParameters,
         tags=request.tags,
         clientRequestToken=request.clientRequestToken,
+        integrations=(
+            Integrations(
+                mlflow=MlflowIntegration(
+                    trackingUri=mlflow.trackingUri, experimentName=mlflow.experimentName
+                )
+            )
+            if mlflow is not None
+            else None
+        ),
         resources=request.resources,
         notifications=(
             Notifications(webhookUrl=request.notifications.webhookUrl)

@@ -96,6 +96,33 @@ class NotificationsConfig(_Request):
     ]
 
 
+class MlflowConfig(_Request):
+    trackingUri: Annotated[
+        str,
+        Field(
+            min_length=1,
+            max_length=2048,
+            description="http(s) URL of an MLflow tracking server; its host must be one the "
+            "operator allowed (TUNEFORGE_MLFLOW_ALLOWED_HOSTS). The trainer logs the "
+            "hyperparameters, per-step metrics and the final model's location to a run "
+            "named after the job.",
+            examples=["http://mlflow.internal:5000"],
+        ),
+    ]
+    experimentName: Annotated[
+        str,
+        Field(
+            min_length=1,
+            max_length=256,
+            description="The MLflow experiment (created if missing).",
+        ),
+    ] = "tuneforge"
+
+
+class IntegrationsConfig(_Request):
+    mlflow: MlflowConfig | None = None
+
+
 class JobCreate(_Request):
     """A fine-tuning job to create."""
 
@@ -165,6 +192,7 @@ class JobCreate(_Request):
         ],
         Field(max_length=50, description="Up to 50 key/value labels."),
     ] = {}
+    integrations: IntegrationsConfig | None = None
     notifications: NotificationsConfig | None = None
 
     @field_validator("baseModelIdentifier")
@@ -274,6 +302,7 @@ class JobPublic(BaseModel):
     stateTimes: dict[str, str] = Field(
         default={}, description="When the job entered each state it has been in."
     )
+    integrations: IntegrationsConfig | None = None
     dataSummary: DataSummary | None = Field(
         default=None,
         description="What validation found in the data: record counts, token-length "
@@ -329,6 +358,16 @@ class JobPublic(BaseModel):
             attempt=status.launch.attempt if status.launch else 0,
             stateTimes=status.stateTimes,
             queuePosition=status.queuePosition,
+            integrations=(
+                IntegrationsConfig(
+                    mlflow=MlflowConfig(
+                        trackingUri=spec.integrations.mlflow.trackingUri,
+                        experimentName=spec.integrations.mlflow.experimentName,
+                    )
+                )
+                if spec.integrations is not None and spec.integrations.mlflow is not None
+                else None
+            ),
             dataSummary=status.dataSummary,
             notifications=(
                 NotificationsConfig(webhookUrl=spec.notifications.webhookUrl)

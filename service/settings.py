@@ -130,6 +130,10 @@ class Settings(BaseSettings):
     webhook_max_attempts: int = Field(default=6, ge=1, le=20)
     webhook_retry_seconds: float = Field(default=1.0, gt=0, le=600)
     webhook_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
+    # Hosts a job's integrations.mlflow.trackingUri may point at (exact host names or
+    # IPs), e.g. TUNEFORGE_MLFLOW_ALLOWED_HOSTS='["mlflow.internal"]'; empty: a create
+    # that asks for MLflow is refused. The trainer connects there from the cluster.
+    mlflow_allowed_hosts: list[str] = []
     # The Bedrock-compatible face (service/bedrock/): ARNs are built from these.
     bedrock_region: str = Field(default="us-east-1", pattern=r"^[a-z0-9-]{1,20}$")
     bedrock_account_id: str = Field(default="000000000000", pattern=r"^[0-9]{12}$")

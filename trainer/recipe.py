@@ -35,9 +35,11 @@ from trainer.data import Batch, TokenizedExample
 from trainer.errors import DataValidationError, Fenced
 from trainer.loss import backward_window, classification_loss_sum, token_loss_sum
 from trainer.metrics import MetricsLog, classification_metrics
+from trainer.mlflow_tracking import tracking_for
 from trainer.model import load_model, pad_token_id
 from trainer.optim import build_optimizer, learning_rate_at, set_learning_rate
 from trainer.packing import Packer
+from trainer.plots import publish_loss_plot
 from trainer.progress import TrainingProgress
 from trainer.reporting import Reporter
 
@@ -77,6 +79,7 @@ class FullFineTuningRecipe:
         self.metrics = MetricsLog(
             storage, self.output, workdir / "metrics", classification=self.classification
         )
+        self.tracking = tracking_for(spec, reporter.event)  # MLflow, if the spec asks for it
         self.model: Any = None
         self.tokenizer: Any = None
         self.optimizer: torch.optim.Optimizer | None = None
@@ -120,6 +123,8 @@ class FullFineTuningRecipe:
                 directory=self.workdir,
             )
             self.metrics.upload()
+            self.write_loss_plot()
+            self.tracking.finish("FINISHED", model_uri=location.uri)
             self.reporter.stop_heartbeat()
             self.reporter.move_to(JobState.COMPLETED, f"the model is in {location.uri}")
             return TrainerExit.OK
@@ -127,14 +132,22 @@ class FullFineTuningRecipe:
             self.reporter.move_to(JobState.STOPPING, "stop requested")
             self.save_checkpoint()
             self.metrics.upload()
+            self.write_loss_plot()
+            self.tracking.finish("KILLED")
             self.reporter.stop_heartbeat()
             self.reporter.move_to(JobState.STOPPED, f"stopped after step {self.progress.step}")
             return TrainerExit.OK
         self.save_checkpoint()
         self.metrics.upload()
+        self.tracking.finish("KILLED")  # a resumed attempt logs to a new run
         self.reporter.stop_heartbeat()
         self.reporter.event("PREEMPTED", f"SIGTERM after step {self.progress.step}")
         return TrainerExit.PREEMPTED
+
+    def write_loss_plot(self) -> None:
+        """training_artifacts/loss.png from the metrics files (trainer/plots.py)."""
+        title = f"{self.spec.jobName} ({self.spec.jobId})"
+        publish_loss_plot(self.storage, self.output, self.metrics, self.workdir, title=title)
 
     def interruption(self) -> Outcome | None:
         """Checked between steps: lost the job, stop requested, or SIGTERM."""
@@ -267,6 +280,10 @@ class FullFineTuningRecipe:
         seconds_per_step = (time.monotonic() - self._training_started) / step
         self.progress.eta_seconds = round(seconds_per_step * (self.progress.total_steps - step), 1)
         self.metrics.add_training(step, self.progress.epoch, self.progress.training_loss)
+        self.tracking.log_metrics(
+            step,
+            {"training_loss": loss, "learning_rate": self.optimizer.param_groups[0]["lr"]},
+        )
         self.publish()
         if step == 1 or step % 10 == 0 or step == self.progress.total_steps:
             log.info(
@@ -292,6 +309,7 @@ class FullFineTuningRecipe:
         loss = loss_sum / max(tokens, 1)
         self.progress.validation_loss = loss
         self.metrics.add_validation(self.progress.step, self.progress.epoch, loss)
+        self.tracking.log_metrics(self.progress.step, {"validation_loss": loss})
         self.publish()
         log.info("epoch %d validation loss %.4f", self.progress.epoch, loss)
         return loss
@@ -315,6 +333,7 @@ class FullFineTuningRecipe:
         self.progress.validation_loss = loss_value
         self.progress.validation_metrics = scores
         self.metrics.add_validation(self.progress.step, self.progress.epoch, loss_value, scores)
+        self.tracking.log_metrics(self.progress.step, {"validation_loss": loss_value, **scores})
         self.publish()
         log.info(
             "epoch %d validation loss %.4f %s",
@@ -348,6 +367,7 @@ class FullFineTuningRecipe:
         """Free the model and optimizer (and their accelerator memory).
 
         The working directory stays: the launcher owns it and decides when it goes."""
+        self.tracking.finish("FAILED")  # nothing if the job already finished its run
         self.model = self.optimizer = None
         if self.device.type == "cuda":
             torch.cuda.empty_cache()

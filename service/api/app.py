@@ -8,7 +8,7 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api.errors import error_body, install_error_handlers
-from service.api.routes import admin, health, jobs
+from service.api.routes import admin, health, jobs, metrics_data, ui
 from service.api.routes import metrics as prometheus_metrics
 from service.api.routes import stream as job_stream
 from service.bedrock import routes as bedrock_routes
@@ -75,6 +75,8 @@ def create_app(context: ServiceContext) -> FastAPI:
     app.state.context = context
     install_error_handlers(app)
     app.include_router(jobs.router)
+    app.include_router(metrics_data.router)  # GET /v1/jobs/{id}/metrics
+    app.include_router(ui.router)  # the dashboard at /ui (static files)
     app.include_router(health.router)
     app.include_router(admin.router)  # /v1/admin/keys (TUNEFORGE_ADMIN_KEY)
     app.include_router(prometheus_metrics.router)  # GET /metrics

@@ -89,6 +89,7 @@ class FineTuningServicer(pb_grpc.FineTuningServiceServicer):
             job_create,
             current_policy(),
             webhook_hosts=self.context.settings.webhook_allowed_hosts,
+            mlflow_hosts=self.context.settings.mlflow_allowed_hosts,
         )
         if created:
             self._kick()

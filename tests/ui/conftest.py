@@ -46,7 +46,10 @@ def browser() -> Iterator[Any]:
 
 @pytest.fixture
 def page(browser: Any) -> Iterator[Any]:
-    context = browser.new_context(viewport={"width": 1280, "height": 1400})
+    # bypass_csp: the page's Content-Security-Policy forbids string evaluation, which
+    # Playwright's wait_for_function uses. It also means the text-not-HTML test checks
+    # the escaping itself, with no CSP to hide a mistake (the header has its own test).
+    context = browser.new_context(viewport={"width": 1280, "height": 1400}, bypass_csp=True)
     opened = context.new_page()
     opened.set_default_timeout(30_000)
     yield opened

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from playwright.sync_api import expect
 
 from service.documents import (
     DataLocation,
@@ -22,6 +23,7 @@ from service.documents import (
 from service.storage import ObjectStore
 from service.store import JobStore
 from tests.servers import TERMINAL, ApiServer, demo_job
+from tests.ui.artifacts import check_loss_plot
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -38,7 +40,7 @@ def _png_size(data: bytes) -> tuple[int, int]:
 
 
 def test_running_job_page_draws_live_loss_curves_and_list_shows_it(
-    api_server: ApiServer, page: Any, tmp_path: Path
+    api_server: ApiServer, object_store: ObjectStore, page: Any, tmp_path: Path
 ) -> None:
     # Enough epochs that the job is still running while the page is looked at; the
     # test stops it at the end.
@@ -49,7 +51,7 @@ def test_running_job_page_draws_live_loss_curves_and_list_shows_it(
     try:
         api_server.wait_for(job_id, {"RUNNING"}, timeout=180)
         page.goto(f"{api_server.url}/ui/jobs/{job_id}")
-        assert page.text_content("#job-name") == "dashboard-live"
+        expect(page.locator("#job-name")).to_have_text("dashboard-live")
 
         # The trainer uploads its metrics every ~10 s; the page polls every 2 s.
         page.wait_for_function(
@@ -91,6 +93,8 @@ def test_running_job_page_draws_live_loss_curves_and_list_shows_it(
     finally:
         httpx.post(f"{api_server.url}/v1/jobs/{job_id}/stop", timeout=30)
     stopped = api_server.wait_for(job_id, TERMINAL, timeout=120)
+    assert stopped["state"] == "STOPPED"
+    check_loss_plot(object_store, stopped["output"]["outputS3Uri"])  # a stopped job has one too
     # ... and follows it to its end.
     page.wait_for_function(
         f"document.querySelector('tr[data-job-id=\"{job_id}\"] .state').textContent "

@@ -212,6 +212,10 @@ def job_from_dict(data: Mapping[str, Any]) -> pb.Job:
         job.failure.CopyFrom(pb.Failure(reason=failure["reason"], message=failure["message"]))
     if (data.get("notifications") or {}).get("webhookUrl"):
         job.notifications.webhook_url = data["notifications"]["webhookUrl"]
+    mlflow = (data.get("integrations") or {}).get("mlflow")
+    if mlflow:
+        job.integrations.mlflow.tracking_uri = mlflow["trackingUri"]
+        job.integrations.mlflow.experiment_name = mlflow.get("experimentName") or ""
     for key, name in _OUTPUT.items():
         setattr(job.output, name, (data.get("output") or {}).get(key, ""))
     entries = [
@@ -309,6 +313,16 @@ def job_to_dict(job: pb.Job) -> JobDict:
         "attempt": job.attempt,
         "queuePosition": _optional(job, "queue_position"),
         "stateTimes": {state_name(entry.state): _time(entry, "time") for entry in job.state_times},
+        "integrations": (
+            {
+                "mlflow": {
+                    "trackingUri": job.integrations.mlflow.tracking_uri,
+                    "experimentName": job.integrations.mlflow.experiment_name or "tuneforge",
+                }
+            }
+            if job.integrations.HasField("mlflow")
+            else None
+        ),
         "dataSummary": _data_summary_dict(job),
         "notifications": (
             {"webhookUrl": job.notifications.webhook_url} if job.HasField("notifications") else None

@@ -33,6 +33,7 @@ def create_job(
         request,
         caller,
         webhook_hosts=context.settings.webhook_allowed_hosts,
+        mlflow_hosts=context.settings.mlflow_allowed_hosts,
     )
     if created and context.reconciler is not None:
         context.reconciler.kick()
