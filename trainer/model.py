@@ -35,6 +35,23 @@ CONFIG_FILES = (
     "preprocessor_config.json",
 )
 REMOTE_CODE_KEYS = ("auto_map", "trust_remote_code", "custom_pipelines")
+# Config fields that are dropout probabilities, across the architectures transformers
+# ships (attention, hidden / residual, embedding and classifier-head dropout).
+# hyperParameters.dropout sets each one the model's config has.
+DROPOUT_FIELDS = (
+    "attention_dropout",  # llama, mistral, qwen2, distilbert
+    "attention_probs_dropout_prob",  # bert, roberta
+    "hidden_dropout_prob",  # bert, roberta
+    "hidden_dropout",
+    "classifier_dropout",  # bert, roberta (None there: falls back to hidden dropout)
+    "attn_pdrop",  # gpt2
+    "resid_pdrop",  # gpt2
+    "embd_pdrop",  # gpt2
+    "summary_first_dropout",  # gpt2's classification summary
+    "dropout",  # distilbert
+    "seq_classif_dropout",  # distilbert's classification head
+    "dropout_rate",  # t5
+)
 
 
 def download_model(storage: ObjectStore, uri: str, directory: Path) -> Path:
@@ -109,18 +126,52 @@ def check_transformers_version() -> None:
         )
 
 
+def apply_dropout(config: Any, dropout: float | None) -> list[str]:
+    """Set every dropout probability the config has (DROPOUT_FIELDS) to `dropout`.
+
+    None leaves the base model's own values. Returns the fields set; an architecture with
+    none of them is left as it is, with a warning (the job still trains).
+    """
+    if dropout is None:
+        return []
+    names = [name for name in DROPOUT_FIELDS if hasattr(config, name)]
+    for name in names:
+        setattr(config, name, dropout)
+    if names:
+        log.info("dropout %g set on the model config: %s", dropout, ", ".join(names))
+    else:
+        log.warning(
+            "hyperParameters.dropout %g not applied: the %s config has no dropout field the "
+            "trainer knows (%s)",
+            dropout,
+            getattr(config, "model_type", "model's"),
+            ", ".join(DROPOUT_FIELDS),
+        )
+    return names
+
+
 def load_model(
-    directory: Path, uri: str, device: torch.device, *, labels: list[str] | None = None
+    directory: Path,
+    uri: str,
+    device: torch.device,
+    *,
+    labels: list[str] | None = None,
+    dropout: float | None = None,
+    load_arguments: dict[str, Any] | None = None,
 ) -> tuple[Any, Any]:
     """(model, tokenizer) from a checked directory, model in float32 on `device`.
+
+    `dropout` (hyperParameters.dropout) goes into the config before the model is built
+    (`apply_dropout`); `load_arguments` are extra from_pretrained arguments (on CUDA:
+    `attn_implementation="sdpa"`, trainer/precision.py).
 
     Without `labels`, a causal language model. With `labels` (classification), the base
     model with a new sequence-classification head of len(labels) outputs, the labels
     stored in its config as id2label / label2id; a head the base model already has with
     another shape is replaced (ignore_mismatched_sizes).
 
-    Weights stay in float32 for the optimizer; on a GPU the forward pass runs in bfloat16
-    under autocast (recipe.py).
+    Weights stay in float32 for the optimizer; with bf16 precision the forward pass runs
+    in bfloat16 under autocast (trainer/precision.py).
     """
     from transformers import (
         AutoConfig,
@@ -137,6 +188,8 @@ def load_model(
         tokenizer = AutoTokenizer.from_pretrained(
             directory, trust_remote_code=False, local_files_only=True
         )
+        apply_dropout(config, dropout)
+        extra = dict(load_arguments or {})
         model: Any
         if labels is None:
             model = AutoModelForCausalLM.from_pretrained(
@@ -146,6 +199,7 @@ def load_model(
                 use_safetensors=True,
                 local_files_only=True,
                 dtype=torch.float32,
+                **extra,
             )
         else:
             config.num_labels = len(labels)
@@ -161,6 +215,7 @@ def load_model(
                 local_files_only=True,
                 dtype=torch.float32,
                 ignore_mismatched_sizes=True,
+                **extra,
             )
     except (torch.OutOfMemoryError, MemoryError):
         raise
