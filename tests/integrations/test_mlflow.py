@@ -68,7 +68,7 @@ def test_unreachable_mlflow_warns_and_training_completes(mlflow_api_server: ApiS
 
 
 # The MLflow server's cold start (fixture) counts against the test's time limit.
-@pytest.mark.timeout(900)
+@pytest.mark.timeout(1500)
 def test_job_logs_params_metrics_and_model_location_to_mlflow(
     mlflow_api_server: ApiServer, mlflow_server: MlflowServer
 ) -> None:
