@@ -2,10 +2,11 @@
 before any model weights are loaded (state VALIDATING, CPU only).
 
 Phase 1 needs no model: the files, JSON, schemas, empty fields, the order of conversation
-roles, one format per file, the label set (CLASSIFICATION). A malformed dataset fails
-before the base model is even downloaded. Then the model is downloaded and checked, and
-only its tokenizer (and config.json, for its position limit) is loaded. Phase 2 counts
-the tokens: a record with nothing left to learn within maxSequenceLength is an error.
+roles, one format per file, the label set (CLASSIFICATION). The base model is downloaded
+and checked meanwhile, in a background thread; a malformed dataset fails whatever the
+model. Then only the tokenizer (and config.json, for its position limit) is loaded.
+Phase 2 counts the tokens: a record with nothing left to learn within maxSequenceLength
+is an error.
 
 Problems are collected, not stopped at the first: the job fails with reason
 DATA_VALIDATION and a message listing the first 20 as `s3://bucket/key:LINE: what is
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -105,6 +107,37 @@ def effective_max_length(model_dir: Path, max_sequence_length: int) -> int:
         )
         return limit
     return max_sequence_length
+
+
+class ModelFetch:
+    """Imports transformers, downloads the base model and checks it, in a background
+    thread, while phase 1 reads the data. `result()` waits for it and raises what it
+    raised. The thread is a daemon: a job that fails on its data does not wait for the
+    download (the launcher's working directory, with what was downloaded, goes with it)."""
+
+    def __init__(self, storage: ObjectStore, uri: str, model_dir: Path) -> None:
+        self.storage = storage
+        self.uri = uri
+        self.model_dir = model_dir
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._fetch, name="model-fetch", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _fetch(self) -> None:
+        try:
+            import transformers  # noqa: F401  (seconds to import: overlap it with phase 1 too)
+
+            download_model(self.storage, self.uri, self.model_dir)
+            check_model_directory(self.model_dir, self.uri)
+        except BaseException as error:  # handed to the caller by result()
+            self._error = error
+
+    def result(self) -> None:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
 
 
 # -- the files -----------------------------------------------------------------------
@@ -362,16 +395,19 @@ def run_preflight(
     """Check and tokenize the job's data, record the summary in the job's status and the
     warnings as events, and return the examples.
 
-    Phase 1 needs no model: a malformed dataset fails before the base model is even
-    downloaded. Then the base model is downloaded into `model_dir` and checked
-    (model.check_model_directory), and only its tokenizer and config.json are read;
-    phase 2 tokenizes, unless the cache holds this data tokenized the same way."""
+    Phase 1 needs no model. Meanwhile a background thread imports transformers and
+    downloads the base model into `model_dir` and checks it (model.check_model_directory):
+    start latency is the longer of the two, not their sum. A data problem is reported
+    first, whatever the model; a model problem only once the data passed phase 1. Then
+    only the tokenizer and config.json are read; phase 2 tokenizes, unless the cache
+    holds this data tokenized the same way."""
     errors = ValidationErrors()
+    model = ModelFetch(storage, spec.baseModelIdentifier, model_dir)
+    model.start()
     checked = check_records(spec, storage=storage, directory=directory, errors=errors)
     log.info("every record is well-formed; counting tokens with the base model's tokenizer")
 
-    download_model(storage, spec.baseModelIdentifier, model_dir)
-    check_model_directory(model_dir, spec.baseModelIdentifier)
+    model.result()
     tokenizer = load_tokenizer(model_dir, spec.baseModelIdentifier)
     if tokenizer.eos_token_id is None and spec.customizationType != data.CLASSIFICATION:
         raise ModelLoadError(
