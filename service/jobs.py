@@ -127,6 +127,7 @@ def create_job(
         hyperParameters=request.hyperParameters,
         tags=request.tags,
         clientRequestToken=request.clientRequestToken,
+        resources=request.resources,
         integrations=(
             Integrations(
                 mlflow=MlflowIntegration(
@@ -136,7 +137,6 @@ def create_job(
             if mlflow is not None
             else None
         ),
-        resources=request.resources,
         notifications=(
             Notifications(webhookUrl=request.notifications.webhookUrl)
             if request.notifications is not None
@@ -300,6 +300,17 @@ class Checkpoint(BaseModel):
     step: int = Field(description="The optimizer step it was taken at.")
     s3Uri: str = Field(description="Its folder: <output>checkpoints/step-<n>/.")
     committedAt: str | None = Field(default=None, description="When its marker was written.")
+    epoch: int | None = Field(default=None, description="The epoch (1-based) it was taken in.")
+    trainingLoss: float | None = Field(
+        default=None, description="Training loss of its step (mean per target token)."
+    )
+    validationLoss: float | None = Field(
+        default=None, description="Validation loss, when the step was evaluated."
+    )
+    validationMetrics: dict[str, float] = Field(
+        default={},
+        description="Classification: accuracy, precision, recall, f1 of that evaluation.",
+    )
 
 
 _COMMITTED_MARKER = re.compile(r"^step-(\d+)/COMMITTED$")
@@ -328,11 +339,40 @@ def list_checkpoints(store: JobStore, job_id: str, *, tenant: str) -> list[Check
             if marker is not None and isinstance(marker[0].get("committedAt"), str):
                 committed_at = marker[0]["committedAt"]
             found.append(
-                Checkpoint(step=int(match.group(1)), s3Uri=folder.uri, committedAt=committed_at)
+                Checkpoint(
+                    step=int(match.group(1)),
+                    s3Uri=folder.uri,
+                    committedAt=committed_at,
+                    **_manifest_fields(store, folder),
+                )
             )
     except ObjectMissing:  # the output bucket does not exist (yet): nothing committed
         return []
     return sorted(found, key=lambda checkpoint: checkpoint.step)
+
+
+def _manifest_fields(store: JobStore, folder: S3Location) -> dict[str, Any]:
+    """Epoch, losses and metrics from a checkpoint's manifest.json (the trainer writes it
+    before COMMITTED); none when it is missing or unreadable (an older trainer's)."""
+    try:
+        found = store.storage.get_json(folder.child("manifest.json"))
+    except ValueError:
+        return {}
+    if found is None:
+        return {}
+    manifest = found[0]
+    fields: dict[str, Any] = {}
+    if isinstance(manifest.get("epoch"), int):
+        fields["epoch"] = manifest["epoch"]
+    for name in ("trainingLoss", "validationLoss"):
+        if isinstance(manifest.get(name), int | float):
+            fields[name] = float(manifest[name])
+    metrics = manifest.get("validationMetrics")
+    if isinstance(metrics, dict):
+        fields["validationMetrics"] = {
+            str(k): float(v) for k, v in metrics.items() if isinstance(v, int | float)
+        }
+    return fields
 
 
 DEFAULT_LOG_BYTES = 1_048_576

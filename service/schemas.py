@@ -250,6 +250,22 @@ class JobCreate(_Request):
             raise ValidationError.from_exception_data(type(self).__name__, problems)
         return self
 
+    @model_validator(mode="after")
+    def _early_stopping_needs_validation_data(self) -> JobCreate:
+        """Early stopping watches the validation loss: without validation data it could
+        never fire, so the job is refused at create rather than failing later."""
+        patience = self.hyperParameters.earlyStoppingPatience
+        if patience and self.validationDataConfig is None:
+            problem = _field_error(
+                "earlyStoppingPatience",
+                patience,
+                "needs_validation_data",
+                "earlyStoppingPatience needs validation data: add validationDataConfig or "
+                "set earlyStoppingPatience to 0",
+            )
+            raise ValidationError.from_exception_data(type(self).__name__, [problem])
+        return self
+
 
 def _field_error(name: str, value: object, kind: str, message: str) -> InitErrorDetails:
     return InitErrorDetails(
@@ -302,13 +318,13 @@ class JobPublic(BaseModel):
     stateTimes: dict[str, str] = Field(
         default={}, description="When the job entered each state it has been in."
     )
-    integrations: IntegrationsConfig | None = None
     dataSummary: DataSummary | None = Field(
         default=None,
         description="What validation found in the data: record counts, token-length "
         "percentiles of the training records, truncated records, label distribution "
         "(CLASSIFICATION). Set once the data is checked.",
     )
+    integrations: IntegrationsConfig | None = None
     notifications: NotificationsConfig | None = None
 
     @classmethod
@@ -358,6 +374,7 @@ class JobPublic(BaseModel):
             attempt=status.launch.attempt if status.launch else 0,
             stateTimes=status.stateTimes,
             queuePosition=status.queuePosition,
+            dataSummary=status.dataSummary,
             integrations=(
                 IntegrationsConfig(
                     mlflow=MlflowConfig(
@@ -368,7 +385,6 @@ class JobPublic(BaseModel):
                 if spec.integrations is not None and spec.integrations.mlflow is not None
                 else None
             ),
-            dataSummary=status.dataSummary,
             notifications=(
                 NotificationsConfig(webhookUrl=spec.notifications.webhookUrl)
                 if spec.notifications is not None and spec.notifications.webhookUrl

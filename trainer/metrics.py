@@ -7,6 +7,7 @@ multipart or append logic, and a reader always sees a complete, parseable file.
 from __future__ import annotations
 
 import math
+import shutil
 import threading
 from pathlib import Path
 
@@ -85,6 +86,21 @@ class MetricsLog:
             extra = tuple(values.get(name, math.nan) for name in CLASSIFICATION_METRICS)
         with self._lock:
             self.validation.add(step, epoch, loss, extra)
+
+    def files(self) -> list[Path]:
+        """The local files, as a checkpoint saves them."""
+        return [self.training.path, self.validation.path]
+
+    def restore(self, directory: Path) -> None:
+        """Go on from the files a checkpoint saved (`directory` holds copies of `files()`):
+        a resumed job's metrics keep the rows up to its checkpoint's step, no later."""
+        with self._lock:
+            for csv in (self.training, self.validation):
+                saved = directory / csv.path.name
+                if saved.is_file():
+                    shutil.copyfile(saved, csv.path)
+                    csv.rows = len(saved.read_text().splitlines()) - 1  # the header aside
+                    csv.uploaded_rows = -1
 
     def upload(self) -> None:
         """Upload each file that changed since its last upload.

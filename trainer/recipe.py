@@ -14,14 +14,22 @@ The customization type picks the data format, the model head and the loss:
            -> COMPLETED    final model in <output>model/
     a stop request         -> STOPPING -> committed checkpoint -> STOPPED
     SIGTERM                -> committed checkpoint, exit PREEMPTED; the reconciler decides
+    early stopping         -> COMPLETED with the last weights (event EARLY_STOPPED)
+
+Checkpoints (trainer/checkpoint.py) are written every `checkpointIntervalSteps` optimizer
+steps and at each epoch end, uploaded in the background, and committed last. A trainer
+started for a job that has committed checkpoints resumes from the newest one exactly:
+weights, optimizer, RNG streams, step and the position in the epoch's fixed shuffled
+order, so on CPU the final weights equal bitwise those of an uninterrupted run.
 """
 
 from __future__ import annotations
 
 import contextlib
 import enum
+import itertools
 import logging
-import os
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -31,25 +39,28 @@ import torch
 
 from service.documents import JobSpec, JobState, TrainerExit, utc_now
 from service.storage import ObjectStore, S3Location, parse_s3_uri
-from trainer import checkpoint, data, lora, precision, preflight
+from trainer import checkpoint, data, preflight
 from trainer.data import Batch, TokenizedExample
 from trainer.errors import DataValidationError, Fenced
 from trainer.loss import backward_window, classification_loss_sum, token_loss_sum
 from trainer.metrics import MetricsLog, classification_metrics
 from trainer.mlflow_tracking import tracking_for
 from trainer.model import load_model, pad_token_id
-from trainer.optim import build_optimizer, clip_gradients, learning_rate_at, set_learning_rate
+from trainer.optim import build_optimizer, learning_rate_at, set_learning_rate
 from trainer.packing import Packer
 from trainer.plots import publish_loss_plot
-from trainer.precision import Precision
 from trainer.progress import TrainingProgress
 from trainer.reporting import Reporter
+from trainer.resume import capture_rng_state, restore_rng_state
 
 log = logging.getLogger(__name__)
+
+MAX_GRAD_NORM = 1.0
 
 
 class Outcome(enum.Enum):
     COMPLETED = "completed"
+    EARLY_STOPPED = "early stopped"  # ends COMPLETED, before the last step
     STOPPED = "stopped"
     PREEMPTED = "preempted"
 
@@ -71,9 +82,7 @@ class FullFineTuningRecipe:
         self.workdir = workdir
         self.preempted = preempted
         self.output = parse_s3_uri(spec.output_prefix, field="outputDataConfig.s3Uri")
-        self.device = precision.default_device()
-        # bf16 autocast or fp32 (trainer/precision.py); decided in setup, while VALIDATING.
-        self.precision = Precision(self.device, None)
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.progress = TrainingProgress(total_epochs=self.hp.epochCount)
         self.kind = spec.customizationType
         self.classification = self.kind == data.CLASSIFICATION
@@ -91,6 +100,15 @@ class FullFineTuningRecipe:
         self.max_length = self.hp.maxSequenceLength
         self.packer: Packer | None = None  # packs training batches; None: padded batches
         self._training_started = 0.0
+        self._steps_before_start = 0  # done by earlier attempts (a resume)
+        self.checkpoints = checkpoint.CheckpointUploader(
+            storage,
+            self.output,
+            keep=self.hp.keepCheckpoints,
+            before_commit=self._check_still_ours,
+            on_commit=self._checkpoint_committed,
+        )
+        self.last_checkpoint_step = 0  # the newest checkpoint written (or resumed from)
 
     # -- the whole job -----------------------------------------------------------
 
@@ -105,6 +123,7 @@ class FullFineTuningRecipe:
             return self.finish(Outcome.STOPPED)
         self.reporter.move_to(JobState.VALIDATING, "checking the data and the base model")
         self.setup()
+        self.resume()
         interrupted = self.interruption()
         if interrupted is not None:
             return self.finish(interrupted)
@@ -115,7 +134,7 @@ class FullFineTuningRecipe:
     def finish(self, outcome: Outcome) -> TrainerExit:
         if outcome is Outcome.PREEMPTED and self.reporter.poll_stop():
             outcome = Outcome.STOPPED  # SIGTERM after a stop request is that stop
-        if outcome is Outcome.COMPLETED:
+        if outcome in (Outcome.COMPLETED, Outcome.EARLY_STOPPED):
             self.reporter.read_status()  # still ours? (raises Fenced) before writing output
             location = checkpoint.save_final_model(
                 self.model,
@@ -124,17 +143,19 @@ class FullFineTuningRecipe:
                 output=self.output,
                 directory=self.workdir,
             )
-            if lora.is_lora(self.model) and self.hp.mergeAdapter:
-                self.save_merged_model(location)
+            self.checkpoints.flush()  # every checkpoint committed before the job ends
             self.metrics.upload()
             self.write_loss_plot()
             self.tracking.finish("FINISHED", model_uri=location.uri)
             self.reporter.stop_heartbeat()
             self.reporter.move_to(JobState.COMPLETED, f"the model is in {location.uri}")
             return TrainerExit.OK
+        # Earlier checkpoints' commits (and their events) come before the stop's own.
+        self.checkpoints.flush()
         if outcome is Outcome.STOPPED:
             self.reporter.move_to(JobState.STOPPING, "stop requested")
             self.save_checkpoint()
+            self.checkpoints.flush()
             self.metrics.upload()
             self.write_loss_plot()
             self.tracking.finish("KILLED")
@@ -142,6 +163,7 @@ class FullFineTuningRecipe:
             self.reporter.move_to(JobState.STOPPED, f"stopped after step {self.progress.step}")
             return TrainerExit.OK
         self.save_checkpoint()
+        self.checkpoints.flush()
         self.metrics.upload()
         self.tracking.finish("KILLED")  # a resumed attempt logs to a new run
         self.reporter.stop_heartbeat()
@@ -172,6 +194,12 @@ class FullFineTuningRecipe:
         """Validate all data, then download, check and load the model, then tokenize."""
         spec = self.spec
         data.check_customization_type(spec.customizationType)
+        if self.hp.earlyStoppingPatience and spec.validationDataConfig is None:
+            # The API refuses such a job at create; a spec written another way ends here.
+            raise DataValidationError(
+                "hyperParameters.earlyStoppingPatience needs validation data "
+                "(validationDataConfig); add it or set earlyStoppingPatience to 0"
+            )
         # Preflight (trainer/preflight.py): every record checked and tokenized with the
         # base model's tokenizer before its weights are loaded, or taken from the cache.
         model_dir = self.workdir / "base-model"
@@ -185,23 +213,12 @@ class FullFineTuningRecipe:
         self.labels = prepared.labels
 
         torch.manual_seed(self.hp.seed)
-        self.precision = precision.resolve(self.hp.precision, self.device, os.environ)
+        if self.device.type == "cpu":
+            # Exact resume compares weights bitwise; on a CPU determinism costs ~nothing.
+            torch.use_deterministic_algorithms(True, warn_only=True)
         self.model, self.tokenizer = load_model(
-            model_dir,
-            spec.baseModelIdentifier,
-            self.device,
-            labels=self.labels,
-            dropout=self.hp.dropout,
-            load_arguments=self.precision.model_load_arguments(),
+            model_dir, spec.baseModelIdentifier, self.device, labels=self.labels
         )
-        if self.hp.method == "LORA":  # adapters on frozen base weights (trainer/lora.py)
-            self.model = lora.wrap(
-                self.model,
-                self.hp,
-                classification=self.classification,
-                base_model_uri=spec.baseModelIdentifier,
-            )
-        self.precision.prepare(self.model)
         self.pad_id = pad_token_id(self.tokenizer)
         self.max_length = self._max_length()
         if self.hp.packing and not self.classification:  # a classification head pools per row
@@ -224,6 +241,54 @@ class FullFineTuningRecipe:
         steps_per_epoch = -(-batches // self.hp.gradientAccumulationSteps)
         self.progress.total_steps = steps_per_epoch * self.hp.epochCount
 
+    def resume(self) -> None:
+        """Continue from the newest committed checkpoint an earlier attempt left, if any.
+
+        Restores the weights, the optimizer (and scheduler) state, the progress with the
+        position in the epoch, the metrics files and every RNG stream, so training goes on
+        exactly as if it had never stopped. Uncommitted folders are never read.
+        """
+        steps = checkpoint.committed_steps(self.storage, self.output)
+        if not steps:
+            return
+        step = steps[-1]
+        assert self.optimizer is not None
+        local = checkpoint.download_checkpoint(
+            self.storage, self.output, step, self.workdir / "resume" / f"step-{step}"
+        )
+        self.load_weights(local)
+        state = checkpoint.read_training_state(local)
+        self.optimizer.load_state_dict(state.optimizer)
+        self.load_scheduler_state(state.scheduler)
+        saved = state.trainer_state
+        total_steps = self.progress.total_steps
+        self.progress.load_state_dict(saved["progress"])
+        if saved.get("trainingExamples") != len(self.train_set) or (
+            self.progress.total_steps != total_steps
+        ):
+            self.reporter.event(
+                "RESUME_WARNING",
+                f"the training data changed since step {step} was saved "
+                f"({saved.get('trainingExamples')} examples then, {len(self.train_set)} now): "
+                "training goes on from its weights, but not in the same order",
+            )
+            self.progress.total_steps = total_steps
+        self.metrics.restore(local / checkpoint.METRICS_FOLDER)
+        restore_rng_state(saved["rng"], state.rng_tensors)
+        self.last_checkpoint_step = step
+        shutil.rmtree(local)
+        message = f"resumed from step {step} (epoch {self.progress.epoch})"
+        log.info("%s", message)
+        self.reporter.event("RESUMED", message)
+
+    def load_weights(self, directory: Path) -> None:
+        """Load a checkpoint's weights (for a LoRA job, its adapter) into the model."""
+        checkpoint.load_model_weights(self.model, directory)
+
+    def load_scheduler_state(self, state: dict[str, Any] | None) -> None:
+        """The learning rate is a pure function of the step (trainer/optim.py), restored
+        with the step; a stateful scheduler object would load `state` here."""
+
     def _max_length(self) -> int:
         """maxSequenceLength, capped at the positions the model has: past them a model
         with learned position embeddings fails with an index error deep in a kernel."""
@@ -241,36 +306,87 @@ class FullFineTuningRecipe:
     # -- training ----------------------------------------------------------------
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
-        """bf16 matmuls under autocast, or plain fp32 (hyperParameters.precision); the
-        weights and the optimizer state stay float32 either way."""
-        return self.precision.autocast()
+        """bfloat16 matmuls on a GPU (weights and optimizer stay float32); float32 on CPU."""
+        if self.device.type == "cuda":
+            return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
 
     def train(self) -> Outcome:
+        """The epochs from where training stands (step 0, or a resumed checkpoint's)."""
         self._training_started = time.monotonic()
+        self._steps_before_start = self.progress.step
         accumulation = self.hp.gradientAccumulationSteps
-        for epoch in range(1, self.hp.epochCount + 1):
-            self.progress.epoch = epoch
+        first_epoch = max(self.progress.epoch, 1) + (1 if self.progress.epoch_complete else 0)
+        for epoch in range(first_epoch, self.hp.epochCount + 1):
+            if epoch != self.progress.epoch or self.progress.epoch_complete:
+                self.progress.epoch = epoch
+                self.progress.batches_done_in_epoch = 0
+                self.progress.epoch_complete = False
             generator = data.epoch_generator(self.hp.seed, epoch)
-            window: list[Batch] = []
-            for batch in data.batches(
+            batches = data.batches(
                 self.train_set, self.hp.batchSize, self.pad_id, generator=generator
-            ):
+            )
+            # The epoch's order is fixed by (seed, epoch): a resumed epoch skips the
+            # batches trained on before its checkpoint and goes on with the same ones.
+            skip = self.progress.batches_done_in_epoch
+            window: list[Batch] = []
+            for done, batch in enumerate(itertools.islice(batches, skip, None), start=skip + 1):
                 window.append(self.packer.pack_batch(batch) if self.packer else batch)
                 if len(window) < accumulation:
                     continue
                 self.train_step(window)
                 window = []
-                interrupted = self.interruption()
-                if interrupted is not None:
-                    return interrupted
+                self.progress.batches_done_in_epoch = done
+                outcome = self.after_step()
+                if outcome is not None:
+                    return outcome
             if window:  # the epoch's last, shorter accumulation window
                 self.train_step(window)
-            if self.validation_set:
-                self.evaluate()
-            interrupted = self.interruption()
-            if interrupted is not None:
-                return interrupted
+                self.progress.batches_done_in_epoch += len(window)
+            outcome = self.end_epoch()
+            if outcome is not None:
+                return outcome
         return Outcome.COMPLETED
+
+    def after_step(self) -> Outcome | None:
+        """Evaluate and checkpoint when their step intervals say so, then see whether
+        training stops here (early stopping, a stop request, SIGTERM, a lost job)."""
+        step = self.progress.step
+        interval = self.hp.evalIntervalSteps
+        if interval and step % interval == 0 and self.validation_set and self.evaluate_and_check():
+            return Outcome.EARLY_STOPPED
+        interval = self.hp.checkpointIntervalSteps
+        if interval and step % interval == 0:
+            self.save_checkpoint()
+        return self.interruption()
+
+    def end_epoch(self) -> Outcome | None:
+        """Every epoch ends evaluated (unless its last step was) and checkpointed."""
+        stop_early = False
+        if self.validation_set and self.progress.last_evaluated_step != self.progress.step:
+            stop_early = self.evaluate_and_check()
+        self.progress.epoch_complete = True
+        if stop_early:
+            return Outcome.EARLY_STOPPED
+        self.save_checkpoint()
+        return self.interruption()
+
+    def evaluate_and_check(self) -> bool:
+        """Evaluate; True when early stopping says training should end here."""
+        loss = self.evaluate()
+        threshold = self.hp.earlyStoppingThreshold
+        self.progress.record_evaluation(loss, threshold)
+        patience = self.hp.earlyStoppingPatience
+        if not patience or self.progress.evaluations_without_improvement < patience:
+            return False
+        message = (
+            f"early stopping at step {self.progress.step}: validation loss {loss:.4f}, "
+            f"best {self.progress.best_validation_loss:.4f}; {patience} evaluations in a row "
+            f"without an improvement of more than {threshold}"
+        )
+        log.info("%s", message)
+        self.reporter.event("EARLY_STOPPED", message)
+        return True
 
     def train_step(self, window: list[Batch]) -> None:
         """One optimizer step over the micro-batches of `window`."""
@@ -281,12 +397,11 @@ class FullFineTuningRecipe:
             peak=self.hp.learningRate,
             warmup_steps=self.hp.learningRateWarmupSteps,
             total_steps=self.progress.total_steps,
-            schedule=self.hp.lrScheduler,
         )
         set_learning_rate(self.optimizer, learning_rate)
         self.model.train()
         loss = backward_window(self.model, window, self.device, self.autocast)
-        clip_gradients(self.model.parameters(), self.hp.maxGradNorm)
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), MAX_GRAD_NORM)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
 
@@ -295,7 +410,8 @@ class FullFineTuningRecipe:
         self.progress.training_loss = loss
         if self.progress.first_step_at is None:
             self.progress.first_step_at = utc_now()
-        seconds_per_step = (time.monotonic() - self._training_started) / step
+        steps_this_run = step - self._steps_before_start
+        seconds_per_step = (time.monotonic() - self._training_started) / steps_this_run
         self.progress.eta_seconds = round(seconds_per_step * (self.progress.total_steps - step), 1)
         self.metrics.add_training(step, self.progress.epoch, self.progress.training_loss)
         self.tracking.log_metrics(
@@ -364,36 +480,89 @@ class FullFineTuningRecipe:
     # -- saving ------------------------------------------------------------------
 
     def save_checkpoint(self) -> None:
-        """A committed checkpoint of the current step.
+        """Write a resumable checkpoint of the current step and queue its upload.
 
-        Nothing before the first step: the weights are still the base model's, which is
-        already in object storage."""
-        if self.model is None or self.progress.step == 0:
+        The files are written now (the tensors change at the next step); the upload and
+        the COMMITTED marker happen on the uploader's thread. Nothing before the first
+        step: the weights are still the base model's, already in object storage. A step
+        already checkpointed (an epoch end, or the checkpoint this attempt resumed from)
+        is not written again.
+        """
+        step = self.progress.step
+        if self.model is None or step == 0:
             return
-        self.reporter.read_status()  # still ours? (raises Fenced) before writing output
-        location = checkpoint.save_checkpoint(
-            self.model,
-            self.tokenizer,
-            self.progress.state_dict(),
-            storage=self.storage,
-            output=self.output,
-            directory=self.workdir / "checkpoints",
+        if step == self.last_checkpoint_step:
+            self.checkpoints.flush()
+            location = checkpoint.checkpoint_location(self.output, step)
+            self.reporter.event("CHECKPOINT_COMMITTED", f"step {step}: {location.uri}")
+            return
+        assert self.optimizer is not None
+        rng_document, rng_tensors = capture_rng_state()
+        trainer_state = {
+            "progress": self.progress.state_dict(),
+            "rng": rng_document,
+            "seed": self.hp.seed,  # with the epoch, it fixes the epoch's shuffled order
+            "trainingExamples": len(self.train_set),
+        }
+        local = self.workdir / "checkpoints" / f"step-{step}"
+        checkpoint.write_checkpoint(
+            local,
+            save_weights=self.save_weights,
+            state=checkpoint.TrainingState(
+                trainer_state=trainer_state,
+                optimizer=self.optimizer.state_dict(),
+                scheduler=self.scheduler_state(),
+                rng_tensors=rng_tensors,
+            ),
+            manifest=self.manifest(),
+            metrics_files=self.metrics.files(),
         )
-        self.reporter.event("CHECKPOINT_COMMITTED", f"step {self.progress.step}: {location.uri}")
+        self.checkpoints.submit(local, step)
+        self.last_checkpoint_step = step
 
-    def save_merged_model(self, model_location: S3Location) -> None:
-        """mergeAdapter: base + adapter as one plain model in `<output>model/merged/`,
-        next to the adapter in `model/` (trainer/lora.py). Consumes the peft model."""
-        local = lora.save_merged_model(self.model, self.tokenizer, self.workdir / "merged")
-        target = model_location.child("merged").as_prefix()
-        self.storage.upload_directory(local, target)
-        log.info("uploaded the merged model to %s", target.uri)
+    def save_weights(self, directory: Path) -> None:
+        """What a checkpoint holds of the model: all of it, or a LoRA job's adapter only
+        (a peft model's save_pretrained writes just the adapter)."""
+        checkpoint.save_model(self.model, self.tokenizer, directory)
+
+    def scheduler_state(self) -> dict[str, Any] | None:
+        """The learning rate is a pure function of the step (trainer/optim.py): nothing
+        to save beyond the step. A stateful scheduler object returns its state_dict."""
+        return None
+
+    def manifest(self) -> dict[str, Any]:
+        """The checkpoint's summary, read by the API's checkpoint listing."""
+        progress = self.progress
+        evaluated_now = progress.last_evaluated_step == progress.step
+        return {
+            "step": progress.step,
+            "epoch": progress.epoch,
+            "trainingLoss": progress.training_loss,
+            "validationLoss": progress.validation_loss if evaluated_now else None,
+            "validationMetrics": progress.validation_metrics if evaluated_now else {},
+            "bestValidationLoss": progress.best_validation_loss,
+            "tokensSeen": progress.tokens_seen,
+            "createdAt": utc_now(),
+        }
+
+    def _check_still_ours(self) -> None:
+        self.reporter.read_status()  # raises Fenced if another attempt owns the job
+
+    def _checkpoint_committed(self, step: int, location: S3Location) -> None:
+        self.reporter.event("CHECKPOINT_COMMITTED", f"step {step}: {location.uri}")
 
     def cleanup(self) -> None:
-        """Free the model and optimizer (and their accelerator memory).
+        """Finish pending checkpoint uploads, then free the model and optimizer (and
+        their accelerator memory).
 
         The working directory stays: the launcher owns it and decides when it goes."""
         self.tracking.finish("FAILED")  # nothing if the job already finished its run
+        try:
+            self.checkpoints.close()
+        except Fenced:
+            log.warning("a checkpoint upload stopped: another attempt owns the job")
+        except Exception:
+            log.exception("a checkpoint upload failed; the job resumes from an earlier one")
         self.model = self.optimizer = None
         if self.device.type == "cuda":
             torch.cuda.empty_cache()

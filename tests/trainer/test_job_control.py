@@ -63,7 +63,8 @@ def test_stop_request_while_running_ends_stopped_with_a_committed_checkpoint(
     assert status.failure is None
 
     step = status.progress.step
-    assert committed_checkpoints(object_store, spec) == [step]
+    # Epoch ends were checkpointed too; the stop's own checkpoint is the newest.
+    assert committed_checkpoints(object_store, spec)[-1] == step
     checkpoint = output_location(spec, "checkpoints", f"step-{step}")
     state = object_store.get_json(checkpoint.child("trainer_state.json"))
     assert state is not None and state[0]["step"] == step
@@ -102,7 +103,8 @@ def test_sigterm_writes_a_checkpoint_and_exits_preempted_without_a_terminal_stat
     status, _ = job_store.get_status(spec.jobId)
     assert status.state is JobState.RUNNING  # the reconciler decides what comes next
     assert status.failure is None
-    [step] = committed_checkpoints(object_store, spec)
+    step = committed_checkpoints(object_store, spec)[-1]
+    assert step == status.progress.step
     assert 0 < step < (status.progress.totalSteps or 0)
     assert [e.type for e in job_store.list_events(spec.jobId)][-2:] == [
         "CHECKPOINT_COMMITTED",
@@ -143,14 +145,21 @@ def test_trainer_that_loses_its_job_while_running_exits_fenced_and_stops_writing
     )
     run = start_trainer(spec.jobId, attempt=1)
     wait_until_training(job_store, spec.jobId, run)
+    # Frozen while the reconciler relaunches the job, so "before" is well defined.
+    run.process.send_signal(signal.SIGSTOP)
     events_before = len(job_store.list_events(spec.jobId))
-
+    checkpoints_before = committed_checkpoints(object_store, spec)
     set_launch_attempt(job_store, spec.jobId, 2)  # the reconciler relaunched the job
     _, etag = job_store.get_status(spec.jobId)
+    run.process.send_signal(signal.SIGCONT)
     assert run.wait(timeout=30) == TrainerExit.FENCED, run.log()
 
     status, etag_after = job_store.get_status(spec.jobId)
     assert etag_after == etag, json.dumps(status.model_dump(mode="json"))
     assert status.state is JobState.RUNNING
-    assert len(job_store.list_events(spec.jobId)) == events_before
-    assert committed_checkpoints(object_store, spec) == []
+    # At most the one epoch-end checkpoint whose ownership check had passed just before
+    # the freeze may still land; nothing else is written.
+    new_events = job_store.list_events(spec.jobId)[events_before:]
+    assert [e.type for e in new_events] in ([], ["CHECKPOINT_COMMITTED"])
+    new_checkpoints = set(committed_checkpoints(object_store, spec)) - set(checkpoints_before)
+    assert len(new_checkpoints) == len(new_events)

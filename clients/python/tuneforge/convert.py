@@ -313,6 +313,7 @@ def job_to_dict(job: pb.Job) -> JobDict:
         "attempt": job.attempt,
         "queuePosition": _optional(job, "queue_position"),
         "stateTimes": {state_name(entry.state): _time(entry, "time") for entry in job.state_times},
+        "dataSummary": _data_summary_dict(job),
         "integrations": (
             {
                 "mlflow": {
@@ -323,7 +324,6 @@ def job_to_dict(job: pb.Job) -> JobDict:
             if job.integrations.HasField("mlflow")
             else None
         ),
-        "dataSummary": _data_summary_dict(job),
         "notifications": (
             {"webhookUrl": job.notifications.webhook_url} if job.HasField("notifications") else None
         ),
@@ -378,8 +378,16 @@ def event_to_dict(event: pb.JobEvent) -> dict[str, Any]:
 
 
 def checkpoint_from_dict(data: Mapping[str, Any]) -> pb.Checkpoint:
-    checkpoint = pb.Checkpoint(step=int(data["step"]), s3_uri=data["s3Uri"])
+    checkpoint = pb.Checkpoint(
+        step=int(data["step"]),
+        s3_uri=data["s3Uri"],
+        epoch=int(data.get("epoch") or 0),
+        validation_metrics=data.get("validationMetrics") or {},
+    )
     _set_time(checkpoint, "committed_at", data.get("committedAt"))
+    for key, name in (("trainingLoss", "training_loss"), ("validationLoss", "validation_loss")):
+        if data.get(key) is not None:
+            setattr(checkpoint, name, float(data[key]))
     return checkpoint
 
 
@@ -388,4 +396,8 @@ def checkpoint_to_dict(checkpoint: pb.Checkpoint) -> dict[str, Any]:
         "step": checkpoint.step,
         "s3Uri": checkpoint.s3_uri,
         "committedAt": _time(checkpoint, "committed_at"),
+        "epoch": checkpoint.epoch or None,
+        "trainingLoss": _optional(checkpoint, "training_loss"),
+        "validationLoss": _optional(checkpoint, "validation_loss"),
+        "validationMetrics": dict(checkpoint.validation_metrics),
     }
