@@ -29,6 +29,7 @@ import contextlib
 import enum
 import itertools
 import logging
+import os
 import shutil
 import threading
 import time
@@ -36,26 +37,26 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file
 
 from service.documents import JobSpec, JobState, TrainerExit, utc_now
 from service.storage import ObjectStore, S3Location, parse_s3_uri
-from trainer import checkpoint, data, preflight
+from trainer import checkpoint, data, lora, precision, preflight
 from trainer.data import Batch, TokenizedExample
 from trainer.errors import DataValidationError, Fenced
 from trainer.loss import backward_window, classification_loss_sum, token_loss_sum
 from trainer.metrics import MetricsLog, classification_metrics
 from trainer.mlflow_tracking import tracking_for
 from trainer.model import load_model, pad_token_id
-from trainer.optim import build_optimizer, learning_rate_at, set_learning_rate
+from trainer.optim import build_optimizer, clip_gradients, learning_rate_at, set_learning_rate
 from trainer.packing import Packer
 from trainer.plots import publish_loss_plot
+from trainer.precision import Precision
 from trainer.progress import TrainingProgress
 from trainer.reporting import Reporter
 from trainer.resume import capture_rng_state, restore_rng_state
 
 log = logging.getLogger(__name__)
-
-MAX_GRAD_NORM = 1.0
 
 
 class Outcome(enum.Enum):
@@ -82,7 +83,9 @@ class FullFineTuningRecipe:
         self.workdir = workdir
         self.preempted = preempted
         self.output = parse_s3_uri(spec.output_prefix, field="outputDataConfig.s3Uri")
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.device = precision.default_device()
+        # bf16 autocast or fp32 (trainer/precision.py); decided in setup, while VALIDATING.
+        self.precision = Precision(self.device, None)
         self.progress = TrainingProgress(total_epochs=self.hp.epochCount)
         self.kind = spec.customizationType
         self.classification = self.kind == data.CLASSIFICATION
@@ -143,6 +146,8 @@ class FullFineTuningRecipe:
                 output=self.output,
                 directory=self.workdir,
             )
+            if lora.is_lora(self.model) and self.hp.mergeAdapter:
+                self.save_merged_model(location)
             self.checkpoints.flush()  # every checkpoint committed before the job ends
             self.metrics.upload()
             self.write_loss_plot()
@@ -216,9 +221,23 @@ class FullFineTuningRecipe:
         if self.device.type == "cpu":
             # Exact resume compares weights bitwise; on a CPU determinism costs ~nothing.
             torch.use_deterministic_algorithms(True, warn_only=True)
+        self.precision = precision.resolve(self.hp.precision, self.device, os.environ)
         self.model, self.tokenizer = load_model(
-            model_dir, spec.baseModelIdentifier, self.device, labels=self.labels
+            model_dir,
+            spec.baseModelIdentifier,
+            self.device,
+            labels=self.labels,
+            dropout=self.hp.dropout,
+            load_arguments=self.precision.model_load_arguments(),
         )
+        if self.hp.method == "LORA":  # adapters on frozen base weights (trainer/lora.py)
+            self.model = lora.wrap(
+                self.model,
+                self.hp,
+                classification=self.classification,
+                base_model_uri=spec.baseModelIdentifier,
+            )
+        self.precision.prepare(self.model)
         self.pad_id = pad_token_id(self.tokenizer)
         self.max_length = self._max_length()
         if self.hp.packing and not self.classification:  # a classification head pools per row
@@ -283,7 +302,11 @@ class FullFineTuningRecipe:
 
     def load_weights(self, directory: Path) -> None:
         """Load a checkpoint's weights (for a LoRA job, its adapter) into the model."""
-        checkpoint.load_model_weights(self.model, directory)
+        if lora.is_lora(self.model):
+            adapter = load_file(directory / checkpoint.ADAPTER_WEIGHTS)
+            lora.load_trainable_state_dict(self.model, adapter)
+        else:
+            checkpoint.load_model_weights(self.model, directory)
 
     def load_scheduler_state(self, state: dict[str, Any] | None) -> None:
         """The learning rate is a pure function of the step (trainer/optim.py), restored
@@ -306,10 +329,9 @@ class FullFineTuningRecipe:
     # -- training ----------------------------------------------------------------
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
-        """bfloat16 matmuls on a GPU (weights and optimizer stay float32); float32 on CPU."""
-        if self.device.type == "cuda":
-            return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        """bf16 matmuls under autocast, or plain fp32 (hyperParameters.precision); the
+        weights and the optimizer state stay float32 either way."""
+        return self.precision.autocast()
 
     def train(self) -> Outcome:
         """The epochs from where training stands (step 0, or a resumed checkpoint's)."""
@@ -397,11 +419,12 @@ class FullFineTuningRecipe:
             peak=self.hp.learningRate,
             warmup_steps=self.hp.learningRateWarmupSteps,
             total_steps=self.progress.total_steps,
+            schedule=self.hp.lrScheduler,
         )
         set_learning_rate(self.optimizer, learning_rate)
         self.model.train()
         loss = backward_window(self.model, window, self.device, self.autocast)
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), MAX_GRAD_NORM)
+        clip_gradients(self.model.parameters(), self.hp.maxGradNorm)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
 
@@ -544,6 +567,14 @@ class FullFineTuningRecipe:
             "tokensSeen": progress.tokens_seen,
             "createdAt": utc_now(),
         }
+
+    def save_merged_model(self, model_location: S3Location) -> None:
+        """mergeAdapter: base + adapter as one plain model in `<output>model/merged/`,
+        next to the adapter in `model/` (trainer/lora.py). Consumes the peft model."""
+        local = lora.save_merged_model(self.model, self.tokenizer, self.workdir / "merged")
+        target = model_location.child("merged").as_prefix()
+        self.storage.upload_directory(local, target)
+        log.info("uploaded the merged model to %s", target.uri)
 
     def _check_still_ours(self) -> None:
         self.reporter.read_status()  # raises Fenced if another attempt owns the job
