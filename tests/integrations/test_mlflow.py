@@ -97,7 +97,7 @@ def test_job_logs_params_metrics_and_model_location_to_mlflow(
     assert run["info"]["status"] == "FINISHED"
 
     params = {p["key"]: p["value"] for p in run["data"]["params"]}
-    assert params["epochCount"] == "2"
+    assert params["epochCount"] == "1"
     assert float(params["learningRate"]) == 0.003
     assert params["batchSize"] == "8"
     assert params["jobId"] == job_id
