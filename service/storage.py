@@ -40,6 +40,9 @@ class ObjectMissing(StorageError):
 
 
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+# The trainer's attempts per store call (botocore standard retries, backoff capped at
+# 20 s): patient enough to outlast a short store outage (`from_environment`).
+TRAINER_STORE_ATTEMPTS = 12
 
 
 @dataclass(frozen=True)
@@ -140,13 +143,19 @@ class ObjectStore:
 
     @classmethod
     def from_environment(cls, environ: dict[str, str] | None = None) -> ObjectStore:
-        """Build a store from the standard AWS_* variables (used by the trainer)."""
+        """Build a store from the standard AWS_* variables (used by the trainer).
+
+        The trainer is a batch process: it rides out a store outage of a minute or so
+        (AWS_MAX_ATTEMPTS, default 12: about 75 s of jittered backoff) rather than crash
+        mid-checkpoint, where the API server answers 503 after a few quick retries.
+        """
         env = dict(os.environ if environ is None else environ)
         return cls(
             endpoint_url=env.get("AWS_ENDPOINT_URL") or None,
             access_key_id=env.get("AWS_ACCESS_KEY_ID") or None,
             secret_access_key=env.get("AWS_SECRET_ACCESS_KEY") or None,
             region=env.get("AWS_DEFAULT_REGION", "us-east-1"),
+            max_attempts=int(env.get("AWS_MAX_ATTEMPTS") or TRAINER_STORE_ATTEMPTS),
         )
 
     def add_call_observer(self, observer: Callable[[str, float, str | None], None]) -> None:
