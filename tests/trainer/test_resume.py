@@ -203,11 +203,12 @@ def test_only_the_newest_checkpoints_are_kept_and_listed_with_their_metrics(
     spec = reference.finished().spec
     # 7, 14, ..., 224 and the epoch ends 75, 150, 225 were committed; keepCheckpoints 2.
     assert committed_checkpoints(object_store, spec) == [224, 225]
-    folders = object_store.list_common_prefixes(output_location(spec, "checkpoints").as_prefix())
-    assert [folder.rstrip("/").rsplit("/", 1)[-1] for folder in folders] == [
-        "step-224",
-        "step-225",
-    ]
+    # No object of a pruned checkpoint is left (the store may keep empty "folders").
+    prefix = output_location(spec, "checkpoints").as_prefix()
+    folders = {
+        item["key"][len(prefix.key) :].split("/")[0] for item in object_store.list_objects(prefix)
+    }
+    assert folders == {"step-224", "step-225"}
     assert object_store.head(output_location(spec, "model", "model.safetensors")) is not None
 
     listed = jobs.list_checkpoints(reference.store, spec.jobId, tenant=spec.tenant)
