@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench-start-latency bench-classification bench-trainer-throughput clean proto proto-check
+.PHONY: run test lint bench-start-latency bench-classification bench-trainer-throughput bench-api-load clean proto proto-check
 
 $(STAMP): pyproject.toml clients/python/pyproject.toml constraints/test.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -61,6 +61,11 @@ bench-classification: $(STAMP)
 # tuneforge's packed training loop beside HF Trainer, padded and flattened (a few minutes).
 bench-trainer-throughput: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) bench/trainer_throughput.py
+
+# Concurrent REST clients (64 for 30 s: describe, list, create, then a burst of creates)
+# against a real server and store, beside /healthz and a raw store GET.
+bench-api-load: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) bench/api_load.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .tuneforge .pytest_cache .mypy_cache .ruff_cache
