@@ -1,0 +1,67 @@
+"""An API replica killed -9 right after a create returns loses nothing (issue 6).
+
+Two replicas over one store. Each trial creates a job through replica A and SIGKILLs A
+as soon as the create returns, before or while it launches the trainer; then A is
+started again. The job must end COMPLETED, launched exactly once: replica B (or the
+restarted A) launches it if A had not, and a trainer A did start lives on (its own
+process session) and is recognised by pid on this shared host.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from service.embedded_s3 import EmbeddedS3
+from service.storage import ObjectStore
+from tests.faults.replicas import (
+    attempt_directories,
+    create,
+    events,
+    tiny_dataset,
+    tiny_job,
+    wait_all_terminal,
+)
+from tests.servers import ApiServer
+
+TRIALS = 3
+
+
+@pytest.fixture
+def replicas(
+    s3_server: EmbeddedS3, demo_assets: None, tmp_path: Path
+) -> Iterator[tuple[ApiServer, ApiServer]]:
+    bucket = f"state-{uuid.uuid4().hex[:12]}"
+    first = ApiServer(s3_server, tmp_path / "a", state_bucket=bucket)
+    second = ApiServer(s3_server, tmp_path / "b", state_bucket=bucket)
+    first.start()
+    second.start()
+    yield first, second
+    for server in (first, second):
+        server.stop()
+        server.kill_trainers()
+
+
+@pytest.mark.timeout(600)
+def test_job_created_on_a_replica_killed_right_after_runs_exactly_once(
+    replicas: tuple[ApiServer, ApiServer], object_store: ObjectStore
+) -> None:
+    first, second = replicas
+    dataset = tiny_dataset(object_store)
+    job_ids = []
+    for trial in range(TRIALS):
+        with first.client() as client:
+            job_ids.append(create(client, tiny_job(f"killed-{trial}", dataset)))
+        first.kill()
+        first.start()
+
+    finished = wait_all_terminal(second, job_ids, timeout=400)
+    outcomes = {}
+    for job_id in job_ids:
+        kinds = [event["type"] for event in events(second, job_id)]
+        directories = attempt_directories([first.home, second.home], job_id)
+        outcomes[job_id] = (finished[job_id]["state"], kinds.count("LAUNCHED"), len(directories))
+    assert all(outcome == ("COMPLETED", 1, 1) for outcome in outcomes.values()), outcomes
