@@ -216,6 +216,13 @@ def job_from_dict(data: Mapping[str, Any]) -> pb.Job:
     if mlflow:
         job.integrations.mlflow.tracking_uri = mlflow["trackingUri"]
         job.integrations.mlflow.experiment_name = mlflow.get("experimentName") or ""
+    resources = data.get("resources")
+    if resources:
+        job.resources.CopyFrom(
+            pb.Resources(
+                gpus=resources["gpus"], nodes=resources["nodes"], sharding=resources["sharding"]
+            )
+        )
     for key, name in _OUTPUT.items():
         setattr(job.output, name, (data.get("output") or {}).get(key, ""))
     entries = [
@@ -327,6 +334,11 @@ def job_to_dict(job: pb.Job) -> JobDict:
         "notifications": (
             {"webhookUrl": job.notifications.webhook_url} if job.HasField("notifications") else None
         ),
+        "resources": {
+            "gpus": job.resources.gpus if job.resources.HasField("gpus") else 0,
+            "nodes": job.resources.nodes if job.resources.HasField("nodes") else 1,
+            "sharding": job.resources.sharding if job.resources.HasField("sharding") else "DDP",
+        },
     }
 
 

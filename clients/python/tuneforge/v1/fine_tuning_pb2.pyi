@@ -216,7 +216,7 @@ class StateTime(_message.Message):
     def __init__(self, state: _Optional[_Union[JobState, str]] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("job_id", "job_name", "state", "stop_requested", "created_at", "updated_at", "started_at", "ended_at", "customization_type", "base_model_identifier", "training_data_config", "validation_data_config", "output_data_config", "hyper_parameters", "tags", "client_request_token", "progress", "failure", "output", "attempt", "state_times", "queue_position", "data_summary", "notifications", "integrations")
+    __slots__ = ("job_id", "job_name", "state", "stop_requested", "created_at", "updated_at", "started_at", "ended_at", "customization_type", "base_model_identifier", "training_data_config", "validation_data_config", "output_data_config", "hyper_parameters", "tags", "client_request_token", "progress", "failure", "output", "attempt", "state_times", "queue_position", "data_summary", "notifications", "integrations", "resources")
     class TagsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -249,6 +249,7 @@ class Job(_message.Message):
     DATA_SUMMARY_FIELD_NUMBER: _ClassVar[int]
     NOTIFICATIONS_FIELD_NUMBER: _ClassVar[int]
     INTEGRATIONS_FIELD_NUMBER: _ClassVar[int]
+    RESOURCES_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     job_name: str
     state: JobState
@@ -274,10 +275,11 @@ class Job(_message.Message):
     data_summary: DataSummary
     notifications: Notifications
     integrations: Integrations
-    def __init__(self, job_id: _Optional[str] = ..., job_name: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., stop_requested: _Optional[bool] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ended_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., customization_type: _Optional[_Union[CustomizationType, str]] = ..., base_model_identifier: _Optional[str] = ..., training_data_config: _Optional[_Union[DataConfig, _Mapping]] = ..., validation_data_config: _Optional[_Union[DataConfig, _Mapping]] = ..., output_data_config: _Optional[_Union[DataConfig, _Mapping]] = ..., hyper_parameters: _Optional[_Union[HyperParameters, _Mapping]] = ..., tags: _Optional[_Mapping[str, str]] = ..., client_request_token: _Optional[str] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ..., failure: _Optional[_Union[Failure, _Mapping]] = ..., output: _Optional[_Union[OutputLocations, _Mapping]] = ..., attempt: _Optional[int] = ..., state_times: _Optional[_Iterable[_Union[StateTime, _Mapping]]] = ..., queue_position: _Optional[int] = ..., data_summary: _Optional[_Union[DataSummary, _Mapping]] = ..., notifications: _Optional[_Union[Notifications, _Mapping]] = ..., integrations: _Optional[_Union[Integrations, _Mapping]] = ...) -> None: ...
+    resources: Resources
+    def __init__(self, job_id: _Optional[str] = ..., job_name: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., stop_requested: _Optional[bool] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ended_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., customization_type: _Optional[_Union[CustomizationType, str]] = ..., base_model_identifier: _Optional[str] = ..., training_data_config: _Optional[_Union[DataConfig, _Mapping]] = ..., validation_data_config: _Optional[_Union[DataConfig, _Mapping]] = ..., output_data_config: _Optional[_Union[DataConfig, _Mapping]] = ..., hyper_parameters: _Optional[_Union[HyperParameters, _Mapping]] = ..., tags: _Optional[_Mapping[str, str]] = ..., client_request_token: _Optional[str] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ..., failure: _Optional[_Union[Failure, _Mapping]] = ..., output: _Optional[_Union[OutputLocations, _Mapping]] = ..., attempt: _Optional[int] = ..., state_times: _Optional[_Iterable[_Union[StateTime, _Mapping]]] = ..., queue_position: _Optional[int] = ..., data_summary: _Optional[_Union[DataSummary, _Mapping]] = ..., notifications: _Optional[_Union[Notifications, _Mapping]] = ..., integrations: _Optional[_Union[Integrations, _Mapping]] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ...) -> None: ...
 
 class CreateJobRequest(_message.Message):
-    __slots__ = ("job_name", "base_model_identifier", "customization_type", "training_data_config", "validation_data_config", "output_data_config", "hyper_parameters", "client_request_token", "tags", "notifications", "integrations")
+    __slots__ = ("job_name", "base_model_identifier", "customization_type", "training_data_config", "validation_data_config", "output_data_config", "hyper_parameters", "client_request_token", "tags", "notifications", "integrations", "resources")
     class TagsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -296,6 +298,7 @@ class CreateJobRequest(_message.Message):
     TAGS_FIELD_NUMBER: _ClassVar[int]
     NOTIFICATIONS_FIELD_NUMBER: _ClassVar[int]
     INTEGRATIONS_FIELD_NUMBER: _ClassVar[int]
+    RESOURCES_FIELD_NUMBER: _ClassVar[int]
     job_name: str
     base_model_identifier: str
     customization_type: CustomizationType
@@ -307,7 +310,18 @@ class CreateJobRequest(_message.Message):
     tags: _containers.ScalarMap[str, str]
     notifications: Notifications
     integrations: Integrations
-    def __init__(self, job_name: _Optional[str] = ..., base_model_identifier: _Optional[str] = ..., customization_type: _Optional[_Union[CustomizationType, str]] = ..., training_data_config: _Optional[_Union[DataConfig, _Mapping]] = ..., validation_data_config: _Optional[_Union[DataConfig, _Mapping]] = ..., output_data_config: _Optional[_Union[DataConfig, _Mapping]] = ..., hyper_parameters: _Optional[_Union[HyperParameters, _Mapping]] = ..., client_request_token: _Optional[str] = ..., tags: _Optional[_Mapping[str, str]] = ..., notifications: _Optional[_Union[Notifications, _Mapping]] = ..., integrations: _Optional[_Union[Integrations, _Mapping]] = ...) -> None: ...
+    resources: Resources
+    def __init__(self, job_name: _Optional[str] = ..., base_model_identifier: _Optional[str] = ..., customization_type: _Optional[_Union[CustomizationType, str]] = ..., training_data_config: _Optional[_Union[DataConfig, _Mapping]] = ..., validation_data_config: _Optional[_Union[DataConfig, _Mapping]] = ..., output_data_config: _Optional[_Union[DataConfig, _Mapping]] = ..., hyper_parameters: _Optional[_Union[HyperParameters, _Mapping]] = ..., client_request_token: _Optional[str] = ..., tags: _Optional[_Mapping[str, str]] = ..., notifications: _Optional[_Union[Notifications, _Mapping]] = ..., integrations: _Optional[_Union[Integrations, _Mapping]] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ...) -> None: ...
+
+class Resources(_message.Message):
+    __slots__ = ("gpus", "nodes", "sharding")
+    GPUS_FIELD_NUMBER: _ClassVar[int]
+    NODES_FIELD_NUMBER: _ClassVar[int]
+    SHARDING_FIELD_NUMBER: _ClassVar[int]
+    gpus: int
+    nodes: int
+    sharding: str
+    def __init__(self, gpus: _Optional[int] = ..., nodes: _Optional[int] = ..., sharding: _Optional[str] = ...) -> None: ...
 
 class Integrations(_message.Message):
     __slots__ = ("mlflow",)
