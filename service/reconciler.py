@@ -328,7 +328,17 @@ class Reconciler:
         else:
             how = f"exited with code {exit_code}"
             cause = "crash"
+        if observed.reason:
+            how += f": {observed.reason}"
         log_uri = self.store.log_location(job.spec.jobId).uri
+        if observed.reason and observed.reason.startswith("out of memory"):
+            # The same job would run out again: never retried (issue 6).
+            message = (
+                f"the trainer process {how}; lower batchSize or maxSequenceLength, use "
+                f"method LORA, or give the trainer more memory. Its log is at {log_uri}"
+            )
+            self._finish(job, launch.attempt, JobState.FAILED, FailureReason.OUT_OF_MEMORY, message)
+            return
         crashes = status.retries.get("crash", 0)
         if exit_code == TrainerExit.BAD_INPUT:
             pass  # bad data or config: never retried
