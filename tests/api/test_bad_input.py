@@ -215,4 +215,9 @@ def test_openapi_documents_every_field(server: ApiServer) -> None:
     hyper = document["components"]["schemas"]["HyperParameters"]["properties"]
     for name, schema in hyper.items():
         assert schema.get("description"), f"hyperParameters.{name} has no description"
-        assert "default" in schema, f"hyperParameters.{name} has no default"
+        # FastAPI leaves out `default: null`; a nullable field's default is "unset",
+        # which its description explains.
+        nullable = any(option.get("type") == "null" for option in schema.get("anyOf", []))
+        assert "default" in schema or nullable, f"hyperParameters.{name} has no default"
+        if nullable:
+            assert "Unset" in schema["description"], f"hyperParameters.{name}: unset means?"
