@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import pickle
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -128,6 +129,16 @@ def test_bad_dataset_fails_with_every_bad_line_before_any_model_is_loaded(
     assert "loaded" not in run.log()
 
 
+class _WritesAFile:
+    """Unpickling this runs `open(path, "w").write(...)`."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return (exec, (f"open({self.path!r}, 'w').write('pwned')",))
+
+
 @pytest.mark.parametrize("defect", ["pickle-weights", "auto_map"])
 def test_unsafe_model_is_refused_with_model_load(
     defect: str,
@@ -139,8 +150,12 @@ def test_unsafe_model_is_refused_with_model_load(
     tmp_path: Path,
 ) -> None:
     model_dir = Path(shutil.copytree(demo_model_dir, tmp_path / "model"))
+    # A real payload: unpickling it (torch.load without weights_only, pickle.load) would
+    # write this file. The trainer must refuse the model without ever unpickling it.
+    marker = tmp_path / "pickle-payload-ran"
     if defect == "pickle-weights":
-        (model_dir / "pytorch_model.bin").write_bytes(b"\x80\x04pretend pickle")
+        payload = pickle.dumps(_WritesAFile(str(marker)))
+        (model_dir / "pytorch_model.bin").write_bytes(payload)
         expected = "pytorch_model.bin"
     else:
         config = json.loads((model_dir / "config.json").read_text())
@@ -162,3 +177,4 @@ def test_unsafe_model_is_refused_with_model_load(
     assert location.uri in status.failure.message
     assert status.progress.step == 0
     assert object_store.head(output_location(spec, TRAINING_CSV)) is None
+    assert not marker.exists(), "the planted pickle payload ran"
