@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import logging
 import re
 from collections.abc import Collection
 from dataclasses import dataclass
@@ -44,6 +45,8 @@ from service.storage import ObjectMissing, S3Location, parse_s3_uri
 from service.store import Job, JobStore
 from service.webhooks import check_webhook_url
 
+log = logging.getLogger(__name__)
+
 MAX_PAGE_SIZE = 100
 # List with a state filter reads each job's status; bound the work per request and
 # hand back a page token to go on from where the scan stopped.
@@ -77,6 +80,11 @@ def _check_queue_room(store: JobStore, policy: TenantPolicy) -> None:
                 continue
             status, _ = store.get_status(job_id)
         except JobNotFound:
+            continue
+        except ValueError as error:
+            # One unreadable record must not refuse every create of every tenant; it is
+            # reported on its own reads (a 500 naming it) and here in the log.
+            log.warning("skipping unreadable job %s while counting the queue: %s", job_id, error)
             continue
         if status.state == JobState.QUEUED and status.launch is None:
             queued += 1

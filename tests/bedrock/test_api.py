@@ -173,6 +173,10 @@ def test_a_corrupt_record_is_an_internal_server_exception(
     )
     with pytest.raises(client.exceptions.InternalServerException):
         client.get_model_customization_job(jobIdentifier="corrupt-job")
+    # The one corrupt record does not refuse other creates (the queue count skips it).
+    other = client.create_model_customization_job(**create_body("after-corrupt-job"))
+    described = client.get_model_customization_job(jobIdentifier=other["jobArn"])
+    assert described["jobName"] == "after-corrupt-job"
 
 
 def test_continued_pre_training_is_accepted(cheap_server: ApiServer) -> None:
