@@ -172,6 +172,10 @@ class FullFineTuningRecipe:
         self.metrics.upload()
         self.tracking.finish("KILLED")  # a resumed attempt logs to a new run
         self.reporter.stop_heartbeat()
+        # The last heartbeat may be steps behind: show the step the checkpoint holds,
+        # the one a relaunch resumes at.
+        self.publish()
+        self.reporter.heartbeat()
         self.reporter.event("PREEMPTED", f"SIGTERM after step {self.progress.step}")
         return TrainerExit.PREEMPTED
 

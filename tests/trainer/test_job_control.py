@@ -67,7 +67,7 @@ def test_stop_request_while_running_ends_stopped_with_a_committed_checkpoint(
     assert committed_checkpoints(object_store, spec)[-1] == step
     checkpoint = output_location(spec, "checkpoints", f"step-{step}")
     state = object_store.get_json(checkpoint.child("trainer_state.json"))
-    assert state is not None and state[0]["step"] == step
+    assert state is not None and state[0]["progress"]["step"] == step
     assert object_store.head(checkpoint.child("model.safetensors")) is not None
     assert object_store.head(checkpoint.child("tokenizer.json")) is not None
     committed = object_store.get_json(checkpoint.child("COMMITTED"))
