@@ -70,6 +70,11 @@ class EmbeddedS3:
             "-master.telemetry=false",
             "-admin.ui=false",
             "-webdav=false",
+            # Every bucket is a collection that grows its own volumes on first write; the
+            # default cap (free disk / 128 MB) runs out after some dozens of buckets (the
+            # test suite makes one per test) and writes then fail with InternalError.
+            # Volumes are sparse until written, so a high cap costs nothing up front.
+            "-volume.max=5000",
             "-s3.port.iceberg=0",
             "-s3.port.lance=0",
             f"-s3.port={self.port}",
