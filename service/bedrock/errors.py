@@ -4,6 +4,10 @@ botocore's rest-json parser reads the error code from the `x-amzn-ErrorType` hea
 the message from the JSON body's `message`, so callers catch
 `client.exceptions.ValidationException` and friends exactly as against AWS. Status codes
 are the service model's (`botocore/data/bedrock/2023-04-20`); a test checks them.
+
+An unreachable store is `ServiceUnavailableException` (503, with `Retry-After`): a shape
+of the same service model, and one botocore's retry modes retry on their own, where an
+`InternalServerException` (500) would say the service is broken.
 """
 
 from __future__ import annotations
@@ -73,6 +77,12 @@ class InternalServerException(BedrockError):
     status = 500
 
 
+class ServiceUnavailableException(BedrockError):
+    error_type = "ServiceUnavailableException"
+    status = 503
+    retry_after_seconds = 5
+
+
 ERROR_CLASSES: tuple[type[BedrockError], ...] = (
     ValidationException,
     ConflictException,
@@ -80,6 +90,7 @@ ERROR_CLASSES: tuple[type[BedrockError], ...] = (
     AccessDeniedException,
     ThrottlingException,
     InternalServerException,
+    ServiceUnavailableException,
 )
 
 
@@ -114,7 +125,7 @@ def to_bedrock(error: Exception) -> BedrockError:
     if isinstance(error, (IdempotencyConflict, FailedPrecondition, ModelConflict)):
         return ConflictException(error.message)
     if isinstance(error, (StoreUnavailable, StoreNotConformant)):
-        return InternalServerException(f"{error.message}; retry the request")
+        return ServiceUnavailableException(f"{error.message}; retry the request")
     if isinstance(error, TuneforgeError):
         log.error("unmapped domain error on the Bedrock face: %s", error.message)
         return InternalServerException(error.message)
@@ -123,11 +134,10 @@ def to_bedrock(error: Exception) -> BedrockError:
 
 
 def error_response(error: BedrockError) -> JSONResponse:
-    return JSONResponse(
-        {"message": error.message},
-        status_code=error.status,
-        headers={"x-amzn-ErrorType": error.error_type},
-    )
+    headers = {"x-amzn-ErrorType": error.error_type}
+    if isinstance(error, ServiceUnavailableException):
+        headers["Retry-After"] = str(error.retry_after_seconds)
+    return JSONResponse({"message": error.message}, status_code=error.status, headers=headers)
 
 
 Authenticate = Callable[[Request], Coroutine[Any, Any, None]]

@@ -42,7 +42,9 @@ def test_error_status_codes_match_the_model(error: type[BedrockError]) -> None:
     shape = _model().shape_for(error.error_type)
     assert shape.metadata["error"]["httpStatusCode"] == error.status
     names = {e.name for op, _, _ in OPERATIONS for e in _model().operation_model(op).error_shapes}
-    assert error.error_type in names
+    # ServiceUnavailableException is a shape of the service model that its operations do
+    # not list (the store outage answer; botocore raises it and retries on 503 all the same).
+    assert error.error_type in names or error.error_type == "ServiceUnavailableException"
 
 
 def test_dev_mode_is_refused_off_loopback() -> None:

@@ -9,10 +9,15 @@ proxy drops every connection and refuses new ones for 10 s. Then:
 - a create during the outage either fails with 503 or succeeds whole: afterwards a
   retry with the same clientRequestToken gives one job, never two, never a half one;
 - the training job still ends COMPLETED, its one trainer having ridden it out.
+
+The Bedrock face (boto3's `bedrock` client, SigV4) in an outage of its own: every call
+answers ServiceUnavailableException (503, which botocore's retry modes retry) or
+succeeds, never a 500; a create retried with its clientRequestToken gives one job.
 """
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Iterator
@@ -20,11 +25,13 @@ from pathlib import Path
 
 import grpc
 import pytest
+from botocore.exceptions import ClientError
 from tuneforge.v1 import fine_tuning_pb2 as pb
 from tuneforge.v1 import fine_tuning_pb2_grpc as pb_grpc
 
 from service.embedded_s3 import EmbeddedS3
 from service.storage import ObjectStore
+from tests.bedrock.conftest import ACCESS_KEY, REGION, SECRET_KEY, create_body, make_client
 from tests.faults.replicas import events, tiny_dataset, tiny_job, wait_all_terminal
 from tests.servers import ApiServer
 from tests.tcp_proxy import TcpProxy
@@ -116,3 +123,91 @@ def test_job_completes_and_calls_answer_503_during_a_10s_store_outage(
     # The trainer rode the outage out (its store writes are retried), not relaunched.
     kinds = [event["type"] for event in events(server, job_id)]
     assert kinds.count("LAUNCHED") == 1 and "RETRY" not in kinds, kinds
+
+
+@pytest.fixture
+def proxied_bedrock_server(
+    s3_server: EmbeddedS3, demo_assets: None, tmp_path: Path
+) -> Iterator[tuple[ApiServer, TcpProxy]]:
+    """Bedrock keys enforced (SigV4); the 'trainer' is /bin/false, so no job trains."""
+    proxy = TcpProxy(s3_server.port).start()
+    server = ApiServer(
+        s3_server,
+        tmp_path / "home",
+        state_bucket=f"state-{uuid.uuid4().hex[:12]}",
+        extra_env={
+            "TUNEFORGE_S3_ENDPOINT_URL": proxy.endpoint_url,
+            "TUNEFORGE_BEDROCK_REGION": REGION,
+            "TUNEFORGE_BEDROCK_ACCESS_KEYS": json.dumps({ACCESS_KEY: SECRET_KEY}),
+            "TUNEFORGE_TRAINER_PYTHON": "/bin/false",
+        },
+    )
+    server.start()
+    yield server, proxy
+    proxy.restore()
+    server.stop()
+    server.kill_trainers()
+    proxy.stop()
+
+
+@pytest.mark.timeout(300)
+def test_bedrock_calls_get_service_unavailable_during_a_store_outage(
+    proxied_bedrock_server: tuple[ApiServer, TcpProxy],
+) -> None:
+    server, proxy = proxied_bedrock_server
+    # One attempt per call (make_client): every answer the server gives is seen here.
+    client = make_client(server)
+    body = {**create_body("bedrock-during"), "clientRequestToken": uuid.uuid4().hex}
+    existing = client.create_model_customization_job(**create_body("bedrock-before"))["jobArn"]
+
+    proxy.outage()
+    outage_ends = time.monotonic() + OUTAGE_SECONDS
+    answers: list[tuple[str, int]] = []
+    created_during: str | None = None
+    try:
+        created_during = client.create_model_customization_job(**body)["jobArn"]
+        answers.append(("Created", 201))
+    except ClientError as error:
+        answers.append(_error_of(error))
+    while time.monotonic() < outage_ends - 1:
+        calls = (
+            lambda: client.get_model_customization_job(jobIdentifier=existing),
+            lambda: client.list_model_customization_jobs(),
+            lambda: client.stop_model_customization_job(jobIdentifier=existing),
+            lambda: client.list_custom_models(),
+        )
+        for call in calls:
+            try:
+                call()
+                answers.append(("OK", 200))
+            except ClientError as error:
+                answers.append(_error_of(error))
+    time.sleep(max(0.0, outage_ends - time.monotonic()))
+    proxy.restore()
+
+    statuses = {status for _, status in answers}
+    assert not {s for s in statuses if s >= 500} - {503}, answers
+    assert ("ServiceUnavailableException", 503) in answers, answers
+    # Besides 503, only answers the store's state explains: a stop of a job that had
+    # already failed (ValidationException) or was stopping (ConflictException).
+    assert {code for code, _ in answers} <= {
+        "OK",
+        "Created",
+        "ServiceUnavailableException",
+        "ValidationException",
+        "ConflictException",
+    }, answers
+
+    # The create is retried with the same token: one job, the same one if the first won.
+    retried = client.create_model_customization_job(**body)["jobArn"]
+    if created_during is not None:
+        assert retried == created_during
+    summaries = client.list_model_customization_jobs(nameContains="bedrock-during")
+    arns = [job["jobArn"] for job in summaries["modelCustomizationJobSummaries"]]
+    assert arns == [retried], summaries
+    assert client.get_model_customization_job(jobIdentifier=retried)["jobArn"] == retried
+
+
+def _error_of(error: ClientError) -> tuple[str, int]:
+    """(the error code botocore parsed from x-amzn-ErrorType, the HTTP status)."""
+    return error.response["Error"]["Code"], error.response["ResponseMetadata"]["HTTPStatusCode"]
