@@ -6,10 +6,14 @@ Two JSONL record formats hold a conversation (FINE_TUNING):
               "system": [{"text": ...}],                          (optional)
               "messages": [{"role": "user" | "assistant", "content": [{"text": ...}]}]}
     OpenAI   {"messages": [{"role": "system" | "user" | "assistant", "content": ...}]}
+             where "content" is a string or a list of content parts
+             [{"type": "text", "text": ...}, ...]
 
 Both become one list of `Message`s: an optional system message first, then user and
 assistant turns alternating, starting with the user and ending with the assistant.
-Several text blocks of one Bedrock message are joined with a newline.
+Several text blocks of one Bedrock message, or text parts of one OpenAI message, are
+joined with a newline. OpenAI parts of any other type (image_url, input_audio, file)
+are refused: the trainer trains text models only.
 
 Rendering: the base model tokenizer's own `chat_template` when it has one, otherwise
 `DEFAULT_CHAT_TEMPLATE` (documented in README.md, "Data formats"). Templates run in
@@ -85,15 +89,23 @@ def record_format(record: dict[str, Any]) -> str | None:
     """BEDROCK or OPENAI for a conversation record, None for any other record.
 
     Bedrock's records say so (`schemaVersion`), or carry `system` or message contents
-    as lists of text blocks; a `messages` record with none of that is OpenAI's."""
+    as lists of untyped `{"text": ...}` blocks. OpenAI's content parts always carry a
+    `"type"`, so a list content with a typed part is OpenAI's; a `messages` record with
+    string contents is OpenAI's too. (A list of untyped blocks without `schemaVersion`
+    stays Bedrock's, so its error says the schemaVersion is missing.)"""
     if "schemaVersion" in record or isinstance(record.get("system"), list):
         return BEDROCK
     if "messages" not in record:
         return None
     messages = record["messages"]
-    if isinstance(messages, list) and any(
-        isinstance(m, dict) and isinstance(m.get("content"), list) for m in messages
-    ):
+    if not isinstance(messages, list):
+        return OPENAI
+    contents = [m.get("content") for m in messages if isinstance(m, dict)]
+    list_contents = [c for c in contents if isinstance(c, list)]
+    typed_part = any(
+        isinstance(part, dict) and "type" in part for content in list_contents for part in content
+    )
+    if list_contents and not typed_part:
         return BEDROCK
     return OPENAI
 
@@ -157,12 +169,38 @@ def parse_openai(record: dict[str, Any]) -> tuple[list[Message], list[str]]:
                 f'{where}: "role" must be "system", "user" or "assistant", got {role!r}'
             )
             continue
-        content = message.get("content")
-        if not isinstance(content, str) or not content.strip():
-            problems.append(f'{where}: "content" must be a non-empty string')
-            continue
-        messages.append(Message(role, content))
+        content, found = _openai_content(message.get("content"), f'{where}."content"')
+        problems += found
+        if content is not None:
+            messages.append(Message(role, content))
     return messages, problems
+
+
+def _openai_content(value: Any, where: str) -> tuple[str | None, list[str]]:
+    """OpenAI content: a non-empty string, or a non-empty list of text parts
+    `{"type": "text", "text": <non-empty string>}` joined by "\n"."""
+    if isinstance(value, str):
+        if value.strip():
+            return value, []
+        return None, [f"{where} must be a non-empty string or array of text parts"]
+    if not isinstance(value, list) or not value:
+        return None, [f"{where} must be a non-empty string or array of text parts"]
+    texts, problems = [], []
+    for index, part in enumerate(value):
+        kind = part.get("type") if isinstance(part, dict) else None
+        text = part.get("text") if isinstance(part, dict) else None
+        if kind is not None and kind != "text":
+            problems.append(
+                f"{where}[{index}] is a {kind!r} part; only text parts are supported "
+                "(the trainer fine-tunes text models)"
+            )
+        elif kind is None or not isinstance(text, str) or not text.strip():
+            problems.append(
+                f'{where}[{index}] must be {{"type": "text", "text": <non-empty string>}}'
+            )
+        else:
+            texts.append(text)
+    return ("\n".join(texts) if not problems else None), problems
 
 
 def role_order_problem(messages: Sequence[Message]) -> str | None:

@@ -31,7 +31,9 @@ from service.launch.base import Observed, Started
 
 log = logging.getLogger(__name__)
 
-_PASSED_THROUGH = ("PATH", "LANG", "LC_ALL", "TZ", "TMPDIR")
+# PYTHONPATH too: the trainer must import the same `trainer` package as the server that
+# launches it (a server run from a source checkout, not the installed copy).
+_PASSED_THROUGH = ("PATH", "LANG", "LC_ALL", "TZ", "TMPDIR", "PYTHONPATH")
 
 # Run as `python -c _WITH_LIMITS AS NPROC NOFILE -m trainer ...`: set each limit that is
 # not 0 (soft and hard, never above the current hard one), then become the trainer

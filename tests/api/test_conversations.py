@@ -1,6 +1,8 @@
 """Conversation data end to end through the API on the tiny demo model: Bedrock's
 `bedrock-conversation-2024` and OpenAI's `messages` format both train to COMPLETED with a
-falling loss; the validation summary shows in REST and gRPC; a second job on the same
+falling loss (OpenAI's with string contents and with lists of text parts); an OpenAI
+record with an image part fails the job in VALIDATING, naming the file and line; the
+validation summary shows in REST and gRPC; a second job on the same
 data takes its tokenized data from the cache.
 
 One API server for the module keeps the trainer subprocesses few and the test bounded.
@@ -67,12 +69,17 @@ def bedrock_jsonl(jsonl: str) -> str:
 
 
 def openai_jsonl(jsonl: str) -> str:
+    """OpenAI's chat format; every other record writes its contents as lists of text
+    parts (`[{"type": "text", "text": ...}]`), which OpenAI allows beside plain strings."""
     lines = []
-    for turns in _turns(jsonl):
-        messages = [{"role": "system", "content": SYSTEM}]
+    for index, turns in enumerate(_turns(jsonl)):
+        messages: list[dict[str, Any]] = [{"role": "system", "content": SYSTEM}]
         for question, answer in turns:
             messages.append({"role": "user", "content": question})
             messages.append({"role": "assistant", "content": answer})
+        if index % 2 == 1:
+            for message in messages:
+                message["content"] = [{"type": "text", "text": message["content"]}]
         lines.append(json.dumps({"messages": messages}))
     return "\n".join(lines) + "\n"
 
@@ -184,3 +191,27 @@ def test_a_second_job_on_the_same_data_takes_the_tokenized_data_from_the_cache(
     assert "tokenized data from cache" in log
     # The same data gives the same summary, whether tokenized or read from the cache.
     assert second["dataSummary"] == first["dataSummary"]
+
+
+def test_an_openai_image_part_fails_the_job_in_validating_naming_file_and_line(
+    server: ApiServer, object_store: ObjectStore, demo_assets: None
+) -> None:
+    train, validation = demo_datasets()
+    records = openai_jsonl(train).splitlines()
+    image = json.loads(records[2])
+    image["messages"][1]["content"] = [
+        {"type": "text", "text": "What is in this picture?"},
+        {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}},
+    ]
+    records[2] = json.dumps(image)
+    training = upload(object_store, "train.jsonl", "\n".join(records) + "\n")
+    job_id = create(
+        server, "chat-image", training, upload(object_store, "v.jsonl", openai_jsonl(validation))
+    )
+    job = server.wait_for(job_id, {"FAILED"}, 120)
+    assert job["failure"]["reason"] == "DATA_VALIDATION"
+    assert (
+        f'{training}:3: "messages"[1]."content"[1] is a \'image_url\' part; only text parts'
+        in job["failure"]["message"]
+    ), job["failure"]["message"]
+    assert "RUNNING" not in job["stateTimes"]

@@ -11,11 +11,14 @@ from typing import Any
 import pytest
 
 from trainer.conversations import (
+    BEDROCK,
     BEDROCK_SCHEMA_VERSION,
     DEFAULT_CHAT_TEMPLATE,
+    OPENAI,
     Message,
     RenderedConversation,
     chat_template_of,
+    record_format,
     render_conversation,
 )
 from trainer.data import IGNORE_INDEX, Example, ValidationErrors, read_jsonl, tokenize
@@ -267,3 +270,54 @@ def test_each_conversation_problem_is_named(
     assert errors.total >= 1
     assert errors.shown[0].startswith(f"{URI}:1: ")
     assert problem in errors.shown[0], errors.shown
+
+
+def openai_parts_record(*turns: str, system: str | None = "Be brief.") -> dict[str, Any]:
+    """OpenAI's chat format with contents as lists of typed parts (two text parts for the
+    first user turn, so the joining is exercised)."""
+    record = openai_record(*turns, system=system)
+    for message in record["messages"]:
+        message["content"] = [{"type": "text", "text": message["content"]}]
+    record["messages"][1 if system else 0]["content"].append({"type": "text", "text": "More."})
+    return record
+
+
+def test_openai_text_parts_are_read_as_openai_messages(tmp_path: Path) -> None:
+    record = openai_parts_record("Hi", "Hello")
+    assert record_format(record) == OPENAI
+    assert record_format({"messages": [{"role": "user", "content": [{"text": "x"}]}]}) == BEDROCK
+    [example, _], errors = read(tmp_path, [record, openai_record("a", "b")])
+    assert errors.total == 0, errors.shown
+    assert example.messages == (
+        Message("system", "Be brief."),
+        Message("user", "Hi\nMore."),
+        Message("assistant", "Hello"),
+    )
+
+
+@pytest.mark.parametrize(
+    ("part", "problem"),
+    [
+        (
+            {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}},
+            """"messages"[1]."content"[1] is a 'image_url' part; only text parts""",
+        ),
+        (
+            {"type": "input_audio", "input_audio": {"data": "AAAA", "format": "wav"}},
+            """"messages"[1]."content"[1] is a 'input_audio' part; only text parts""",
+        ),
+        (
+            {"type": "text", "text": " "},
+            """"messages"[1]."content"[1] must be {"type": "text", "text": <non-empty""",
+        ),
+    ],
+)
+def test_a_non_text_openai_part_is_named_with_file_and_line(
+    tmp_path: Path, part: dict[str, Any], problem: str
+) -> None:
+    record = openai_parts_record("Hi", "Hello")
+    record["messages"][1]["content"][1] = part
+    examples, errors = read(tmp_path, [openai_record("a", "b"), record])
+    assert len(examples) == 1
+    assert len(errors.shown) == 1
+    assert errors.shown[0].startswith(f"{URI}:2: {problem}"), errors.shown
