@@ -40,6 +40,7 @@ from service.errors import (
     TooManyRequests,
 )
 from service.integrations import check_mlflow_tracking_uri
+from service.queue_ledger import QueueFull
 from service.schemas import JobCreate, JobPublic
 from service.storage import ObjectMissing, S3Location, parse_s3_uri
 from service.store import Job, JobStore
@@ -68,33 +69,21 @@ def check_buckets(request: JobCreate, policy: TenantPolicy) -> None:
     policy.check_uri(request.outputDataConfig.s3Uri, "outputDataConfig.s3Uri")
 
 
-def _check_queue_room(store: JobStore, policy: TenantPolicy) -> None:
-    """Refuse a create that would put more than `max_queued_jobs` of the tenant's jobs in
-    the queue. Approximate under concurrent creates (a count, not a lock)."""
+def _reserve_queue_place(store: JobStore, policy: TenantPolicy, job_id: str) -> None:
+    """Give the new job one of the tenant's `max_queued_jobs` places in the queue, or
+    refuse the create. A compare-and-swap on the tenant's ledger (service/queue_ledger.py):
+    exact across replicas, and one or two store calls whatever the number of jobs."""
     if policy.max_queued_jobs <= 0:
         return
-    queued = 0
-    for job_id in store.list_active_job_ids():
-        try:
-            if store.get_spec(job_id).tenant != policy.tenant:
-                continue
-            status, _ = store.get_status(job_id)
-        except JobNotFound:
-            continue
-        except ValueError as error:
-            # One unreadable record must not refuse every create of every tenant; it is
-            # reported on its own reads (a 500 naming it) and here in the log.
-            log.warning("skipping unreadable job %s while counting the queue: %s", job_id, error)
-            continue
-        if status.state == JobState.QUEUED and status.launch is None:
-            queued += 1
-    if queued >= policy.max_queued_jobs:
+    try:
+        store.queue_ledger.reserve(policy.tenant, job_id, policy.max_queued_jobs)
+    except QueueFull as full:
         raise TooManyRequests(
-            f"tenant '{policy.tenant}' already has {queued} jobs waiting in the queue, the "
-            f"most it may have ({policy.max_queued_jobs}); wait for some to start, or stop "
-            "some, then create this one again",
+            f"tenant '{policy.tenant}' already has {full.waiting} jobs waiting in the queue, "
+            f"the most it may have ({policy.max_queued_jobs}); wait for some to start, or "
+            "stop some, then create this one again",
             retry_after_seconds=30,
-        )
+        ) from full
 
 
 def create_job(
@@ -116,8 +105,7 @@ def create_job(
         check_mlflow_tracking_uri(mlflow.trackingUri, mlflow_hosts)
     check_buckets(request, policy)
     token = request.clientRequestToken
-    if token is None or store.find_idempotency_token(tenant, token) is None:
-        _check_queue_room(store, policy)
+    repeat = token is not None and store.find_idempotency_token(tenant, token) is not None
     spec = JobSpec(
         jobId=new_job_id(),
         jobName=request.jobName,
@@ -151,6 +139,10 @@ def create_job(
             else None
         ),
     )
+    # A place in the queue before anything is written: a refused create leaves nothing.
+    # (Should this create die half-way, the reconciler frees the place: queue_ledger.py.)
+    if not repeat:
+        _reserve_queue_place(store, policy, spec.jobId)
     if request.clientRequestToken is None:
         store.create(spec)
         store.append_event(spec.jobId, "CREATED", "job created", JobState.QUEUED)
@@ -167,8 +159,11 @@ def create_job(
         )
     # The replica that claimed the token may have died before writing the job; finishing
     # its create here is safe because the spec is the same document.
-    store.create(record.spec)
     created = record.job_id == spec.jobId
+    if not created and not repeat and policy.max_queued_jobs > 0:
+        # A concurrent request with the same token won: ours will never be written.
+        store.queue_ledger.release(tenant, [spec.jobId])
+    store.create(record.spec)
     if created:
         store.append_event(spec.jobId, "CREATED", "job created", JobState.QUEUED)
     return store.get(record.job_id), created
@@ -184,10 +179,9 @@ def _owned_spec(store: JobStore, job_id: str, tenant: str) -> JobSpec:
 
 
 def get_job(store: JobStore, job_id: str, *, tenant: str) -> Job:
-    job = store.get(job_id)
-    if job.spec.tenant != tenant:
-        raise JobNotFound(job_id)
-    return job
+    # The owner check first, on the (cached) spec: another tenant's id costs no more reads.
+    _owned_spec(store, job_id, tenant)
+    return store.get(job_id)
 
 
 def encode_page_token(job_id: str) -> str:
@@ -226,11 +220,13 @@ def list_jobs(
             scanned += 1
             after = job_id
             try:
+                # Specs are cached (immutable), so skipping other tenants' jobs costs no
+                # store reads; status and control are read only for the caller's own.
+                if store.get_spec(job_id).tenant != tenant:
+                    continue
                 job = store.get(job_id)
             except JobNotFound:
                 continue  # a create in flight: its spec is not written yet
-            if job.spec.tenant != tenant:
-                continue
             if state is None or _visible_state(job) == state:
                 jobs.append(job)
             if len(jobs) == limit:

@@ -141,6 +141,8 @@ class Reconciler:
         self._queue_length = 0
         occupied = 0
         running_by_tenant: dict[str, int] = {}
+        read: set[str] = set()  # jobs whose records this pass read and acted on
+        still_waiting: set[str] = set()  # of those, the ones still queued after it
         for job_id in self.store.list_active_job_ids():  # oldest first
             if self._stopping.is_set():
                 return
@@ -149,6 +151,7 @@ class Reconciler:
                 seen.append(job)
                 with bind_job(job_id, job.spec.tenant, _attempt(job)):
                     waits = self.reconcile(job)
+                read.add(job_id)
                 if waits:
                     waiting.append(job)
                 elif job.status.launch is not None:
@@ -175,10 +178,18 @@ class Reconciler:
                     with bind_job(job.spec.jobId, job.spec.tenant, 1):
                         self._launch(job)
                 else:
+                    still_waiting.add(job.spec.jobId)
                     position += 1
                     self._set_queue_position(job, position)
             except TuneforgeError as error:
+                still_waiting.add(job.spec.jobId)
                 log.warning("launching job %s failed: %s", job.spec.jobId, error.message)
+        try:  # jobs that left the queue give their place back (service/queue_ledger.py)
+            self.store.queue_ledger.settle(
+                read, still_waiting, abandoned_seconds=_ABANDONED_CREATE_SECONDS
+            )
+        except (TuneforgeError, ValueError) as error:
+            log.warning("settling the queue ledgers failed: %s", error)
         if self.metrics is not None:
             self.metrics.observe_jobs(
                 [job.status.state for job in seen],

@@ -13,6 +13,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import re
+import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,10 +29,15 @@ from service.documents import (
     utc_now,
 )
 from service.errors import JobNotFound
+from service.queue_ledger import QueueLedger
 from service.storage import ObjectStore, PreconditionFailed, S3Location
 
 _JOB_ID = re.compile(JOB_ID_PATTERN)
 _TENANT = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
+# Specs kept in memory per process. A spec never changes once written (If-None-Match)
+# and jobs are never deleted, so a cached one is never stale; the bound only caps memory
+# (a spec is a few KB).
+SPEC_CACHE_SIZE = 10_000
 
 
 @dataclass
@@ -54,9 +61,18 @@ def check_job_id(job_id: str) -> str:
 
 
 class JobStore:
-    def __init__(self, storage: ObjectStore, bucket: str) -> None:
+    def __init__(
+        self, storage: ObjectStore, bucket: str, *, spec_cache_size: int = SPEC_CACHE_SIZE
+    ) -> None:
         self.storage = storage
         self.bucket = bucket
+        # Read-through cache of immutable specs: describe, list and every reconcile pass
+        # read a job's spec, and without it each of those is one more store GET.
+        self._specs: OrderedDict[str, JobSpec] = OrderedDict()
+        self._specs_lock = threading.Lock()
+        self._spec_cache_size = spec_cache_size
+        # Which jobs hold a place in each tenant's queue (service/queue_ledger.py).
+        self.queue_ledger = QueueLedger(storage, bucket)
 
     # -- keys ----------------------------------------------------------------
 
@@ -97,10 +113,13 @@ class JobStore:
         created, so a job must never exist without one.
         """
         self.storage.put_bytes(self._active(spec.jobId), b"")
-        with contextlib.suppress(PreconditionFailed):
+        try:
             self.storage.put_json(
                 self._job(spec.jobId, "spec.json"), spec.model_dump(mode="json"), if_none_match=True
             )
+            self._remember_spec(spec)  # ours is the stored one: no GET to describe it
+        except PreconditionFailed:
+            pass  # written before, by the replica that began this create (same document)
         status = JobStatus(updatedAt=spec.createdAt, stateTimes={"QUEUED": spec.createdAt})
         with contextlib.suppress(PreconditionFailed):
             self.storage.put_json(
@@ -139,10 +158,26 @@ class JobStore:
     # -- read ----------------------------------------------------------------
 
     def get_spec(self, job_id: str) -> JobSpec:
+        """The job's spec: from memory when this process has read it before (specs never
+        change), else one GET. Callers must not modify the returned object."""
+        with self._specs_lock:
+            cached = self._specs.get(job_id)
+            if cached is not None:
+                self._specs.move_to_end(job_id)
+                return cached
         found = self.storage.get_json(self._job(job_id, "spec.json"))
-        if found is None:
+        if found is None:  # not cached: a create in flight may write it any moment
             raise JobNotFound(job_id)
-        return JobSpec.model_validate(found[0])
+        spec = JobSpec.model_validate(found[0])
+        self._remember_spec(spec)
+        return spec
+
+    def _remember_spec(self, spec: JobSpec) -> None:
+        with self._specs_lock:
+            self._specs[spec.jobId] = spec
+            self._specs.move_to_end(spec.jobId)
+            while len(self._specs) > self._spec_cache_size:
+                self._specs.popitem(last=False)
 
     def get_status(self, job_id: str) -> tuple[JobStatus, str | None]:
         """The status and its ETag; a job whose status was never written is QUEUED."""
