@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import random
 import statistics
 import sys
@@ -48,6 +49,33 @@ Latencies = dict[str, list[float]]
 def _percentile(values: list[float], fraction: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+def _process_cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process and its reaped children (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = sum(int(value) for value in fields[11:15])  # utime stime cutime cstime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+class CpuMeter:
+    """CPU seconds this bench client and the API server used during one phase: on a
+    shared machine the client competes with the server, so both are reported."""
+
+    def __init__(self, server_pid: int) -> None:
+        self.server_pid = server_pid
+        self.client_started = time.process_time()
+        self.server_started = _process_cpu_seconds(server_pid)
+
+    def line(self, requests: int, seconds: float) -> str:
+        client = time.process_time() - self.client_started
+        server = _process_cpu_seconds(self.server_pid) - self.server_started
+        per_request = f"{1000 * client / requests:.2f} / {1000 * server / requests:.2f}"
+        return (
+            f"cpu: client {client:.1f} s ({100 * client / seconds:.0f}% of a core), server "
+            f"{server:.1f} s ({100 * server / seconds:.0f}%); per request client / server "
+            f"{per_request if requests else '-'} ms"
+        )
 
 
 def _report(title: str, latencies: Latencies, errors: dict[str, int], seconds: float) -> None:
@@ -213,10 +241,15 @@ def main() -> int:
                 f"{arguments.clients} clients, {arguments.seconds:.0f} s, mix {mix}; "
                 f"{arguments.jobs} jobs to read; server {server.url}"
             )
+            assert server.process is not None
+            pid = server.process.pid
+            meter = CpuMeter(pid)
             latencies, errors, elapsed = asyncio.run(
                 _run_mix(server.url, job_ids, arguments.clients, arguments.seconds, mix)
             )
             _report(f"mixed load ({elapsed:.1f} s)", latencies, errors, elapsed)
+            print(meter.line(sum(len(v) for v in latencies.values()), elapsed))
+            meter = CpuMeter(pid)
             burst_latencies, burst_errors, burst_elapsed = asyncio.run(
                 _burst(server.url, arguments.burst)
             )
@@ -226,6 +259,8 @@ def main() -> int:
                 burst_errors,
                 burst_elapsed,
             )
+            print(meter.line(sum(len(v) for v in burst_latencies.values()), burst_elapsed))
+            meter = CpuMeter(pid)
             base_latencies, base_errors, base_elapsed = asyncio.run(
                 _run_mix(
                     server.url,
@@ -241,6 +276,7 @@ def main() -> int:
                 base_errors,
                 base_elapsed,
             )
+            print(meter.line(sum(len(v) for v in base_latencies.values()), base_elapsed))
             raw_started = time.perf_counter()
             raw = _raw_store_get(s3, "bench", job_ids[0], 200)
             raw_elapsed = time.perf_counter() - raw_started
