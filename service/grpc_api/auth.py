@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 import grpc
@@ -19,6 +20,7 @@ from service.auth.limits import TenantPolicy
 from service.auth.tenants import DEFAULT_TENANT
 from service.context import ServiceContext
 from service.grpc_api.errors import abort
+from service.grpc_api.interceptors import wrap_method_handler
 
 _POLICY: contextvars.ContextVar[TenantPolicy] = contextvars.ContextVar("tuneforge_tenant")
 
@@ -49,6 +51,11 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         except Exception as error:
             await abort(context, error)
 
+    @asynccontextmanager
+    async def _authenticated(self, context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
+        _POLICY.set(await self._policy(context))
+        yield
+
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
@@ -57,31 +64,9 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(details)
         if handler is None or not details.method.startswith(self.prefix):
             return handler
-        if handler.unary_unary is not None:
-            inner_unary = handler.unary_unary
-
-            async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                _POLICY.set(await self._policy(context))
-                return await inner_unary(request, context)
-
-            return grpc.unary_unary_rpc_method_handler(
-                unary_unary,
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
+        wrapped = wrap_method_handler(handler, self._authenticated)
+        if wrapped is None:
+            raise RuntimeError(
+                f"{details.method}: a method kind the auth interceptor does not wrap"
             )
-        if handler.unary_stream is not None:
-            inner_stream = handler.unary_stream
-
-            async def unary_stream(
-                request: Any, context: grpc.aio.ServicerContext
-            ) -> AsyncIterator[Any]:
-                _POLICY.set(await self._policy(context))
-                async for item in inner_stream(request, context):
-                    yield item
-
-            return grpc.unary_stream_rpc_method_handler(
-                unary_stream,
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        raise RuntimeError(f"{details.method}: a method kind the auth interceptor does not wrap")
+        return wrapped

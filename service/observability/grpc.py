@@ -12,10 +12,12 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from contextlib import asynccontextmanager
+from functools import partial
 
 import grpc
 
+from service.grpc_api.interceptors import wrap_method_handler
 from service.observability.metrics import Metrics
 from service.observability.request_context import (
     GRPC_REQUEST_ID_KEY,
@@ -62,6 +64,17 @@ class ObservationInterceptor(grpc.aio.ServerInterceptor):
             },
         )
 
+    @asynccontextmanager
+    async def _observed(
+        self, operation: str, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[None]:
+        started = time.perf_counter()
+        with bind_request(await self._begin(context)):
+            try:
+                yield
+            finally:
+                self._end(operation, context, started)
+
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
@@ -71,39 +84,6 @@ class ObservationInterceptor(grpc.aio.ServerInterceptor):
         if handler is None:
             return handler
         operation = operation_name(details.method)
-        if handler.unary_unary is not None:
-            inner_unary = handler.unary_unary
-
-            async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                started = time.perf_counter()
-                with bind_request(await self._begin(context)):
-                    try:
-                        return await inner_unary(request, context)
-                    finally:
-                        self._end(operation, context, started)
-
-            return grpc.unary_unary_rpc_method_handler(
-                unary_unary,
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.unary_stream is not None:
-            inner_stream = handler.unary_stream
-
-            async def unary_stream(
-                request: Any, context: grpc.aio.ServicerContext
-            ) -> AsyncIterator[Any]:
-                started = time.perf_counter()
-                with bind_request(await self._begin(context)):
-                    try:
-                        async for item in inner_stream(request, context):
-                            yield item
-                    finally:
-                        self._end(operation, context, started)
-
-            return grpc.unary_stream_rpc_method_handler(
-                unary_stream,
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        return handler  # other kinds (none in this service) pass unobserved
+        wrapped = wrap_method_handler(handler, partial(self._observed, operation))
+        # Other kinds (reflection's stream-stream method) pass unobserved.
+        return handler if wrapped is None else wrapped

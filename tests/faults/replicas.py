@@ -1,4 +1,8 @@
-"""Helpers for the fault tests: two replicas over one store, a tiny dataset, counts.
+"""Helpers for the fault tests: servers over one store, a tiny dataset, counts.
+
+`serving(*servers)` starts API servers and, whatever the test did, stops them and kills
+their trainers; `two_replicas` makes two replicas over one new state bucket,
+`one_server` one server on its own.
 
 Launches are counted two ways, both independent of the replica that did them: the
 job's LAUNCHED events in the store, and the trainer attempt work directories
@@ -9,14 +13,49 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 from service.demo import DEMO_BUCKET, TRAIN_KEY
+from service.embedded_s3 import EmbeddedS3
 from service.storage import ObjectStore, S3Location
 from tests.servers import TERMINAL, ApiServer, demo_job
+
+
+def new_state_bucket() -> str:
+    return f"state-{uuid.uuid4().hex[:12]}"
+
+
+def one_server(s3: EmbeddedS3, home: Path, extra_env: dict[str, str] | None = None) -> ApiServer:
+    return ApiServer(s3, home, state_bucket=new_state_bucket(), extra_env=extra_env)
+
+
+def two_replicas(
+    s3: EmbeddedS3, root: Path, extra_env: dict[str, str] | None = None
+) -> tuple[ApiServer, ApiServer]:
+    """Replicas `a` and `b` (homes under `root`) sharing one new state bucket."""
+    bucket = new_state_bucket()
+    first = ApiServer(s3, root / "a", state_bucket=bucket, extra_env=extra_env)
+    second = ApiServer(s3, root / "b", state_bucket=bucket, extra_env=extra_env)
+    return first, second
+
+
+@contextmanager
+def serving(*servers: ApiServer) -> Iterator[None]:
+    """Start `servers`; on the way out stop each and kill its trainers, so a test that
+    fails half-way leaves no trainer running into the next one."""
+    try:
+        for server in servers:
+            server.start()
+        yield
+    finally:
+        for server in servers:
+            server.stop()
+            server.kill_trainers()
 
 
 def tiny_dataset(object_store: ObjectStore, records: int = 16) -> str:

@@ -9,7 +9,6 @@ process session) and is recognised by pid on this shared host.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,8 +20,10 @@ from tests.faults.replicas import (
     attempt_directories,
     create,
     events,
+    serving,
     tiny_dataset,
     tiny_job,
+    two_replicas,
     wait_all_terminal,
 )
 from tests.servers import ApiServer
@@ -34,15 +35,9 @@ TRIALS = 3
 def replicas(
     s3_server: EmbeddedS3, demo_assets: None, tmp_path: Path
 ) -> Iterator[tuple[ApiServer, ApiServer]]:
-    bucket = f"state-{uuid.uuid4().hex[:12]}"
-    first = ApiServer(s3_server, tmp_path / "a", state_bucket=bucket)
-    second = ApiServer(s3_server, tmp_path / "b", state_bucket=bucket)
-    first.start()
-    second.start()
-    yield first, second
-    for server in (first, second):
-        server.stop()
-        server.kill_trainers()
+    pair = two_replicas(s3_server, tmp_path)
+    with serving(*pair):
+        yield pair
 
 
 @pytest.mark.timeout(600)

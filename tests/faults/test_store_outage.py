@@ -21,6 +21,7 @@ import json
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import grpc
@@ -32,7 +33,14 @@ from tuneforge.v1 import fine_tuning_pb2_grpc as pb_grpc
 from service.embedded_s3 import EmbeddedS3
 from service.storage import ObjectStore
 from tests.bedrock.conftest import ACCESS_KEY, REGION, SECRET_KEY, create_body, make_client
-from tests.faults.replicas import events, tiny_dataset, tiny_job, wait_all_terminal
+from tests.faults.replicas import (
+    events,
+    one_server,
+    serving,
+    tiny_dataset,
+    tiny_job,
+    wait_all_terminal,
+)
 from tests.servers import ApiServer
 from tests.tcp_proxy import TcpProxy
 
@@ -43,19 +51,13 @@ OUTAGE_SECONDS = 10.0
 def proxied_server(
     s3_server: EmbeddedS3, demo_assets: None, tmp_path: Path
 ) -> Iterator[tuple[ApiServer, TcpProxy]]:
-    proxy = TcpProxy(s3_server.port).start()
-    server = ApiServer(
-        s3_server,
-        tmp_path / "home",
-        state_bucket=f"state-{uuid.uuid4().hex[:12]}",
-        extra_env={"TUNEFORGE_S3_ENDPOINT_URL": proxy.endpoint_url},
-    )
-    server.start()
-    yield server, proxy
-    proxy.restore()
-    server.stop()
-    server.kill_trainers()
-    proxy.stop()
+    with proxied(s3_server) as proxy:
+        server = one_server(
+            s3_server, tmp_path / "home", {"TUNEFORGE_S3_ENDPOINT_URL": proxy.endpoint_url}
+        )
+        with serving(server):
+            yield server, proxy
+            proxy.restore()  # before the server stops: its shutdown writes to the store
 
 
 @pytest.mark.timeout(600)
@@ -130,24 +132,29 @@ def proxied_bedrock_server(
     s3_server: EmbeddedS3, demo_assets: None, tmp_path: Path
 ) -> Iterator[tuple[ApiServer, TcpProxy]]:
     """Bedrock keys enforced (SigV4); the 'trainer' is /bin/false, so no job trains."""
-    proxy = TcpProxy(s3_server.port).start()
-    server = ApiServer(
-        s3_server,
-        tmp_path / "home",
-        state_bucket=f"state-{uuid.uuid4().hex[:12]}",
-        extra_env={
+    with proxied(s3_server) as proxy:
+        environment = {
             "TUNEFORGE_S3_ENDPOINT_URL": proxy.endpoint_url,
             "TUNEFORGE_BEDROCK_REGION": REGION,
             "TUNEFORGE_BEDROCK_ACCESS_KEYS": json.dumps({ACCESS_KEY: SECRET_KEY}),
             "TUNEFORGE_TRAINER_PYTHON": "/bin/false",
-        },
-    )
-    server.start()
-    yield server, proxy
-    proxy.restore()
-    server.stop()
-    server.kill_trainers()
-    proxy.stop()
+        }
+        server = one_server(s3_server, tmp_path / "home", environment)
+        with serving(server):
+            yield server, proxy
+            proxy.restore()  # before the server stops: its shutdown writes to the store
+
+
+@contextmanager
+def proxied(s3_server: EmbeddedS3) -> Iterator[TcpProxy]:
+    """A TCP proxy in front of the store, restored (so servers can stop cleanly) and
+    stopped on the way out."""
+    proxy = TcpProxy(s3_server.port).start()
+    try:
+        yield proxy
+    finally:
+        proxy.restore()
+        proxy.stop()
 
 
 @pytest.mark.timeout(300)

@@ -18,7 +18,6 @@ import os
 import random
 import signal
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,15 @@ import pytest
 from service.embedded_s3 import EmbeddedS3
 from service.storage import ObjectStore, parse_s3_uri
 from service.store import JobStore
-from tests.faults.replicas import create, events, tiny_dataset, tiny_job, wait_all_terminal
+from tests.faults.replicas import (
+    create,
+    events,
+    one_server,
+    serving,
+    tiny_dataset,
+    tiny_job,
+    wait_all_terminal,
+)
 from tests.servers import ApiServer
 
 TRIALS = 10
@@ -68,16 +75,9 @@ def _final_weights(object_store: ObjectStore, store: JobStore, job_id: str) -> b
 @pytest.fixture
 def server(s3_server: EmbeddedS3, demo_assets: None, tmp_path: Path) -> Iterator[ApiServer]:
     # Two slots: trials overlap a little, without ten trainers fighting over two cores.
-    api = ApiServer(
-        s3_server,
-        tmp_path / "home",
-        state_bucket=f"state-{uuid.uuid4().hex[:12]}",
-        extra_env={"TUNEFORGE_LOCAL_SLOTS": "2"},
-    )
-    api.start()
-    yield api
-    api.stop()
-    api.kill_trainers()
+    api = one_server(s3_server, tmp_path / "home", {"TUNEFORGE_LOCAL_SLOTS": "2"})
+    with serving(api):
+        yield api
 
 
 @pytest.mark.timeout(1500)

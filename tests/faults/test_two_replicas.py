@@ -13,7 +13,6 @@ on a busy 2-core machine.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,8 +24,10 @@ from tests.faults.replicas import (
     attempt_directories,
     create,
     launch_count,
+    serving,
     tiny_dataset,
     tiny_job,
+    two_replicas,
     wait_all_terminal,
 )
 from tests.servers import ApiServer
@@ -39,16 +40,9 @@ SLOTS_PER_REPLICA = 2
 def replicas(
     s3_server: EmbeddedS3, demo_assets: None, tmp_path: Path
 ) -> Iterator[tuple[ApiServer, ApiServer]]:
-    bucket = f"state-{uuid.uuid4().hex[:12]}"
-    environment = {"TUNEFORGE_LOCAL_SLOTS": str(SLOTS_PER_REPLICA)}
-    first = ApiServer(s3_server, tmp_path / "a", state_bucket=bucket, extra_env=environment)
-    second = ApiServer(s3_server, tmp_path / "b", state_bucket=bucket, extra_env=environment)
-    first.start()
-    second.start()
-    yield first, second
-    for server in (first, second):
-        server.stop()
-        server.kill_trainers()
+    pair = two_replicas(s3_server, tmp_path, {"TUNEFORGE_LOCAL_SLOTS": str(SLOTS_PER_REPLICA)})
+    with serving(*pair):
+        yield pair
 
 
 @pytest.mark.timeout(1500)
