@@ -46,8 +46,13 @@ class EmbeddedS3:
         access_key_id: str | None,
         secret_access_key: str | None,
         log_path: Path | None = None,
+        s3_config: Path | None = None,
     ) -> None:
         self.data_dir = data_dir
+        # SeaweedFS's identities file (`-s3.config`): several key pairs, each with its
+        # actions (`Read:<bucket>`, `Write:<bucket>/<prefix>*`, `Admin`, ...). It should
+        # name the pair above too, with `Admin`: the service's own.
+        self.s3_config = s3_config
         self.port = port
         self.access_key_id = access_key_id
         self.secret_access_key = secret_access_key
@@ -80,6 +85,8 @@ class EmbeddedS3:
             f"-s3.port={self.port}",
             *(f"-{name}={port}" for name, port in ports.items()),
         ]
+        if self.s3_config is not None:
+            command.append(f"-s3.config={self.s3_config}")
         environment = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "HOME": os.environ.get("HOME", str(self.data_dir)),

@@ -35,6 +35,7 @@ from service.reconciler import Reconciler
 from service.settings import Settings
 from service.storage import ObjectStore
 from service.store import JobStore
+from service.trainer_credentials import TrainerCredentials
 from service.webhooks import WebhookNotifier
 
 log = logging.getLogger("tuneforge")
@@ -162,6 +163,7 @@ def main() -> int:
         if access_key and secret:
             trainer_environment["AWS_ACCESS_KEY_ID"] = access_key
             trainer_environment["AWS_SECRET_ACCESS_KEY"] = secret
+        trainer_credentials = TrainerCredentials.load(settings.trainer_credentials_file)
         store = JobStore(storage, settings.state_bucket)
         # Before anything listens: refuses to start with auth off on a non-loopback bind.
         access = Access.start(
@@ -197,6 +199,7 @@ def main() -> int:
             tenant_running_limit=lambda tenant: access.policy(tenant).max_running_jobs,
             metrics=metrics,
             notifier=notifier,
+            tenant_environment=trainer_credentials.environment_for,
         )
         context = ServiceContext(
             settings, store, reconciler, store_conformant=True, access=access, metrics=metrics

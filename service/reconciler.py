@@ -80,10 +80,14 @@ class Reconciler:
         tenant_running_limit: Callable[[str], int] | None = None,
         metrics: Metrics | None = None,
         notifier: WebhookNotifier | None = None,
+        tenant_environment: Callable[[str], dict[str, str]] | None = None,
     ) -> None:
         self.store = store
         self.launcher = launcher
         self.trainer_environment = trainer_environment
+        # Per tenant, variables that replace some of `trainer_environment` (its own store
+        # credentials: service/trainer_credentials.py).
+        self.tenant_environment = tenant_environment or (lambda tenant: {})
         self.interval_seconds = interval_seconds
         self.heartbeat_timeout_seconds = heartbeat_timeout_seconds
         self.stop_grace_seconds = stop_grace_seconds
@@ -272,7 +276,11 @@ class Reconciler:
         if self.store.update_status(job.spec.jobId, claim_launch) is None:
             return
         try:
-            started = self.launcher.start(job.spec, attempt, self.trainer_environment)
+            environment = {
+                **self.trainer_environment,
+                **self.tenant_environment(job.spec.tenant),
+            }
+            started = self.launcher.start(job.spec, attempt, environment)
         except Exception as error:
             log.exception("could not start the trainer for job %s", job.spec.jobId)
             self._finish(

@@ -87,6 +87,10 @@ class Settings(BaseSettings):
     # request.
     trainer_heartbeat_seconds: float = 2.0
     trainer_python: str | None = None
+    # Store credentials per tenant for its trainers (service/trainer_credentials.py): a
+    # JSON file {"<tenant>": {"access_key_id": ..., "secret_access_key": ...}}. Tenants
+    # not in it (or no file) give their trainers the store's own credentials.
+    trainer_credentials_file: Path | None = None
 
     # -- cluster launchers (service/launch/ray.py, service/launch/kubernetes.py) -------
     # Attempts a cluster launcher has submitted at once; the cluster queues the rest.
