@@ -1,7 +1,8 @@
 """The Bedrock-compatible routes: botocore's `bedrock` service model, paths and shapes.
 
 Each handler parses, calls `operations` (over the core) and returns the mapped shape.
-Errors and authentication are the route class's (`errors.bedrock_route_class`).
+Errors and authentication are the route class's (`errors.bedrock_route_class`); what
+/openapi.json says of each route's answers is `openapi.py`'s.
 """
 
 from __future__ import annotations
@@ -12,12 +13,31 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
+from starlette.convertors import PathConvertor, register_url_convertor
 
 from service.bedrock import operations
 from service.bedrock.auth import authenticate, tenant_policy
 from service.bedrock.errors import bedrock_route_class
 from service.bedrock.mapping import Arns, parse_create
+from service.bedrock.openapi import (
+    CONFLICT,
+    NOT_FOUND,
+    create_request_body,
+    error_responses,
+    success_response,
+)
 from service.context import ServiceContext
+
+
+class IdentifierConvertor(PathConvertor):
+    """Starlette's `path` (an ARN's '/' arrives percent-encoded and is matched decoded),
+    newlines included: an identifier with one gets this face's own answer, not the
+    router's native 404."""
+
+    regex = "(?s:.*)"
+
+
+register_url_convertor("identifier", IdentifierConvertor())
 
 router = APIRouter(
     tags=["bedrock"], route_class=bedrock_route_class(authenticate), include_in_schema=True
@@ -48,7 +68,17 @@ Time = Annotated[datetime | None, Query()]
 Text = Annotated[str | None, Query(max_length=2048)]
 
 
-@router.post("/model-customization-jobs", summary="CreateModelCustomizationJob")
+@router.post(
+    "/model-customization-jobs",
+    summary="CreateModelCustomizationJob",
+    status_code=201,
+    response_model=None,
+    responses={
+        201: success_response("CreateModelCustomizationJob", "The job is created."),
+        **error_responses(*NOT_FOUND, *CONFLICT),
+    },
+    openapi_extra=create_request_body(),
+)
 async def create_model_customization_job(request: Request) -> JSONResponse:
     parsed = parse_create(await request.body())
     context = _context(request)
@@ -60,7 +90,15 @@ async def create_model_customization_job(request: Request) -> JSONResponse:
     return JSONResponse({"jobArn": _arns(request).job(job.spec.jobId)}, status_code=201)
 
 
-@router.get("/model-customization-jobs", summary="ListModelCustomizationJobs")
+@router.get(
+    "/model-customization-jobs",
+    summary="ListModelCustomizationJobs",
+    response_model=None,
+    responses={
+        200: success_response("ListModelCustomizationJobs", "A page of the caller's jobs."),
+        **error_responses(),
+    },
+)
 def list_model_customization_jobs(
     request: Request,
     creation_time_after: Annotated[Time, Query(alias="creationTimeAfter")] = None,
@@ -87,8 +125,15 @@ def list_model_customization_jobs(
     )
 
 
-# `:path`: an ARN arrives with its '/' percent-encoded, and the path is matched decoded.
-@router.get("/model-customization-jobs/{job_identifier:path}", summary="GetModelCustomizationJob")
+@router.get(
+    "/model-customization-jobs/{job_identifier:identifier}",
+    summary="GetModelCustomizationJob",
+    response_model=None,
+    responses={
+        200: success_response("GetModelCustomizationJob", "The job."),
+        **error_responses(*NOT_FOUND),
+    },
+)
 def get_model_customization_job(request: Request, job_identifier: str) -> dict[str, Any]:
     tenant = tenant_policy(request).tenant
     store = _context(request).store
@@ -96,7 +141,13 @@ def get_model_customization_job(request: Request, job_identifier: str) -> dict[s
 
 
 @router.post(
-    "/model-customization-jobs/{job_identifier:path}/stop", summary="StopModelCustomizationJob"
+    "/model-customization-jobs/{job_identifier:identifier}/stop",
+    summary="StopModelCustomizationJob",
+    response_model=None,
+    responses={
+        200: success_response("StopModelCustomizationJob", "The stop is requested."),
+        **error_responses(*NOT_FOUND, *CONFLICT),
+    },
 )
 def stop_model_customization_job(request: Request, job_identifier: str) -> dict[str, Any]:
     context = _context(request)
@@ -108,7 +159,15 @@ def stop_model_customization_job(request: Request, job_identifier: str) -> dict[
     return {}
 
 
-@router.get("/custom-models", summary="ListCustomModels")
+@router.get(
+    "/custom-models",
+    summary="ListCustomModels",
+    response_model=None,
+    responses={
+        200: success_response("ListCustomModels", "A page of the caller's models."),
+        **error_responses(),
+    },
+)
 def list_custom_models(
     request: Request,
     creation_time_after: Annotated[Time, Query(alias="creationTimeAfter")] = None,
@@ -135,7 +194,15 @@ def list_custom_models(
     )
 
 
-@router.get("/custom-models/{model_identifier:path}", summary="GetCustomModel")
+@router.get(
+    "/custom-models/{model_identifier:identifier}",
+    summary="GetCustomModel",
+    response_model=None,
+    responses={
+        200: success_response("GetCustomModel", "The model."),
+        **error_responses(*NOT_FOUND),
+    },
+)
 def get_custom_model(request: Request, model_identifier: str) -> dict[str, Any]:
     return operations.get_model(
         _context(request).store,
@@ -145,7 +212,15 @@ def get_custom_model(request: Request, model_identifier: str) -> dict[str, Any]:
     )
 
 
-@router.delete("/custom-models/{model_identifier:path}", summary="DeleteCustomModel")
+@router.delete(
+    "/custom-models/{model_identifier:identifier}",
+    summary="DeleteCustomModel",
+    response_model=None,
+    responses={
+        200: success_response("DeleteCustomModel", "The model is deleted."),
+        **error_responses(*NOT_FOUND, *CONFLICT),
+    },
+)
 def delete_custom_model(request: Request, model_identifier: str) -> dict[str, Any]:
     operations.delete_model(
         _context(request).store,

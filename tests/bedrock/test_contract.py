@@ -26,7 +26,7 @@ def test_routes_serve_exactly_the_claimed_operations() -> None:
     served = set()
     for route in router.routes:
         for method in route.methods:  # type: ignore[attr-defined]
-            path = route.path.replace(":path}", "}")  # type: ignore[attr-defined]
+            path = route.path.replace(":identifier}", "}")  # type: ignore[attr-defined]
             path = path.replace("{job_identifier}", "{jobIdentifier}")
             path = path.replace("{model_identifier}", "{modelIdentifier}")
             served.add((method, path))
