@@ -388,6 +388,7 @@ class LogSlice:
     data: bytes
     next_offset: int
     size: int
+    attempt: int | None = None  # whose log it is; None before the first launch
 
 
 def read_job_log(
@@ -397,23 +398,33 @@ def read_job_log(
     tenant: str,
     offset: int = 0,
     max_bytes: int = DEFAULT_LOG_BYTES,
+    attempt: int | None = None,
 ) -> LogSlice:
-    """Up to `max_bytes` of the trainer's log from byte `offset` (negative: from the end).
+    """Up to `max_bytes` of one attempt's trainer log from byte `offset` (negative: from
+    the end); the current (latest launched) attempt's unless `attempt` names an earlier one.
 
     The slice never ends inside a UTF-8 character, so the next one starts on one.
     A log the trainer has not uploaded yet is empty.
     """
     if not 1 <= max_bytes <= MAX_LOG_BYTES:
         raise InvalidArgument(f"maxBytes must be between 1 and {MAX_LOG_BYTES}", field="maxBytes")
-    _owned_spec(store, job_id, tenant)
-    found = store.storage.get_bytes(store.log_location(job_id))
+    job = get_job(store, job_id, tenant=tenant)
+    current = job.status.launch.attempt if job.status.launch is not None else None
+    if attempt is not None and (current is None or not 1 <= attempt <= current):
+        launched = "has not been launched yet" if current is None else f"has attempts 1-{current}"
+        raise InvalidArgument(f"attempt {attempt}: job {job_id} {launched}", field="attempt")
+    chosen = attempt if attempt is not None else current
+    found = None if chosen is None else store.storage.get_bytes(store.log_location(job_id, chosen))
+    if found is None and attempt is None and chosen is not None:
+        # A job that ran before logs were kept per attempt has its one log here.
+        found = store.storage.get_bytes(store.legacy_log_location(job_id))
     log = found[0] if found is not None else b""
     size = len(log)
     start = max(0, size + offset) if offset < 0 else min(offset, size)
     end = min(size, start + max_bytes)
     while start < end < size and (log[end] & 0xC0) == 0x80:
         end -= 1  # a continuation byte: end before the character it belongs to
-    return LogSlice(data=log[start:end], next_offset=end, size=size)
+    return LogSlice(data=log[start:end], next_offset=end, size=size, attempt=chosen)
 
 
 class JobWatch:

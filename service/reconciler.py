@@ -349,7 +349,7 @@ class Reconciler:
             cause = "crash"
         if observed.reason:
             how += f": {observed.reason}"
-        log_uri = self.store.log_location(job.spec.jobId).uri
+        log_uri = self.store.log_location(job.spec.jobId, launch.attempt).uri
         if observed.reason and observed.reason.startswith("out of memory"):
             # The same job would run out again: never retried (issue 6).
             message = (
@@ -412,7 +412,7 @@ class Reconciler:
     def _upload_log(self, job_id: str, attempt: int) -> None:
         path = self.launcher.local_log(job_id, attempt)
         if path is not None:
-            self.store.upload_log(job_id, path)
+            self.store.upload_log(job_id, attempt, path)
 
 
 def _attempt(job: Job) -> int:

@@ -93,7 +93,13 @@ class JobStore:
     def mark_inactive(self, job_id: str) -> None:
         self.storage.delete(self._active(job_id))
 
-    def log_location(self, job_id: str) -> S3Location:
+    def log_location(self, job_id: str, attempt: int) -> S3Location:
+        """One attempt's trainer log. Each attempt keeps its own, so the log of a killed
+        or preempted attempt (the one that says why) survives its relaunch."""
+        return self._job(job_id, "logs", f"attempt-{attempt}", "trainer.log")
+
+    def legacy_log_location(self, job_id: str) -> S3Location:
+        """Where trainers wrote the log before logs were kept per attempt (read only)."""
         return self._job(job_id, "logs", "trainer.log")
 
     def _idempotency(self, tenant: str, token: str) -> S3Location:
@@ -288,5 +294,5 @@ class JobStore:
                 events.append(JobEvent.model_validate(found[0]))
         return events, len(keys) > limit
 
-    def upload_log(self, job_id: str, path: Path) -> None:
-        self.storage.upload_file(path, self.log_location(job_id))
+    def upload_log(self, job_id: str, attempt: int, path: Path) -> None:
+        self.storage.upload_file(path, self.log_location(job_id, attempt))

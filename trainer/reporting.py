@@ -221,7 +221,7 @@ class Reporter:
     def upload_log(self) -> None:
         if self.fenced.is_set() or self.log_file is None or not self.log_file.is_file():
             return
-        self.store.upload_log(self.job_id, self.log_file)
+        self.store.upload_log(self.job_id, self.attempt, self.log_file)
 
     def upload_all(self) -> None:
         """Metrics and the log now; nothing once fenced (the output is another's)."""

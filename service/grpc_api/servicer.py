@@ -190,7 +190,11 @@ class FineTuningServicer(pb_grpc.FineTuningServiceServicer):
             tenant=current_policy().tenant,
             offset=request.offset,
             max_bytes=request.max_bytes or jobs.DEFAULT_LOG_BYTES,
+            attempt=request.attempt if request.HasField("attempt") else None,
         )
         return pb.ReadJobLogResponse(
-            data=piece.data, next_offset=piece.next_offset, size=piece.size
+            data=piece.data,
+            next_offset=piece.next_offset,
+            size=piece.size,
+            attempt=piece.attempt or 0,
         )

@@ -66,7 +66,7 @@ def test_demo_job_runs_end_to_end(
     assert generated.shape[1] == inputs["input_ids"].shape[1] + 1
 
     log = object_store.get_bytes(
-        S3Location(api_server.state_bucket, f"jobs/{job_id}/logs/trainer.log")
+        S3Location(api_server.state_bucket, f"jobs/{job_id}/logs/attempt-1/trainer.log")
     )
     assert log is not None and log[0]
 

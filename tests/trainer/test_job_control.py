@@ -128,7 +128,7 @@ def test_trainer_of_an_older_attempt_exits_fenced_and_writes_nothing(
     assert etag_after == etag
     assert after == before and after.state is JobState.QUEUED
     assert job_store.list_events(spec.jobId) == []
-    assert object_store.head(job_store.log_location(spec.jobId)) is None
+    assert object_store.head(job_store.log_location(spec.jobId, 1)) is None
 
 
 def test_trainer_that_loses_its_job_while_running_exits_fenced_and_stops_writing(

@@ -77,7 +77,7 @@ def test_demo_job_completes_with_metrics_and_a_loadable_model(
         JobState.RUNNING,
         JobState.COMPLETED,
     ]
-    uploaded_log = object_store.get_bytes(job_store.log_location(spec.jobId))
+    uploaded_log = object_store.get_bytes(job_store.log_location(spec.jobId, 1))
     assert uploaded_log is not None and b"trainer exits with OK" in uploaded_log[0]
 
     import torch

@@ -180,10 +180,14 @@ class Client:
         *,
         offset: int = 0,
         max_bytes: int = 0,
+        attempt: int | None = None,
         timeout: float | None = None,
     ) -> pb.ReadJobLogResponse:
-        """Bytes of the trainer's log from `offset` (negative: from the end)."""
-        request = pb.ReadJobLogRequest(job_id=job_id, offset=offset, max_bytes=max_bytes)
+        """Bytes of one attempt's trainer log (None: the current attempt's) from
+        `offset` (negative: from the end)."""
+        request = pb.ReadJobLogRequest(
+            job_id=job_id, offset=offset, max_bytes=max_bytes, attempt=attempt
+        )
         response: pb.ReadJobLogResponse = self._call(self._stub.ReadJobLog, request, timeout)
         return response
 

@@ -161,16 +161,20 @@ class RestClient:
         *,
         offset: int = 0,
         max_bytes: int = 0,
+        attempt: int | None = None,
         timeout: float | None = None,
     ) -> pb.ReadJobLogResponse:
         params: dict[str, Any] = {"offset": offset}
         if max_bytes:
             params["maxBytes"] = max_bytes
+        if attempt is not None:
+            params["attempt"] = attempt
         response = self._request("GET", f"/v1/jobs/{_segment(job_id)}/logs", timeout, params=params)
         return pb.ReadJobLogResponse(
             data=response.content,
             next_offset=int(response.headers.get("x-next-offset", "0")),
             size=int(response.headers.get("x-log-size", "0")),
+            attempt=int(response.headers.get("x-log-attempt", "0")),
         )
 
     # -- following a job -------------------------------------------------------------

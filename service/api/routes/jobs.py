@@ -124,12 +124,12 @@ def list_checkpoints(job_id: JobId, store: StoreDep, caller: CurrentTenant) -> C
 @router.get(
     "/{job_id}/logs",
     response_class=Response,
-    summary="The trainer's log, or a slice of it",
+    summary="The trainer's log (one attempt's), or a slice of it",
     responses={
         200: {
             "content": {"text/plain": {}},
             "description": "Log bytes. X-Next-Offset: pass as offset to read on; "
-            "X-Log-Size: the whole log's size now.",
+            "X-Log-Size: the whole log's size now; X-Log-Attempt: whose log it is.",
         }
     },
 )
@@ -144,12 +144,15 @@ def read_job_log(
         int,
         Query(alias="maxBytes", ge=1, le=jobs.MAX_LOG_BYTES, description="Most bytes to return."),
     ] = jobs.DEFAULT_LOG_BYTES,
+    attempt: Annotated[
+        int | None,
+        Query(ge=1, description="Whose log: an attempt number; the current attempt's if unset."),
+    ] = None,
 ) -> Response:
     piece = jobs.read_job_log(
-        store, job_id, tenant=caller.tenant, offset=offset, max_bytes=max_bytes
+        store, job_id, tenant=caller.tenant, offset=offset, max_bytes=max_bytes, attempt=attempt
     )
-    return Response(
-        piece.data,
-        media_type="text/plain; charset=utf-8",
-        headers={"X-Next-Offset": str(piece.next_offset), "X-Log-Size": str(piece.size)},
-    )
+    headers = {"X-Next-Offset": str(piece.next_offset), "X-Log-Size": str(piece.size)}
+    if piece.attempt is not None:
+        headers["X-Log-Attempt"] = str(piece.attempt)
+    return Response(piece.data, media_type="text/plain; charset=utf-8", headers=headers)

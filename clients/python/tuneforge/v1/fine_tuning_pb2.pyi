@@ -463,21 +463,25 @@ class ListCheckpointsResponse(_message.Message):
     def __init__(self, checkpoints: _Optional[_Iterable[_Union[Checkpoint, _Mapping]]] = ...) -> None: ...
 
 class ReadJobLogRequest(_message.Message):
-    __slots__ = ("job_id", "offset", "max_bytes")
+    __slots__ = ("job_id", "offset", "max_bytes", "attempt")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     OFFSET_FIELD_NUMBER: _ClassVar[int]
     MAX_BYTES_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     offset: int
     max_bytes: int
-    def __init__(self, job_id: _Optional[str] = ..., offset: _Optional[int] = ..., max_bytes: _Optional[int] = ...) -> None: ...
+    attempt: int
+    def __init__(self, job_id: _Optional[str] = ..., offset: _Optional[int] = ..., max_bytes: _Optional[int] = ..., attempt: _Optional[int] = ...) -> None: ...
 
 class ReadJobLogResponse(_message.Message):
-    __slots__ = ("data", "next_offset", "size")
+    __slots__ = ("data", "next_offset", "size", "attempt")
     DATA_FIELD_NUMBER: _ClassVar[int]
     NEXT_OFFSET_FIELD_NUMBER: _ClassVar[int]
     SIZE_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     data: bytes
     next_offset: int
     size: int
-    def __init__(self, data: _Optional[bytes] = ..., next_offset: _Optional[int] = ..., size: _Optional[int] = ...) -> None: ...
+    attempt: int
+    def __init__(self, data: _Optional[bytes] = ..., next_offset: _Optional[int] = ..., size: _Optional[int] = ..., attempt: _Optional[int] = ...) -> None: ...

@@ -139,8 +139,9 @@ class FineTuningServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ReadJobLog(self, request, context):
-        """A slice of the trainer's log (jobs/<id>/logs/trainer.log), uploaded by the
-        trainer every few seconds while it runs.
+        """A slice of one attempt's trainer log (jobs/<id>/logs/attempt-<n>/trainer.log),
+        uploaded by the trainer every few seconds while it runs; the current attempt's
+        unless the request names an earlier one.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
