@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import uuid
 from pathlib import Path
+
+import grpc
+from tuneforge.v1 import fine_tuning_pb2 as pb
+from tuneforge.v1 import fine_tuning_pb2_grpc as pb_grpc
 
 from service.embedded_s3 import EmbeddedS3
 from service.storage import ObjectStore
@@ -36,6 +42,39 @@ def test_killed_trainer_is_relaunched_and_the_job_completes(
     retries = [e for e in store.list_events(job_id) if e.type == "RETRY"]
     assert len(retries) == 1 and "SIGKILL" in retries[0].message
     assert len([e for e in store.list_events(job_id) if e.type == "LAUNCHED"]) == 2
+    _assert_each_attempt_has_its_log(api_server, job_id)
+
+
+def _assert_each_attempt_has_its_log(server: ApiServer, job_id: str) -> None:
+    """The killed attempt's log survives its relaunch: REST, gRPC and the CLI read the
+    current attempt's log by default and the older one by its number."""
+    with server.client() as client:
+        current = client.get(f"/v1/jobs/{job_id}/logs")
+        first = client.get(f"/v1/jobs/{job_id}/logs", params={"attempt": 1})
+        beyond = client.get(f"/v1/jobs/{job_id}/logs", params={"attempt": 3})
+    assert current.headers["x-log-attempt"] == "2" and first.headers["x-log-attempt"] == "1"
+    assert f"job {job_id} attempt 2:" in current.text and "trainer exits with OK" in current.text
+    assert f"job {job_id} attempt 1:" in first.text and "attempt 2:" not in first.text
+    assert beyond.status_code == 400 and beyond.json()["error"]["field"] == "attempt"
+
+    with grpc.insecure_channel(server.grpc_target) as channel:
+        stub = pb_grpc.FineTuningServiceStub(channel)
+        older = stub.ReadJobLog(pb.ReadJobLogRequest(job_id=job_id, attempt=1), timeout=30)
+        newest = stub.ReadJobLog(pb.ReadJobLogRequest(job_id=job_id), timeout=30)
+    assert older.attempt == 1 and older.data == first.content
+    assert newest.attempt == 2 and newest.data == current.content
+
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("TUNEFORGE_")}
+    command = [sys.executable, "-m", "tuneforge"]
+    for transport in (["--endpoint", server.grpc_target], ["--rest", server.url]):
+        printed = subprocess.run(
+            [*command, *transport, "jobs", "logs", job_id, "--attempt", "1"],
+            capture_output=True,
+            env=environment,
+            timeout=60,
+        )
+        assert printed.returncode == 0, printed.stderr
+        assert printed.stdout == first.content
 
 
 def test_crash_past_the_budget_fails_the_job(
@@ -57,7 +96,7 @@ def test_crash_past_the_budget_fails_the_job(
         assert job["failure"]["reason"] == "TRAINER_CRASHED"
         message = job["failure"]["message"]
         assert "SIGKILL" in message and "retry budget" in message
-        assert f"s3://{server.state_bucket}/jobs/{job_id}/logs/trainer.log" in message
+        assert f"s3://{server.state_bucket}/jobs/{job_id}/logs/attempt-1/trainer.log" in message
         assert job["attempt"] == 1
     finally:
         server.stop()

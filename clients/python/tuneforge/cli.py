@@ -7,6 +7,7 @@
     tuneforge jobs get JOB_ID --output json
     tuneforge jobs watch JOB_ID
     tuneforge jobs logs JOB_ID --follow
+    tuneforge jobs logs JOB_ID --attempt 1
     tuneforge jobs stop JOB_ID
 
 Talks gRPC to --endpoint (default 127.0.0.1:50051, or $TUNEFORGE_ENDPOINT), or REST to
@@ -21,17 +22,15 @@ FAILED or STOPPED; 130 interrupted.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
-import time
 from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
 from typing import Any, Protocol, TextIO
 
-from tuneforge import __version__, convert, keys_cli
+from tuneforge import __version__, convert, create_flags, keys_cli, logs_cli
 from tuneforge.client import DEFAULT_ENDPOINT, Client
-from tuneforge.display import ProgressView, print_job, print_json
+from tuneforge.create_flags import UsageError
+from tuneforge.display import ProgressView, print_checkpoints, print_job, print_json
 from tuneforge.errors import ApiError, DeadlineExceeded, Unavailable
 from tuneforge.rest import RestClient
 from tuneforge.v1 import fine_tuning_pb2 as pb
@@ -42,10 +41,6 @@ EXIT_USAGE = 2
 EXIT_UNREACHABLE = 3
 EXIT_JOB_UNSUCCESSFUL = 4
 EXIT_INTERRUPTED = 130
-
-
-class UsageError(Exception):
-    pass
 
 
 class JobsApi(Protocol):
@@ -61,155 +56,17 @@ class JobsApi(Protocol):
     def list_job_events(self, job_id: str, *, page_size: int = ...) -> list[pb.JobEvent]: ...
     def list_checkpoints(self, job_id: str) -> list[pb.Checkpoint]: ...
     def read_job_log(
-        self, job_id: str, *, offset: int = ..., max_bytes: int = ...
+        self, job_id: str, *, offset: int = ..., max_bytes: int = ..., attempt: int | None = ...
     ) -> pb.ReadJobLogResponse: ...
     def close(self) -> None: ...
-
-
-# -- formatting -----------------------------------------------------------------------
 
 
 # -- commands -------------------------------------------------------------------------
 
 
-def _load_file(path: str) -> dict[str, Any]:
-    try:
-        text = sys.stdin.read() if path == "-" else Path(path).read_text()
-    except OSError as error:
-        raise UsageError(f"cannot read {path}: {error.strerror}") from None
-    try:
-        if path.endswith((".yaml", ".yml")):
-            import yaml
-
-            loaded = yaml.safe_load(text)
-        else:
-            try:
-                loaded = json.loads(text)
-            except json.JSONDecodeError:
-                import yaml
-
-                loaded = yaml.safe_load(text)
-    except Exception as error:  # yaml's errors have no common public base worth naming
-        raise UsageError(f"{path} is neither JSON nor YAML: {error}".splitlines()[0]) from None
-    if not isinstance(loaded, dict):
-        raise UsageError(f"{path} must hold one object (a job to create)")
-    return loaded
-
-
-_CREATE_FLAGS: list[tuple[str, str, str]] = [
-    # (attribute, path in the body, description)
-    ("name", "jobName", "job name (letters, digits, '-', '+', '.'; 1-63 characters)"),
-    ("base_model", "baseModelIdentifier", "s3:// prefix of the base model"),
-    ("training_data", "trainingDataConfig.s3Uri", "s3:// URI of the training JSONL"),
-    ("validation_data", "validationDataConfig.s3Uri", "s3:// URI of the validation JSONL"),
-    ("output_data", "outputDataConfig.s3Uri", "s3:// prefix to write the job's output under"),
-    ("client_request_token", "clientRequestToken", "idempotency token"),
-    ("epochs", "hyperParameters.epochCount", "passes over the data (default 3)"),
-    ("batch_size", "hyperParameters.batchSize", "examples per step (default 8)"),
-    ("learning_rate", "hyperParameters.learningRate", "peak learning rate (default 5e-5)"),
-    ("warmup_steps", "hyperParameters.learningRateWarmupSteps", "warm-up steps (default 0)"),
-    (
-        "gradient_accumulation_steps",
-        "hyperParameters.gradientAccumulationSteps",
-        "batches per optimizer step (default 1)",
-    ),
-    ("max_sequence_length", "hyperParameters.maxSequenceLength", "tokens (default 512)"),
-    ("weight_decay", "hyperParameters.weightDecay", "AdamW weight decay (default 0)"),
-    ("seed", "hyperParameters.seed", "random seed (default 42)"),
-    ("dropout", "hyperParameters.dropout", "dropout on the model's config (default: the model's)"),
-    ("lr_scheduler", "hyperParameters.lrScheduler", "linear, cosine or constant (default linear)"),
-    ("max_grad_norm", "hyperParameters.maxGradNorm", "gradient clipping norm, 0 off (default 1)"),
-    ("eval_interval_steps", "hyperParameters.evalIntervalSteps", "evaluate every N steps"),
-    (
-        "checkpoint_interval_steps",
-        "hyperParameters.checkpointIntervalSteps",
-        "checkpoint every N steps",
-    ),
-    ("keep_checkpoints", "hyperParameters.keepCheckpoints", "checkpoints kept (default 2)"),
-    (
-        "early_stopping_patience",
-        "hyperParameters.earlyStoppingPatience",
-        "evaluations without improvement before stopping (default 0: off)",
-    ),
-    (
-        "early_stopping_threshold",
-        "hyperParameters.earlyStoppingThreshold",
-        "smallest validation-loss drop that counts (default 0)",
-    ),
-    ("precision", "hyperParameters.precision", "auto, bf16 or fp32 (default auto)"),
-    ("method", "hyperParameters.method", "FULL or LORA (default FULL)"),
-    ("lora_rank", "hyperParameters.loraRank", "LoRA rank (default 8)"),
-    ("lora_alpha", "hyperParameters.loraAlpha", "LoRA alpha (default 16)"),
-    ("lora_dropout", "hyperParameters.loraDropout", "LoRA dropout (default 0.05)"),
-    (
-        "lora_target_modules",
-        "hyperParameters.loraTargetModules",
-        "comma-separated module names (default: per architecture)",
-    ),
-    ("packing", "hyperParameters.packing", "true or false (default true)"),
-    ("merge_adapter", "hyperParameters.mergeAdapter", "true or false (default false)"),
-]
-
-
-def _boolean(text: str) -> bool:
-    if text.lower() in ("true", "false"):
-        return text.lower() == "true"
-    raise argparse.ArgumentTypeError(f"want true or false, got {text!r}")
-
-
-def _names(text: str) -> list[str]:
-    return [name.strip() for name in text.split(",") if name.strip()]
-
-
-_FLAG_TYPES: dict[str, Callable[[str], Any]] = {
-    "epochs": int,
-    "batch_size": int,
-    "learning_rate": float,
-    "warmup_steps": int,
-    "gradient_accumulation_steps": int,
-    "max_sequence_length": int,
-    "weight_decay": float,
-    "seed": int,
-    "dropout": float,
-    "max_grad_norm": float,
-    "eval_interval_steps": int,
-    "checkpoint_interval_steps": int,
-    "keep_checkpoints": int,
-    "early_stopping_patience": int,
-    "early_stopping_threshold": float,
-    "lora_rank": int,
-    "lora_alpha": float,
-    "lora_dropout": float,
-    "lora_target_modules": _names,
-    "packing": _boolean,
-    "merge_adapter": _boolean,
-}
-
-
-def _create_body(args: argparse.Namespace) -> dict[str, Any]:
-    body = _load_file(args.file) if args.file else {}
-    for attribute, path, _ in _CREATE_FLAGS:
-        value = getattr(args, attribute)
-        if value is None:
-            continue
-        target = body
-        *parents, last = path.split(".")
-        for parent in parents:
-            target = target.setdefault(parent, {})
-            if not isinstance(target, dict):
-                raise UsageError(f"{parent} in the job file must be an object")
-        target[last] = value
-    for tag in args.tag or []:
-        key, sep, value = tag.partition("=")
-        if not sep or not key:
-            raise UsageError(f"--tag wants KEY=VALUE, got {tag!r}")
-        body.setdefault("tags", {})[key] = value
-    return body
-
-
 def cmd_create(api: JobsApi, args: argparse.Namespace, out: TextIO) -> int:
     try:
-        request = convert.create_request(_create_body(args))
+        request = convert.create_request(create_flags.create_body(args))
     except ValueError as error:
         raise UsageError(f"the job does not fit the API: {error}") from None
     response = api.create_job(request)
@@ -296,41 +153,6 @@ def cmd_watch(api: JobsApi, args: argparse.Namespace, out: TextIO) -> int:
     return _watch(api, args.job_id, args, out)
 
 
-def cmd_logs(api: JobsApi, args: argparse.Namespace, out: TextIO) -> int:
-    offset = -args.tail if args.tail else 0
-    sink = getattr(out, "buffer", None)
-    first = True
-    while True:
-        piece = api.read_job_log(args.job_id, offset=offset)
-        if first and args.tail and piece.next_offset - len(piece.data) > 0:
-            # --tail: start at the first whole line, not in the middle of one.
-            cut = piece.data.find(b"\n")
-            piece.data = piece.data[cut + 1 :] if cut >= 0 else b""
-        first = False
-        if piece.data:
-            if sink is not None:
-                out.flush()
-                sink.write(piece.data)
-                sink.flush()
-            else:
-                out.write(piece.data.decode("utf-8", errors="replace"))
-        offset = piece.next_offset
-        if piece.next_offset < piece.size:
-            continue  # more to read now
-        if not args.follow:
-            return EXIT_OK
-        if convert.is_terminal(api.get_job(args.job_id)):
-            # The trainer uploads its log last of all; read what came after.
-            last = api.read_job_log(args.job_id, offset=offset)
-            if last.data and sink is not None:
-                sink.write(last.data)
-                sink.flush()
-            elif last.data:
-                out.write(last.data.decode("utf-8", errors="replace"))
-            return EXIT_OK
-        time.sleep(args.interval)
-
-
 def cmd_events(api: JobsApi, args: argparse.Namespace, out: TextIO) -> int:
     events = api.list_job_events(args.job_id, page_size=args.page_size)  # walks the pages
     if args.output == "json":
@@ -348,9 +170,7 @@ def cmd_checkpoints(api: JobsApi, args: argparse.Namespace, out: TextIO) -> int:
     if args.output == "json":
         print_json({"checkpoints": [convert.checkpoint_to_dict(c) for c in checkpoints]}, out)
         return EXIT_OK
-    for checkpoint in checkpoints:
-        data = convert.checkpoint_to_dict(checkpoint)
-        out.write(f"step {data['step']:<8} {data['committedAt'] or '-':<26} {data['s3Uri']}\n")
+    print_checkpoints([convert.checkpoint_to_dict(c) for c in checkpoints], out)
     return EXIT_OK
 
 
@@ -420,15 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
         return sub
 
     create = command("create", cmd_create, "create a job from a JSON/YAML file and/or flags")
-    create.add_argument("-f", "--file", help="the job as JSON or YAML (REST's body; - = stdin)")
-    for attribute, path, description in _CREATE_FLAGS:
-        create.add_argument(
-            "--" + attribute.replace("_", "-"),
-            dest=attribute,
-            type=_FLAG_TYPES.get(attribute, str),
-            help=f"{description} [{path}]",
-        )
-    create.add_argument("--tag", action="append", metavar="KEY=VALUE", help="a tag (repeatable)")
+    create_flags.add_arguments(create)
     create.add_argument("--watch", action="store_true", help="then watch it until it ends")
     create.add_argument("-q", "--quiet", action="store_true", help="print only the job id")
 
@@ -445,13 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
         "job_id"
     )
 
-    logs = command("logs", cmd_logs, "print the trainer's log")
-    logs.add_argument("job_id")
-    logs.add_argument("--follow", action="store_true", help="keep printing until the job ends")
-    logs.add_argument("--tail", type=int, metavar="BYTES", help="only the last BYTES")
-    logs.add_argument(
-        "--interval", type=float, default=2.0, help="seconds between reads with --follow"
-    )
+    logs_cli.add_arguments(command("logs", logs_cli.cmd_logs, "print the trainer's log"))
 
     events = command("events", cmd_events, "list a job's lifecycle events, oldest first")
     events.add_argument("job_id")

@@ -127,3 +127,28 @@ def print_job(job: pb.Job, out: TextIO) -> None:
 
 def print_json(value: Any, out: TextIO, *, indent: int | None = 2) -> None:
     out.write(json.dumps(value, indent=indent) + "\n")
+
+
+def _number(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def print_checkpoints(checkpoints: list[dict[str, Any]], out: TextIO) -> None:
+    """One line a committed checkpoint (the REST API's shapes): its step, epoch, training
+    and validation loss, a classification job's metrics, when it was committed, where."""
+    if not checkpoints:
+        out.write("no committed checkpoints\n")
+        return
+    out.write(
+        f"{'STEP':>8} {'EPOCH':>5} {'TRAIN LOSS':>10} {'VAL LOSS':>10}  "
+        f"{'COMMITTED':<24}  METRICS / S3 URI\n"
+    )
+    for data in checkpoints:
+        metrics = " ".join(
+            f"{name} {value:.4f}" for name, value in sorted(data["validationMetrics"].items())
+        )
+        out.write(
+            f"{data['step']:>8} {data['epoch'] or '-':>5} {_number(data['trainingLoss']):>10} "
+            f"{_number(data['validationLoss']):>10}  {data['committedAt'] or '-':<24}  "
+            f"{metrics + '  ' if metrics else ''}{data['s3Uri']}\n"
+        )
