@@ -97,6 +97,28 @@ def cluster_launcher(settings: Settings) -> Launcher:
     )
 
 
+def build_trainer_environment(
+    settings: Settings, access_key: str | None, secret: str | None
+) -> dict[str, str]:
+    """What every trainer's environment gets from the server's settings (a launcher adds
+    the job's own variables); nothing else of the server's environment is passed."""
+    environment = {
+        "AWS_ENDPOINT_URL": settings.endpoint_url,
+        "AWS_DEFAULT_REGION": settings.s3_region,
+        "TUNEFORGE_STATE_BUCKET": settings.state_bucket,
+        "TUNEFORGE_HEARTBEAT_SECONDS": str(settings.trainer_heartbeat_seconds),
+        # trainer/precision.py reads it; "0" spelled out so that the trainer's choice is
+        # the server's, not whatever a launcher's base environment happens to hold.
+        "TUNEFORGE_TORCH_COMPILE": "1" if settings.trainer_torch_compile else "0",
+    }
+    if settings.log_format is not None:  # unset: the trainer's log stays readable
+        environment["TUNEFORGE_LOG_FORMAT"] = settings.log_format
+    if access_key and secret:
+        environment["AWS_ACCESS_KEY_ID"] = access_key
+        environment["AWS_SECRET_ACCESS_KEY"] = secret
+    return environment
+
+
 def main() -> int:
     settings = Settings()
     configure_logging(settings.log_format, level=getattr(logging, settings.log_level))
@@ -152,17 +174,7 @@ def main() -> int:
             seed_demo(storage)
             print("demo assets: s3://demo/datasets/, s3://demo/models/tiny-llama/")
 
-        trainer_environment = {
-            "AWS_ENDPOINT_URL": settings.endpoint_url,
-            "AWS_DEFAULT_REGION": settings.s3_region,
-            "TUNEFORGE_STATE_BUCKET": settings.state_bucket,
-            "TUNEFORGE_HEARTBEAT_SECONDS": str(settings.trainer_heartbeat_seconds),
-        }
-        if settings.log_format is not None:  # unset: the trainer's log stays readable
-            trainer_environment["TUNEFORGE_LOG_FORMAT"] = settings.log_format
-        if access_key and secret:
-            trainer_environment["AWS_ACCESS_KEY_ID"] = access_key
-            trainer_environment["AWS_SECRET_ACCESS_KEY"] = secret
+        trainer_environment = build_trainer_environment(settings, access_key, secret)
         trainer_credentials = TrainerCredentials.load(settings.trainer_credentials_file)
         store = JobStore(storage, settings.state_bucket)
         # Before anything listens: refuses to start with auth off on a non-loopback bind.

@@ -86,6 +86,10 @@ class Settings(BaseSettings):
     # Passed to the trainer: how often it writes its heartbeat and looks for a stop
     # request.
     trainer_heartbeat_seconds: float = 2.0
+    # Passed to the trainer (TUNEFORGE_TORCH_COMPILE): compile the model with
+    # torch.compile on a GPU. Off by default: compiling costs minutes before the first
+    # step and pays off on long runs only.
+    trainer_torch_compile: bool = False
     trainer_python: str | None = None
     # Store credentials per tenant for its trainers (service/trainer_credentials.py): a
     # JSON file {"<tenant>": {"access_key_id": ..., "secret_access_key": ...}}. Tenants
