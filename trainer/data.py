@@ -350,7 +350,24 @@ def tokenize_documents(
     examples: Sequence[Example], tokenizer: Any, max_length: int
 ) -> list[TokenizedExample]:
     """Continued pre-training: each document (with the tokenizer's special tokens and
-    EOS) split into consecutive chunks of at most `max_length` tokens, loss on every token.
+    EOS) split into consecutive chunks of at most `max_length` tokens, loss on every token
+    (encode_documents, then chunk_documents)."""
+    return chunk_documents(encode_documents(examples, tokenizer), max_length)
+
+
+def encode_documents(examples: Sequence[Example], tokenizer: Any) -> list[list[int]]:
+    """Each document's token ids: with the tokenizer's special tokens, and EOS last."""
+    eos = tokenizer.eos_token_id
+    if eos is None:
+        raise ValueError("the tokenizer has no end-of-sequence token")
+    if not examples:
+        return []
+    encoded = tokenizer([e.completion for e in examples], add_special_tokens=True)["input_ids"]
+    return [[*ids, eos] for ids in encoded]
+
+
+def chunk_documents(documents: Sequence[list[int]], max_length: int) -> list[TokenizedExample]:
+    """Encoded documents split into chunks of at most `max_length` tokens.
 
     Nothing is truncated away. Chunks overlap by one token: the first token of a chunk
     is never predicted (nothing comes before it in the chunk), so starting each chunk on
@@ -359,16 +376,9 @@ def tokenize_documents(
     """
     if max_length < 2:
         raise ValueError("maxSequenceLength must be at least 2 to split documents")
-    eos = tokenizer.eos_token_id
-    if eos is None:
-        raise ValueError("the tokenizer has no end-of-sequence token")
-    if not examples:
-        return []
-    documents = tokenizer([e.completion for e in examples], add_special_tokens=True)["input_ids"]
     stride = max_length - 1
     chunks = []
     for ids in documents:
-        ids = [*ids, eos]
         for start in range(0, max(len(ids) - 1, 1), stride):
             chunk = ids[start : start + max_length]
             chunks.append(TokenizedExample(chunk, list(chunk)))

@@ -227,14 +227,11 @@ def _tokenize_fine_tuning(
 
 
 def _tokenize_documents(examples: Sequence[Example], tokenizer: Any, max_length: int) -> Tokenized:
-    """Documents are split into chunks, never truncated: only their lengths are noted."""
-    if not examples:
-        return Tokenized([], [], [])
-    lengths = [
-        len(ids) + 1  # + EOS
-        for ids in tokenizer([e.completion for e in examples], add_special_tokens=True)["input_ids"]
-    ]
-    return Tokenized(data.tokenize_documents(examples, tokenizer, max_length), lengths, [])
+    """Documents are split into chunks, never truncated: only their lengths are noted.
+    Each is tokenized once; its lengths and chunks come from the same token ids."""
+    documents = data.encode_documents(examples, tokenizer)
+    lengths = [len(ids) for ids in documents]
+    return Tokenized(data.chunk_documents(documents, max_length), lengths, [])
 
 
 def _tokenize_classification(
