@@ -6,7 +6,7 @@ Shared by the API server, the reconciler and the trainer (DESIGN.md, "Storage la
     jobs/<job-id>/status.json        JobStatus, observed state (If-Match compare-and-swap)
     jobs/<job-id>/control.json       JobControl, desired state (stop requests)
     jobs/<job-id>/events/<seq>.json  JobEvent, append-only
-    jobs/<job-id>/logs/trainer.log   the trainer's log
+    jobs/<job-id>/logs/attempt-<n>/trainer.log   each launch attempt's trainer log
 
 `transition()` owns the legal state moves; anything else raises `IllegalTransition`.
 """
