@@ -78,6 +78,33 @@ class CpuMeter:
         )
 
 
+def _server_counters(url: str) -> dict[str, float]:
+    """Store calls (all S3 operations) and reconcile passes so far, from /metrics."""
+    totals = {"store calls": 0.0, "passes": 0.0, "pass seconds": 0.0}
+    for line in httpx.get(url + "/metrics", timeout=60).text.splitlines():
+        name, _, value = line.rpartition(" ")
+        if name.startswith("tuneforge_store_request_duration_seconds_count"):
+            totals["store calls"] += float(value)
+        elif name == "tuneforge_reconcile_duration_seconds_count":
+            totals["passes"] = float(value)
+        elif name == "tuneforge_reconcile_duration_seconds_sum":
+            totals["pass seconds"] = float(value)
+    return totals
+
+
+def _store_line(before: dict[str, float], after: dict[str, float], requests: int) -> str:
+    """Store calls per request (the reconciler's included: it shares the process), and the
+    reconcile passes: what the work costs whatever the machine's load."""
+    calls = after["store calls"] - before["store calls"]
+    passes = after["passes"] - before["passes"]
+    pass_seconds = after["pass seconds"] - before["pass seconds"]
+    mean = f"{pass_seconds / passes:.2f} s" if passes else "-"
+    return (
+        f"store: {calls:.0f} calls ({calls / requests if requests else 0:.1f} per request); "
+        f"reconcile: {passes:.0f} passes, mean {mean}"
+    )
+
+
 def _report(title: str, latencies: Latencies, errors: dict[str, int], seconds: float) -> None:
     print(f"\n{title}")
     print(f"{'operation':<12} {'count':>8} {'per s':>9} {'p50 ms':>9} {'p99 ms':>9} {'errors':>7}")
@@ -243,13 +270,15 @@ def main() -> int:
             )
             assert server.process is not None
             pid = server.process.pid
-            meter = CpuMeter(pid)
+            meter, counters = CpuMeter(pid), _server_counters(server.url)
             latencies, errors, elapsed = asyncio.run(
                 _run_mix(server.url, job_ids, arguments.clients, arguments.seconds, mix)
             )
             _report(f"mixed load ({elapsed:.1f} s)", latencies, errors, elapsed)
-            print(meter.line(sum(len(v) for v in latencies.values()), elapsed))
-            meter = CpuMeter(pid)
+            served = sum(len(v) for v in latencies.values())
+            print(meter.line(served, elapsed))
+            print(_store_line(counters, _server_counters(server.url), served))
+            meter, counters = CpuMeter(pid), _server_counters(server.url)
             burst_latencies, burst_errors, burst_elapsed = asyncio.run(
                 _burst(server.url, arguments.burst)
             )
@@ -259,7 +288,9 @@ def main() -> int:
                 burst_errors,
                 burst_elapsed,
             )
-            print(meter.line(sum(len(v) for v in burst_latencies.values()), burst_elapsed))
+            served = sum(len(v) for v in burst_latencies.values())
+            print(meter.line(served, burst_elapsed))
+            print(_store_line(counters, _server_counters(server.url), served))
             meter = CpuMeter(pid)
             base_latencies, base_errors, base_elapsed = asyncio.run(
                 _run_mix(

@@ -144,9 +144,7 @@ def create_job(
     if not repeat:
         _reserve_queue_place(store, policy, spec.jobId)
     if request.clientRequestToken is None:
-        store.create(spec)
-        store.append_event(spec.jobId, "CREATED", "job created", JobState.QUEUED)
-        return store.get(spec.jobId), True
+        return _finish_create(store, spec, first_writer=True), True
 
     fingerprint = request_fingerprint(request)
     record = store.claim_idempotency_token(tenant, request.clientRequestToken, fingerprint, spec)
@@ -163,10 +161,18 @@ def create_job(
     if not created and not repeat and policy.max_queued_jobs > 0:
         # A concurrent request with the same token won: ours will never be written.
         store.queue_ledger.release(tenant, [spec.jobId])
-    store.create(record.spec)
-    if created:
-        store.append_event(spec.jobId, "CREATED", "job created", JobState.QUEUED)
-    return store.get(record.job_id), created
+    return _finish_create(store, record.spec, first_writer=created), created
+
+
+def _finish_create(store: JobStore, spec: JobSpec, *, first_writer: bool) -> Job:
+    """Write the job (or finish writing it: the same spec) and return it. The job just
+    written is answered from what was written, without reading it back."""
+    status = store.create(spec)
+    if first_writer:
+        store.append_event(spec.jobId, "CREATED", "job created", JobState.QUEUED, first=True)
+    if first_writer and status is not None:
+        return Job(spec, status, JobControl())
+    return store.get(spec.jobId)
 
 
 def _owned_spec(store: JobStore, job_id: str, tenant: str) -> JobSpec:

@@ -238,6 +238,7 @@ def main() -> int:
                 # their request id, by service/observability/middleware.py.
                 log_config=None,
                 access_log=False,
+                timeout_keep_alive=settings.rest_keep_alive_seconds,
                 timeout_graceful_shutdown=10,
             )
         )

@@ -43,6 +43,11 @@ class Settings(BaseSettings):
 
     rest_host: str = "127.0.0.1"
     rest_port: int = 8000
+    # How long an idle keep-alive connection stays open. Longer than a load balancer's
+    # idle timeout (60 s on AWS ALB, nginx's upstream default), so the server is never
+    # the side that closes a connection a client is about to reuse (uvicorn's 5 s made
+    # busy clients see ReadError on a request sent into a just-closed connection).
+    rest_keep_alive_seconds: int = Field(default=65, ge=1)
 
     # gRPC (proto/tuneforge/v1/), in the same process as REST, over the same core.
     grpc_host: str = "127.0.0.1"

@@ -10,7 +10,6 @@ Invariants:
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import re
 import threading
@@ -110,8 +109,9 @@ class JobStore:
 
     # -- create --------------------------------------------------------------
 
-    def create(self, spec: JobSpec) -> None:
-        """Write the active marker, the spec, then the initial status.
+    def create(self, spec: JobSpec) -> JobStatus | None:
+        """Write the active marker, the spec, then the initial status; return that status,
+        or None when a status was there already (the create was finished before).
 
         Safe to repeat for the same spec (an idempotent retry finishing a create that
         another replica began): whichever writes first wins, and both are equal.
@@ -127,12 +127,15 @@ class JobStore:
         except PreconditionFailed:
             pass  # written before, by the replica that began this create (same document)
         status = JobStatus(updatedAt=spec.createdAt, stateTimes={"QUEUED": spec.createdAt})
-        with contextlib.suppress(PreconditionFailed):
+        try:
             self.storage.put_json(
                 self._job(spec.jobId, "status.json"),
                 status.model_dump(mode="json"),
                 if_none_match=True,
             )
+        except PreconditionFailed:
+            return None
+        return status
 
     def claim_idempotency_token(
         self, tenant: str, token: str, fingerprint: str, spec: JobSpec
@@ -245,12 +248,24 @@ class JobStore:
         self.storage.put_json(self._job(job_id, "control.json"), control.model_dump(mode="json"))
 
     def append_event(
-        self, job_id: str, event_type: str, message: str, state: JobState | None = None
+        self,
+        job_id: str,
+        event_type: str,
+        message: str,
+        state: JobState | None = None,
+        *,
+        first: bool = False,
     ) -> JobEvent:
-        """Append an event with the next free sequence number (create-if-absent)."""
-        prefix = self._job(job_id, "events/")
-        existing = [item["key"] for item in self.storage.list_objects(prefix)]
-        sequence = len(existing)
+        """Append an event with the next free sequence number (create-if-absent).
+
+        `first=True` (a job's first event) starts at 0 without listing the events: the
+        create-if-absent moves on past any taken number, so that stays correct.
+        """
+        if first:
+            sequence = 0
+        else:
+            prefix = self._job(job_id, "events/")
+            sequence = sum(1 for _ in self.storage.list_objects(prefix))
         while True:
             event = JobEvent(
                 sequence=sequence, time=utc_now(), type=event_type, message=message, state=state
