@@ -4,8 +4,10 @@
   checkpoints hold the adapter and never the base weights, its final output is the
   adapter (loadable with peft's PeftModel) and a merged model whose logits equal
   base + adapter.
-- LoRA for CLASSIFICATION (adapters plus the new head) is tested at the trainer level
-  (tests/trainer/test_lora.py): through the API on this shared CPU it costs minutes.
+- LoRA for CLASSIFICATION on the pretrained MiniLM with mergeAdapter (a few short
+  records, one epoch, to stay small): the job completes with accuracy, precision, recall
+  and F1; its output is the adapter plus the trained classifier head (peft's
+  modules_to_save) and a merged model whose logits equal base + adapter.
 - A target module the model does not have: FAILED before training, with the module
   names that do exist.
 """
@@ -26,11 +28,12 @@ from peft import PeftModel
 from safetensors import safe_open
 from transformers import (
     AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
     AutoTokenizer,
 )
 
 from service.embedded_s3 import EmbeddedS3
-from service.storage import ObjectStore, parse_s3_uri
+from service.storage import ObjectStore, S3Location, parse_s3_uri
 from tests.servers import ApiServer, demo_job
 
 TINY_LLAMA = "s3://demo/models/tiny-llama/"
@@ -179,3 +182,79 @@ def test_lora_knobs_with_method_full_are_refused_at_create(server: ApiServer) ->
         response = client.post("/v1/jobs", json=demo_job("lora-full", mergeAdapter=True))
     assert response.status_code == 422
     assert response.json()["error"]["field"] == "hyperParameters.mergeAdapter"
+
+
+def _reviews(count: int, offset: int) -> list[dict[str, str]]:
+    """Short reviews whose label a pretrained sentence encoder can tell apart."""
+    good = ["wonderful", "moving", "great fun", "a delight", "brilliant", "charming"]
+    bad = ["dull", "far too long", "a mess", "boring", "tedious", "painful to watch"]
+    subjects = ["the film", "this movie", "the story", "the acting"]
+    records = []
+    for index in range(offset, offset + count):
+        subject = subjects[index % len(subjects)]
+        if index % 2 == 0:
+            records.append({"text": f"{subject} is {good[index % 6]}", "label": "positive"})
+        else:
+            records.append({"text": f"{subject} is {bad[index % 6]}", "label": "negative"})
+    return records
+
+
+def _put_jsonl(store: ObjectStore, name: str, records: list[dict[str, str]]) -> str:
+    location = S3Location("demo", f"datasets/lora-cls-{uuid.uuid4().hex[:8]}/{name}")
+    store.put_bytes(location, "".join(json.dumps(r) + "\n" for r in records).encode())
+    return location.uri
+
+
+def test_lora_classification_on_minilm_reports_metrics_and_saves_adapter_head_and_merged(
+    server: ApiServer, object_store: ObjectStore, minilm_model: str, tmp_path: Path
+) -> None:
+    validation_records = _reviews(16, offset=1000)
+    body = {
+        "jobName": "lora-classification",
+        "customizationType": "CLASSIFICATION",
+        "baseModelIdentifier": minilm_model,
+        "trainingDataConfig": {"s3Uri": _put_jsonl(object_store, "t.jsonl", _reviews(48, 0))},
+        "validationDataConfig": {"s3Uri": _put_jsonl(object_store, "v.jsonl", validation_records)},
+        "outputDataConfig": {"s3Uri": "s3://demo/output/"},
+        "hyperParameters": {
+            "epochCount": 1,
+            "batchSize": 8,
+            "learningRate": 0.005,
+            "maxSequenceLength": 16,
+            "method": "LORA",
+            "loraRank": 4,
+            "mergeAdapter": True,
+        },
+    }
+    job = server.wait_for(_create(server, body), {"COMPLETED"}, timeout=300)
+    metrics = job["progress"]["validationMetrics"]
+    assert set(metrics) == {"accuracy", "precision", "recall", "f1"}, metrics
+    assert all(0 <= value <= 1 for value in metrics.values()), metrics
+    assert job["progress"]["validationLoss"] is not None
+
+    # model/: the adapter, with the new classifier head saved beside the LoRA matrices.
+    adapter_dir = _download(object_store, job["output"]["modelS3Uri"], tmp_path / "model")
+    assert not (adapter_dir / "model.safetensors").exists()
+    names = _tensor_names(adapter_dir / "adapter_model.safetensors")
+    assert any("lora_A" in name for name in names), names
+    assert any("classifier" in name for name in names), "the trained head is in the adapter"
+    assert all("lora_" in name or "classifier" in name for name in names), names
+    adapter_config = json.loads((adapter_dir / "adapter_config.json").read_text())
+    assert adapter_config["task_type"] == "SEQ_CLS" and adapter_config["r"] == 4
+
+    # model/merged/: a plain classifier with the labels, equal to base + adapter.
+    merged_dir = adapter_dir / "merged"
+    merged = AutoModelForSequenceClassification.from_pretrained(merged_dir).eval()
+    assert merged.config.id2label == {0: "negative", 1: "positive"}
+    base_dir = _download(object_store, minilm_model, tmp_path / "base")
+    base = AutoModelForSequenceClassification.from_pretrained(
+        base_dir, num_labels=2, id2label=merged.config.id2label, label2id=merged.config.label2id
+    )
+    tokenizer = AutoTokenizer.from_pretrained(merged_dir)
+    texts = [r["text"] for r in validation_records]
+    inputs = tokenizer(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        with_adapter = PeftModel.from_pretrained(base, adapter_dir).eval()
+        torch.testing.assert_close(
+            merged(**inputs).logits, with_adapter(**inputs).logits, atol=1e-4, rtol=1e-4
+        )
