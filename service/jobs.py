@@ -12,7 +12,7 @@ import hashlib
 import json
 import logging
 import re
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +25,7 @@ from service.documents import (
     Integrations,
     JobControl,
     JobEvent,
+    JobResources,
     JobSpec,
     JobState,
     MlflowIntegration,
@@ -93,6 +94,7 @@ def create_job(
     *,
     webhook_hosts: Collection[str] = (),
     mlflow_hosts: Collection[str] = (),
+    check_resources: Callable[[JobResources], None] | None = None,
 ) -> tuple[Job, bool]:
     """Create a job for `policy.tenant`; return it and whether it is new (False: an
     idempotent repeat). Refused before anything is written when a URI is outside the
@@ -104,6 +106,8 @@ def create_job(
     if mlflow is not None:  # the trainer will connect there: only to allowed hosts
         check_mlflow_tracking_uri(mlflow.trackingUri, mlflow_hosts)
     check_buckets(request, policy)
+    if check_resources is not None:  # more GPUs / nodes than the launcher can ever give
+        check_resources(request.resources)
     token = request.clientRequestToken
     repeat = token is not None and store.find_idempotency_token(tenant, token) is not None
     spec = JobSpec(

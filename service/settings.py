@@ -87,6 +87,10 @@ class Settings(BaseSettings):
     # Trainers the local launcher runs at once; more jobs wait QUEUED in creation
     # order. Unset: one per visible GPU, or one on a host without GPUs.
     local_slots: int | None = Field(default=None, ge=1, le=1024)
+    # A job asking for resources.gpus N > 1 on a host with fewer GPUs runs as N CPU
+    # processes under torchrun (gloo) instead of being refused at create: the
+    # multi-process path without GPUs (README, "Scaling out").
+    local_cpu_ranks: bool = False
     max_attempts: int = Field(default=10, ge=1, le=1000)
     # Passed to the trainer: how often it writes its heartbeat and looks for a stop
     # request.

@@ -1,4 +1,5 @@
-"""`python -m trainer --job-id <id>`: one fine-tuning job, one process.
+"""`python -m trainer --job-id <id>`: one fine-tuning job, one process (or one rank of
+several under torchrun: trainer/torchrun.py, trainer/distributed.py).
 
 Started by a launcher in a fresh working directory, with this environment:
 
@@ -14,6 +15,11 @@ STOPPED), BAD_INPUT (FAILED for bad data or a refused model; never retried), CRA
 (FAILED for anything else, or nothing could be written), FENCED (another attempt owns
 the job; nothing written), PREEMPTED (SIGTERM: checkpoint written, no terminal state;
 the reconciler decides what happens next).
+
+Under torchrun (RANK / WORLD_SIZE set) rank 0 is the process described above; ranks
+1..N-1 work in `rank-<n>/` under the working directory and write nothing to the job.
+A rank whose peer died exits CRASHED without recording a failure: the job is not
+failed for a lost process, the launcher sees the group's exit and relaunches it.
 """
 
 from __future__ import annotations
@@ -133,11 +139,19 @@ def record_failure(reporter: Reporter, error: Exception) -> TrainerExit:
 
 
 def run(job_id: str, environment: TrainerEnvironment, preempted: threading.Event) -> TrainerExit:
-    from trainer.recipe import FullFineTuningRecipe  # imports torch: after configure_libraries()
+    # These import torch: after configure_libraries().
+    from trainer.distributed import Distributed, is_lost_peer
+    from trainer.follower import FollowerReporter
+    from trainer.recipe import FullFineTuningRecipe
 
+    distributed = Distributed.from_environ(os.environ)
+    workdir = Path.cwd()
+    if not distributed.is_main:  # the ranks share the launcher's working directory
+        workdir = workdir / f"rank-{distributed.rank}"
+        workdir.mkdir(exist_ok=True)
     storage = ObjectStore.from_environment()
     store = JobStore(storage, environment.state_bucket)
-    reporter = Reporter(
+    reporter = (Reporter if distributed.is_main else FollowerReporter)(
         store,
         job_id,
         environment.attempt,
@@ -147,10 +161,18 @@ def run(job_id: str, environment: TrainerEnvironment, preempted: threading.Event
     recipe: FullFineTuningRecipe | None = None
     try:
         spec = store.get_spec(job_id)
-        bind_process_fields(job_id=job_id, tenant=spec.tenant, attempt=environment.attempt)
+        fields: dict[str, object] = {"job_id": job_id, "tenant": spec.tenant}
+        if distributed.enabled:
+            fields["rank"] = distributed.rank
+        bind_process_fields(**fields, attempt=environment.attempt)
         log.info("job %s attempt %d: %s", job_id, environment.attempt, spec.jobName)
         recipe = FullFineTuningRecipe(
-            spec, storage=storage, reporter=reporter, workdir=Path.cwd(), preempted=preempted
+            spec,
+            storage=storage,
+            reporter=reporter,
+            workdir=workdir,
+            preempted=preempted,
+            distributed=distributed,
         )
         code = recipe.run()
     except JobNotFound:
@@ -161,11 +183,16 @@ def run(job_id: str, environment: TrainerEnvironment, preempted: threading.Event
         reporter.fenced.set()
         return TrainerExit.FENCED
     except Exception as error:
-        code = record_failure(reporter, error)
+        if is_lost_peer(error):
+            log.error("job %s: rank %d lost a peer: %s", job_id, distributed.rank, error)
+            code = TrainerExit.CRASHED
+        else:
+            code = record_failure(reporter, error)
     finally:
         reporter.stop_heartbeat()
         if recipe is not None:
             recipe.cleanup()
+        distributed.close()
     log.info("job %s: trainer exits with %s", job_id, code.name)
     try:
         reporter.upload_all()

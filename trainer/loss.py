@@ -50,19 +50,38 @@ def backward_window(
     window: list[Batch],
     device: torch.device,
     autocast: Callable[[], contextlib.AbstractContextManager[Any]],
+    *,
+    target_tokens: int | None = None,
+    gradient_scale: float = 1.0,
+    no_sync: Callable[[], contextlib.AbstractContextManager[Any]] | None = None,
 ) -> float:
     """Forward and backward over the micro-batches of one optimizer step (gradient
-    accumulation); returns the mean loss per target token of the whole window.
+    accumulation); returns this process's loss summed over its target tokens, divided
+    by `target_tokens` (the mean per target token with one rank; summed over the ranks,
+    the mean per target token of the global window).
 
     Each micro-batch's summed loss is divided by the target tokens of the whole window,
     so the gradients equal those of one big batch: accumulation changes memory use,
     not the maths (a per-micro-batch mean would over-weight tokens of short batches).
+
+    Several ranks: `target_tokens` is the window's count over all ranks, and
+    `gradient_scale` the world size, since DDP averages the ranks' gradients where the
+    maths wants their sum. `no_sync` (DDP's) skips the gradient all-reduce on all but
+    the window's last micro-batch.
     """
-    target_tokens = max(sum(b.target_tokens for b in window), 1)
+    if target_tokens is None:
+        target_tokens = sum(b.target_tokens for b in window)
+    target_tokens = max(target_tokens, 1)
     loss_sum = torch.zeros((), device=device)
-    for micro_batch in window:
-        with autocast():
-            loss = token_loss_sum(model, micro_batch.to(device))
-        (loss / target_tokens).backward()
+    for index, micro_batch in enumerate(window):
+        last = index == len(window) - 1
+        synchronised = no_sync is None or last
+        with contextlib.nullcontext() if synchronised else no_sync():  # type: ignore[misc]
+            with autocast():
+                loss = token_loss_sum(model, micro_batch.to(device))
+            scaled = loss / target_tokens
+            if gradient_scale != 1.0:
+                scaled = scaled * gradient_scale
+            scaled.backward()
         loss_sum += loss.detach()  # stays on the device: one sync per step, not per batch
     return float(loss_sum) / target_tokens

@@ -43,10 +43,11 @@ from service.documents import JobSpec, JobState, TrainerExit, utc_now
 from service.storage import ObjectStore, S3Location, parse_s3_uri
 from trainer import checkpoint, data, lora, precision, preflight
 from trainer.data import Batch, TokenizedExample
+from trainer.distributed import Distributed
 from trainer.errors import DataValidationError, Fenced
 from trainer.loss import backward_window, classification_loss_sum, token_loss_sum
 from trainer.metrics import MetricsLog, classification_metrics
-from trainer.mlflow_tracking import tracking_for
+from trainer.mlflow_tracking import NoTracking, tracking_for
 from trainer.model import load_model, pad_token_id
 from trainer.optim import build_optimizer, clip_gradients, learning_rate_at, set_learning_rate
 from trainer.packing import Packer
@@ -55,8 +56,25 @@ from trainer.precision import Precision
 from trainer.progress import TrainingProgress
 from trainer.reporting import Reporter
 from trainer.resume import capture_rng_state, restore_rng_state
+from trainer.sharding import rank_batches, target_count
 
 log = logging.getLogger(__name__)
+
+
+RANK_PREFIX = "rank{}."  # a rank's generator tensors in rng_state.safetensors (rank > 0)
+
+
+def rank_rng_state(
+    saved: dict[str, Any], tensors: dict[str, torch.Tensor], rank: int
+) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """The generator states `rank` saved; a rank the checkpoint has none of (more
+    processes than when it was written) takes rank 0's."""
+    document = saved.get("rankRng", {}).get(str(rank))
+    prefix = RANK_PREFIX.format(rank)
+    own = {name.removeprefix(prefix): t for name, t in tensors.items() if name.startswith(prefix)}
+    if rank == 0 or document is None or not own:
+        return saved["rng"], {n: t for n, t in tensors.items() if not n.startswith("rank")}
+    return document, own
 
 
 class Outcome(enum.Enum):
@@ -75,15 +93,19 @@ class FullFineTuningRecipe:
         reporter: Reporter,
         workdir: Path,
         preempted: threading.Event,
+        distributed: Distributed | None = None,
     ) -> None:
         self.spec = spec
+        # This process's rank among the job's trainer processes (trainer/distributed.py);
+        # one process alone is rank 0 of 1.
+        self.distributed = distributed or Distributed()
         self.hp = spec.hyperParameters
         self.storage = storage
         self.reporter = reporter
         self.workdir = workdir
         self.preempted = preempted
         self.output = parse_s3_uri(spec.output_prefix, field="outputDataConfig.s3Uri")
-        self.device = precision.default_device()
+        self.device = self.distributed.device(precision.default_device())
         # bf16 autocast or fp32 (trainer/precision.py); decided in setup, while VALIDATING.
         self.precision = Precision(self.device, None)
         self.progress = TrainingProgress(total_epochs=self.hp.epochCount)
@@ -93,8 +115,13 @@ class FullFineTuningRecipe:
         self.metrics = MetricsLog(
             storage, self.output, workdir / "metrics", classification=self.classification
         )
-        self.tracking = tracking_for(spec, reporter.event)  # MLflow, if the spec asks for it
+        # MLflow, if the spec asks for it; logged by rank 0 only.
+        self.tracking = (
+            tracking_for(spec, reporter.event) if self.distributed.is_main else NoTracking()
+        )
         self.model: Any = None
+        # What the training step runs: the model, or its DDP / FSDP wrapper.
+        self.training_model: Any = None
         self.tokenizer: Any = None
         self.optimizer: torch.optim.Optimizer | None = None
         self.train_set: list[TokenizedExample] = []
@@ -116,13 +143,17 @@ class FullFineTuningRecipe:
     # -- the whole job -----------------------------------------------------------
 
     def run(self) -> TrainerExit:
+        self.distributed.initialize(self.device)
         status = self.reporter.read_status()
-        if status.state.is_terminal():
-            log.info("job %s is already %s; nothing to do", self.spec.jobId, status.state)
+        # Rank 0 decides for every rank whether there is anything to do.
+        terminal = self.distributed.broadcast(status.state.is_terminal())
+        if terminal:
+            log.info("job %s is already finished; nothing to do", self.spec.jobId)
             return TrainerExit.OK
         self.reporter.add_periodic_upload(self.metrics.upload)
         self.reporter.start_heartbeat()
-        if status.state is JobState.STOPPING or self.reporter.poll_stop():
+        stopping = status.state is JobState.STOPPING or self.reporter.poll_stop()
+        if self.distributed.broadcast(stopping):
             return self.finish(Outcome.STOPPED)
         self.reporter.move_to(JobState.VALIDATING, "checking the data and the base model")
         self.setup()
@@ -135,8 +166,10 @@ class FullFineTuningRecipe:
         return self.finish(self.train())
 
     def finish(self, outcome: Outcome) -> TrainerExit:
-        if outcome is Outcome.PREEMPTED and self.reporter.poll_stop():
+        if outcome is Outcome.PREEMPTED and self.distributed.broadcast(self.reporter.poll_stop()):
             outcome = Outcome.STOPPED  # SIGTERM after a stop request is that stop
+        if not self.distributed.is_main:
+            return self.finish_follower(outcome)
         if outcome in (Outcome.COMPLETED, Outcome.EARLY_STOPPED):
             self.reporter.read_status()  # still ours? (raises Fenced) before writing output
             location = checkpoint.save_final_model(
@@ -179,6 +212,14 @@ class FullFineTuningRecipe:
         self.reporter.event("PREEMPTED", f"SIGTERM after step {self.progress.step}")
         return TrainerExit.PREEMPTED
 
+    def finish_follower(self, outcome: Outcome) -> TrainerExit:
+        """Ranks 1..N-1: take part in the last checkpoint (its RNG states), write
+        nothing; rank 0 writes the job's outcome."""
+        if outcome in (Outcome.COMPLETED, Outcome.EARLY_STOPPED):
+            return TrainerExit.OK
+        self.save_checkpoint()
+        return TrainerExit.OK if outcome is Outcome.STOPPED else TrainerExit.PREEMPTED
+
     def write_loss_plot(self) -> None:
         """training_artifacts/loss.png from the metrics files (trainer/plots.py)."""
         title = f"{self.spec.jobName} ({self.spec.jobId})"
@@ -186,11 +227,21 @@ class FullFineTuningRecipe:
 
     def interruption(self) -> Outcome | None:
         """Checked between steps: lost the job, stop requested, or SIGTERM."""
-        if self.reporter.fenced.is_set():
+        # One collective for all ranks: rank 0 alone sees the stop request and the
+        # fencing, any rank may have had the SIGTERM; every rank acts on the same answer.
+        fenced, stopped, preempted = self.distributed.any(
+            [
+                self.reporter.fenced.is_set(),
+                self.reporter.stop_requested.is_set(),
+                self.preempted.is_set(),
+            ],
+            self.device,
+        )
+        if fenced:
             raise Fenced("the heartbeat found another attempt owning the job")
-        if self.reporter.stop_requested.is_set():
+        if stopped:
             return Outcome.STOPPED
-        if self.preempted.is_set():
+        if preempted:
             return Outcome.PREEMPTED
         return None
 
@@ -212,6 +263,10 @@ class FullFineTuningRecipe:
         # Preflight (trainer/preflight.py): every record checked and tokenized with the
         # base model's tokenizer before its weights are loaded, or taken from the cache.
         model_dir = self.workdir / "base-model"
+        # Rank 0 checks (and caches) the data first and reports what is wrong; the other
+        # ranks then read it from the cache.
+        if not self.distributed.is_main:
+            self.distributed.barrier()
         prepared = preflight.run_preflight(
             spec,
             storage=self.storage,
@@ -219,6 +274,8 @@ class FullFineTuningRecipe:
             model_dir=model_dir,
             directory=self.workdir / "data",
         )
+        if self.distributed.is_main:
+            self.distributed.barrier()
         self.labels = prepared.labels
 
         torch.manual_seed(self.hp.seed)
@@ -258,11 +315,19 @@ class FullFineTuningRecipe:
                 f"no training record has a completion token left within {self.max_length} "
                 "tokens (maxSequenceLength); raise maxSequenceLength or shorten the prompts"
             )
+        self.training_model = self.distributed.wrap(
+            self.model, spec.resources.sharding, self.device
+        )
         self.optimizer = build_optimizer(self.model, self.hp.learningRate, self.hp.weightDecay)
         self.reporter.observe_optimizer(self.optimizer)  # its learning rate goes to /metrics
-        batches = data.batches_per_epoch(len(self.train_set), self.hp.batchSize)
+        batches = data.batches_per_epoch(len(self.train_set), self.global_batch_size)
         steps_per_epoch = -(-batches // self.hp.gradientAccumulationSteps)
         self.progress.total_steps = steps_per_epoch * self.hp.epochCount
+
+    @property
+    def global_batch_size(self) -> int:
+        """Examples per global batch: batchSize on each rank (trainer/sharding.py)."""
+        return self.hp.batchSize * self.distributed.world_size
 
     def resume(self) -> None:
         """Continue from the newest committed checkpoint an earlier attempt left, if any.
@@ -286,18 +351,22 @@ class FullFineTuningRecipe:
         saved = state.trainer_state
         total_steps = self.progress.total_steps
         self.progress.load_state_dict(saved["progress"])
-        if saved.get("trainingExamples") != len(self.train_set) or (
-            self.progress.total_steps != total_steps
+        if (
+            saved.get("trainingExamples") != len(self.train_set)
+            or self.progress.total_steps != total_steps
+            or saved.get("worldSize", 1) != self.distributed.world_size
         ):
             self.reporter.event(
                 "RESUME_WARNING",
                 f"the training data changed since step {step} was saved "
-                f"({saved.get('trainingExamples')} examples then, {len(self.train_set)} now): "
+                f"({saved.get('trainingExamples')} examples then, {len(self.train_set)} now; "
+                f"{saved.get('worldSize', 1)} processes then, "
+                f"{self.distributed.world_size} now): "
                 "training goes on from its weights, but not in the same order",
             )
             self.progress.total_steps = total_steps
         self.metrics.restore(local / checkpoint.METRICS_FOLDER)
-        restore_rng_state(saved["rng"], state.rng_tensors)
+        restore_rng_state(*rank_rng_state(saved, state.rng_tensors, self.distributed.rank))
         self.last_checkpoint_step = step
         shutil.rmtree(local)
         message = f"resumed from step {step} (epoch {self.progress.epoch})"
@@ -349,8 +418,13 @@ class FullFineTuningRecipe:
                 self.progress.batches_done_in_epoch = 0
                 self.progress.epoch_complete = False
             generator = data.epoch_generator(self.hp.seed, epoch)
-            batches = data.batches(
-                self.train_set, self.hp.batchSize, self.pad_id, generator=generator
+            batches = rank_batches(
+                self.train_set,
+                self.hp.batchSize,
+                self.pad_id,
+                generator=generator,
+                rank=self.distributed.rank,
+                world_size=self.distributed.world_size,
             )
             # The epoch's order is fixed by (seed, epoch): a resumed epoch skips the
             # batches trained on before its checkpoint and goes on with the same ones.
@@ -427,12 +501,25 @@ class FullFineTuningRecipe:
         )
         set_learning_rate(self.optimizer, learning_rate)
         self.model.train()
-        loss = backward_window(self.model, window, self.device, self.autocast)
+        distributed = self.distributed
+        # Every token of the global window weighs the same, whichever rank has it.
+        (target_tokens,) = distributed.sum([sum(target_count(b) for b in window)], self.device)
+        loss = backward_window(
+            self.training_model,
+            window,
+            self.device,
+            self.autocast,
+            target_tokens=int(target_tokens),
+            gradient_scale=float(distributed.world_size),
+            no_sync=getattr(self.training_model, "no_sync", None),
+        )
         clip_gradients(self.model.parameters(), self.hp.maxGradNorm)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
 
-        self.progress.tokens_seen += sum(int(b.attention_mask.sum()) for b in window)
+        tokens = sum(int(b.attention_mask.sum()) for b in window)
+        loss, tokens_everywhere = distributed.sum([loss, float(tokens)], self.device)
+        self.progress.tokens_seen += int(tokens_everywhere)
         self.progress.step = step
         self.progress.training_loss = loss
         if self.progress.first_step_at is None:
@@ -519,18 +606,30 @@ class FullFineTuningRecipe:
         if self.model is None or step == 0:
             return
         if step == self.last_checkpoint_step:
-            self.checkpoints.flush()
-            location = checkpoint.checkpoint_location(self.output, step)
-            self.reporter.event("CHECKPOINT_COMMITTED", f"step {step}: {location.uri}")
+            if self.distributed.is_main:
+                self.checkpoints.flush()
+                location = checkpoint.checkpoint_location(self.output, step)
+                self.reporter.event("CHECKPOINT_COMMITTED", f"step {step}: {location.uri}")
             return
         assert self.optimizer is not None
-        rng_document, rng_tensors = capture_rng_state()
-        trainer_state = {
+        # Every rank's generators (a collective); rank 0 writes them all.
+        states = self.distributed.gather(capture_rng_state())
+        if not self.distributed.is_main:
+            self.last_checkpoint_step = step
+            return
+        rng_document, rng_tensors = states[0]
+        trainer_state: dict[str, Any] = {
             "progress": self.progress.state_dict(),
             "rng": rng_document,
             "seed": self.hp.seed,  # with the epoch, it fixes the epoch's shuffled order
             "trainingExamples": len(self.train_set),
         }
+        if self.distributed.enabled:
+            trainer_state["worldSize"] = self.distributed.world_size
+            trainer_state["rankRng"] = {str(r): states[r][0] for r in range(1, len(states))}
+            for rank in range(1, len(states)):
+                for name, tensor in states[rank][1].items():
+                    rng_tensors[f"{RANK_PREFIX.format(rank)}{name}"] = tensor
         local = self.workdir / "checkpoints" / f"step-{step}"
         checkpoint.write_checkpoint(
             local,
@@ -598,6 +697,6 @@ class FullFineTuningRecipe:
             log.warning("a checkpoint upload stopped: another attempt owns the job")
         except Exception:
             log.exception("a checkpoint upload failed; the job resumes from an earlier one")
-        self.model = self.optimizer = None
+        self.model = self.training_model = self.optimizer = None
         if self.device.type == "cuda":
             torch.cuda.empty_cache()

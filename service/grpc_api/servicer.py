@@ -22,6 +22,7 @@ from service.errors import InvalidArgument
 from service.grpc_api import mapping
 from service.grpc_api.auth import current_policy
 from service.grpc_api.errors import ShuttingDown, abort
+from service.launch.capacity import launch_capacity
 
 Response = TypeVar("Response")
 DEFAULT_PAGE_SIZE = 20
@@ -90,6 +91,7 @@ class FineTuningServicer(pb_grpc.FineTuningServiceServicer):
             current_policy(),
             webhook_hosts=self.context.settings.webhook_allowed_hosts,
             mlflow_hosts=self.context.settings.mlflow_allowed_hosts,
+            check_resources=launch_capacity(self.context.settings).check,
         )
         if created:
             self._kick()

@@ -1,4 +1,5 @@
-"""The local launcher: one `python -m trainer` subprocess per job attempt.
+"""The local launcher: one `python -m trainer` subprocess per job attempt (torchrun with
+one rank per GPU when the job asks for several: `trainer_arguments`).
 
 Each trainer runs in its own session and process group (so a Ctrl-C aimed at the API
 server does not reach it, and a stop can signal the whole group), in its own working
@@ -71,6 +72,17 @@ class ResourceLimits:
         return [python, "-c", _WITH_LIMITS, *limits, *arguments]
 
 
+def trainer_arguments(spec: JobSpec) -> list[str]:
+    """The Python arguments of a job's trainer: `-m trainer`, or torchrun's agent with
+    one rank per GPU the job asks for (resources.gpus > 1; one machine, so standalone
+    rendezvous on a free loopback port)."""
+    trainer = ["-m", "trainer", "--job-id", spec.jobId]
+    processes = spec.resources.gpus
+    if processes <= 1:
+        return trainer
+    return ["-m", "trainer.torchrun", "--nproc-per-node", str(processes), "--standalone", *trainer]
+
+
 def process_start_ticks(pid: int) -> int | None:
     """The process's start time in clock ticks since boot (field 22 of /proc/pid/stat).
 
@@ -91,6 +103,9 @@ class LocalLauncher:
     def __init__(
         self, work_root: Path, python: str | None = None, *, limits: ResourceLimits | None = None
     ) -> None:
+        # A job with resources.gpus N > 1 runs N ranks under torchrun (trainer/torchrun.py):
+        # one per GPU, or one per CPU process with TUNEFORGE_LOCAL_CPU_RANKS, which the
+        # create-time check (service/launch/capacity.py) allows.
         self.work_root = work_root
         self.python = python or sys.executable
         self.limits = limits or ResourceLimits()
@@ -119,7 +134,7 @@ class LocalLauncher:
         )
         with open(log_path, "ab") as output:
             process = subprocess.Popen(
-                self.limits.command(self.python, ["-m", "trainer", "--job-id", spec.jobId]),
+                self.limits.command(self.python, trainer_arguments(spec)),
                 cwd=directory,
                 env=env,
                 stdin=subprocess.DEVNULL,

@@ -50,9 +50,13 @@ def start_trainer(
     """start_trainer(job_id, attempt=1) -> TrainerRun; any still running is killed after."""
     runs: list[TrainerRun] = []
 
-    def start(job_id: str, *, attempt: int = 1) -> TrainerRun:
+    def start(job_id: str, *, attempt: int = 1, processes: int = 1) -> TrainerRun:
         run = start_trainer_process(
-            job_id, attempt=attempt, s3_environment=s3_environment, directory=tmp_path
+            job_id,
+            attempt=attempt,
+            s3_environment=s3_environment,
+            directory=tmp_path,
+            processes=processes,
         )
         runs.append(run)
         return run

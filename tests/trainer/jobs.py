@@ -149,17 +149,42 @@ class TrainerRun:
         return self.log_file.read_text(errors="replace")
 
 
+def trainer_command(job_id: str, processes: int = 1) -> list[str]:
+    """`python -m trainer`, or torchrun with `processes` ranks on this host (gloo on a
+    CPU), as the local launcher runs them."""
+    if processes == 1:
+        return [sys.executable, "-m", "trainer", "--job-id", job_id]
+    return [
+        sys.executable,
+        "-m",
+        "trainer.torchrun",
+        "--nproc-per-node",
+        str(processes),
+        "--standalone",
+        "-m",
+        "trainer",
+        "--job-id",
+        job_id,
+    ]
+
+
 def start_trainer_process(
-    job_id: str, *, attempt: int, s3_environment: dict[str, str], directory: Path
+    job_id: str,
+    *,
+    attempt: int,
+    s3_environment: dict[str, str],
+    directory: Path,
+    processes: int = 1,
 ) -> TrainerRun:
     """`python -m trainer --job-id <id>` the way the local launcher starts it: its own
-    working directory, stdout and stderr into the file named by TUNEFORGE_LOG_FILE."""
+    working directory, stdout and stderr into the file named by TUNEFORGE_LOG_FILE;
+    under torchrun with `processes` > 1."""
     workdir = directory / f"work-{job_id}-{attempt}"
     workdir.mkdir()
     log_file = directory / f"trainer-{job_id}-{attempt}.log"
     with log_file.open("wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "trainer", "--job-id", job_id],
+            trainer_command(job_id, processes),
             cwd=workdir,
             env=trainer_environment(s3_environment, attempt=attempt, log_file=log_file),
             stdout=log,

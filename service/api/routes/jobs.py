@@ -11,6 +11,7 @@ from service import jobs
 from service.api.deps import ContextDep, CurrentTenant, StoreDep
 from service.api.errors import ERROR_RESPONSES
 from service.documents import JobEvent, JobState
+from service.launch.capacity import launch_capacity
 from service.schemas import JobCreate, JobList, JobPublic
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=ERROR_RESPONSES)
@@ -34,6 +35,7 @@ def create_job(
         caller,
         webhook_hosts=context.settings.webhook_allowed_hosts,
         mlflow_hosts=context.settings.mlflow_allowed_hosts,
+        check_resources=launch_capacity(context.settings).check,
     )
     if created and context.reconciler is not None:
         context.reconciler.kick()
