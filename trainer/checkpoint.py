@@ -68,19 +68,38 @@ def checkpoint_location(output: S3Location, step: int) -> S3Location:
 # -- the model -------------------------------------------------------------------------
 
 
-def _save_pretrained(model: Any, tokenizer: Any, directory: Path) -> None:
+def _save_pretrained(
+    model: Any, tokenizer: Any, directory: Path, state_dict: dict[str, Any] | None = None
+) -> None:
     """config.json, *.safetensors (transformers 5 writes nothing else), generation config
     and tokenizer files: a directory `from_pretrained` loads as it is. A peft model
     writes its adapter (adapter_config.json, adapter_model.safetensors) only."""
     if directory.exists():
         shutil.rmtree(directory)
-    model.save_pretrained(directory)
+    if state_dict is None:
+        model.save_pretrained(directory)
+    else:  # gathered from sharded parameters (FSDP): the model's own are shards
+        model.save_pretrained(directory, state_dict=state_dict)
     tokenizer.save_pretrained(directory)
 
 
-def save_model(model: Any, tokenizer: Any, directory: Path) -> None:
-    """The weights a checkpoint holds: the whole model, or a LoRA model's adapter."""
-    _save_pretrained(model, tokenizer, directory)
+def save_model(
+    model: Any, tokenizer: Any, directory: Path, state_dict: dict[str, Any] | None = None
+) -> None:
+    """The weights a checkpoint holds: the whole model, or a LoRA model's adapter;
+    `state_dict` when the model's parameters are shards (FSDP)."""
+    _save_pretrained(model, tokenizer, directory, state_dict)
+
+
+def read_model_weights(directory: Path) -> dict[str, torch.Tensor]:
+    """Every weight tensor of a checkpoint folder (the model's, not the RNG states)."""
+    state: dict[str, torch.Tensor] = {}
+    for path in sorted(directory.glob("*.safetensors")):
+        if path.name != RNG_STATE:
+            state |= load_file(path)
+    if not state:
+        raise ValueError(f"no model weights in {directory}")
+    return state
 
 
 def load_model_weights(model: Any, directory: Path) -> None:
@@ -91,12 +110,7 @@ def load_model_weights(model: Any, directory: Path) -> None:
     loaded (a language model head sharing the embedding matrix); anything else missing,
     or any unexpected name, means the checkpoint is not of this model, and raises.
     """
-    state: dict[str, torch.Tensor] = {}
-    for path in sorted(directory.glob("*.safetensors")):
-        if path.name != RNG_STATE:
-            state |= load_file(path)
-    if not state:
-        raise ValueError(f"no model weights in {directory}")
+    state = read_model_weights(directory)
     missing, unexpected = model.load_state_dict(state, strict=False)
     parameters = dict(model.named_parameters())
     loaded_storage = {parameters[name].data_ptr() for name in state if name in parameters}
@@ -323,11 +337,18 @@ class CheckpointUploader:
 
 
 def save_final_model(
-    model: Any, tokenizer: Any, *, storage: ObjectStore, output: S3Location, directory: Path
+    model: Any,
+    tokenizer: Any,
+    *,
+    storage: ObjectStore,
+    output: S3Location,
+    directory: Path,
+    state_dict: dict[str, Any] | None = None,
 ) -> S3Location:
-    """Upload the trained model to `<output>model/`, replacing anything already there."""
+    """Upload the trained model to `<output>model/`, replacing anything already there
+    (`state_dict`: the full weights gathered from an FSDP model's shards)."""
     local = directory / "model"
-    _save_pretrained(model, tokenizer, local)
+    _save_pretrained(model, tokenizer, local, state_dict)
     target = output.child("model").as_prefix()
     storage.delete_prefix(target)  # stale files from an earlier attempt must not mix in
     storage.upload_directory(local, target)

@@ -158,6 +158,50 @@ class Distributed:
             dist.barrier()
 
 
+# -- FSDP: whole state dicts gathered from the shards, and loaded back into them ------
+
+
+def full_model_state(model: Any) -> dict[str, Any]:
+    """The whole model's weights on the CPU, gathered from every rank's shards (a
+    collective: every rank calls it; rank 0 writes them)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(
+        model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+    )
+
+
+def full_optimizer_state(model: Any, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """The whole optimizer state (keyed by parameter name), gathered (a collective)."""
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_optimizer_state_dict,
+    )
+
+    return get_optimizer_state_dict(
+        model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+    )
+
+
+def load_full_state(
+    model: Any,
+    optimizer: torch.optim.Optimizer,
+    model_state: dict[str, Any],
+    optimizer_state: dict[str, Any],
+) -> None:
+    """Load whole state dicts (a consolidated checkpoint) into the shards of every rank.
+    Tied weights (a head sharing the embedding) are absent from the saved files."""
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        set_model_state_dict,
+        set_optimizer_state_dict,
+    )
+
+    options = StateDictOptions(full_state_dict=True, strict=False)
+    set_model_state_dict(model, model_state, options=options)
+    set_optimizer_state_dict(model, optimizer, optimizer_state, options=options)
+
+
 def is_lost_peer(error: BaseException) -> bool:
     """True for the error a collective raises when another rank is gone (killed, or
     crashed and torn down): this rank then exits without writing a failure, which is

@@ -43,7 +43,12 @@ from service.documents import JobSpec, JobState, TrainerExit, utc_now
 from service.storage import ObjectStore, S3Location, parse_s3_uri
 from trainer import checkpoint, data, lora, precision, preflight
 from trainer.data import Batch, TokenizedExample
-from trainer.distributed import Distributed
+from trainer.distributed import (
+    Distributed,
+    full_model_state,
+    full_optimizer_state,
+    load_full_state,
+)
 from trainer.errors import DataValidationError, Fenced
 from trainer.loss import backward_window, classification_loss_sum, token_loss_sum
 from trainer.metrics import MetricsLog, classification_metrics
@@ -168,9 +173,12 @@ class FullFineTuningRecipe:
     def finish(self, outcome: Outcome) -> TrainerExit:
         if outcome is Outcome.PREEMPTED and self.distributed.broadcast(self.reporter.poll_stop()):
             outcome = Outcome.STOPPED  # SIGTERM after a stop request is that stop
+        completed = outcome in (Outcome.COMPLETED, Outcome.EARLY_STOPPED)
+        # FSDP: every rank hands in its shards of the final weights.
+        final_state = full_model_state(self.model) if completed and self.sharded else None
         if not self.distributed.is_main:
             return self.finish_follower(outcome)
-        if outcome in (Outcome.COMPLETED, Outcome.EARLY_STOPPED):
+        if completed:
             self.reporter.read_status()  # still ours? (raises Fenced) before writing output
             location = checkpoint.save_final_model(
                 self.model,
@@ -178,6 +186,7 @@ class FullFineTuningRecipe:
                 storage=self.storage,
                 output=self.output,
                 directory=self.workdir,
+                state_dict=final_state,
             )
             if lora.is_lora(self.model) and self.hp.mergeAdapter:
                 self.save_merged_model(location)
@@ -325,6 +334,12 @@ class FullFineTuningRecipe:
         self.progress.total_steps = steps_per_epoch * self.hp.epochCount
 
     @property
+    def sharded(self) -> bool:
+        """FSDP over several ranks: each holds a shard of the weights and optimizer
+        state; checkpoints and the final model hold them whole (gathered)."""
+        return self.distributed.enabled and self.spec.resources.sharding == "FSDP"
+
+    @property
     def global_batch_size(self) -> int:
         """Examples per global batch: batchSize on each rank (trainer/sharding.py)."""
         return self.hp.batchSize * self.distributed.world_size
@@ -344,9 +359,13 @@ class FullFineTuningRecipe:
         local = checkpoint.download_checkpoint(
             self.storage, self.output, step, self.workdir / "resume" / f"step-{step}"
         )
-        self.load_weights(local)
         state = checkpoint.read_training_state(local)
-        self.optimizer.load_state_dict(state.optimizer)
+        if self.sharded:  # a consolidated checkpoint, loaded into every rank's shards
+            weights = checkpoint.read_model_weights(local)
+            load_full_state(self.model, self.optimizer, weights, state.optimizer)
+        else:
+            self.load_weights(local)
+            self.optimizer.load_state_dict(state.optimizer)
         self.load_scheduler_state(state.scheduler)
         saved = state.trainer_state
         total_steps = self.progress.total_steps
@@ -614,6 +633,10 @@ class FullFineTuningRecipe:
         assert self.optimizer is not None
         # Every rank's generators (a collective); rank 0 writes them all.
         states = self.distributed.gather(capture_rng_state())
+        model_state = optimizer_state = None
+        if self.sharded:  # consolidated: gathered from every rank's shards
+            model_state = full_model_state(self.model)
+            optimizer_state = full_optimizer_state(self.model, self.optimizer)
         if not self.distributed.is_main:
             self.last_checkpoint_step = step
             return
@@ -633,10 +656,12 @@ class FullFineTuningRecipe:
         local = self.workdir / "checkpoints" / f"step-{step}"
         checkpoint.write_checkpoint(
             local,
-            save_weights=self.save_weights,
+            save_weights=lambda directory: self.save_weights(directory, model_state),
             state=checkpoint.TrainingState(
                 trainer_state=trainer_state,
-                optimizer=self.optimizer.state_dict(),
+                optimizer=(
+                    optimizer_state if optimizer_state is not None else self.optimizer.state_dict()
+                ),
                 scheduler=self.scheduler_state(),
                 rng_tensors=rng_tensors,
             ),
@@ -646,10 +671,11 @@ class FullFineTuningRecipe:
         self.checkpoints.submit(local, step)
         self.last_checkpoint_step = step
 
-    def save_weights(self, directory: Path) -> None:
+    def save_weights(self, directory: Path, state_dict: dict[str, Any] | None = None) -> None:
         """What a checkpoint holds of the model: all of it, or a LoRA job's adapter only
-        (a peft model's save_pretrained writes just the adapter)."""
-        checkpoint.save_model(self.model, self.tokenizer, directory)
+        (a peft model's save_pretrained writes just the adapter); `state_dict` is the
+        whole model gathered from FSDP shards."""
+        checkpoint.save_model(self.model, self.tokenizer, directory, state_dict)
 
     def scheduler_state(self) -> dict[str, Any] | None:
         """The learning rate is a pure function of the step (trainer/optim.py): nothing

@@ -23,7 +23,11 @@ Invariants of every rendered Job:
   directory and HOME);
 - multi-node jobs (`resources.nodes` > 1) are Indexed Jobs (completions = parallelism
   = nodes); each pod learns its rank from `JOB_COMPLETION_INDEX` and finds rank 0 as
-  `<job name>-0.<job name>` through a headless Service of the same name.
+  `<job name>-0.<job name>` through a headless Service of the same name;
+- the container runs `python -m trainer` for one process, and torchrun
+  (`python -m trainer.torchrun`, which keeps the trainer's exit codes) for several:
+  `--nproc-per-node` = the GPUs per node, and for several nodes a static rendezvous at
+  rank 0's pod with `--node-rank` from the completion index (`trainer_command`).
 """
 
 from __future__ import annotations
@@ -152,6 +156,30 @@ def _environment(
     return variables
 
 
+def trainer_command(spec: JobSpec) -> list[str]:
+    """The trainer container's command: one process, or torchrun over the GPUs of each
+    node and the nodes (Kubernetes expands `$(VAR)` from the container's environment)."""
+    trainer = ["-m", "trainer", "--job-id", spec.jobId]
+    resources = spec.resources
+    if resources.nodes == 1 and resources.gpus <= 1:
+        return ["python", *trainer]
+    command = ["python", "-m", "trainer.torchrun", "--nproc-per-node", str(max(resources.gpus, 1))]
+    if resources.nodes == 1:
+        return [*command, "--standalone", *trainer]
+    return [
+        *command,
+        "--nnodes",
+        str(resources.nodes),
+        "--node-rank",
+        "$(TUNEFORGE_NODE_RANK)",
+        "--master-addr",
+        "$(MASTER_ADDR)",
+        "--master-port",
+        "$(MASTER_PORT)",
+        *trainer,
+    ]
+
+
 def render_job_manifest(
     spec: JobSpec, attempt: int, environment: Mapping[str, str], config: KubernetesConfig
 ) -> dict[str, Any]:
@@ -171,7 +199,7 @@ def render_job_manifest(
         "name": "trainer",
         "image": config.image,
         "imagePullPolicy": config.image_pull_policy,
-        "command": ["python", "-m", "trainer", "--job-id", spec.jobId],
+        "command": trainer_command(spec),
         "workingDir": SCRATCH,
         "env": _environment(spec, attempt, environment, config),
         "resources": {"requests": requests, **({"limits": limits} if limits else {})},

@@ -9,6 +9,9 @@ Invariants:
 - the entrypoint is the same `python -m trainer --job-id <id>` the local launcher runs,
   with the same environment, in a fresh temporary working directory on the Ray node;
   its output goes to `trainer.log` there, which the trainer uploads as the job's log;
+  a job with `resources.gpus` > 1 runs torchrun (`python -m trainer.torchrun`, one
+  rank per GPU, standalone rendezvous) on that one node; several nodes are refused at
+  create (service/launch/capacity.py) until a Ray Train launcher exists;
 - S3 credentials are not sent with the job unless `forward_credentials` is set: a Ray
   job's runtime environment is readable by anyone who can read the dashboard, so by
   default the Ray nodes hold the credentials themselves (their environment, an
@@ -46,17 +49,21 @@ def submission_id(job_id: str, attempt: int) -> str:
     return f"tuneforge-{job_id}-a{attempt}"
 
 
-def entrypoint(python: str, job_id: str, attempt: int) -> str:
+def entrypoint(python: str, job_id: str, attempt: int, *, processes: int = 1) -> str:
     """The shell command Ray runs: a fresh working directory, then the trainer in it.
 
-    `exec` makes the trainer the process Ray signals on a stop, so it gets the SIGTERM
-    itself and can commit a checkpoint.
+    `exec` makes the trainer (or torchrun's agent, which passes the signal to every
+    rank) the process Ray signals on a stop, so it gets the SIGTERM itself and can
+    commit a checkpoint.
     """
     name = submission_id(job_id, attempt)
+    program = "-m trainer"
+    if processes > 1:
+        program = f"-m trainer.torchrun --nproc-per-node {int(processes)} --standalone -m trainer"
     return (
         f'work="$(mktemp -d "${{TMPDIR:-/tmp}}/{name}-XXXXXX")" && cd "$work" && '
         f'export HOME="$work" HF_HOME="$work/hf-home" TUNEFORGE_LOG_FILE="$work/trainer.log" '
-        f"&& exec {shlex.quote(python)} -m trainer --job-id {job_id} "
+        f"&& exec {shlex.quote(python)} {program} --job-id {job_id} "
         f'>>"$work/trainer.log" 2>&1'
     )
 
@@ -158,7 +165,9 @@ class RayLauncher:
         name = submission_id(spec.jobId, attempt)
         try:
             self.client.submit_job(
-                entrypoint=entrypoint(self.python, spec.jobId, attempt),
+                entrypoint=entrypoint(
+                    self.python, spec.jobId, attempt, processes=spec.resources.gpus
+                ),
                 submission_id=name,
                 runtime_env=self.runtime_environment(attempt, environment),
                 entrypoint_num_cpus=self.cpus_per_trainer,

@@ -142,18 +142,17 @@ def test_a_two_rank_job_completes_and_rank_0_alone_writes(
 
 
 def rank_pids(attempt: Path, rank: int) -> list[int]:
-    """Trainer processes working in `attempt` as `rank` (rank 0 in the attempt folder)."""
-    wanted = str((attempt / f"rank-{rank}") if rank else attempt)
+    """The trainer processes of `attempt` that torchrun started as `rank`."""
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
             cwd = os.readlink(entry / "cwd")
-            command = (entry / "cmdline").read_bytes().split(b"\0")
+            environment = (entry / "environ").read_bytes().split(b"\0")
         except OSError:
             continue
-        if cwd == wanted and b"trainer" in command and b"trainer.torchrun" not in command:
+        if cwd == str(attempt) and f"RANK={rank}".encode() in environment:
             found.append(int(entry.name))
     return found
 

@@ -45,12 +45,14 @@ def run_to_completion(
     start: Callable[..., TrainerRun],
     hyper_parameters: dict[str, Any],
     processes: int,
+    sharding: str = "DDP",
 ) -> JobSpec:
     spec = create_job(
         store,
         training_uri=demo.train_uri,
         model_uri=demo.model_uri,
         hyper_parameters=hyper_parameters,
+        resources={"gpus": 0, "sharding": sharding},
     )
     run = start(spec.jobId, processes=processes)
     assert run.wait(timeout=600) == TrainerExit.OK, run.log()
@@ -104,3 +106,24 @@ def test_two_processes_equal_one_with_the_doubled_batch(
     assert len(losses_one) == status_one.progress.step  # one line a step: rank 0's only
     for (step, loss_two), (_, loss_one) in zip(losses_two, losses_one, strict=True):
         assert loss_two == pytest.approx(loss_one, rel=1e-5), step
+
+
+def test_fsdp_on_two_cpu_processes_matches_one_process(
+    object_store: ObjectStore,
+    job_store: JobStore,
+    demo: Demo,
+    start_trainer: Callable[..., TrainerRun],
+) -> None:
+    """FSDP2 (`fully_shard`, gloo): each rank holds half of every weight and of the
+    optimizer state; the checkpoints (every 10 steps) and the final model are gathered
+    whole. Same maths as one process, so the same tolerance as DDP's."""
+    common = FAST_HYPERPARAMETERS | {"epochCount": 1, "checkpointIntervalSteps": 10}
+    one = run_to_completion(job_store, demo, start_trainer, common | {"batchSize": 8}, 1)
+    two = run_to_completion(
+        job_store, demo, start_trainer, common | {"batchSize": 4}, 2, sharding="FSDP"
+    )
+    assert_same_weights(object_store, one, two)
+    checkpoint = output_location(two, "checkpoints", "step-30", "model.safetensors")
+    found = object_store.get_bytes(checkpoint)
+    assert found is not None, "no consolidated checkpoint"
+    assert load(found[0]).keys() == final_weights(object_store, two).keys()

@@ -62,6 +62,7 @@ REPRESENTATIVE = {
     "one-gpu": make_spec(gpus=1),
     "cpu-only": make_spec(gpus=0),
     "two-nodes-four-gpus": make_spec(gpus=4, nodes=2),
+    "one-node-four-gpus": make_spec(gpus=4),
 }
 
 
@@ -193,6 +194,37 @@ def test_multi_node_jobs_are_indexed_with_one_pod_per_node() -> None:
     single = render_job_manifest(REPRESENTATIVE["one-gpu"], 1, ENVIRONMENT, CONFIG)
     assert "completionMode" not in single["spec"]
     assert single["spec"]["completions"] == 1
+
+
+def test_several_gpus_or_nodes_run_under_torchrun_with_the_node_rank() -> None:
+    spec = REPRESENTATIVE["two-nodes-four-gpus"]
+    command = trainer(render_job_manifest(spec, 1, ENVIRONMENT, CONFIG))["command"]
+    assert command[:3] == ["python", "-m", "trainer.torchrun"]
+    assert command[-4:] == ["-m", "trainer", "--job-id", spec.jobId]
+    options = dict(zip(command[3:-4:2], command[4:-4:2], strict=True))
+    assert options == {
+        "--nproc-per-node": "4",
+        "--nnodes": "2",
+        # Expanded by Kubernetes from the pod's environment (the completion index and
+        # rank 0's pod behind the headless Service).
+        "--node-rank": "$(TUNEFORGE_NODE_RANK)",
+        "--master-addr": "$(MASTER_ADDR)",
+        "--master-port": "$(MASTER_PORT)",
+    }
+    one_node = REPRESENTATIVE["one-node-four-gpus"]
+    command = trainer(render_job_manifest(one_node, 1, ENVIRONMENT, CONFIG))["command"]
+    assert command[:7] == [
+        "python",
+        "-m",
+        "trainer.torchrun",
+        "--nproc-per-node",
+        "4",
+        "--standalone",
+        "-m",
+    ]
+    one_gpu = REPRESENTATIVE["one-gpu"]
+    single = render_job_manifest(one_gpu, 1, ENVIRONMENT, CONFIG)
+    assert trainer(single)["command"] == ["python", "-m", "trainer", "--job-id", one_gpu.jobId]
 
 
 def test_credentials_come_from_the_secret_and_never_inline() -> None:

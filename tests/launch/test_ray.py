@@ -54,6 +54,11 @@ def test_entrypoint_runs_the_trainer_in_a_fresh_directory_as_the_signalled_proce
     command = entrypoint("/opt/venv/bin/python", JOB_ID, 1)
     assert "mktemp -d" in command
     assert f"exec /opt/venv/bin/python -m trainer --job-id {JOB_ID}" in command
+    several = entrypoint("/opt/venv/bin/python", JOB_ID, 1, processes=4)
+    assert (
+        "exec /opt/venv/bin/python -m trainer.torchrun --nproc-per-node 4 --standalone "
+        f"-m trainer --job-id {JOB_ID}"
+    ) in several
 
 
 def test_credentials_are_not_sent_to_ray_unless_asked() -> None:

@@ -16,6 +16,7 @@ from service.demo import MODEL_PREFIX, TRAIN_KEY, VALIDATION_KEY
 from service.documents import (
     DataLocation,
     HyperParameters,
+    JobResources,
     JobSpec,
     JobStatus,
     LaunchRecord,
@@ -69,6 +70,7 @@ def create_job(
     validation_uri: str | None = None,
     hyper_parameters: dict[str, Any] | None = None,
     attempt: int = 1,
+    resources: dict[str, Any] | None = None,
 ) -> JobSpec:
     """A job as the API and the reconciler leave it for launch attempt `attempt`: the
     spec, a QUEUED status, and the launch record naming that attempt."""
@@ -82,6 +84,7 @@ def create_job(
         validationDataConfig=DataLocation(s3Uri=validation_uri) if validation_uri else None,
         outputDataConfig=DataLocation(s3Uri=f"s3://{OUTPUT_BUCKET}/jobs"),
         hyperParameters=HyperParameters(**(hyper_parameters or FAST_HYPERPARAMETERS)),
+        resources=JobResources(**(resources or {})),
     )
     store.create(spec)
     set_launch_attempt(store, job_id, attempt)
