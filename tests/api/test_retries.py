@@ -18,6 +18,12 @@ from service.storage import ObjectStore
 from service.store import JobStore
 from tests.servers import ApiServer, demo_job
 
+TUNEFORGE = [sys.executable, "-m", "tuneforge"]
+
+
+def _cli_environment() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("TUNEFORGE_")}
+
 
 def _kill_running_trainer(server: ApiServer, store: JobStore, job_id: str) -> int:
     server.wait_for(job_id, {"RUNNING"}, timeout=120)
@@ -33,9 +39,27 @@ def test_killed_trainer_is_relaunched_and_the_job_completes(
     store = JobStore(object_store, api_server.state_bucket)
     with api_server.client() as client:
         job_id = client.post("/v1/jobs", json=demo_job("crash-once", epochCount=2)).json()["jobId"]
-    _kill_running_trainer(api_server, store, job_id)
-
-    job = api_server.wait_for(job_id, {"COMPLETED"}, timeout=240)
+    # `tuneforge jobs logs --follow` from the start: it moves on to the relaunched attempt.
+    follow = ["--endpoint", api_server.grpc_target, "jobs", "logs", job_id, "--follow"]
+    follower = subprocess.Popen(
+        [*TUNEFORGE, *follow, "--interval", "0.5"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=_cli_environment(),
+    )
+    try:
+        _kill_running_trainer(api_server, store, job_id)
+        job = api_server.wait_for(job_id, {"COMPLETED"}, timeout=240)
+        followed, errors = follower.communicate(timeout=60)
+    finally:
+        if follower.poll() is None:  # a failure above: do not leave it behind
+            follower.kill()
+            follower.wait()
+    assert follower.returncode == 0, errors
+    first, second = (f"job {job_id} attempt {n}:".encode() for n in (1, 2))
+    assert first in followed and second in followed, followed[-2000:]
+    assert followed.index(first) < followed.index(second)
+    assert b"trainer exits with OK" in followed.rstrip().splitlines()[-1], followed[-500:]
     assert job["attempt"] == 2
     status, _ = store.get_status(job_id)
     assert status.retries == {"crash": 1}
@@ -64,13 +88,11 @@ def _assert_each_attempt_has_its_log(server: ApiServer, job_id: str) -> None:
     assert older.attempt == 1 and older.data == first.content
     assert newest.attempt == 2 and newest.data == current.content
 
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("TUNEFORGE_")}
-    command = [sys.executable, "-m", "tuneforge"]
     for transport in (["--endpoint", server.grpc_target], ["--rest", server.url]):
         printed = subprocess.run(
-            [*command, *transport, "jobs", "logs", job_id, "--attempt", "1"],
+            [*TUNEFORGE, *transport, "jobs", "logs", job_id, "--attempt", "1"],
             capture_output=True,
-            env=environment,
+            env=_cli_environment(),
             timeout=60,
         )
         assert printed.returncode == 0, printed.stderr
