@@ -226,15 +226,19 @@ def list_jobs(
         batch = store.list_job_ids(after=after, limit=100)
         if not batch:
             return jobs, None
+        stopped: set[str] | None = None  # listed once per batch, when first needed
         for job_id in batch:
             scanned += 1
             after = job_id
             try:
                 # Specs are cached (immutable), so skipping other tenants' jobs costs no
-                # store reads; status and control are read only for the caller's own.
+                # store reads; status is read only for the caller's own, and control only
+                # for those with a stop marker.
                 if store.get_spec(job_id).tenant != tenant:
                     continue
-                job = store.get(job_id)
+                if stopped is None:
+                    stopped = store.stop_marked(batch[0], batch[-1])
+                job = store.get(job_id, read_control=job_id in stopped)
             except JobNotFound:
                 continue  # a create in flight: its spec is not written yet
             if state is None or _visible_state(job) == state:

@@ -315,11 +315,17 @@ class ObjectStore:
             raise _translate(error, f"listing {location.uri}") from error
         return [p["Prefix"] for p in response.get("CommonPrefixes", [])]
 
-    def list_objects(self, location: S3Location) -> Iterator[dict[str, Any]]:
-        """Every object under a prefix (key, size, etag), in ascending key order."""
+    def list_objects(
+        self, location: S3Location, *, start_after: str | None = None
+    ) -> Iterator[dict[str, Any]]:
+        """Every object under a prefix (key, size, etag), in ascending key order; with
+        `start_after`, only keys after that one."""
         paginator = self._client.get_paginator("list_objects_v2")
+        arguments: dict[str, Any] = {"Bucket": location.bucket, "Prefix": location.key}
+        if start_after:
+            arguments["StartAfter"] = start_after
         try:
-            for page in paginator.paginate(Bucket=location.bucket, Prefix=location.key):
+            for page in paginator.paginate(**arguments):
                 for item in page.get("Contents", []):
                     yield {"key": item["Key"], "size": item["Size"], "etag": item["ETag"]}
         except (ClientError, BotoCoreError) as error:

@@ -89,6 +89,26 @@ class JobStore:
         ]
         return sorted((i for i in ids if _JOB_ID.match(i)), reverse=True)
 
+    def _stop_marker(self, job_id: str) -> S3Location:
+        return S3Location(self.bucket, f"stops/{check_job_id(job_id)}")
+
+    def stop_marked(self, first: str, last: str) -> set[str]:
+        """Ids from `first` to `last` (in key order, i.e. newest to oldest) whose stop
+        was requested: one listing of `stops/`, so a list page reads `control.json` only
+        for those jobs. Markers are sparse (only stopped jobs have one)."""
+        prefix = S3Location(self.bucket, "stops/")
+        marked: set[str] = set()
+        # StartAfter is exclusive: start after a key just below `first`.
+        for item in self.storage.list_objects(
+            prefix, start_after=f"stops/{check_job_id(first)[:-1]}"
+        ):
+            job_id = item["key"][len(prefix.key) :]
+            if job_id > last:
+                break
+            if job_id >= first:
+                marked.add(job_id)
+        return marked
+
     def mark_inactive(self, job_id: str) -> None:
         self.storage.delete(self._active(job_id))
 
@@ -199,10 +219,12 @@ class JobStore:
         found = self.storage.get_json(self._job(job_id, "control.json"))
         return JobControl() if found is None else JobControl.model_validate(found[0])
 
-    def get(self, job_id: str) -> Job:
+    def get(self, job_id: str, *, read_control: bool = True) -> Job:
+        """The job; `read_control=False` when the caller knows no stop was requested (no
+        stop marker: `stop_marked`), saving the GET of an absent control document."""
         spec = self.get_spec(job_id)
         status, _ = self.get_status(job_id)
-        return Job(spec, status, self.get_control(job_id))
+        return Job(spec, status, self.get_control(job_id) if read_control else JobControl())
 
     def list_job_ids(self, *, after: str | None, limit: int) -> list[str]:
         """Job ids newest first (ids sort that way), starting after `after`."""
@@ -245,6 +267,10 @@ class JobStore:
         raise RuntimeError(f"status of job {job_id} kept changing; gave up after {max_attempts}")
 
     def put_control(self, job_id: str, control: JobControl) -> None:
+        if control.stopRequested:
+            # The marker first: a reader that sees no marker has not missed a stop that
+            # was answered; one that sees it reads control.json, absent until written.
+            self.storage.put_bytes(self._stop_marker(job_id), b"")
         self.storage.put_json(self._job(job_id, "control.json"), control.model_dump(mode="json"))
 
     def append_event(

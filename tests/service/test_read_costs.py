@@ -1,0 +1,97 @@
+"""What describe, list and create read from a real SeaweedFS: stop requests seen through
+the stop markers, other tenants' jobs skipped on cached specs, a bounded number of store
+calls per operation whatever the number of jobs (issue 6: the API is never the
+bottleneck)."""
+
+from __future__ import annotations
+
+import uuid
+from collections import Counter
+
+import pytest
+
+from service import jobs
+from service.auth.limits import TenantPolicy
+from service.documents import JobState
+from service.schemas import JobCreate
+from service.storage import ObjectStore
+from service.store import JobStore
+from tests.servers import demo_job
+
+
+@pytest.fixture
+def counted(s3_server: object, object_store: ObjectStore) -> tuple[JobStore, Counter[str]]:
+    """A job store whose S3 calls are counted by operation (a store of its own, so that
+    other tests' calls are not counted)."""
+    from service.embedded_s3 import EmbeddedS3
+
+    assert isinstance(s3_server, EmbeddedS3)
+    storage = ObjectStore(
+        endpoint_url=s3_server.endpoint_url,
+        access_key_id=s3_server.access_key_id,
+        secret_access_key=s3_server.secret_access_key,
+        region="us-east-1",
+    )
+    calls: Counter[str] = Counter()
+    storage.add_call_observer(lambda operation, seconds, error: calls.update([operation]))
+    bucket = f"costs-{uuid.uuid4().hex[:10]}"
+    storage.ensure_bucket(bucket)
+    return JobStore(storage, bucket), calls
+
+
+def _policy(tenant: str, bucket: str) -> TenantPolicy:
+    return TenantPolicy(tenant, 0, 1000, 0.0, 1, ("*",), bucket)
+
+
+def _create(store: JobStore, tenant: str, name: str) -> str:
+    body = JobCreate.model_validate(demo_job(name))
+    job, created = jobs.create_job(store, body, _policy(tenant, store.bucket))
+    assert created
+    return job.spec.jobId
+
+
+def test_list_shows_stops_and_reads_a_bounded_number_of_documents(
+    counted: tuple[JobStore, Counter[str]],
+) -> None:
+    store, calls = counted
+    mine = [_create(store, "mine", f"m{n}") for n in range(4)]
+    theirs = [_create(store, "theirs", f"t{n}") for n in range(30)]  # newer than mine
+    stopped = jobs.stop_job(store, mine[1], tenant="mine")
+    assert stopped.control.stopRequested
+    jobs.stop_job(store, theirs[0], tenant="theirs")
+
+    calls.clear()
+    found, token = jobs.list_jobs(store, tenant="mine", state=None, limit=20, page_token=None)
+    assert token is None
+    assert [job.spec.jobId for job in found] == list(reversed(mine))
+    by_id = {job.spec.jobId: job for job in found}
+    assert by_id[mine[1]].control.stopRequested
+    assert not any(by_id[i].control.stopRequested for i in (mine[0], mine[2], mine[3]))
+    # Listings (job ids, stop markers), a status per own job, control for the stopped
+    # one only; no reads for the other tenant's 30 jobs (their specs were cached).
+    assert calls["GetObject"] == len(mine) + 1, calls
+    assert calls["ListObjectsV2"] <= 3, calls
+
+    only_stopping, _ = jobs.list_jobs(
+        store, tenant="mine", state=JobState.STOPPING, limit=20, page_token=None
+    )
+    assert [job.spec.jobId for job in only_stopping] == [mine[1]]
+
+
+def test_describe_and_create_cost_the_same_whatever_the_number_of_jobs(
+    counted: tuple[JobStore, Counter[str]],
+) -> None:
+    store, calls = counted
+    first = _create(store, "busy", "first")
+    for n in range(40):
+        _create(store, "busy", f"n{n}")
+
+    calls.clear()
+    job = jobs.get_job(store, first, tenant="busy")
+    assert job.spec.jobId == first and job.status.state == JobState.QUEUED
+    assert sum(calls.values()) == 2, calls  # status and control; the spec is cached
+
+    calls.clear()
+    _create(store, "busy", "one-more")
+    # Queue ledger (one CAS), marker, spec, status, first event: no read per other job.
+    assert sum(calls.values()) <= 7, calls
