@@ -21,16 +21,20 @@ steps and at each epoch end, uploaded in the background, and committed last. A t
 started for a job that has committed checkpoints resumes from the newest one exactly:
 weights, optimizer, RNG streams, step and the position in the epoch's fixed shuffled
 order, so on CPU the final weights equal bitwise those of an uninterrupted run.
+
+Under torchrun every rank runs this loop on its slice of each global batch
+(trainer/distributed.py, trainer/sharding.py); rank 0 alone writes to the job.
+
+Around the loop: trainer/checkpoint_state.py assembles a checkpoint and restores one
+(`save_checkpoint`, `resume`), trainer/outcome.py writes how the run ended (`finish`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import enum
 import itertools
 import logging
 import os
-import shutil
 import threading
 import time
 from pathlib import Path
@@ -41,13 +45,10 @@ from safetensors.torch import load_file
 
 from service.documents import JobSpec, JobState, TrainerExit, utc_now
 from service.storage import ObjectStore, S3Location, parse_s3_uri
-from trainer import checkpoint, data, lora, precision, preflight
+from trainer import checkpoint, checkpoint_state, data, lora, precision, preflight
 from trainer.data import Batch, TokenizedExample
 from trainer.distributed import (
     Distributed,
-    full_model_state,
-    full_optimizer_state,
-    load_full_state,
 )
 from trainer.errors import DataValidationError, Fenced
 from trainer.loss import backward_window, classification_loss_sum, token_loss_sum
@@ -55,38 +56,14 @@ from trainer.metrics import MetricsLog, classification_metrics
 from trainer.mlflow_tracking import NoTracking, tracking_for
 from trainer.model import load_model, pad_token_id
 from trainer.optim import build_optimizer, clip_gradients, learning_rate_at, set_learning_rate
+from trainer.outcome import Outcome, finish_run
 from trainer.packing import Packer
-from trainer.plots import publish_loss_plot
 from trainer.precision import Precision
 from trainer.progress import TrainingProgress
 from trainer.reporting import Reporter
-from trainer.resume import capture_rng_state, restore_rng_state
 from trainer.sharding import rank_batches, target_count
 
 log = logging.getLogger(__name__)
-
-
-RANK_PREFIX = "rank{}."  # a rank's generator tensors in rng_state.safetensors (rank > 0)
-
-
-def rank_rng_state(
-    saved: dict[str, Any], tensors: dict[str, torch.Tensor], rank: int
-) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """The generator states `rank` saved; a rank the checkpoint has none of (more
-    processes than when it was written) takes rank 0's."""
-    document = saved.get("rankRng", {}).get(str(rank))
-    prefix = RANK_PREFIX.format(rank)
-    own = {name.removeprefix(prefix): t for name, t in tensors.items() if name.startswith(prefix)}
-    if rank == 0 or document is None or not own:
-        return saved["rng"], {n: t for n, t in tensors.items() if not n.startswith("rank")}
-    return document, own
-
-
-class Outcome(enum.Enum):
-    COMPLETED = "completed"
-    EARLY_STOPPED = "early stopped"  # ends COMPLETED, before the last step
-    STOPPED = "stopped"
-    PREEMPTED = "preempted"
 
 
 class FullFineTuningRecipe:
@@ -170,69 +147,10 @@ class FullFineTuningRecipe:
         self.reporter.move_to(JobState.RUNNING, f"training for {self.progress.total_steps} steps")
         return self.finish(self.train())
 
-    def finish(self, outcome: Outcome) -> TrainerExit:
-        if outcome is Outcome.PREEMPTED and self.distributed.broadcast(self.reporter.poll_stop()):
-            outcome = Outcome.STOPPED  # SIGTERM after a stop request is that stop
-        completed = outcome in (Outcome.COMPLETED, Outcome.EARLY_STOPPED)
-        # FSDP: every rank hands in its shards of the final weights.
-        final_state = full_model_state(self.model) if completed and self.sharded else None
-        if not self.distributed.is_main:
-            return self.finish_follower(outcome)
-        if completed:
-            self.reporter.read_status()  # still ours? (raises Fenced) before writing output
-            location = checkpoint.save_final_model(
-                self.model,
-                self.tokenizer,
-                storage=self.storage,
-                output=self.output,
-                directory=self.workdir,
-                state_dict=final_state,
-            )
-            if lora.is_lora(self.model) and self.hp.mergeAdapter:
-                self.save_merged_model(location)
-            self.checkpoints.flush()  # every checkpoint committed before the job ends
-            self.metrics.upload()
-            self.write_loss_plot()
-            self.tracking.finish("FINISHED", model_uri=location.uri)
-            self.reporter.stop_heartbeat()
-            self.reporter.move_to(JobState.COMPLETED, f"the model is in {location.uri}")
-            return TrainerExit.OK
-        # Earlier checkpoints' commits (and their events) come before the stop's own.
-        self.checkpoints.flush()
-        if outcome is Outcome.STOPPED:
-            self.reporter.move_to(JobState.STOPPING, "stop requested")
-            self.save_checkpoint()
-            self.checkpoints.flush()
-            self.metrics.upload()
-            self.write_loss_plot()
-            self.tracking.finish("KILLED")
-            self.reporter.stop_heartbeat()
-            self.reporter.move_to(JobState.STOPPED, f"stopped after step {self.progress.step}")
-            return TrainerExit.OK
-        self.save_checkpoint()
-        self.checkpoints.flush()
-        self.metrics.upload()
-        self.tracking.finish("KILLED")  # a resumed attempt logs to a new run
-        self.reporter.stop_heartbeat()
-        # The last heartbeat may be steps behind: show the step the checkpoint holds,
-        # the one a relaunch resumes at.
-        self.publish()
-        self.reporter.heartbeat()
-        self.reporter.event("PREEMPTED", f"SIGTERM after step {self.progress.step}")
-        return TrainerExit.PREEMPTED
-
-    def finish_follower(self, outcome: Outcome) -> TrainerExit:
-        """Ranks 1..N-1: take part in the last checkpoint (its RNG states), write
-        nothing; rank 0 writes the job's outcome."""
-        if outcome in (Outcome.COMPLETED, Outcome.EARLY_STOPPED):
-            return TrainerExit.OK
-        self.save_checkpoint()
-        return TrainerExit.OK if outcome is Outcome.STOPPED else TrainerExit.PREEMPTED
-
-    def write_loss_plot(self) -> None:
-        """training_artifacts/loss.png from the metrics files (trainer/plots.py)."""
-        title = f"{self.spec.jobName} ({self.spec.jobId})"
-        publish_loss_plot(self.storage, self.output, self.metrics, self.workdir, title=title)
+    def finish(self, ending: Outcome) -> TrainerExit:
+        """Write how the run ended: final model, stop or preemption checkpoint
+        (trainer/outcome.py)."""
+        return finish_run(self, ending)
 
     def interruption(self) -> Outcome | None:
         """Checked between steps: lost the job, stop requested, or SIGTERM."""
@@ -345,52 +263,8 @@ class FullFineTuningRecipe:
         return self.hp.batchSize * self.distributed.world_size
 
     def resume(self) -> None:
-        """Continue from the newest committed checkpoint an earlier attempt left, if any.
-
-        Restores the weights, the optimizer (and scheduler) state, the progress with the
-        position in the epoch, the metrics files and every RNG stream, so training goes on
-        exactly as if it had never stopped. Uncommitted folders are never read.
-        """
-        steps = checkpoint.committed_steps(self.storage, self.output)
-        if not steps:
-            return
-        step = steps[-1]
-        assert self.optimizer is not None
-        local = checkpoint.download_checkpoint(
-            self.storage, self.output, step, self.workdir / "resume" / f"step-{step}"
-        )
-        state = checkpoint.read_training_state(local)
-        if self.sharded:  # a consolidated checkpoint, loaded into every rank's shards
-            weights = checkpoint.read_model_weights(local)
-            load_full_state(self.model, self.optimizer, weights, state.optimizer)
-        else:
-            self.load_weights(local)
-            self.optimizer.load_state_dict(state.optimizer)
-        self.load_scheduler_state(state.scheduler)
-        saved = state.trainer_state
-        total_steps = self.progress.total_steps
-        self.progress.load_state_dict(saved["progress"])
-        if (
-            saved.get("trainingExamples") != len(self.train_set)
-            or self.progress.total_steps != total_steps
-            or saved.get("worldSize", 1) != self.distributed.world_size
-        ):
-            self.reporter.event(
-                "RESUME_WARNING",
-                f"the training data changed since step {step} was saved "
-                f"({saved.get('trainingExamples')} examples then, {len(self.train_set)} now; "
-                f"{saved.get('worldSize', 1)} processes then, "
-                f"{self.distributed.world_size} now): "
-                "training goes on from its weights, but not in the same order",
-            )
-            self.progress.total_steps = total_steps
-        self.metrics.restore(local / checkpoint.METRICS_FOLDER)
-        restore_rng_state(*rank_rng_state(saved, state.rng_tensors, self.distributed.rank))
-        self.last_checkpoint_step = step
-        shutil.rmtree(local)
-        message = f"resumed from step {step} (epoch {self.progress.epoch})"
-        log.info("%s", message)
-        self.reporter.event("RESUMED", message)
+        """Continue from the newest committed checkpoint, if any (trainer/checkpoint_state.py)."""
+        checkpoint_state.resume(self)
 
     def load_weights(self, directory: Path) -> None:
         """Load a checkpoint's weights (for a LoRA job, its adapter) into the model."""
@@ -613,63 +487,9 @@ class FullFineTuningRecipe:
     # -- saving ------------------------------------------------------------------
 
     def save_checkpoint(self) -> None:
-        """Write a resumable checkpoint of the current step and queue its upload.
-
-        The files are written now (the tensors change at the next step); the upload and
-        the COMMITTED marker happen on the uploader's thread. Nothing before the first
-        step: the weights are still the base model's, already in object storage. A step
-        already checkpointed (an epoch end, or the checkpoint this attempt resumed from)
-        is not written again.
-        """
-        step = self.progress.step
-        if self.model is None or step == 0:
-            return
-        if step == self.last_checkpoint_step:
-            if self.distributed.is_main:
-                self.checkpoints.flush()
-                location = checkpoint.checkpoint_location(self.output, step)
-                self.reporter.event("CHECKPOINT_COMMITTED", f"step {step}: {location.uri}")
-            return
-        assert self.optimizer is not None
-        # Every rank's generators (a collective); rank 0 writes them all.
-        states = self.distributed.gather(capture_rng_state())
-        model_state = optimizer_state = None
-        if self.sharded:  # consolidated: gathered from every rank's shards
-            model_state = full_model_state(self.model)
-            optimizer_state = full_optimizer_state(self.model, self.optimizer)
-        if not self.distributed.is_main:
-            self.last_checkpoint_step = step
-            return
-        rng_document, rng_tensors = states[0]
-        trainer_state: dict[str, Any] = {
-            "progress": self.progress.state_dict(),
-            "rng": rng_document,
-            "seed": self.hp.seed,  # with the epoch, it fixes the epoch's shuffled order
-            "trainingExamples": len(self.train_set),
-        }
-        if self.distributed.enabled:
-            trainer_state["worldSize"] = self.distributed.world_size
-            trainer_state["rankRng"] = {str(r): states[r][0] for r in range(1, len(states))}
-            for rank in range(1, len(states)):
-                for name, tensor in states[rank][1].items():
-                    rng_tensors[f"{RANK_PREFIX.format(rank)}{name}"] = tensor
-        local = self.workdir / "checkpoints" / f"step-{step}"
-        checkpoint.write_checkpoint(
-            local,
-            save_weights=lambda directory: self.save_weights(directory, model_state),
-            state=checkpoint.TrainingState(
-                trainer_state=trainer_state,
-                optimizer=(
-                    optimizer_state if optimizer_state is not None else self.optimizer.state_dict()
-                ),
-                scheduler=self.scheduler_state(),
-                rng_tensors=rng_tensors,
-            ),
-            manifest=self.manifest(),
-            metrics_files=self.metrics.files(),
-        )
-        self.checkpoints.submit(local, step)
-        self.last_checkpoint_step = step
+        """Write a resumable checkpoint of this step, upload it in the background
+        (trainer/checkpoint_state.py)."""
+        checkpoint_state.save_checkpoint(self)
 
     def save_weights(self, directory: Path, state_dict: dict[str, Any] | None = None) -> None:
         """What a checkpoint holds of the model: all of it, or a LoRA job's adapter only
@@ -681,29 +501,6 @@ class FullFineTuningRecipe:
         """The learning rate is a pure function of the step (trainer/optim.py): nothing
         to save beyond the step. A stateful scheduler object returns its state_dict."""
         return None
-
-    def manifest(self) -> dict[str, Any]:
-        """The checkpoint's summary, read by the API's checkpoint listing."""
-        progress = self.progress
-        evaluated_now = progress.last_evaluated_step == progress.step
-        return {
-            "step": progress.step,
-            "epoch": progress.epoch,
-            "trainingLoss": progress.training_loss,
-            "validationLoss": progress.validation_loss if evaluated_now else None,
-            "validationMetrics": progress.validation_metrics if evaluated_now else {},
-            "bestValidationLoss": progress.best_validation_loss,
-            "tokensSeen": progress.tokens_seen,
-            "createdAt": utc_now(),
-        }
-
-    def save_merged_model(self, model_location: S3Location) -> None:
-        """mergeAdapter: base + adapter as one plain model in `<output>model/merged/`,
-        next to the adapter in `model/` (trainer/lora.py). Consumes the peft model."""
-        local = lora.save_merged_model(self.model, self.tokenizer, self.workdir / "merged")
-        target = model_location.child("merged").as_prefix()
-        self.storage.upload_directory(local, target)
-        log.info("uploaded the merged model to %s", target.uri)
 
     def _check_still_ours(self) -> None:
         self.reporter.read_status()  # raises Fenced if another attempt owns the job
