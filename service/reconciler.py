@@ -275,6 +275,17 @@ class Reconciler:
 
         if self.store.update_status(job.spec.jobId, claim_launch) is None:
             return
+        # The event goes in before the trainer starts: a replica killed after starting a
+        # trainer but before recording the event would leave an attempt that ran with no
+        # LAUNCHED event, and no later pass can tell it is missing without listing events.
+        # Killed between the claim and this event, the claim has no trainer behind it and
+        # is relaunched after the heartbeat timeout, with its own event.
+        why = f" after a {cause}" if cause else ""
+        self.store.append_event(
+            job.spec.jobId,
+            "LAUNCHED",
+            f"trainer attempt {attempt} launched ({self.launcher.name}){why}",
+        )
         try:
             environment = {
                 **self.trainer_environment,
@@ -303,12 +314,6 @@ class Reconciler:
             return recorded
 
         self.store.update_status(job.spec.jobId, record_process)
-        why = f" after a {cause}" if cause else ""
-        self.store.append_event(
-            job.spec.jobId,
-            "LAUNCHED",
-            f"trainer attempt {attempt} started ({self.launcher.name}){why}",
-        )
 
     def _escalate_stop(self, job: Job) -> None:
         assert job.status.launch is not None

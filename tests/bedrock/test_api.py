@@ -168,12 +168,15 @@ def test_a_corrupt_record_is_an_internal_server_exception(
     arn = client.create_model_customization_job(**create_body("corrupt-job"))["jobArn"]
     job_id = arn.rsplit("/", 1)[1]
     time.sleep(0.5)
+    # status.json, not spec.json: a spec never changes after create, so the server keeps
+    # the one it wrote in memory and would never see it overwritten; the status it reads
+    # on every describe.
     object_store.put_bytes(
-        S3Location(cheap_server.state_bucket, f"jobs/{job_id}/spec.json"), b"{not json"
+        S3Location(cheap_server.state_bucket, f"jobs/{job_id}/status.json"), b"{not json"
     )
     with pytest.raises(client.exceptions.InternalServerException):
         client.get_model_customization_job(jobIdentifier="corrupt-job")
-    # The one corrupt record does not refuse other creates (the queue count skips it).
+    # The one corrupt record does not refuse other creates.
     other = client.create_model_customization_job(**create_body("after-corrupt-job"))
     described = client.get_model_customization_job(jobIdentifier=other["jobArn"])
     assert described["jobName"] == "after-corrupt-job"
