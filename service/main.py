@@ -87,7 +87,6 @@ def cluster_launcher(settings: Settings) -> Launcher:
             image=settings.kubernetes_trainer_image,
             s3_secret_name=settings.kubernetes_s3_secret,
             termination_grace_seconds=settings.kubernetes_termination_grace_seconds,
-            backoff_limit=settings.crash_retry_budget,
             cpu_request=settings.kubernetes_trainer_cpu,
             memory_request=settings.kubernetes_trainer_memory,
             memory_limit=settings.kubernetes_trainer_memory_limit,

@@ -9,8 +9,11 @@ Invariants of every rendered Job:
 
 - its name is `tuneforge-<job-id>-a<attempt>`, built from a validated job id only, so
   one attempt is one Job and a repeated create of the same attempt is a no-op (409);
-- `restartPolicy: Never`: a failed pod is replaced by the Job controller (counting
-  against `backoffLimit`, the crash retry budget), never restarted in place;
+- `restartPolicy: Never` and `backoffLimit: 0`: a crashed pod fails its Job, and the
+  reconciler relaunches the job as the next attempt (a new Job) while the crash retry
+  budget lasts. The budget is counted in one place: a Job that retried crashes itself
+  would multiply it ((budget + 1) squared tries), retry an out-of-memory kill the
+  reconciler never retries, and leave no RETRY event for the attempt;
 - `podFailurePolicy` ignores disruptions (preemption, eviction, node drain: the pod is
   replaced and does not count as a failure) and fails the Job at once on the trainer's
   "bad input" exit code, which no retry can fix;
@@ -67,7 +70,6 @@ class KubernetesConfig:
     image: str
     s3_secret_name: str
     termination_grace_seconds: int = 300
-    backoff_limit: int = 2
     cpu_request: str = "2"
     memory_request: str = "8Gi"
     memory_limit: str | None = None
@@ -84,8 +86,6 @@ class KubernetesConfig:
             raise ValueError(f"secret name {self.s3_secret_name!r} is not a valid name")
         if self.termination_grace_seconds < 1:
             raise ValueError("termination_grace_seconds must be at least 1")
-        if self.backoff_limit < 0:
-            raise ValueError("backoff_limit must not be negative")
 
 
 def job_name(job_id: str, attempt: int) -> str:
@@ -232,14 +232,15 @@ def render_job_manifest(
     if resources.nodes > 1:
         pod_spec["subdomain"] = name
     job_spec: dict[str, Any] = {
-        "backoffLimit": config.backoff_limit,
+        # Crashes are retried by the reconciler, as a new attempt (module docstring).
+        "backoffLimit": 0,
         "completions": resources.nodes,
         "parallelism": resources.nodes,
         "podFailurePolicy": {
             "rules": [
                 {
                     # Preempted, evicted, drained: not the trainer's fault; the pod is
-                    # replaced without counting against backoffLimit.
+                    # replaced within the attempt without counting as a failure.
                     "action": "Ignore",
                     "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}],
                 },

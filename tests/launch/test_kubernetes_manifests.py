@@ -32,7 +32,6 @@ CONFIG = KubernetesConfig(
     image="registry.example/tuneforge-trainer:0.1.0",
     s3_secret_name="tuneforge-s3",
     termination_grace_seconds=300,
-    backoff_limit=2,
 )
 ENVIRONMENT = {
     "AWS_ENDPOINT_URL": "http://seaweedfs.storage:8333",
@@ -145,10 +144,13 @@ def test_a_tenant_that_is_no_label_value_is_hashed_and_kept_in_an_annotation() -
     assert manifest["metadata"]["annotations"]["tuneforge.io/tenant"] == tenant
 
 
-def test_pods_never_restart_in_place_and_crashes_use_the_retry_budget() -> None:
-    manifest = render_job_manifest(REPRESENTATIVE["one-gpu"], 1, ENVIRONMENT, CONFIG)
-    assert pod_spec(manifest)["restartPolicy"] == "Never"
-    assert manifest["spec"]["backoffLimit"] == CONFIG.backoff_limit
+def test_pods_never_restart_in_place_and_a_crash_ends_the_attempt() -> None:
+    # The reconciler spends the crash retry budget, one Job per attempt; a Job that also
+    # retried would multiply it.
+    for spec in REPRESENTATIVE.values():
+        manifest = render_job_manifest(spec, 1, ENVIRONMENT, CONFIG)
+        assert pod_spec(manifest)["restartPolicy"] == "Never"
+        assert manifest["spec"]["backoffLimit"] == 0
 
 
 def test_pod_failure_policy_ignores_disruptions_and_fails_fast_on_bad_input() -> None:
