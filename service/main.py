@@ -92,6 +92,7 @@ def cluster_launcher(settings: Settings) -> Launcher:
             memory_limit=settings.kubernetes_trainer_memory_limit,
             scratch_size=settings.kubernetes_scratch_size,
             service_account=settings.kubernetes_trainer_service_account,
+            tenant_secrets=settings.kubernetes_tenant_s3_secrets,
         )
     )
 
@@ -174,7 +175,17 @@ def main() -> int:
             print("demo assets: s3://demo/datasets/, s3://demo/models/tiny-llama/")
 
         trainer_environment = build_trainer_environment(settings, access_key, secret)
-        trainer_credentials = TrainerCredentials.load(settings.trainer_credentials_file)
+        if settings.launcher == "kubernetes":
+            # Trainer pods get store credentials only from Secrets, by reference
+            # (TUNEFORGE_KUBERNETES_TENANT_S3_SECRETS): never values in a manifest.
+            if settings.trainer_credentials_file is not None:
+                log.warning(
+                    "TUNEFORGE_TRAINER_CREDENTIALS_FILE is not used by the kubernetes "
+                    "launcher: name each tenant's Secret in TUNEFORGE_KUBERNETES_TENANT_S3_SECRETS"
+                )
+            trainer_credentials = TrainerCredentials({})
+        else:
+            trainer_credentials = TrainerCredentials.load(settings.trainer_credentials_file)
         store = JobStore(storage, settings.state_bucket)
         # Before anything listens: refuses to start with auth off on a non-loopback bind.
         access = Access.start(

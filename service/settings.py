@@ -129,6 +129,10 @@ class Settings(BaseSettings):
     kubernetes_trainer_memory_limit: str | None = None
     kubernetes_scratch_size: str = "50Gi"
     kubernetes_trainer_service_account: str | None = None
+    # Tenant -> a Secret in the trainers' namespace holding that tenant's store pair
+    # (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY), as JSON: {"acme": "tuneforge-s3-acme"}.
+    # The Kubernetes counterpart of trainer_credentials_file; others get kubernetes_s3_secret.
+    kubernetes_tenant_s3_secrets: dict[str, str] = Field(default_factory=dict)
 
     max_request_bytes: int = 1_048_576
 

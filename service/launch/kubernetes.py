@@ -19,8 +19,9 @@ Invariants of every rendered Job:
   "bad input" exit code, which no retry can fix;
 - the pod gets `terminationGracePeriodSeconds` long enough to commit a checkpoint after
   SIGTERM, which the trainer treats as preemption;
-- S3 credentials come from a Secret by reference; no secret value is ever in the
-  manifest;
+- S3 credentials come from a Secret by reference: the tenant's own Secret when the
+  operator named one (`tenant_secrets`, so one tenant's trainer cannot reach another's
+  data), else the store's; no secret value is ever in the manifest;
 - the container runs as non-root, without privilege escalation, on a read-only root
   filesystem; its only writable place is an emptyDir mounted at /scratch (its working
   directory and HOME);
@@ -40,7 +41,7 @@ import logging
 import re
 import signal
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from service.documents import JOB_ID_PATTERN, JobSpec, LaunchRecord, TrainerExit
@@ -76,14 +77,17 @@ class KubernetesConfig:
     scratch_size: str = "50Gi"
     service_account: str | None = None
     image_pull_policy: str = "IfNotPresent"
+    # tenant -> a Secret (same keys as s3_secret_name's) with that tenant's store pair.
+    tenant_secrets: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not _DNS_LABEL.match(self.namespace) or len(self.namespace) > 63:
             raise ValueError(f"kubernetes namespace {self.namespace!r} is not a DNS label")
         if not self.image.strip():
             raise ValueError("the trainer image is not set")
-        if not _DNS_LABEL.match(self.s3_secret_name.replace(".", "-")):
-            raise ValueError(f"secret name {self.s3_secret_name!r} is not a valid name")
+        for secret in (self.s3_secret_name, *self.tenant_secrets.values()):
+            if not _DNS_LABEL.match(secret.replace(".", "-")) or len(secret) > 253:
+                raise ValueError(f"secret name {secret!r} is not a valid name")
         if self.termination_grace_seconds < 1:
             raise ValueError("termination_grace_seconds must be at least 1")
 
@@ -140,13 +144,9 @@ def _environment(
     variables: list[dict[str, Any]] = [
         {"name": key, "value": value} for key, value in sorted(values.items())
     ]
+    secret = config.tenant_secrets.get(spec.tenant, config.s3_secret_name)
     for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
-        variables.append(
-            {
-                "name": key,
-                "valueFrom": {"secretKeyRef": {"name": config.s3_secret_name, "key": key}},
-            }
-        )
+        variables.append({"name": key, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}})
     if nodes > 1:
         # The rank of this pod: the Job controller's completion index.
         index = "metadata.annotations['batch.kubernetes.io/job-completion-index']"
@@ -365,6 +365,17 @@ class KubernetesLauncher:
         from kubernetes import config as kube_config
 
         self.config = config
+        if config.tenant_secrets:
+            log.info(
+                "trainer pods of tenants %s get their own store Secret",
+                sorted(config.tenant_secrets),
+            )
+        else:
+            log.warning(
+                "no per-tenant store Secrets: every trainer pod gets Secret %s, which reaches "
+                "every bucket the service can (TUNEFORGE_KUBERNETES_TENANT_S3_SECRETS)",
+                config.s3_secret_name,
+            )
         if api_client is None:
             # In a pod: its service account; elsewhere: the operator's kubeconfig.
             try:

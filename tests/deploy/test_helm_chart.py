@@ -136,6 +136,20 @@ def test_store_endpoint_and_credentials_come_from_values_and_a_secret() -> None:
     assert env["TUNEFORGE_LAUNCHER"]["value"] == "kubernetes"
 
 
+def test_per_tenant_store_secrets_reach_the_server_settings(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    secrets = {"acme": "tuneforge-s3-acme", "globex": "tuneforge-s3-globex"}
+    objects = render({"s3": {"tenantCredentialsSecrets": secrets}})
+    env = {v["name"]: v for v in api_container(objects)["env"]}
+    value = env["TUNEFORGE_KUBERNETES_TENANT_S3_SECRETS"]["value"]
+    monkeypatch.setenv("TUNEFORGE_KUBERNETES_TENANT_S3_SECRETS", value)
+    assert Settings().kubernetes_tenant_s3_secrets == secrets
+    assert "TUNEFORGE_KUBERNETES_TENANT_S3_SECRETS" not in {
+        v["name"] for v in api_container(render())["env"]
+    }
+
+
 def test_every_setting_the_chart_passes_is_one_the_server_reads() -> None:
     """A misspelt TUNEFORGE_* variable would be ignored silently (extra="ignore")."""
     env = {v["name"]: v for v in api_container(render(OVERRIDES))["env"]}

@@ -8,6 +8,8 @@ official client's models.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from typing import Any
 
 import kubernetes_validate
@@ -343,3 +345,24 @@ def test_a_job_that_is_gone_is_dead_with_no_exit_code() -> None:
 def test_a_failure_target_counts_as_failed_before_the_pods_are_gone() -> None:
     observed = observed_from_status(job_status(("FailureTarget", "PodFailurePolicy")), [])
     assert observed.alive is False
+
+
+def test_a_tenant_with_its_own_secret_gets_only_that_secret() -> None:
+    config = dataclasses.replace(CONFIG, tenant_secrets={"acme": "tuneforge-s3-acme"})
+    references = {}
+    for tenant in ("acme", "globex"):
+        manifest = render_job_manifest(make_spec(tenant=tenant), 1, ENVIRONMENT, config)
+        validate(manifest, KUBERNETES_VERSIONS[-1])
+        (container,) = pod_spec(manifest)["containers"]
+        references[tenant] = {
+            variable["valueFrom"]["secretKeyRef"]["name"]
+            for variable in container["env"]
+            if "secretKeyRef" in variable.get("valueFrom", {})
+        }
+        assert "server-secret-value" not in json.dumps(manifest)  # values never, references only
+    assert references == {"acme": {"tuneforge-s3-acme"}, "globex": {"tuneforge-s3"}}
+
+
+def test_an_invalid_tenant_secret_name_is_refused() -> None:
+    with pytest.raises(ValueError, match="not a valid name"):
+        dataclasses.replace(CONFIG, tenant_secrets={"acme": "Bad_Name"})
