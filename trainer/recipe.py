@@ -51,7 +51,8 @@ from trainer.distributed import (
     Distributed,
 )
 from trainer.errors import DataValidationError, Fenced
-from trainer.loss import backward_window, classification_loss_sum, token_loss_sum
+from trainer.evaluation import validation_loss
+from trainer.loss import backward_window, classification_loss_sum
 from trainer.metrics import MetricsLog, classification_metrics
 from trainer.mlflow_tracking import NoTracking, tracking_for
 from trainer.model import load_model, pad_token_id
@@ -110,7 +111,8 @@ class FullFineTuningRecipe:
         self.validation_set: list[TokenizedExample] = []
         self.pad_id = 0
         self.max_length = self.hp.maxSequenceLength
-        self.packer: Packer | None = None  # packs training batches; None: padded batches
+        # Packs training and validation batches; None: padded batches.
+        self.packer: Packer | None = None
         self._training_started = 0.0
         self._steps_before_start = 0  # done by earlier attempts (a resume)
         self.checkpoints = checkpoint.CheckpointUploader(
@@ -441,18 +443,29 @@ class FullFineTuningRecipe:
         """Mean loss per completion token over the whole validation set."""
         if self.classification:
             return self.evaluate_classification()
-        self.model.eval()
-        loss_sum, tokens = 0.0, 0
-        for batch in data.batches(self.validation_set, self.hp.batchSize, self.pad_id):
-            with self.autocast():
-                loss_sum += float(token_loss_sum(self.model, batch.to(self.device)))
-            tokens += batch.target_tokens
-        loss = loss_sum / max(tokens, 1)
+        # Packed like the training batches when training packs (trainer/evaluation.py).
+        result = validation_loss(
+            self.model,
+            self.validation_set,
+            batch_size=self.hp.batchSize,
+            pad_id=self.pad_id,
+            packer=self.packer,
+            device=self.device,
+            autocast=self.autocast,
+        )
+        loss = result.mean
         self.progress.validation_loss = loss
         self.metrics.add_validation(self.progress.step, self.progress.epoch, loss)
         self.tracking.log_metrics(self.progress.step, {"validation_loss": loss})
         self.publish()
-        log.info("epoch %d validation loss %.4f", self.progress.epoch, loss)
+        log.info(
+            "epoch %d validation loss %.4f (%d target tokens, %d %s rows)",
+            self.progress.epoch,
+            loss,
+            result.target_tokens,
+            result.rows,
+            "packed" if result.packed else "padded",
+        )
         return loss
 
     @torch.no_grad()

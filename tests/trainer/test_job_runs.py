@@ -70,6 +70,8 @@ def test_demo_job_completes_with_metrics_and_a_loadable_model(
     header, rows = read_csv(object_store, output_location(spec, VALIDATION_CSV))
     assert header == "step_number,epoch_number,validation_loss,perplexity"
     assert [(r["step_number"], r["epoch_number"]) for r in rows] == [("38", "1"), ("76", "2")]
+    # Training packs (the default), so evaluation packs too (trainer/evaluation.py).
+    assert run.log().count("packed rows)") == 2, run.log()
 
     events = [(e.type, e.state) for e in job_store.list_events(spec.jobId)]
     assert [state for kind, state in events if kind == "STATE_CHANGED"] == [

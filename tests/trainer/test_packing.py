@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from trainer.data import IGNORE_INDEX, TokenizedExample, collate
+from trainer.evaluation import ValidationLoss, validation_loss
 from trainer.loss import backward_window, token_loss_sum
 from trainer.packing import PACKABLE_MODEL_TYPES, PackedBatch, Packer
 
@@ -146,6 +147,44 @@ def test_gradients_of_a_packed_window_equal_those_of_padded_batches(model_type: 
     assert packed_loss == pytest.approx(padded_loss, rel=1e-5)
     for padded_grad, packed_grad in zip(padded, packed, strict=True):
         torch.testing.assert_close(packed_grad, padded_grad, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("model_type", ["llama", "gpt2"])
+def test_packed_evaluation_gives_the_padded_validation_loss_in_fewer_rows(
+    model_type: str,
+) -> None:
+    """The validation loss is the mean per target token over the whole set, however the
+    batches are laid out; packing must only change how many rows are computed."""
+    model = tiny_model(model_type)
+    # Uneven lengths and a last batch shorter than the rest (13 examples, batches of 4).
+    validation = examples([7, 19, 3, 12, 30, 2, 9, 25, 4, 16, 6, 28, 11], seed=4)
+    packer = Packer.for_model(model, row_length=32, pad_id=PAD)
+    assert packer is not None
+
+    def evaluate(with_packer: Packer | None) -> ValidationLoss:
+        return validation_loss(
+            model,
+            validation,
+            batch_size=4,
+            pad_id=PAD,
+            packer=with_packer,
+            device=torch.device("cpu"),
+            autocast=contextlib.nullcontext,
+        )
+
+    padded, packed = evaluate(None), evaluate(packer)
+    assert not padded.packed and packed.packed
+    assert padded.rows == len(validation)
+    assert packed.rows < padded.rows  # really packed
+    assert (
+        packed.target_tokens
+        == padded.target_tokens
+        == sum(sum(label != IGNORE_INDEX for label in e.labels[1:]) for e in validation)
+    )
+    assert packed.mean == pytest.approx(padded.mean, rel=1e-5)
+    with torch.no_grad():  # and both are the mean over the examples run one at a time
+        alone = sum(alone_losses(model, validation))
+    assert padded.mean == pytest.approx(alone / padded.target_tokens, rel=1e-5)
 
 
 def test_position_ids_restart_at_zero_for_every_example() -> None:

@@ -1,0 +1,62 @@
+"""The validation loss of a causal LM: mean loss per target (completion) token over the
+whole validation set, in padded batches or, when training packs, in packed ones.
+
+Packing changes how the examples are laid out, not which tokens are targets nor what
+each one is predicted from (trainer/packing.py: positions restart per example, attention
+never crosses examples), so both layouts sum the same per-token losses over the same
+target tokens; the packed one computes fewer rows and no padding. Classification does
+not come here: its head pools one vector per row (FullFineTuningRecipe.evaluate_classification).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from trainer import data
+from trainer.data import TokenizedExample
+from trainer.loss import token_loss_sum
+from trainer.packing import Packer
+
+
+@dataclass(frozen=True)
+class ValidationLoss:
+    loss_sum: float  # summed next-token cross-entropy over the target tokens
+    target_tokens: int
+    rows: int  # rows the model computed: fewer when packed
+    packed: bool
+
+    @property
+    def mean(self) -> float:
+        """Mean loss per target token (0 target tokens: 0, not a division error)."""
+        return self.loss_sum / max(self.target_tokens, 1)
+
+
+@torch.no_grad()
+def validation_loss(
+    model: Any,
+    examples: Sequence[TokenizedExample],
+    *,
+    batch_size: int,
+    pad_id: int,
+    packer: Packer | None,
+    device: torch.device,
+    autocast: Callable[[], contextlib.AbstractContextManager[Any]],
+) -> ValidationLoss:
+    """The loss of `model` over `examples`, in file order, `batch_size` examples per
+    forward (as in training, so evaluation needs no more memory than a training batch);
+    packed by `packer` when there is one."""
+    model.eval()
+    loss_sum, tokens, rows = 0.0, 0, 0
+    for start in range(0, len(examples), batch_size):
+        chunk = examples[start : start + batch_size]
+        batch = packer.pack_examples(chunk) if packer else data.collate(chunk, pad_id)
+        with autocast():
+            loss_sum += float(token_loss_sum(model, batch.to(device)))
+        tokens += batch.target_tokens
+        rows += batch.input_ids.size(0)
+    return ValidationLoss(loss_sum, tokens, rows, packed=packer is not None)
