@@ -78,6 +78,7 @@ def cluster_launcher(settings: Settings) -> Launcher:
             cpus_per_trainer=settings.ray_trainer_cpus,
             forward_credentials=settings.ray_forward_s3_credentials,
             stop_grace_seconds=settings.kill_grace_seconds,
+            ray_train=settings.ray_train,
         )
     from service.launch.kubernetes import KubernetesConfig, KubernetesLauncher
 

@@ -116,6 +116,9 @@ class Settings(BaseSettings):
     # Send the S3 credentials with each Ray job. A Ray job's environment is readable on
     # the dashboard; by default the Ray nodes hold the credentials themselves.
     ray_forward_s3_credentials: bool = False
+    # Run every job with several ranks as a Ray Train group, not only multi-node ones
+    # (a one-node multi-GPU job otherwise runs torchrun inside one Ray job).
+    ray_train: bool = False
     kubernetes_namespace: str = Field(
         default="tuneforge", pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=63
     )

@@ -7,8 +7,8 @@ fail at launch); it is refused at create with a 400 naming the field instead:
   many visible GPUs, or `TUNEFORGE_LOCAL_CPU_RANKS=true`, which runs each asked-for GPU
   as one CPU process (torchrun, gloo). `gpus` 0 or 1 always runs (on a CPU when the host
   has no GPU).
-- ray: one node per job (torchrun inside one Ray job); `resources.nodes` must be 1.
-- kubernetes: nodes and GPUs are the cluster's to schedule; nothing is refused here.
+- ray, kubernetes: nodes and GPUs are the cluster's to schedule (a Ray cluster may
+  autoscale; several nodes run as a Ray Train group); nothing is refused here.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ class LaunchCapacity:
 
     def check(self, resources: JobResources) -> None:
         """Raise InvalidArgument naming the field the launcher cannot satisfy."""
-        if resources.nodes > 1 and self.launcher in ("local", "ray"):
+        if resources.nodes > 1 and self.launcher == "local":
             raise InvalidArgument(
                 f"resources.nodes is {resources.nodes}, but the {self.launcher} launcher runs "
                 "a job on one node; use nodes 1, or the kubernetes launcher for several",

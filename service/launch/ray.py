@@ -10,16 +10,22 @@ Invariants:
   with the same environment, in a fresh temporary working directory on the Ray node;
   its output goes to `trainer.log` there, which the trainer uploads as the job's log;
   a job with `resources.gpus` > 1 runs torchrun (`python -m trainer.torchrun`, one
-  rank per GPU, standalone rendezvous) on that one node; several nodes are refused at
-  create (service/launch/capacity.py) until a Ray Train launcher exists;
+  rank per GPU, standalone rendezvous) on that one node;
+- a job with `resources.nodes` > 1 (or any job with several ranks, with `ray_train`
+  set) runs as a Ray Train group instead (`python -m trainer.ray_train`): nodes x gpus
+  ranks (nodes ranks on CPUs), one Ray worker each asking for its GPU and
+  `cpus_per_trainer` CPUs; the driver asks for nothing (it only waits), and exits with
+  the group's code by torchrun's rules, so the reconciler reads it as any other;
 - S3 credentials are not sent with the job unless `forward_credentials` is set: a Ray
   job's runtime environment is readable by anyone who can read the dashboard, so by
   default the Ray nodes hold the credentials themselves (their environment, an
   instance profile);
-- the entrypoint asks Ray for the job's GPUs (`entrypoint_num_gpus`) and CPUs; a job
-  the cluster cannot fit yet stays PENDING, which reads as alive (queued by Ray);
-- a stop (SIGTERM or SIGKILL) is Ray's `stop_job`: SIGTERM to the trainer, SIGKILL
-  after `stop_grace_seconds` (RAY_JOB_STOP_WAIT_TIME_S of the job's supervisor).
+- a one-node entrypoint asks Ray for the job's GPUs (`entrypoint_num_gpus`) and CPUs;
+  a job the cluster cannot fit yet stays PENDING (or, under Ray Train, RUNNING while
+  its workers wait for resources), which reads as alive (queued by Ray);
+- a stop (SIGTERM or SIGKILL) is Ray's `stop_job`: SIGTERM to the trainer (to the Ray
+  Train driver, which passes it to every rank), SIGKILL after `stop_grace_seconds`
+  (RAY_JOB_STOP_WAIT_TIME_S of the job's supervisor).
 """
 
 from __future__ import annotations
@@ -29,9 +35,10 @@ import re
 import shlex
 import signal
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
-from service.documents import JOB_ID_PATTERN, JobSpec, LaunchRecord, TrainerExit
+from service.documents import JOB_ID_PATTERN, JobResources, JobSpec, LaunchRecord, TrainerExit
 from service.launch.base import Observed, Started
 
 log = logging.getLogger(__name__)
@@ -49,15 +56,48 @@ def submission_id(job_id: str, attempt: int) -> str:
     return f"tuneforge-{job_id}-a{attempt}"
 
 
-def entrypoint(python: str, job_id: str, attempt: int, *, processes: int = 1) -> str:
+@dataclass(frozen=True)
+class RayPlan:
+    """How one attempt runs on Ray: its ranks, and whether as a Ray Train group."""
+
+    ranks: int
+    gpus_per_rank: int
+    ray_train: bool
+
+    @classmethod
+    def of(cls, resources: JobResources, *, ray_train: bool = False) -> RayPlan:
+        """nodes x gpus ranks (one a node on CPUs); Ray Train for several nodes, or
+        for several ranks when `ray_train` forces it (one machine can then test it)."""
+        ranks = resources.nodes * max(resources.gpus, 1)
+        group = resources.nodes > 1 or (ray_train and ranks > 1)
+        return cls(ranks, 1 if resources.gpus else 0, group)
+
+
+def entrypoint(
+    python: str,
+    job_id: str,
+    attempt: int,
+    *,
+    processes: int = 1,
+    plan: RayPlan | None = None,
+    cpus_per_rank: float = 1.0,
+) -> str:
     """The shell command Ray runs: a fresh working directory, then the trainer in it.
 
-    `exec` makes the trainer (or torchrun's agent, which passes the signal to every
-    rank) the process Ray signals on a stop, so it gets the SIGTERM itself and can
-    commit a checkpoint.
+    `exec` makes the trainer (or torchrun's agent, or the Ray Train driver, each of
+    which passes the signal to every rank) the process Ray signals on a stop, so it gets
+    the SIGTERM itself and can commit a checkpoint.
     """
     name = submission_id(job_id, attempt)
     program = "-m trainer"
+    if plan is not None and plan.ray_train:
+        # Each rank gets its own directory on its own node (trainer/ray_train.py).
+        return (
+            f'work="$(mktemp -d "${{TMPDIR:-/tmp}}/{name}-XXXXXX")" && cd "$work" && '
+            f"exec {shlex.quote(python)} -m trainer.ray_train --job-id {job_id} "
+            f"--name {name} --workers {int(plan.ranks)} "
+            f"--gpus-per-worker {int(plan.gpus_per_rank)} --cpus-per-worker {float(cpus_per_rank)}"
+        )
     if processes > 1:
         program = f"-m trainer.torchrun --nproc-per-node {int(processes)} --standalone -m trainer"
     return (
@@ -111,12 +151,14 @@ class RayLauncher:
         cpus_per_trainer: float = 1.0,
         forward_credentials: bool = False,
         stop_grace_seconds: float = 30.0,
+        ray_train: bool = False,
     ) -> None:
         self.address = address
         self.python = python
         self.cpus_per_trainer = cpus_per_trainer
         self.forward_credentials = forward_credentials
         self.stop_grace_seconds = stop_grace_seconds
+        self.ray_train = ray_train
         self._client: Any | None = None
 
     @property
@@ -163,16 +205,29 @@ class RayLauncher:
 
     def start(self, spec: JobSpec, attempt: int, environment: dict[str, str]) -> Started:
         name = submission_id(spec.jobId, attempt)
+        plan = RayPlan.of(spec.resources, ray_train=self.ray_train)
+        if plan.ray_train:
+            # The driver only waits; each rank's worker asks for its own GPU and CPUs.
+            requests: dict[str, Any] = {"entrypoint_num_cpus": 0}
+        else:
+            requests = {
+                "entrypoint_num_cpus": self.cpus_per_trainer,
+                "entrypoint_num_gpus": spec.resources.gpus or None,
+            }
         try:
             self.client.submit_job(
                 entrypoint=entrypoint(
-                    self.python, spec.jobId, attempt, processes=spec.resources.gpus
+                    self.python,
+                    spec.jobId,
+                    attempt,
+                    processes=spec.resources.gpus,
+                    plan=plan,
+                    cpus_per_rank=self.cpus_per_trainer,
                 ),
                 submission_id=name,
                 runtime_env=self.runtime_environment(attempt, environment),
-                entrypoint_num_cpus=self.cpus_per_trainer,
-                entrypoint_num_gpus=spec.resources.gpus or None,
                 metadata={"tuneforge_job_id": spec.jobId, "tenant": spec.tenant[:64]},
+                **requests,
             )
         except RuntimeError:
             # Ray answers a duplicate submission id with an error (HTTP 500 whose text

@@ -1,0 +1,162 @@
+"""Multi-node jobs on Ray as a Ray Train group (trainer/ray_train.py), against the real
+single-node Ray cluster of tests/launch/ray_cluster.py: a `resources.nodes` 2 CPU job
+runs two gloo ranks, one Ray Train worker each, through the real API; rank 0 alone
+writes, and a stop stops every rank. The pure parts (the plan, the entrypoint, the
+group's exit code) are checked without Ray.
+"""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from service.documents import JobResources, TrainerExit
+from service.launch.ray import RayPlan, entrypoint
+from service.storage import ObjectStore, parse_s3_uri
+from tests.launch.ray_cluster import ray_job_status, trainer_pids
+from tests.servers import ApiServer, demo_job
+from trainer.ray_train import RankExit, group_exit_code, rank_environment
+
+JOB_ID = "0123456789abcdef"
+# 300 demo records, 4 a rank, 2 ranks: 38 steps an epoch (one rank alone: 75).
+TWO_NODES = {"nodes": 2, "gpus": 0}
+HYPER = {"batchSize": 4, "checkpointIntervalSteps": 10, "keepCheckpoints": 20}
+
+
+# -- pure parts -----------------------------------------------------------------------
+
+
+def test_several_nodes_run_as_a_ray_train_group_of_nodes_times_gpus_ranks() -> None:
+    assert RayPlan.of(JobResources(nodes=2)) == RayPlan(2, 0, True)
+    assert RayPlan.of(JobResources(nodes=3, gpus=4)) == RayPlan(12, 1, True)
+    assert RayPlan.of(JobResources(gpus=4)) == RayPlan(4, 1, False)  # torchrun, one node
+    assert RayPlan.of(JobResources(gpus=4), ray_train=True) == RayPlan(4, 1, True)
+    assert RayPlan.of(JobResources(gpus=1), ray_train=True) == RayPlan(1, 1, False)
+
+
+def test_the_ray_train_entrypoint_is_the_driver_with_the_plan() -> None:
+    command = entrypoint(
+        "/opt/venv/bin/python",
+        JOB_ID,
+        2,
+        processes=4,
+        plan=RayPlan(8, 1, True),
+        cpus_per_rank=2.0,
+    )
+    assert (
+        f"exec /opt/venv/bin/python -m trainer.ray_train --job-id {JOB_ID} "
+        f"--name tuneforge-{JOB_ID}-a2 --workers 8 --gpus-per-worker 1 --cpus-per-worker 2.0"
+    ) in command
+    assert "torchrun" not in command
+
+
+@pytest.mark.parametrize(
+    ("exits", "code"),
+    [
+        ({0: (0, 5.0), 1: (0, 4.0)}, 0),
+        # Rank 0's deliberate codes win over an earlier failure of another rank.
+        ({0: (2, 9.0), 1: (1, 1.0)}, int(TrainerExit.BAD_INPUT)),
+        ({0: (143, 9.0), 1: (143, 8.0)}, int(TrainerExit.PREEMPTED)),
+        ({0: (3, 9.0), 1: (0, 1.0)}, int(TrainerExit.FENCED)),
+        # Else the first failure; a rank killed by a signal is 128 + the signal.
+        ({0: (1, 9.0), 1: (-9, 2.0)}, 137),
+        ({0: (1, 2.0), 1: (1, 9.0)}, 1),
+        # A rank that never reported (its worker died) is a crash.
+        ({0: (0, 5.0)}, int(TrainerExit.CRASHED)),
+    ],
+)
+def test_the_group_exits_with_torchruns_code(
+    exits: dict[int, tuple[int, float]], code: int
+) -> None:
+    ends = {rank: RankExit(exitcode, at) for rank, (exitcode, at) in exits.items()}
+    assert group_exit_code(ends, world_size=2) == code
+
+
+def test_each_rank_gets_torchruns_environment_and_its_own_directory(tmp_path: Path) -> None:
+    base = {"MASTER_ADDR": "10.0.0.9", "MASTER_PORT": "29500", "TUNEFORGE_ATTEMPT": "3"}
+    environment = rank_environment(
+        base,
+        rank=3,
+        world_size=4,
+        local_rank=1,
+        local_world_size=2,
+        master=("10.0.0.1", 41000),
+        workdir=tmp_path,
+    )
+    assert {k: environment[k] for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK")} == {
+        "RANK": "3",
+        "WORLD_SIZE": "4",
+        "LOCAL_RANK": "1",
+    }
+    # Rank 0's trainer group, not Ray Train's own (whose port is taken).
+    assert (environment["MASTER_ADDR"], environment["MASTER_PORT"]) == ("10.0.0.1", "41000")
+    assert environment["TUNEFORGE_ATTEMPT"] == "3"
+    assert environment["TUNEFORGE_LOG_FILE"] == str(tmp_path / "trainer.log")
+
+
+# -- a real Ray cluster -----------------------------------------------------------------
+
+
+def create(server: ApiServer, name: str, **hyper: Any) -> dict[str, Any]:
+    body = demo_job(name, **(HYPER | hyper)) | {
+        "resources": TWO_NODES,
+        "outputDataConfig": {"s3Uri": f"s3://demo/output/{name}-{uuid.uuid4().hex[:8]}/"},
+    }
+    with server.client() as client:
+        response = client.post("/v1/jobs", json=body)
+    assert response.status_code == 201, response.text
+    job: dict[str, Any] = response.json()
+    return job
+
+
+def events(server: ApiServer, job_id: str) -> list[dict[str, Any]]:
+    with server.client() as client:
+        found: list[dict[str, Any]] = client.get(f"/v1/jobs/{job_id}/events").json()["events"]
+    return found
+
+
+@pytest.mark.timeout(900)
+def test_a_two_node_job_on_ray_completes_and_rank_0_alone_writes(
+    ray_api_server: ApiServer, ray_cluster: str, object_store: ObjectStore
+) -> None:
+    job_id = create(ray_api_server, "ray-two-nodes", epochCount=1)["jobId"]
+    job = ray_api_server.wait_for(job_id, {"COMPLETED"}, timeout=700)
+    assert job["attempt"] == 1
+    assert job["progress"]["step"] == 38  # two ranks shared each batch
+    kinds = [e["type"] for e in events(ray_api_server, job_id)]
+    assert kinds.count("CHECKPOINT_COMMITTED") == 4  # steps 10, 20, 30 and 38
+    assert kinds.count("LAUNCHED") == 1
+    assert kinds.count("COMPLETED") <= 1
+    prefix = f"{job['outputDataConfig']['s3Uri'].rstrip('/')}/model-customization-job-{job_id}"
+    csv = object_store.get_bytes(
+        parse_s3_uri(prefix, field="output").child(
+            "training_artifacts", "step_wise_training_metrics.csv"
+        )
+    )
+    assert csv is not None
+    steps = [line.split(",")[0] for line in csv[0].decode().splitlines()[1:]]
+    assert steps == [str(step) for step in range(1, 39)]  # one line a step, not two
+    with ray_api_server.client() as client:
+        log = client.get(f"/v1/jobs/{job_id}/logs").text
+    assert "rank 0 of 2 joined the gloo process group" in log
+    ray_job = ray_job_status(ray_cluster, job_id, 1)
+    assert ray_job["status"].endswith("SUCCEEDED") and ray_job["driver_exit_code"] == 0
+    assert trainer_pids(job_id) == []
+
+
+@pytest.mark.timeout(900)
+def test_a_stop_stops_every_rank_of_a_two_node_job_on_ray(
+    ray_api_server: ApiServer, ray_cluster: str
+) -> None:
+    job_id = create(ray_api_server, "ray-two-nodes-stop", epochCount=100)["jobId"]
+    ray_api_server.wait_for(job_id, {"RUNNING"}, timeout=700)
+    with ray_api_server.client() as client:
+        assert client.post(f"/v1/jobs/{job_id}/stop").status_code == 202
+    job = ray_api_server.wait_for(job_id, {"STOPPED"}, timeout=300)
+    assert job["attempt"] == 1
+    ray_job = ray_job_status(ray_cluster, job_id, 1)
+    assert ray_job["status"].endswith(("SUCCEEDED", "STOPPED")), ray_job
+    assert trainer_pids(job_id) == []

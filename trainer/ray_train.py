@@ -1,0 +1,289 @@
+"""`python -m trainer.ray_train --job-id ID --workers N ...`: one attempt of a job as a
+Ray Train group, the entrypoint of a multi-node Ray job (service/launch/ray.py).
+
+The driver runs a Ray Train `TorchTrainer` with one worker per rank. Each worker starts
+`python -m trainer --job-id ID` as a subprocess with torchrun's environment for its
+rank (RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT), so the
+trainer joins its own process group exactly as under torchrun and never imports Ray.
+A subprocess rather than the trainer in the worker itself: the trainer handles SIGTERM
+(a signal handler needs the main thread; Ray Train runs the loop in a thread) and must
+die with its worker when Ray tears the group down (trainer/distributed.py).
+
+A small `RankGroup` actor connects the driver and the workers:
+- rank 0's worker publishes the address its trainer's process group listens on
+  (rank 0's node, a port free there); the other workers wait for it;
+- a SIGTERM to the driver (Ray's stop_job) is passed to every rank as a SIGTERM, as
+  torchrun's agent does: each commits a checkpoint and exits;
+- each worker records its rank's exit code and when it exited, and the driver exits
+  with the group's code by torchrun's rules (trainer/torchrun.py `exit_code_for`):
+  0 when every rank did; rank 0's BAD_INPUT / FENCED / PREEMPTED; else the first
+  failure. A rank that never reported (its worker or node died) is a crash.
+
+Ray Train's own checkpoints and storage are not used: the trainer commits its own to
+S3. Ray Train gets a temporary storage path and no retries (`max_failures=0`); the
+reconciler decides about relaunches from the exit code, as for every launcher.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from service.documents import TrainerExit
+from trainer.torchrun import exit_code_for
+
+log = logging.getLogger("trainer.ray_train")
+
+# How often a worker looks at its trainer and at the group's stop flag.
+POLL_SECONDS = 1.0
+# How long a worker waits for rank 0's address (rank 0's worker may start last).
+ADDRESS_TIMEOUT_SECONDS = 600.0
+
+
+@dataclass(frozen=True)
+class RankExit:
+    """One rank's end, in the shape `exit_code_for` reads (torchrun's ProcessFailure)."""
+
+    exitcode: int
+    timestamp: float
+
+
+def group_exit_code(exits: Mapping[int, RankExit], world_size: int) -> int:
+    """The attempt's exit code from the ranks' exits (rank -> its end)."""
+    failures = {rank: end for rank, end in exits.items() if end.exitcode != 0}
+    if not failures and len(exits) == world_size:
+        return int(TrainerExit.OK)
+    if not failures:
+        missing = sorted(set(range(world_size)) - set(exits))
+        log.error("ranks %s never reported an exit (their workers died)", missing)
+        return int(TrainerExit.CRASHED)
+    return exit_code_for(failures)
+
+
+class RankGroup:
+    """State shared by the driver and the workers of one attempt (a Ray actor)."""
+
+    def __init__(self) -> None:
+        self._address: tuple[str, int] | None = None
+        self._stopping = False
+        self._exits: dict[int, RankExit] = {}
+
+    def publish_address(self, host: str, port: int) -> None:
+        self._address = (host, port)
+
+    def address(self) -> tuple[str, int] | None:
+        return self._address
+
+    def stop(self) -> None:
+        self._stopping = True
+
+    def stopping(self) -> bool:
+        return self._stopping
+
+    def finished(self, rank: int, exitcode: int, timestamp: float) -> None:
+        self._exits[rank] = RankExit(exitcode, timestamp)
+
+    def exits(self) -> dict[int, RankExit]:
+        return dict(self._exits)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def rank_environment(
+    base: Mapping[str, str],
+    *,
+    rank: int,
+    world_size: int,
+    local_rank: int,
+    local_world_size: int,
+    master: tuple[str, int],
+    workdir: Path,
+) -> dict[str, str]:
+    """The trainer's environment for one rank: torchrun's variables, and the working
+    directory the single-node entrypoint would give it (HOME, HF_HOME, its log)."""
+    environment = {
+        key: value
+        for key, value in base.items()
+        # Ray Train's own process group in the worker is not the trainer's.
+        if key not in ("MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID")
+    }
+    environment.update(
+        {
+            "RANK": str(rank),
+            "WORLD_SIZE": str(world_size),
+            "LOCAL_RANK": str(local_rank),
+            "LOCAL_WORLD_SIZE": str(local_world_size),
+            "MASTER_ADDR": master[0],
+            "MASTER_PORT": str(master[1]),
+            "HOME": str(workdir),
+            "HF_HOME": str(workdir / "hf-home"),
+            "TUNEFORGE_LOG_FILE": str(workdir / "trainer.log"),
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    return environment
+
+
+def _wait_for_address(group: Any, rank: int) -> tuple[str, int]:
+    import ray
+
+    deadline = time.monotonic() + ADDRESS_TIMEOUT_SECONDS
+    while True:
+        found: tuple[str, int] | None = ray.get(group.address.remote())
+        if found is not None:
+            return found
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"rank {rank}: rank 0 published no address")
+        time.sleep(0.2)
+
+
+def run_rank(config: dict[str, Any]) -> None:
+    """Ray Train's loop for one worker: run this rank's trainer until it exits."""
+    import ray
+    from ray import train
+
+    context = train.get_context()
+    rank = context.get_world_rank()
+    world_size = context.get_world_size()
+    group = config["group"]
+    if rank == 0:
+        # Ray Train's own group set MASTER_ADDR to rank 0's node; its port is taken.
+        host = os.environ.get("MASTER_ADDR") or ray.util.get_node_ip_address()
+        ray.get(group.publish_address.remote(host, free_port()))
+    master = _wait_for_address(group, rank)
+    workdir = Path(tempfile.mkdtemp(prefix=f"{config['name']}-r{rank}-"))
+    environment = rank_environment(
+        os.environ,
+        rank=rank,
+        world_size=world_size,
+        local_rank=context.get_local_rank(),
+        local_world_size=context.get_local_world_size(),
+        master=master,
+        workdir=workdir,
+    )
+    command = [config["python"], "-m", "trainer", "--job-id", config["job_id"]]
+    log.info("rank %d of %d: %s in %s", rank, world_size, " ".join(command), workdir)
+    with open(workdir / "trainer.log", "ab") as output:
+        trainer = subprocess.Popen(
+            command, cwd=workdir, env=environment, stdout=output, stderr=subprocess.STDOUT
+        )
+        code = _watch(trainer, group, rank)
+    ray.get(group.finished.remote(rank, code, time.time()))
+    log.info("rank %d exited with %d", rank, code)
+    if rank != 0:
+        # Rank 0's log is uploaded by its trainer; the others' are kept nowhere else.
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _watch(trainer: subprocess.Popen[bytes], group: Any, rank: int) -> int:
+    """Wait for the trainer, passing on the group's stop as one SIGTERM."""
+    import ray
+
+    told = False
+    while True:
+        try:
+            return trainer.wait(timeout=POLL_SECONDS)
+        except subprocess.TimeoutExpired:
+            pass
+        if not told and ray.get(group.stopping.remote()):
+            log.warning("rank %d: the attempt is stopping; SIGTERM to the trainer", rank)
+            trainer.send_signal(signal.SIGTERM)
+            told = True
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m trainer.ray_train", description="Run one attempt as a Ray Train group."
+    )
+    parser.add_argument("--job-id", required=True)
+    parser.add_argument("--name", required=True, help="the attempt's Ray submission id")
+    parser.add_argument("--workers", type=int, required=True, help="ranks, one Ray worker each")
+    parser.add_argument("--gpus-per-worker", type=int, default=0)
+    parser.add_argument("--cpus-per-worker", type=float, default=1.0)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    import ray
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    ray.init()  # the cluster the Ray job runs on
+    actor: Any = ray.remote(num_cpus=0)(RankGroup)  # no CPU: it only holds state
+    group = actor.remote()
+    stopping = threading.Event()
+
+    def on_sigterm(signum: int, frame: object) -> None:
+        # Only a flag here; a thread tells the workers (no Ray calls in a handler).
+        stopping.set()
+
+    def pass_on_stop() -> None:
+        stopping.wait()
+        log.warning("got SIGTERM; the ranks are told to stop")
+        ray.get(group.stop.remote())
+
+    # After ray.init(), which installs its own handler (exit at once) on the driver.
+    signal.signal(signal.SIGTERM, on_sigterm)
+    threading.Thread(target=pass_on_stop, daemon=True, name="stop").start()
+
+    resources: dict[str, float] = {"CPU": args.cpus_per_worker}
+    if args.gpus_per_worker:
+        resources["GPU"] = 1
+    storage = tempfile.mkdtemp(prefix=f"{args.name}-ray-train-")
+    trainer = TorchTrainer(
+        run_rank,
+        train_loop_config={
+            "group": group,
+            "job_id": args.job_id,
+            "name": args.name,
+            "python": sys.executable,
+        },
+        # gloo always: Ray Train's group only carries Ray's own set-up, never a tensor;
+        # the trainer's ranks form their own (nccl on GPUs).
+        torch_config=TorchConfig(backend="gloo"),
+        scaling_config=ScalingConfig(
+            num_workers=args.workers,
+            use_gpu=args.gpus_per_worker > 0,
+            resources_per_worker=resources,
+        ),
+        run_config=RunConfig(
+            name=args.name,
+            storage_path=storage,
+            failure_config=FailureConfig(max_failures=0),
+        ),
+    )
+    try:
+        trainer.fit()
+    except Exception:
+        # A worker (or its node) died: the ranks that reported say the rest.
+        log.exception("the Ray Train group failed")
+    finally:
+        shutil.rmtree(storage, ignore_errors=True)
+    exits: dict[int, RankExit] = dict(ray.get(group.exits.remote()))
+    code = group_exit_code(exits, args.workers)
+    log.info("rank exits %s: the attempt exits with %d", exits, code)
+    return code
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO)
+    sys.exit(main())
