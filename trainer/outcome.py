@@ -15,12 +15,15 @@ from __future__ import annotations
 
 import enum
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+import torch
 
 from service.documents import JobState, TrainerExit
 from service.storage import S3Location
 from trainer import checkpoint, lora
 from trainer.distributed import full_model_state
+from trainer.model import load_model
 from trainer.plots import publish_loss_plot
 
 if TYPE_CHECKING:
@@ -56,7 +59,7 @@ def finish_run(recipe: FullFineTuningRecipe, outcome: Outcome) -> TrainerExit:
             state_dict=final_state,
         )
         if lora.is_lora(recipe.model) and recipe.hp.mergeAdapter:
-            save_merged_model(recipe, location)
+            save_merged_model(recipe, location, final_state)
         recipe.checkpoints.flush()  # every checkpoint committed before the job ends
         recipe.metrics.upload()
         write_loss_plot(recipe)
@@ -104,10 +107,42 @@ def write_loss_plot(recipe: FullFineTuningRecipe) -> None:
     publish_loss_plot(recipe.storage, recipe.output, recipe.metrics, recipe.workdir, title=title)
 
 
-def save_merged_model(recipe: FullFineTuningRecipe, model_location: S3Location) -> None:
+def save_merged_model(
+    recipe: FullFineTuningRecipe,
+    model_location: S3Location,
+    full_state: dict[str, Any] | None,
+) -> None:
     """mergeAdapter: base + adapter as one plain model in `<output>model/merged/`,
-    next to the adapter in `model/` (trainer/lora.py). Consumes the peft model."""
-    local = lora.save_merged_model(recipe.model, recipe.tokenizer, recipe.workdir / "merged")
+    next to the adapter in `model/` (trainer/lora.py). Consumes the peft model.
+
+    Under FSDP (`full_state`: the whole model gathered from the shards) the live model
+    holds shards, and merging them would need collectives the other ranks, done, no
+    longer answer: rank 0 merges an unsharded copy on the CPU instead."""
+    model = recipe.model if full_state is None else unsharded_copy(recipe, full_state)
+    local = lora.save_merged_model(model, recipe.tokenizer, recipe.workdir / "merged")
     target = model_location.child("merged").as_prefix()
     recipe.storage.upload_directory(local, target)
     log.info("uploaded the merged model to %s", target.uri)
+
+
+def unsharded_copy(recipe: FullFineTuningRecipe, full_state: dict[str, Any]) -> Any:
+    """The job's peft model rebuilt on the CPU from the base model's files, holding the
+    gathered weights (base and adapter)."""
+    model, _ = load_model(
+        recipe.workdir / "base-model",
+        recipe.spec.baseModelIdentifier,
+        torch.device("cpu"),
+        labels=recipe.labels,
+        dropout=recipe.hp.dropout,
+        load_arguments=recipe.precision.model_load_arguments(),
+    )
+    model = lora.wrap(
+        model,
+        recipe.hp,
+        classification=recipe.classification,
+        base_model_uri=recipe.spec.baseModelIdentifier,
+    )
+    result = model.load_state_dict(full_state, strict=False)
+    if result.unexpected_keys:  # not this model's weights: a bug, not bad input
+        raise RuntimeError(f"gathered weights the model lacks: {result.unexpected_keys[:5]}")
+    return model

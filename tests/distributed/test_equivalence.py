@@ -127,3 +127,59 @@ def test_fsdp_on_two_cpu_processes_matches_one_process(
     found = object_store.get_bytes(checkpoint)
     assert found is not None, "no consolidated checkpoint"
     assert load(found[0]).keys() == final_weights(object_store, two).keys()
+
+
+def adapter_weights(storage: ObjectStore, spec: JobSpec) -> dict[str, torch.Tensor]:
+    found = storage.get_bytes(output_location(spec, "model", "adapter_model.safetensors"))
+    assert found is not None, "no final adapter"
+    return load(found[0])
+
+
+def test_lora_under_fsdp_on_two_cpu_processes_matches_one_process(
+    object_store: ObjectStore,
+    job_store: JobStore,
+    demo: Demo,
+    start_trainer: Callable[..., TrainerRun],
+) -> None:
+    """LoRA on a sharded base (the case for FSDP: a base too big for one GPU): the frozen
+    base and the adapters are sharded alike, the adapter checkpoints and the final adapter
+    are gathered whole, and the merged model is written once."""
+    common = FAST_HYPERPARAMETERS | {
+        "epochCount": 1,
+        "checkpointIntervalSteps": 10,
+        "method": "LORA",
+        "loraRank": 4,
+        "loraDropout": 0.0,  # dropout masks are per rank: they would differ by design
+        "mergeAdapter": True,
+    }
+    one = run_to_completion(job_store, demo, start_trainer, common | {"batchSize": 8}, 1)
+    two = run_to_completion(
+        job_store, demo, start_trainer, common | {"batchSize": 4}, 2, sharding="FSDP"
+    )
+    single, double = adapter_weights(object_store, one), adapter_weights(object_store, two)
+    assert single.keys() == double.keys() and single
+    for name in single:
+        torch.testing.assert_close(
+            double[name], single[name], rtol=RELATIVE_TOLERANCE, atol=ABSOLUTE_TOLERANCE
+        )
+    # Rank 0 merges an unsharded copy: the same merged model as one process's.
+    merged = {}
+    for spec in (one, two):
+        found = object_store.get_bytes(
+            output_location(spec, "model", "merged", "model.safetensors")
+        )
+        assert found is not None, "no merged model"
+        merged[spec.jobId] = load(found[0])
+    single_merged, double_merged = merged[one.jobId], merged[two.jobId]
+    assert single_merged.keys() == double_merged.keys()
+    assert not any("lora" in name for name in double_merged)
+    for name in single_merged:
+        torch.testing.assert_close(
+            double_merged[name],
+            single_merged[name],
+            rtol=RELATIVE_TOLERANCE,
+            atol=ABSOLUTE_TOLERANCE,
+        )
+    checkpoint = output_location(two, "checkpoints", "step-30", "adapter_model.safetensors")
+    found = object_store.get_bytes(checkpoint)
+    assert found is not None and load(found[0]).keys() == single.keys()
