@@ -7,6 +7,8 @@ group's exit code) are checked without Ray.
 
 from __future__ import annotations
 
+import os
+import signal
 import uuid
 from pathlib import Path
 from typing import Any
@@ -14,10 +16,12 @@ from typing import Any
 import pytest
 
 from service.documents import JobResources, TrainerExit
-from service.launch.ray import RayPlan, entrypoint
+from service.launch.ray import RayPlan, entrypoint, submission_id
 from service.storage import ObjectStore, parse_s3_uri
+from service.store import JobStore
 from tests.launch.ray_cluster import ray_job_status, trainer_pids
 from tests.servers import ApiServer, demo_job
+from tests.trainer.jobs import wait_for
 from trainer.ray_train import RankExit, group_exit_code, rank_environment
 
 JOB_ID = "0123456789abcdef"
@@ -160,3 +164,74 @@ def test_a_stop_stops_every_rank_of_a_two_node_job_on_ray(
     ray_job = ray_job_status(ray_cluster, job_id, 1)
     assert ray_job["status"].endswith(("SUCCEEDED", "STOPPED")), ray_job
     assert trainer_pids(job_id) == []
+
+
+def checkpointed(server: ApiServer, job_id: str, step: int) -> bool:
+    return any(
+        e["type"] == "CHECKPOINT_COMMITTED" and e["message"].startswith(f"step {step}:")
+        for e in events(server, job_id)
+    )
+
+
+def rank_pid(job_id: str, rank: int) -> list[int]:
+    """The trainer process of `job_id` that runs `rank` (RANK in its environment)."""
+    found = []
+    for pid in trainer_pids(job_id):
+        try:
+            environment = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if f"RANK={rank}".encode() in environment:
+            found.append(pid)
+    return found
+
+
+@pytest.mark.timeout(900)
+def test_rays_stop_of_a_two_node_job_preempts_every_rank_and_the_job_resumes(
+    ray_api_server: ApiServer, ray_cluster: str, object_store: ObjectStore
+) -> None:
+    """Ray's stop_job (a preemption: nobody asked tuneforge to stop) SIGTERMs the
+    driver, which passes it to every rank: rank 0 commits a checkpoint and the driver
+    exits 143, which the reconciler relaunches as a preemption, not a crash."""
+    from ray.job_submission import JobSubmissionClient
+
+    job_id = create(ray_api_server, "ray-two-nodes-preempted", epochCount=2)["jobId"]
+    wait_for(lambda: checkpointed(ray_api_server, job_id, 10), timeout=700, what="step 10")
+    JobSubmissionClient(ray_cluster).stop_job(submission_id(job_id, 1))
+
+    job = ray_api_server.wait_for(job_id, {"COMPLETED"}, timeout=700)
+    assert job["attempt"] == 2
+    assert job["progress"]["step"] == 76
+    happened = events(ray_api_server, job_id)
+    preempted = [e["message"] for e in happened if e["type"] == "PREEMPTED"]
+    assert len(preempted) == 1 and preempted[0].startswith("SIGTERM after step"), preempted
+    retries = [e["message"] for e in happened if e["type"] == "RETRY"]
+    assert len(retries) == 1 and "(preemption)" in retries[0], retries
+    resumed = [e["message"] for e in happened if e["type"] == "RESUMED"]
+    assert len(resumed) == 1 and int(resumed[0].split()[3]) >= 10, resumed
+    status, _ = JobStore(object_store, ray_api_server.state_bucket).get_status(job_id)
+    assert status.retries.get("crash", 0) == 0
+    assert ray_job_status(ray_cluster, job_id, 1)["status"].endswith("STOPPED")
+
+
+@pytest.mark.timeout(900)
+def test_a_rank_killed_on_ray_is_a_crash_and_the_job_is_relaunched(
+    ray_api_server: ApiServer, ray_cluster: str, object_store: ObjectStore
+) -> None:
+    """Rank 1 SIGKILLed: rank 0 loses its peer and exits without writing, the driver
+    exits 137 (the first failure), and the reconciler spends one crash retry."""
+
+    job_id = create(ray_api_server, "ray-two-nodes-crash", epochCount=2)["jobId"]
+    wait_for(lambda: checkpointed(ray_api_server, job_id, 10), timeout=700, what="step 10")
+    (pid,) = wait_for(lambda: rank_pid(job_id, 1), timeout=30, what="rank 1")
+    os.kill(pid, signal.SIGKILL)
+
+    job = ray_api_server.wait_for(job_id, {"COMPLETED"}, timeout=700)
+    assert job["attempt"] == 2
+    assert job["progress"]["step"] == 76
+    status, _ = JobStore(object_store, ray_api_server.state_bucket).get_status(job_id)
+    assert status.retries == {"crash": 1}
+    retries = [e["message"] for e in events(ray_api_server, job_id) if e["type"] == "RETRY"]
+    assert len(retries) == 1 and "exited with code 137" in retries[0], retries
+    first = ray_job_status(ray_cluster, job_id, 1)
+    assert first["status"].endswith("FAILED") and first["driver_exit_code"] == 137, first
