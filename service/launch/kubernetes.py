@@ -28,6 +28,9 @@ Invariants of every rendered Job:
 - multi-node jobs (`resources.nodes` > 1) are Indexed Jobs (completions = parallelism
   = nodes); each pod learns its rank from `JOB_COMPLETION_INDEX` and finds rank 0 as
   `<job name>-0.<job name>` through a headless Service of the same name;
+- the trainer's output goes to the pod log and, through `python -m trainer.log_keeper`
+  (the container's command, wrapping the trainer's), to the attempt's log in the store,
+  uploaded when the trainer ends however it ends;
 - the container runs `python -m trainer` for one process, and torchrun
   (`python -m trainer.torchrun`, which keeps the trainer's exit codes) for several:
   `--nproc-per-node` = the GPUs per node, and for several nodes a static rendezvous at
@@ -132,6 +135,7 @@ def _environment(
             "HF_HUB_OFFLINE": "1",
             "PYTHONUNBUFFERED": "1",
             "TMPDIR": f"{SCRATCH}/tmp",
+            "TUNEFORGE_LOG_FILE": f"{SCRATCH}/trainer.log",
             "TUNEFORGE_ATTEMPT": str(attempt),
             "TUNEFORGE_NODES": str(nodes),
             "TUNEFORGE_GPUS_PER_NODE": str(spec.resources.gpus),
@@ -199,7 +203,17 @@ def render_job_manifest(
         "name": "trainer",
         "image": config.image,
         "imagePullPolicy": config.image_pull_policy,
-        "command": trainer_command(spec),
+        # The log keeper copies the trainer's output to the pod log and a file it uploads
+        # as the attempt's log when the trainer ends (trainer/log_keeper.py).
+        "command": [
+            "python",
+            "-m",
+            "trainer.log_keeper",
+            "--job-id",
+            spec.jobId,
+            "--",
+            *trainer_command(spec),
+        ],
         "workingDir": SCRATCH,
         "env": _environment(spec, attempt, environment, config),
         "resources": {"requests": requests, **({"limits": limits} if limits else {})},

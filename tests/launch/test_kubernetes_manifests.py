@@ -200,9 +200,25 @@ def test_multi_node_jobs_are_indexed_with_one_pod_per_node() -> None:
     assert single["spec"]["completions"] == 1
 
 
+def trainer_part(manifest: dict[str, Any], spec: JobSpec) -> list[str]:
+    """The trainer's own command, after the log keeper that wraps it."""
+    command: list[str] = trainer(manifest)["command"]
+    keeper = ["python", "-m", "trainer.log_keeper", "--job-id", spec.jobId, "--"]
+    assert command[: len(keeper)] == keeper
+    return command[len(keeper) :]
+
+
+def test_the_log_keeper_wraps_every_trainer_and_keeps_its_log_in_scratch() -> None:
+    for spec in REPRESENTATIVE.values():
+        manifest = render_job_manifest(spec, 1, ENVIRONMENT, CONFIG)
+        assert trainer_part(manifest, spec)[-2:] == ["--job-id", spec.jobId]
+        env = {v["name"]: v.get("value") for v in trainer(manifest)["env"]}
+        assert env["TUNEFORGE_LOG_FILE"] == "/scratch/trainer.log"
+
+
 def test_several_gpus_or_nodes_run_under_torchrun_with_the_node_rank() -> None:
     spec = REPRESENTATIVE["two-nodes-four-gpus"]
-    command = trainer(render_job_manifest(spec, 1, ENVIRONMENT, CONFIG))["command"]
+    command = trainer_part(render_job_manifest(spec, 1, ENVIRONMENT, CONFIG), spec)
     assert command[:3] == ["python", "-m", "trainer.torchrun"]
     assert command[-4:] == ["-m", "trainer", "--job-id", spec.jobId]
     options = dict(zip(command[3:-4:2], command[4:-4:2], strict=True))
@@ -216,7 +232,7 @@ def test_several_gpus_or_nodes_run_under_torchrun_with_the_node_rank() -> None:
         "--master-port": "$(MASTER_PORT)",
     }
     one_node = REPRESENTATIVE["one-node-four-gpus"]
-    command = trainer(render_job_manifest(one_node, 1, ENVIRONMENT, CONFIG))["command"]
+    command = trainer_part(render_job_manifest(one_node, 1, ENVIRONMENT, CONFIG), one_node)
     assert command[:7] == [
         "python",
         "-m",
@@ -228,7 +244,7 @@ def test_several_gpus_or_nodes_run_under_torchrun_with_the_node_rank() -> None:
     ]
     one_gpu = REPRESENTATIVE["one-gpu"]
     single = render_job_manifest(one_gpu, 1, ENVIRONMENT, CONFIG)
-    assert trainer(single)["command"] == ["python", "-m", "trainer", "--job-id", one_gpu.jobId]
+    assert trainer_part(single, one_gpu) == ["python", "-m", "trainer", "--job-id", one_gpu.jobId]
 
 
 def test_credentials_come_from_the_secret_and_never_inline() -> None:
@@ -247,7 +263,7 @@ def test_trainer_runs_non_root_read_only_with_scratch_space() -> None:
     manifest = render_job_manifest(REPRESENTATIVE["cpu-only"], 1, ENVIRONMENT, CONFIG)
     container = trainer(manifest)
     assert container["image"] == CONFIG.image
-    assert container["command"][:3] == ["python", "-m", "trainer"]
+    assert trainer_part(manifest, REPRESENTATIVE["cpu-only"])[:3] == ["python", "-m", "trainer"]
     security = container["securityContext"]
     assert security["runAsNonRoot"] is True
     assert security["allowPrivilegeEscalation"] is False
