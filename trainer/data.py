@@ -389,16 +389,60 @@ def tokenize_classification(
     examples: Sequence[Example], tokenizer: Any, max_length: int, labels: Sequence[str]
 ) -> list[TokenizedExample]:
     """Classification: the text truncated to `max_length` tokens, and its class id."""
+    return encode_classification(examples, tokenizer, max_length, labels)[0]
+
+
+def encode_classification(
+    examples: Sequence[Example], tokenizer: Any, max_length: int, labels: Sequence[str]
+) -> tuple[list[TokenizedExample], list[int]]:
+    """Each text truncated to `max_length` tokens with its class id, and each text's
+    length in tokens before truncation (what preflight reports and warns about).
+
+    The texts are tokenized once, untruncated; a longer one is then cut as the
+    tokenizer's own truncation cuts it: the text's tokens shortened on the tokenizer's
+    `truncation_side`, its special tokens ([CLS] ... [SEP], a BOS) kept.
+    """
     if not examples:
-        return []
+        return [], []
     ids = {label: index for index, label in enumerate(labels)}
-    encoded = tokenizer([e.completion for e in examples], truncation=True, max_length=max_length)[
-        "input_ids"
-    ]
-    return [
-        TokenizedExample(list(input_ids), [ids[str(e.label)]], classification=True)
+    encoded = [list(e) for e in tokenizer([e.completion for e in examples])["input_ids"]]
+    lengths = [len(input_ids) for input_ids in encoded]
+    too_long = [index for index, length in enumerate(lengths) if length > max_length]
+    frame = special_token_frame(tokenizer)
+    if frame is None and too_long:
+        # Special tokens that do not simply frame the text: the tokenizer truncates the
+        # long texts itself (a second pass over those only).
+        again = tokenizer(
+            [examples[i].completion for i in too_long], truncation=True, max_length=max_length
+        )["input_ids"]
+        for index, input_ids in zip(too_long, again, strict=True):
+            encoded[index] = list(input_ids)
+    elif frame is not None:
+        before, after = frame
+        keep = max_length - before - after
+        left = getattr(tokenizer, "truncation_side", "right") == "left"
+        for index in too_long:
+            full = encoded[index]
+            text = full[before : len(full) - after]
+            text = text[len(text) - keep :] if left else text[:keep]
+            encoded[index] = full[:before] + text + full[len(full) - after :]
+    tokenized = [
+        TokenizedExample(input_ids, [ids[str(e.label)]], classification=True)
         for input_ids, e in zip(encoded, examples, strict=True)
     ]
+    return tokenized, lengths
+
+
+def special_token_frame(tokenizer: Any) -> tuple[int, int] | None:
+    """(special tokens before, after) the text's own tokens in what `tokenizer` encodes
+    for one text, or None if a probe text's tokens are not one run inside it."""
+    probe = "a short probe text"
+    bare = list(tokenizer(probe, add_special_tokens=False)["input_ids"])
+    full = list(tokenizer(probe)["input_ids"])
+    for start in range(len(full) - len(bare) + 1):
+        if bare and full[start : start + len(bare)] == bare:
+            return start, len(full) - start - len(bare)
+    return None
 
 
 # -- batching ----------------------------------------------------------------------

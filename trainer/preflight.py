@@ -237,11 +237,9 @@ def _tokenize_documents(examples: Sequence[Example], tokenizer: Any, max_length:
 def _tokenize_classification(
     examples: Sequence[Example], tokenizer: Any, max_length: int, labels: Sequence[str]
 ) -> Tokenized:
-    if not examples:
-        return Tokenized([], [], [])
-    lengths = [len(ids) for ids in tokenizer([e.completion for e in examples])["input_ids"]]
+    """Each text tokenized once: its length and its truncated tokens come from one pass."""
+    tokenized, lengths = data.encode_classification(examples, tokenizer, max_length, labels)
     truncated = [e.where for e, n in zip(examples, lengths, strict=True) if n > max_length]
-    tokenized = data.tokenize_classification(examples, tokenizer, max_length, labels)
     return Tokenized(tokenized, lengths, truncated)
 
 

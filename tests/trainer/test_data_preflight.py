@@ -3,6 +3,8 @@ and the tokenized-data cache's encoding and key."""
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +12,13 @@ import pytest
 
 from service.documents import DataSummary, TokenLengths
 from trainer.conversations import Message
-from trainer.data import IGNORE_INDEX, Example, TokenizedExample, ValidationErrors
+from trainer.data import (
+    IGNORE_INDEX,
+    Example,
+    TokenizedExample,
+    ValidationErrors,
+    special_token_frame,
+)
 from trainer.dataset_cache import (
     CachedData,
     DatasetCache,
@@ -19,7 +27,12 @@ from trainer.dataset_cache import (
     encode,
     tokenizer_files_hash,
 )
-from trainer.preflight import _tokenize_fine_tuning, find_warnings, percentiles
+from trainer.preflight import (
+    _tokenize_classification,
+    _tokenize_fine_tuning,
+    find_warnings,
+    percentiles,
+)
 
 URI = "s3://bucket/train.jsonl"
 
@@ -61,6 +74,81 @@ def test_a_record_with_nothing_to_learn_within_the_length_is_an_error_others_tru
     assert result.truncated == [f"{URI}:3"]
     assert [len(e.input_ids) <= 32 for e in result.examples] == [True, True]
     assert result.lengths[2] > 32  # counted before truncation
+
+
+SST2_TRAIN = Path(os.environ.get("TUNEFORGE_SST2_DIR", "/work/shared/data/sst2")) / "train.jsonl"
+
+
+class CountingTokenizer:
+    """A tokenizer that counts the texts it is asked to encode."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+        self.texts = 0
+
+    def __call__(self, text: str | list[str], **options: Any) -> Any:
+        self.texts += 1 if isinstance(text, str) else len(text)
+        return self.tokenizer(text, **options)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.tokenizer, name)
+
+
+class FramelessTokenizer(CountingTokenizer):
+    """One whose special tokens are not a fixed frame around the text: its bare
+    encoding of the probe is found nowhere in its full one."""
+
+    def __call__(self, text: str | list[str], **options: Any) -> Any:
+        if options.get("add_special_tokens") is False:
+            self.texts += 1
+            return {"input_ids": [10**9]}
+        return super().__call__(text, **options)
+
+
+@pytest.mark.parametrize("which", ["minilm", "minilm-left", "demo", "frameless"])
+def test_classification_texts_are_tokenized_once_with_the_tokenizers_own_truncation(
+    which: str, demo_model_dir: Path
+) -> None:
+    """Lengths, truncated tokens and the truncation warnings equal those of tokenizing
+    every text untruncated and again with the tokenizer's truncation (the two passes
+    this replaces), on real SST-2 phrases of which many are cut at 12 tokens."""
+    from transformers import AutoTokenizer
+
+    from tests.conftest import minilm_model_dir
+
+    directory = demo_model_dir if which == "demo" else minilm_model_dir()
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    if which == "minilm-left":
+        tokenizer.truncation_side = "left"
+    records = [json.loads(line) for line in SST2_TRAIN.read_text("utf-8").splitlines()[:600]]
+    examples = [
+        Example("", r["text"], label=r["label"], where=f"{URI}:{n}")
+        for n, r in enumerate(records, start=1)
+    ]
+    texts = [e.completion for e in examples]
+    max_length = 12
+
+    counting = (FramelessTokenizer if which == "frameless" else CountingTokenizer)(tokenizer)
+    result = _tokenize_classification(examples, counting, max_length, ["negative", "positive"])
+
+    lengths = [len(ids) for ids in tokenizer(texts)["input_ids"]]
+    long_texts = sum(n > max_length for n in lengths)
+    probe_texts = 2  # special_token_frame's two encodings of one short text
+    if which == "frameless":  # the tokenizer truncates the long texts itself, again
+        assert counting.texts == len(examples) + probe_texts + long_texts
+    else:
+        assert counting.texts == len(examples) + probe_texts
+        frame = (1, 0) if which == "demo" else (1, 1)  # BOS; [CLS] ... [SEP]
+        assert special_token_frame(tokenizer) == frame
+    truncated = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
+    assert result.lengths == lengths
+    assert [e.input_ids for e in result.examples] == [list(ids) for ids in truncated]
+    where = [e.where for e, n in zip(examples, lengths, strict=True) if n > max_length]
+    assert result.truncated == where
+    assert 100 < long_texts < len(examples)  # the test cuts many texts, not all
+    assert [e.labels for e in result.examples] == [[int(e.label == "positive")] for e in examples]
+    warning = find_warnings({"training": examples, "validation": []}, result.truncated, 12)[0]
+    assert warning.startswith(f"{long_texts} records are longer than maxSequenceLength 12")
 
 
 def test_warnings_name_truncated_duplicate_and_overlapping_records() -> None:
