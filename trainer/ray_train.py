@@ -19,6 +19,10 @@ A small `RankGroup` actor connects the driver and the workers:
   0 when every rank did; rank 0's BAD_INPUT / FENCED / PREEMPTED; else the first
   failure. A rank that never reported (its worker or node died) is a crash.
 
+Rank 0's output goes to the `trainer.log` its trainer uploads as the job's log; the
+other ranks' to their worker's, which Ray shows in the Ray job's log. Each rank's
+working directory goes when its trainer has exited (it holds a base model copy).
+
 Ray Train's own checkpoints and storage are not used: the trainer commits its own to
 S3. Ray Train gets a temporary storage path and no retries (`max_failures=0`); the
 reconciler decides about relaunches from the exit code, as for every launcher.
@@ -181,16 +185,22 @@ def run_rank(config: dict[str, Any]) -> None:
     )
     command = [config["python"], "-m", "trainer", "--job-id", config["job_id"]]
     log.info("rank %d of %d: %s in %s", rank, world_size, " ".join(command), workdir)
-    with open(workdir / "trainer.log", "ab") as output:
-        trainer = subprocess.Popen(
-            command, cwd=workdir, env=environment, stdout=output, stderr=subprocess.STDOUT
-        )
+    if rank == 0:
+        # Rank 0's trainer uploads this file as the job's log.
+        with open(workdir / "trainer.log", "ab") as output:
+            trainer = subprocess.Popen(
+                command, cwd=workdir, env=environment, stdout=output, stderr=subprocess.STDOUT
+            )
+            code = _watch(trainer, group, rank)
+    else:
+        # The worker's own output, which Ray keeps with the Ray job's log (`ray job logs`).
+        trainer = subprocess.Popen(command, cwd=workdir, env=environment)
         code = _watch(trainer, group, rank)
     ray.get(group.finished.remote(rank, code, time.time()))
     log.info("rank %d exited with %d", rank, code)
-    if rank != 0:
-        # Rank 0's log is uploaded by its trainer; the others' are kept nowhere else.
-        shutil.rmtree(workdir, ignore_errors=True)
+    # The launcher owns the working directory: the trainer has uploaded its log, and
+    # the base model and data copies in it would fill the node's disk job after job.
+    shutil.rmtree(workdir, ignore_errors=True)
 
 
 def _watch(trainer: subprocess.Popen[bytes], group: Any, rank: int) -> int:

@@ -7,6 +7,7 @@ group's exit code) are checked without Ray.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import uuid
@@ -17,7 +18,7 @@ import pytest
 
 from service.documents import JobResources, TrainerExit
 from service.launch.ray import RayPlan, entrypoint, submission_id
-from service.storage import ObjectStore, parse_s3_uri
+from service.storage import ObjectStore, S3Location, parse_s3_uri
 from service.store import JobStore
 from tests.launch.ray_cluster import ray_job_status, trainer_pids
 from tests.servers import ApiServer, demo_job
@@ -235,3 +236,29 @@ def test_a_rank_killed_on_ray_is_a_crash_and_the_job_is_relaunched(
     assert len(retries) == 1 and "exited with code 137" in retries[0], retries
     first = ray_job_status(ray_cluster, job_id, 1)
     assert first["status"].endswith("FAILED") and first["driver_exit_code"] == 137, first
+
+
+@pytest.mark.timeout(900)
+def test_bad_data_fails_a_two_node_job_on_ray_once_with_rank_0s_code(
+    ray_api_server: ApiServer, ray_cluster: str, object_store: ObjectStore
+) -> None:
+    """Rank 0 finds the data bad and exits BAD_INPUT; rank 1, its peer gone, exits
+    CRASHED; the driver exits 2 (rank 0's code wins) and nothing is retried."""
+    key = f"datasets/broken-{uuid.uuid4().hex[:8]}.jsonl"
+    lines = [json.dumps({"prompt": "What is 1 + 1?", "completion": " 2"}), '{"prompt": ']
+    object_store.put_bytes(S3Location("demo", key), ("\n".join(lines) + "\n").encode())
+    body = demo_job("ray-two-nodes-bad-data") | {"resources": TWO_NODES}
+    body["trainingDataConfig"]["s3Uri"] = f"s3://demo/{key}"
+    with ray_api_server.client() as client:
+        response = client.post("/v1/jobs", json=body)
+    assert response.status_code == 201, response.text
+    job_id = response.json()["jobId"]
+
+    job = ray_api_server.wait_for(job_id, {"FAILED"}, timeout=700)
+    assert job["failure"]["reason"] == "DATA_VALIDATION"
+    assert f"s3://demo/{key}:2:" in job["failure"]["message"]
+    assert job["attempt"] == 1
+    ray_job = ray_job_status(ray_cluster, job_id, 1)
+    assert ray_job["driver_exit_code"] == int(TrainerExit.BAD_INPUT), ray_job
+    kinds = [e["type"] for e in events(ray_api_server, job_id)]
+    assert "RETRY" not in kinds and kinds.count("LAUNCHED") == 1, kinds
