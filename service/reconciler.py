@@ -147,11 +147,15 @@ class Reconciler:
         running_by_tenant: dict[str, int] = {}
         read: set[str] = set()  # jobs whose records this pass read and acted on
         still_waiting: set[str] = set()  # of those, the ones still queued after it
-        for job_id in self.store.list_active_job_ids():  # oldest first
+        active = self.store.list_active_job_ids()  # oldest first
+        # control.json only for jobs with a stop marker (one listing; the marker is
+        # written before control.json, so a stop missed here is seen next pass).
+        stopped = self.store.stop_marked(active[-1], active[0]) if active else set()
+        for job_id in active:
             if self._stopping.is_set():
                 return
             try:
-                job = self.store.get(job_id)
+                job = self.store.get(job_id, read_control=job_id in stopped)
                 seen.append(job)
                 with bind_job(job_id, job.spec.tenant, _attempt(job)):
                     waits = self.reconcile(job)
@@ -233,6 +237,8 @@ class Reconciler:
 
     def _set_queue_position(self, job: Job, position: int) -> None:
         self._queue_length += 1
+        if job.status.queuePosition == position:
+            return  # as just read: no write (a stale read is corrected next pass)
 
         def place(status: JobStatus) -> JobStatus | None:
             if status.launch is not None or status.queuePosition == position:
@@ -241,7 +247,7 @@ class Reconciler:
             placed.queuePosition = position
             return placed
 
-        self.store.update_status(job.spec.jobId, place)
+        self.store.update_status(job.spec.jobId, place, known=(job.status, job.status_etag))
 
     def _launch(self, job: Job, *, after: LaunchRecord | None = None, cause: str = "") -> None:
         """Claim and start the next attempt: 1 for a queued job, or the one after `after`.
@@ -273,7 +279,10 @@ class Reconciler:
                 claimed.retries[cause] = claimed.retries.get(cause, 0) + 1
             return claimed
 
-        if self.store.update_status(job.spec.jobId, claim_launch) is None:
+        # A first launch tries the status this pass read (no GET); a relaunch follows a
+        # fresh read of its own (`_handle_dead_trainer`), so it reads again here.
+        known = (job.status, job.status_etag) if after is None else None
+        if self.store.update_status(job.spec.jobId, claim_launch, known=known) is None:
             return
         # The event goes in before the trainer starts: a replica killed after starting a
         # trainer but before recording the event would leave an attempt that ran with no

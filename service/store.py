@@ -44,6 +44,9 @@ class Job:
     spec: JobSpec
     status: JobStatus
     control: JobControl
+    # The ETag `status` was read with (None: no status written yet): a compare-and-swap
+    # can try it first instead of reading the status again (`update_status(known=)`).
+    status_etag: str | None = None
 
 
 @dataclass
@@ -223,8 +226,9 @@ class JobStore:
         """The job; `read_control=False` when the caller knows no stop was requested (no
         stop marker: `stop_marked`), saving the GET of an absent control document."""
         spec = self.get_spec(job_id)
-        status, _ = self.get_status(job_id)
-        return Job(spec, status, self.get_control(job_id) if read_control else JobControl())
+        status, etag = self.get_status(job_id)
+        control = self.get_control(job_id) if read_control else JobControl()
+        return Job(spec, status, control, etag)
 
     def list_job_ids(self, *, after: str | None, limit: int) -> list[str]:
         """Job ids newest first (ids sort that way), starting after `after`."""
@@ -243,15 +247,24 @@ class JobStore:
         change: Callable[[JobStatus], JobStatus | None],
         *,
         max_attempts: int = 50,
+        known: tuple[JobStatus, str | None] | None = None,
     ) -> JobStatus | None:
         """Compare-and-swap `status.json`.
 
         `change` gets the current status and returns the new one, or None to leave it
         as it is (then None is returned). It may run several times, so it must be pure.
+        `known` is a (status, etag) the caller read moments ago: the first try uses it
+        instead of a GET, and a stale one just fails its If-Match (the next try reads
+        afresh). A None from `change` on `known` is final, so pass it only where leaving
+        the status alone on a just-read copy is right (the reconciler: the next pass
+        looks again).
         """
         location = self._job(job_id, "status.json")
-        for _ in range(max_attempts):
-            current, etag = self.get_status(job_id)
+        for attempt in range(max_attempts):
+            if attempt == 0 and known is not None:
+                current, etag = known
+            else:
+                current, etag = self.get_status(job_id)
             new = change(current)
             if new is None:
                 return None

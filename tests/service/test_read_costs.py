@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import uuid
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
 from service import jobs
 from service.auth.limits import TenantPolicy
 from service.documents import JobState
+from service.launch.local import LocalLauncher
+from service.reconciler import Reconciler
 from service.schemas import JobCreate
 from service.storage import ObjectStore
 from service.store import JobStore
@@ -95,3 +98,37 @@ def test_describe_and_create_cost_the_same_whatever_the_number_of_jobs(
     _create(store, "busy", "one-more")
     # Queue ledger (one CAS), marker, spec, status, first event: no read per other job.
     assert sum(calls.values()) <= 7, calls
+
+
+def test_a_reconcile_pass_reads_each_job_status_once_and_rewrites_nothing_unchanged(
+    counted: tuple[JobStore, Counter[str]], tmp_path: Path
+) -> None:
+    store, calls = counted
+    queued = [_create(store, "waits", f"q{n}") for n in range(5)]
+    jobs.stop_job(store, queued[2], tenant="waits")
+    # No slots: every job waits, so the pass only orders the queue.
+    reconciler = Reconciler(store, LocalLauncher(tmp_path), {}, slots=0)
+
+    reconciler.run_once()
+    assert store.get(queued[2]).status.state == JobState.STOPPED  # the stop was seen
+    waiting = [job_id for job_id in queued if job_id != queued[2]]  # oldest first
+    assert [store.get(i).status.queuePosition for i in waiting] == [1, 2, 3, 4]
+
+    calls.clear()
+    reconciler.run_once()
+    # One status per active job, the tenant's queue ledger, three listings (active
+    # jobs, stop markers, ledgers); no control reads without a marker and no writes
+    # when every job already carries its place.
+    assert calls["GetObject"] == len(waiting) + 1, calls
+    assert calls["ListObjectsV2"] == 3, calls
+    assert calls["PutObject"] == 0, calls
+
+    jobs.stop_job(store, waiting[0], tenant="waits")
+    calls.clear()
+    reconciler.run_once()
+    # Four statuses, the stopped job's control, its fresh read before it is finished,
+    # the ledger: the three others move up one place, each written with the ETag the
+    # pass read (no second GET before the compare-and-swap).
+    assert calls["GetObject"] == 4 + 1 + 1 + 1, calls
+    assert store.get(waiting[0]).status.state == JobState.STOPPED
+    assert [store.get(i).status.queuePosition for i in waiting[1:]] == [1, 2, 3]
