@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench-start-latency bench-classification bench-trainer-throughput bench-api-load clean proto proto-check
+.PHONY: run test lint bench-start-latency bench-classification bench-trainer-throughput bench-gpu bench-api-load clean proto proto-check
 
 $(STAMP): pyproject.toml clients/python/pyproject.toml constraints/test.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -61,6 +61,12 @@ bench-classification: $(STAMP)
 # tuneforge's packed training loop beside HF Trainer, padded and flattened (a few minutes).
 bench-trainer-throughput: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) bench/trainer_throughput.py
+
+# The same comparison on a GPU host (issue 8): Qwen2-0.5B's shape, random weights, bf16
+# autocast, 300 steps; tokens/s, MFU and peak memory. The venv needs a CUDA build of torch
+# (constraints/test.txt pins the CPU one). BENCH_ARGS adds options, e.g. --peak-tflops.
+bench-gpu: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) bench/trainer_throughput.py --preset gpu-0.5b --steps 300 $(BENCH_ARGS)
 
 # Concurrent REST clients (64 for 30 s: describe, list, create, then a burst of creates)
 # against a real server and store, beside /healthz and a raw store GET.

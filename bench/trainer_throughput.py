@@ -2,6 +2,7 @@
 flattened, on the same model, data, order and hyperparameters.
 
     make bench-trainer-throughput      (or: python bench/trainer_throughput.py --help)
+    make bench-gpu                     (--preset gpu-0.5b --steps 300, on a GPU host)
 
 Three variants, each in a fresh subprocess so its peak memory is its own:
 
@@ -14,17 +15,31 @@ Three variants, each in a fresh subprocess so its peak memory is its own:
     trainer-flattening  transformers.Trainer with DataCollatorWithFlattening: one row per
                         batch, position ids restarting per example
 
-The model is a Llama-shaped network with random weights built from a config (seeded, so
-every variant starts from the same weights); the data are prompt/completion examples with
+The model has random weights built from a config (seeded, so every variant starts from
+the same weights), shaped by `--preset`:
+
+    cpu        Llama, hidden 256, 4 layers, vocab 4096 (the default; minutes on a CPU)
+    gpu-0.5b   Qwen2-0.5B's real shape: hidden 896, 24 layers, 14 heads, 2 KV heads,
+               intermediate 4864, vocab 151936, tied embeddings (494M parameters)
+    tiny       the gpu-0.5b architecture at toy size: what CI runs on a CPU
+
+The device is the GPU when torch sees one (bf16 autocast, fp32 weights, as the recipe's
+default precision), else the CPU (fp32). `--steps` sets the run's length (optimizer
+steps of one epoch; examples = steps x batch size). The data are prompt/completion examples with
 lengths drawn log-normally between 16 and 1024 tokens, tokens from a random Markov chain
 so the loss has something to learn. Every variant sees the same batches in the same order
 (the Trainers sample sequentially over the order tuneforge's epoch generator picks),
 batch size, learning rate, linear decay, no weight decay, gradient clipping at 1.0.
 
 Printed per variant: effective tokens/s (example tokens only, padding not counted), the
-ratio to each Trainer, peak memory (max RSS on a CPU, max allocated on a GPU), the padding
-computed, and the final training loss (mean of the last five steps). Figures depend on the
-machine and on what else runs on it: read them side by side, never alone.
+ratio to each Trainer, MFU, peak memory (max RSS on a CPU, torch.cuda.max_memory_allocated
+on a GPU), the padding computed, and the final training loss (mean of the last five
+steps). MFU is 6 x parameters x effective tokens/s over the device's dense bf16 peak
+(PEAK_TFLOPS by device name, or `--peak-tflops`; none known on a CPU): the usual
+estimate, which counts the output head (tied embeddings once) and not attention's own
+score FLOPs, so packing's saved padding shows up in it and padding's wasted work does not.
+Figures depend on the machine and on what else runs on it: read them side by side, never
+alone.
 """
 
 from __future__ import annotations
@@ -55,39 +70,136 @@ SUCCESSORS = 4  # each token is followed by one of 4 others: a loss floor of ln(
 FINAL_LOSS_STEPS = 5
 
 
-def options() -> argparse.Namespace:
+# Model shapes (AutoConfig.for_model keyword arguments). The heads of "cpu" follow its
+# hidden size when --hidden changes it (64 per head), as before presets existed.
+PRESETS: dict[str, dict[str, Any]] = {
+    "cpu": {
+        "model_type": "llama",
+        "hidden_size": 256,
+        "num_hidden_layers": 4,
+        "vocab_size": 4096,
+        "tie_word_embeddings": False,
+    },
+    "gpu-0.5b": {  # Qwen2-0.5B (config.json of Qwen/Qwen2-0.5B)
+        "model_type": "qwen2",
+        "hidden_size": 896,
+        "num_hidden_layers": 24,
+        "num_attention_heads": 14,
+        "num_key_value_heads": 2,
+        "intermediate_size": 4864,
+        "vocab_size": 151936,
+        "tie_word_embeddings": True,
+    },
+    "tiny": {
+        "model_type": "qwen2",
+        "hidden_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "intermediate_size": 128,
+        "vocab_size": 512,
+        "tie_word_embeddings": True,
+    },
+}
+# Dense (no sparsity) bf16 tensor-core peaks in TFLOP/s, by a piece of
+# torch.cuda.get_device_name(); the first match wins, so PCIe comes before SXM.
+PEAK_TFLOPS = (
+    ("H100 PCIe", 756.0),
+    ("H100", 989.0),  # SXM ("NVIDIA H100 80GB HBM3")
+    ("H200", 989.0),
+    ("A100", 312.0),
+    ("L4", 121.0),
+)
+
+
+def options(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
     parser.add_argument("--examples", type=int, default=96)
+    parser.add_argument(
+        "--steps", type=int, help="optimizer steps (sets --examples to steps x batch size)"
+    )
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--learning-rate", type=float, default=1e-3)
-    parser.add_argument("--hidden", type=int, default=256)
-    parser.add_argument("--layers", type=int, default=4)
-    parser.add_argument("--vocab", type=int, default=4096)
+    parser.add_argument("--hidden", type=int, help="hidden size (default: the preset's)")
+    parser.add_argument("--layers", type=int, help="layers (default: the preset's)")
+    parser.add_argument("--vocab", type=int, help="vocabulary (default: the preset's)")
+    parser.add_argument(
+        "--peak-tflops", type=float, help="the device's bf16 peak for MFU (default: by name)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     parser.add_argument("--variant", choices=VARIANTS, help="run one variant (used internally)")
-    return parser.parse_args()
+    args = parser.parse_args(argv)
+    for name in ("steps", "batch_size", "examples", "hidden", "layers", "vocab"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    if args.peak_tflops is not None and args.peak_tflops <= 0:
+        parser.error("--peak-tflops must be more than 0")
+    if args.steps is not None:
+        args.examples = args.steps * args.batch_size
+    shape = dict(PRESETS[args.preset])
+    if args.hidden is not None:
+        shape["hidden_size"] = args.hidden
+        if args.preset == "cpu":
+            shape.pop("num_attention_heads", None)
+    if args.layers is not None:
+        shape["num_hidden_layers"] = args.layers
+    if args.vocab is not None:
+        shape["vocab_size"] = args.vocab
+    shape.setdefault("num_attention_heads", max(1, shape["hidden_size"] // 64))
+    shape.setdefault("num_key_value_heads", shape["num_attention_heads"])
+    shape.setdefault("intermediate_size", 4 * shape["hidden_size"])
+    if shape["hidden_size"] % shape["num_attention_heads"]:
+        parser.error(
+            f"--hidden {shape['hidden_size']} is not a multiple of the preset's "
+            f"{shape['num_attention_heads']} heads"
+        )
+    args.shape = shape
+    args.vocab = shape["vocab_size"]
+    return args
+
+
+def peak_tflops(device_name: str) -> float | None:
+    """The dense bf16 peak of a GPU named `device_name`, or None if not in the table."""
+    for piece, tflops in PEAK_TFLOPS:
+        if piece in device_name:
+            return tflops
+    return None
+
+
+def model_flops_utilization(parameters: int, tokens_per_second: float, peak: float) -> float:
+    """6 FLOPs per parameter per token (forward 2, backward 4) over the peak in TFLOP/s."""
+    return 6 * parameters * tokens_per_second / (peak * 1e12)
 
 
 # -- the shared set-up: model, data, order -------------------------------------------
 
 
 def build_model(args: argparse.Namespace, device: torch.device) -> Any:
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM
 
-    config = LlamaConfig(
-        vocab_size=args.vocab,
-        hidden_size=args.hidden,
-        intermediate_size=args.hidden * 4,
-        num_hidden_layers=args.layers,
-        num_attention_heads=args.hidden // 64,
-        num_key_value_heads=args.hidden // 64,
-        max_position_embeddings=MAX_LENGTH,
-        pad_token_id=PAD_ID,
-        tie_word_embeddings=False,
+    shape = dict(args.shape)
+    config = AutoConfig.for_model(
+        shape.pop("model_type"), max_position_embeddings=MAX_LENGTH, pad_token_id=PAD_ID, **shape
     )
     torch.manual_seed(args.seed)
-    return LlamaForCausalLM(config).to(device)
+    # fp32 weights whatever the device: bf16 comes from autocast, as in the recipe.
+    return AutoModelForCausalLM.from_config(config, dtype=torch.float32).to(device)
+
+
+def count_parameters(args: argparse.Namespace) -> int:
+    """The model's parameters (tied embeddings once), from a weightless copy on "meta"."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    shape = dict(args.shape)
+    config = AutoConfig.for_model(
+        shape.pop("model_type"), max_position_embeddings=MAX_LENGTH, pad_token_id=PAD_ID, **shape
+    )
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    return sum(p.numel() for p in model.parameters())
 
 
 def build_examples(args: argparse.Namespace) -> list[TokenizedExample]:
@@ -135,7 +247,7 @@ def run_tuneforge(args: argparse.Namespace, device: torch.device) -> dict[str, A
     model = build_model(args, device)
     examples = build_examples(args)
     packer = Packer.for_model(model, row_length=MAX_LENGTH, pad_id=PAD_ID)
-    assert packer is not None, "the benchmark's Llama must pack"
+    assert packer is not None, "the benchmark's model must pack"
     optimizer = build_optimizer(model, args.learning_rate, 0.0)
     total_steps = data.batches_per_epoch(len(examples), args.batch_size)
 
@@ -293,10 +405,15 @@ def main() -> None:
     examples = build_examples(args)
     tokens = sum(len(e.input_ids) for e in examples)
     lengths = sorted(len(e.input_ids) for e in examples)
+    shape = args.shape
+    parameters = count_parameters(args)
     print(
         f"{len(examples)} examples, {tokens} tokens (lengths {lengths[0]}..{lengths[-1]}, "
-        f"median {lengths[len(lengths) // 2]}); Llama hidden {args.hidden}, "
-        f"{args.layers} layers, vocab {args.vocab}; batch {args.batch_size}, "
+        f"median {lengths[len(lengths) // 2]}); preset {args.preset}: "
+        f"{shape['model_type']} hidden {shape['hidden_size']}, "
+        f"{shape['num_hidden_layers']} layers, {shape['num_attention_heads']} heads "
+        f"({shape['num_key_value_heads']} KV), vocab {shape['vocab_size']}, "
+        f"{parameters:,} parameters; batch {args.batch_size}, "
         f"{data.batches_per_epoch(len(examples), args.batch_size)} steps, "
         f"lr {args.learning_rate}, seed {args.seed}"
     )
@@ -309,12 +426,16 @@ def main() -> None:
             sys.exit(f"{variant} failed (exit {completed.returncode}):\n{completed.stderr[-4000:]}")
         results[variant] = json.loads(lines[-1].removeprefix("RESULT "))
     first = results["tuneforge"]
-    print(f"device: {first['device']}, {first['threads']} torch threads\n")
+    peak = args.peak_tflops or peak_tflops(first["device"])
+    print(
+        f"device: {first['device']}, {first['threads']} torch threads; "
+        f"bf16 peak {f'{peak:g} TFLOP/s' if peak else 'unknown (MFU needs --peak-tflops)'}\n"
+    )
     # On a shared CPU the wall clock also counts other people's work; CPU seconds (all
     # threads of the process) are steadier, so both are printed.
     header = (
-        f"{'variant':<20}{'tokens/s':>10}{'tok/cpu-s':>11}{'seconds':>9}{'padding':>9}"
-        f"{'peak MiB':>10}{'final loss':>12}"
+        f"{'variant':<20}{'tokens/s':>10}{'tok/cpu-s':>11}{'seconds':>9}{'MFU':>8}"
+        f"{'padding':>9}{'peak MiB':>10}{'final loss':>12}"
     )
     print(header)
     print("-" * len(header))
@@ -326,9 +447,10 @@ def main() -> None:
             result["losses"][-FINAL_LOSS_STEPS:]
         )
         padding = 1 - tokens / result["computed_tokens"]
+        mfu = f"{model_flops_utilization(parameters, speed[variant], peak):.2%}" if peak else "-"
         print(
             f"{variant:<20}{speed[variant]:>10.0f}{cpu_speed[variant]:>11.0f}"
-            f"{result['seconds']:>9.1f}{padding:>9.1%}"
+            f"{result['seconds']:>9.1f}{mfu:>8}{padding:>9.1%}"
             f"{result['peak_memory_mib']:>10.0f}{final[variant]:>12.4f}"
         )
     print()
