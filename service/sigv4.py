@@ -1,11 +1,13 @@
-"""AWS Signature Version 4 for a plain S3 GET (pure computation, no I/O).
+"""AWS Signature Version 4 for plain S3 object GETs and PUTs (pure computation, no I/O).
 
-`ObjectStore` reads small documents (a job's status, its control) on every describe,
-list and reconcile pass. Through botocore each read costs 1.5-3.5 ms of CPU (event
-hooks, request model, XML/timestamp parsing); most of that is not needed to sign and
-send one GET. This signs that one request shape - path-style `GET /bucket/key`, no
-query, empty body - exactly as botocore would, so any S3 endpoint that accepts
-botocore's requests accepts these (SeaweedFS enforcing credentials included).
+`ObjectStore` reads and writes small documents (a job's status, its control, its
+events) on every describe, list, create and reconcile pass. Through botocore each call
+costs 1.5-3.5 ms of CPU (event hooks, request model, XML/timestamp parsing); most of
+that is not needed to sign and send one request. This signs the one request shape
+those calls use - path-style `/bucket/key`, no query string - as SigV4 defines it
+(host, payload hash and date signed; other headers such as If-Match may ride
+unsigned), so any S3 endpoint that checks SigV4 accepts it (SeaweedFS enforcing
+credentials included).
 """
 
 from __future__ import annotations
@@ -17,8 +19,8 @@ from dataclasses import dataclass
 from urllib.parse import quote
 
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
-_SIGNED_HEADERS_PLAIN = "host;x-amz-content-sha256;x-amz-date"
-_SIGNED_HEADERS_TOKEN = "host;x-amz-content-sha256;x-amz-date;x-amz-security-token"
+_SIGNED_PLAIN = "host;x-amz-content-sha256;x-amz-date"
+_SIGNED_TOKEN = "host;x-amz-content-sha256;x-amz-date;x-amz-security-token"
 
 
 @dataclass(frozen=True)
@@ -32,9 +34,9 @@ def _hmac(key: bytes, message: str) -> bytes:
     return hmac.new(key, message.encode(), hashlib.sha256).digest()
 
 
-class GetSigner:
-    """Signs `GET <path>` for one host and region; the day's signing key is cached
-    (it depends only on the secret, the date, the region and the service)."""
+class Signer:
+    """Signs requests to one host and region; the day's signing key is cached (it
+    depends only on the secret, the date, the region and the service)."""
 
     def __init__(self, host: str, region: str) -> None:
         self.host = host
@@ -52,24 +54,31 @@ class GetSigner:
         return key
 
     def headers(
-        self, path: str, credentials: Credentials | None, now: float | None = None
+        self,
+        method: str,
+        path: str,
+        credentials: Credentials | None,
+        *,
+        payload_sha256: str = EMPTY_SHA256,
+        now: float | None = None,
     ) -> dict[str, str]:
-        """The headers of a GET of `path` (already URI-encoded: `canonical_path`);
-        unsigned when there are no credentials (an anonymous store)."""
+        """The headers of `method path` (path already URI-encoded: `canonical_path`)
+        with a body of that SHA-256; unsigned when there are no credentials (an
+        anonymous store)."""
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(time.time() if now is None else now))
-        headers = {"Host": self.host, "X-Amz-Content-SHA256": EMPTY_SHA256, "X-Amz-Date": stamp}
+        headers = {"Host": self.host, "X-Amz-Content-SHA256": payload_sha256, "X-Amz-Date": stamp}
         if credentials is None:
             return headers
         day = stamp[:8]
         canonical_headers = (
-            f"host:{self.host}\nx-amz-content-sha256:{EMPTY_SHA256}\nx-amz-date:{stamp}\n"
+            f"host:{self.host}\nx-amz-content-sha256:{payload_sha256}\nx-amz-date:{stamp}\n"
         )
-        signed = _SIGNED_HEADERS_PLAIN
+        signed = _SIGNED_PLAIN
         if credentials.token:
             headers["X-Amz-Security-Token"] = credentials.token
             canonical_headers += f"x-amz-security-token:{credentials.token}\n"
-            signed = _SIGNED_HEADERS_TOKEN
-        canonical_request = f"GET\n{path}\n\n{canonical_headers}\n{signed}\n{EMPTY_SHA256}"
+            signed = _SIGNED_TOKEN
+        canonical_request = f"{method}\n{path}\n\n{canonical_headers}\n{signed}\n{payload_sha256}"
         scope = f"{day}/{self.region}/s3/aws4_request"
         to_sign = (
             f"AWS4-HMAC-SHA256\n{stamp}\n{scope}\n"

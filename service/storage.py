@@ -15,21 +15,17 @@ import json
 import os
 import re
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import boto3
-import urllib3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
-from botocore.httpsession import DEFAULT_CA_BUNDLE
 
 from service.errors import InvalidArgument, StoreUnavailable, TuneforgeError
-from service.sigv4 import Credentials, GetSigner, canonical_path
+from service.s3_direct import ConditionFailed, DirectS3, NotHandled
 
 
 class StorageError(TuneforgeError):
@@ -143,7 +139,10 @@ class ObjectStore:
         )
         self._client = session.client("s3", endpoint_url=endpoint_url, config=config)
         self._observers: list[Callable[[str, float, str | None], None]] = []
-        self._fast_get = _FastGet.for_client(self._client, session, connect_timeout, read_timeout)
+        # Whole-object GETs and PUTs skip botocore's per-call machinery where they can.
+        self._direct = DirectS3.for_client(
+            self._client, session, self._observers, connect_timeout, read_timeout
+        )
 
     @classmethod
     def from_environment(cls, environ: dict[str, str] | None = None) -> ObjectStore:
@@ -217,10 +216,10 @@ class ObjectStore:
 
     def get_bytes(self, location: S3Location) -> tuple[bytes, str] | None:
         """Return (body, etag), or None when the object does not exist."""
-        if self._fast_get is not None:
+        if self._direct is not None:
             try:
-                return self._fast_get.get(location, self._observers)
-            except _NotHandled:
+                return self._direct.get(location.bucket, location.key)
+            except NotHandled:
                 pass  # botocore reads it: retries, redirects, error mapping as below
         try:
             response = self._client.get_object(Bucket=location.bucket, Key=location.key)
@@ -273,6 +272,20 @@ class ObjectStore:
             arguments["IfNoneMatch"] = "*"
         if if_match is not None:
             arguments["IfMatch"] = if_match
+        if self._direct is not None:
+            try:
+                return self._direct.put(
+                    location.bucket,
+                    location.key,
+                    body,
+                    content_type=content_type,
+                    if_none_match=if_none_match,
+                    if_match=if_match,
+                )
+            except ConditionFailed as error:
+                raise PreconditionFailed(location.uri) from error
+            except NotHandled:
+                pass  # botocore writes it: retries, error mapping as below
         try:
             return str(self._client.put_object(**arguments)["ETag"])
         except ClientError as error:
@@ -394,115 +407,3 @@ class ObjectStore:
             except (ClientError, BotoCoreError) as error:
                 raise _translate(error, f"deleting under {location.uri}") from error
         return len(keys)
-
-
-class _FastGet:
-    """GETs of whole objects without botocore's per-call machinery (service/sigv4.py).
-
-    Only the common answers are handled here: 200 (the object) and 404 NoSuchKey
-    (None); NoSuchBucket raises `ObjectMissing` as the botocore path does. Anything else
-    - a transport error, 5xx, 403, a redirect - is handed back to botocore, which
-    retries with backoff and turns the outcome into the same errors as before.
-    """
-
-    def __init__(
-        self,
-        endpoint_url: str,
-        region: str,
-        credentials: Any,
-        connect_timeout: float,
-        read_timeout: float,
-    ) -> None:
-        parts = urlsplit(endpoint_url)
-        default_port = 443 if parts.scheme == "https" else 80
-        host = parts.hostname or ""
-        if ":" in host:  # IPv6 literal
-            host = f"[{host}]"
-        if parts.port is not None and parts.port != default_port:
-            host = f"{host}:{parts.port}"
-        self._base = f"{parts.scheme}://{host}"
-        self._prefix = parts.path.rstrip("/")
-        self._signer = GetSigner(host, region)
-        self._credentials = credentials
-        tls: dict[str, Any] = {}
-        if parts.scheme == "https":  # verified against the bundle botocore would use
-            ca_bundle = os.environ.get("AWS_CA_BUNDLE") or DEFAULT_CA_BUNDLE
-            tls = {"cert_reqs": "CERT_REQUIRED", "ca_certs": ca_bundle}
-        self._pool = urllib3.PoolManager(
-            maxsize=64,
-            retries=False,
-            timeout=urllib3.Timeout(connect=connect_timeout, read=read_timeout),
-            **tls,
-        )
-
-    @classmethod
-    def for_client(
-        cls, client: Any, session: Any, connect_timeout: float, read_timeout: float
-    ) -> _FastGet | None:
-        """The fast path for this client's endpoint, or None where it must not be used:
-        an HTTP(S) proxy in the environment (botocore honours it, urllib3 would not)."""
-        endpoint_url = str(client.meta.endpoint_url)
-        parts = urlsplit(endpoint_url)
-        proxy = urllib.request.getproxies().get(parts.scheme)
-        if proxy and not urllib.request.proxy_bypass(parts.hostname or ""):
-            return None
-        return cls(
-            endpoint_url,
-            str(client.meta.region_name),
-            session.get_credentials(),
-            connect_timeout,
-            read_timeout,
-        )
-
-    def get(
-        self, location: S3Location, observers: list[Callable[[str, float, str | None], None]]
-    ) -> tuple[bytes, str] | None:
-        """(body, etag), None when missing; `_NotHandled` when botocore must read it."""
-        started = time.perf_counter()
-        error: str | None = None
-        try:
-            return self._get(location)
-        except _NotHandled as unhandled:
-            error = unhandled.error
-            raise
-        except ObjectMissing:
-            error = "NoSuchBucket"
-            raise
-        finally:
-            elapsed = time.perf_counter() - started
-            for observer in observers:
-                observer("GetObject", elapsed, error)
-
-    def _get(self, location: S3Location) -> tuple[bytes, str] | None:
-        frozen = None if self._credentials is None else self._credentials.get_frozen_credentials()
-        credentials = (
-            None
-            if frozen is None or frozen.access_key is None
-            else Credentials(frozen.access_key, frozen.secret_key, frozen.token)
-        )
-        path = canonical_path(self._prefix, location.bucket, location.key)
-        try:
-            response = self._pool.request(
-                "GET",
-                self._base + path,
-                headers=self._signer.headers(path, credentials),
-                redirect=False,
-            )
-        except urllib3.exceptions.HTTPError as error:
-            raise _NotHandled(type(error).__name__) from error
-        if response.status == 200:
-            etag = response.headers.get("ETag")
-            if etag is None:
-                raise _NotHandled("NoETag")
-            return response.data, etag
-        if response.status == 404:
-            if b"<Code>NoSuchBucket</Code>" in response.data:
-                raise ObjectMissing(f"bucket does not exist while reading {location.uri}")
-            return None
-        raise _NotHandled(str(response.status))
-
-
-class _NotHandled(Exception):
-    def __init__(self, error: str) -> None:
-        super().__init__(error)
-        self.error = error

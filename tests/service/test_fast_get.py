@@ -1,7 +1,7 @@
-"""Reads of whole objects through ObjectStore's own SigV4 GET (service/sigv4.py) against
-a real SeaweedFS that enforces credentials: the same answers as botocore's path, with
-no fall-back to it for the common cases (each read is one store call), and a refusal
-or an unreachable store still mapped to the same errors."""
+"""Whole-object reads and writes through ObjectStore's direct SigV4 requests
+(service/s3_direct.py) against a real SeaweedFS that enforces credentials: the same
+answers as botocore's path, with no fall-back to it for the common cases (each call is
+one store call), and a refusal or an unreachable store still mapped to the same errors."""
 
 from __future__ import annotations
 
@@ -12,7 +12,13 @@ import pytest
 
 from service.embedded_s3 import EmbeddedS3, free_port
 from service.errors import StoreUnavailable
-from service.storage import ObjectMissing, ObjectStore, S3Location, StorageError
+from service.storage import (
+    ObjectMissing,
+    ObjectStore,
+    PreconditionFailed,
+    S3Location,
+    StorageError,
+)
 
 
 @pytest.fixture
@@ -41,8 +47,42 @@ def test_reads_any_key_in_one_signed_call(
     assert store.get_bytes(S3Location(bucket, "absent/status.json")) is None
     with pytest.raises(ObjectMissing):
         store.get_bytes(S3Location(f"nobucket-{uuid.uuid4().hex[:8]}", "x"))
-    # One call per read, none failed and handed to botocore.
-    assert calls == Counter({"GetObject None": len(keys) + 1, "GetObject NoSuchBucket": 1}), calls
+    # One call per read, none failed and handed to botocore but the missing bucket's.
+    assert calls["GetObject None"] == len(keys) + 1, calls
+    assert sum(calls.values()) == len(keys) + 3, calls  # + direct 404 and botocore's
+
+
+def test_conditional_writes_in_one_signed_call(
+    s3_server: EmbeddedS3, object_store: ObjectStore, bucket: str
+) -> None:
+    calls: Counter[str] = Counter()
+    store = ObjectStore(
+        endpoint_url=s3_server.endpoint_url,
+        access_key_id=s3_server.access_key_id,
+        secret_access_key=s3_server.secret_access_key,
+        region="us-east-1",
+    )
+    store.add_call_observer(lambda operation, _, error: calls.update([f"{operation} {error}"]))
+    location = S3Location(bucket, "cas/a b+é.json")
+    first = store.put_json(location, {"n": 1}, if_none_match=True)
+    with pytest.raises(PreconditionFailed):
+        store.put_json(location, {"n": 2}, if_none_match=True)
+    second = store.put_json(location, {"n": 2}, if_match=first)
+    with pytest.raises(PreconditionFailed):
+        store.put_json(location, {"n": 3}, if_match=first)  # stale: lost
+    assert store.get_json(location) == ({"n": 2}, second)
+    # botocore's path reads what the direct one wrote, content type included.
+    head = object_store.head(location)
+    assert head is not None and head["ContentType"] == "application/json"
+    assert (
+        store.put_bytes(S3Location(bucket, "empty"), b"")
+        == object_store.head(S3Location(bucket, "empty"))["ETag"]
+    )  # type: ignore[index]
+    # One call each; a lost condition is answered 412 (or 409: a racing conditional
+    # write) and raised at once, not handed to botocore.
+    lost = calls.pop("PutObject 412", 0) + calls.pop("PutObject 409", 0)
+    assert lost == 2, calls
+    assert calls == Counter({"PutObject None": 3, "GetObject None": 1}), calls
 
 
 def test_wrong_credentials_and_an_unreachable_store_fail_as_before(
@@ -63,6 +103,11 @@ def test_wrong_credentials_and_an_unreachable_store_fail_as_before(
         wrong.get_bytes(location)
     assert not isinstance(refused.value, StoreUnavailable)  # a refusal, not an outage
     assert calls["403"] == 1, calls  # the signed GET was refused, then botocore's
+    with pytest.raises(StorageError):
+        wrong.put_bytes(location, b"overwritten", if_match=None)
+    assert calls["403"] == 2, calls
+    assert object_store.get_bytes(location) is not None
+    assert object_store.get_bytes(location)[0] == b"{}"  # type: ignore[index]
 
     closed = ObjectStore(
         endpoint_url=f"http://127.0.0.1:{free_port()}",
