@@ -14,6 +14,8 @@ A small `RankGroup` actor connects the driver and the workers:
   (rank 0's node, a port free there); the other workers wait for it;
 - a SIGTERM to the driver (Ray's stop_job) is passed to every rank as a SIGTERM, as
   torchrun's agent does: each commits a checkpoint and exits;
+- when a rank fails, the others get `TEARDOWN_GRACE_SECONDS` to notice (their next
+  collective fails) and exit, then a SIGKILL, as torchrun's agent tears a group down;
 - each worker records its rank's exit code and when it exited, and the driver exits
   with the group's code by torchrun's rules (trainer/torchrun.py `exit_code_for`):
   0 when every rank did; rank 0's BAD_INPUT / FENCED / PREEMPTED; else the first
@@ -55,6 +57,10 @@ log = logging.getLogger("trainer.ray_train")
 POLL_SECONDS = 1.0
 # How long a worker waits for rank 0's address (rank 0's worker may start last).
 ADDRESS_TIMEOUT_SECONDS = 600.0
+# After another rank failed, how long a rank may take to notice (its next collective
+# fails) and exit before it is SIGKILLed, as torchrun's agent tears a group down: NCCL
+# may wait for a dead peer until the collective timeout.
+TEARDOWN_GRACE_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -94,8 +100,9 @@ class RankGroup:
     def stop(self) -> None:
         self._stopping = True
 
-    def stopping(self) -> bool:
-        return self._stopping
+    def state(self) -> tuple[bool, bool]:
+        """(stopping, a rank has failed): what a worker polls for, in one call."""
+        return self._stopping, any(end.exitcode != 0 for end in self._exits.values())
 
     def finished(self, rank: int, exitcode: int, timestamp: float) -> None:
         self._exits[rank] = RankExit(exitcode, timestamp)
@@ -204,19 +211,32 @@ def run_rank(config: dict[str, Any]) -> None:
 
 
 def _watch(trainer: subprocess.Popen[bytes], group: Any, rank: int) -> int:
-    """Wait for the trainer, passing on the group's stop as one SIGTERM."""
+    """Wait for the trainer, passing on the group's stop as one SIGTERM, and SIGKILL it
+    `TEARDOWN_GRACE_SECONDS` after another rank failed if it is still running then.
+
+    A SIGKILL, not a SIGTERM: a SIGTERMed rank 0 would commit a checkpoint and exit
+    PREEMPTED, which wins over the first failure and would turn a crash into a
+    preemption (relaunched without spending the retry budget, forever)."""
     import ray
 
     told = False
+    doomed_at: float | None = None
     while True:
         try:
             return trainer.wait(timeout=POLL_SECONDS)
         except subprocess.TimeoutExpired:
             pass
-        if not told and ray.get(group.stopping.remote()):
+        stopping, failed = ray.get(group.state.remote())
+        if stopping and not told:
             log.warning("rank %d: the attempt is stopping; SIGTERM to the trainer", rank)
             trainer.send_signal(signal.SIGTERM)
             told = True
+        if failed and doomed_at is None:
+            doomed_at = time.monotonic() + TEARDOWN_GRACE_SECONDS
+        if doomed_at is not None and time.monotonic() > doomed_at:
+            log.error("rank %d: another rank failed and this one still runs; SIGKILL", rank)
+            trainer.kill()
+            doomed_at = float("inf")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -262,3 +262,26 @@ def test_bad_data_fails_a_two_node_job_on_ray_once_with_rank_0s_code(
     assert ray_job["driver_exit_code"] == int(TrainerExit.BAD_INPUT), ray_job
     kinds = [e["type"] for e in events(ray_api_server, job_id)]
     assert "RETRY" not in kinds and kinds.count("LAUNCHED") == 1, kinds
+
+
+@pytest.mark.timeout(900)
+def test_a_rank_that_cannot_notice_a_dead_peer_is_killed_and_the_job_relaunched(
+    ray_api_server: ApiServer, ray_cluster: str, object_store: ObjectStore
+) -> None:
+    """Rank 0 frozen (SIGSTOP: as NCCL waiting on a dead peer), rank 1 SIGKILLed: rank
+    0's worker SIGKILLs it after the teardown grace, as torchrun's agent would, and the
+    attempt ends as a crash (137, the first failure) rather than hanging until rank 0's
+    heartbeat runs out (which would read as a preemption)."""
+    job_id = create(ray_api_server, "ray-two-nodes-frozen", epochCount=2)["jobId"]
+    wait_for(lambda: checkpointed(ray_api_server, job_id, 10), timeout=700, what="step 10")
+    (rank_0,) = wait_for(lambda: rank_pid(job_id, 0), timeout=30, what="rank 0")
+    (rank_1,) = wait_for(lambda: rank_pid(job_id, 1), timeout=30, what="rank 1")
+    os.kill(rank_0, signal.SIGSTOP)
+    os.kill(rank_1, signal.SIGKILL)
+
+    job = ray_api_server.wait_for(job_id, {"COMPLETED"}, timeout=700)
+    assert job["attempt"] == 2
+    status, _ = JobStore(object_store, ray_api_server.state_bucket).get_status(job_id)
+    assert status.retries == {"crash": 1}
+    first = ray_job_status(ray_cluster, job_id, 1)
+    assert first["status"].endswith("FAILED") and first["driver_exit_code"] == 137, first
