@@ -228,12 +228,40 @@ class Reconciler:
         if alive is None:  # another host's trainer: judge by its heartbeat
             last_sign = status.heartbeatAt or status.launch.launchedAt
             alive = _age_seconds(last_sign) < self.heartbeat_timeout_seconds
+        elif alive and (silence := self._heartbeat_silence(status)) is not None:
+            # Its process lives but its heartbeat thread has not written for longer
+            # than the timeout: frozen (SIGSTOP, a paused VM) or hung. Left alone it
+            # would hold its slot forever; killed, it resumes from its last checkpoint.
+            self.launcher.signal(status.launch, signal.SIGKILL)
+            observed = Observed(
+                alive=False,
+                exit_code=-signal.SIGKILL,
+                reason=(
+                    f"its process was alive but sent no heartbeat for {silence:.0f} s "
+                    "(hung or frozen), so the service killed it"
+                ),
+            )
+            alive = False
         if alive:
             if job.control.stopRequested:
                 self._escalate_stop(job)
             return False
         self._handle_dead_trainer(job, observed)
         return False
+
+    def _heartbeat_silence(self, status: JobStatus) -> float | None:
+        """Seconds since this attempt's last heartbeat when past the timeout, else None.
+
+        Only once the attempt has sent one: starting (imports, a rendezvous of ranks)
+        can take longer than the timeout, and the launcher already says whether the
+        process lives. A heartbeat older than the launch is an earlier attempt's."""
+        assert status.launch is not None
+        if status.heartbeatAt is None:
+            return None
+        silence = _age_seconds(status.heartbeatAt)
+        if silence > _age_seconds(status.launch.launchedAt):
+            return None
+        return silence if silence > self.heartbeat_timeout_seconds else None
 
     def _set_queue_position(self, job: Job, position: int) -> None:
         self._queue_length += 1

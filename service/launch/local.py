@@ -147,6 +147,10 @@ class LocalLauncher:
         return Started(self.host, process.pid, process_start_ticks(process.pid))
 
     def observe(self, launch: LaunchRecord) -> Observed:
+        # Reap children that exited unobserved (a killed attempt already replaced):
+        # poll() collects a zombie and keeps its exit code for a later observe().
+        for process in self._children.values():
+            process.poll()
         if launch.host != self.host or launch.pid is None:
             return Observed(alive=None)
         child = self._children.get(launch.pid)

@@ -123,3 +123,38 @@ def test_crash_past_the_budget_fails_the_job(
     finally:
         server.stop()
         server.kill_trainers()
+
+
+def _process_state(pid: int) -> str | None:
+    """The state letter of /proc/<pid>/stat (T stopped, Z zombie), None when gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[0]
+
+
+def test_a_frozen_trainer_is_killed_after_the_heartbeat_timeout_and_relaunched(
+    api_server: ApiServer, object_store: ObjectStore
+) -> None:
+    """A trainer whose process lives but sends no heartbeat (here frozen with SIGSTOP, as
+    a paused VM or a hung collective would leave it) does not hold its job forever."""
+    store = JobStore(object_store, api_server.state_bucket)
+    with api_server.client() as client:
+        job_id = client.post("/v1/jobs", json=demo_job("frozen", epochCount=2)).json()["jobId"]
+    api_server.wait_for(job_id, {"RUNNING"}, timeout=120)
+    status, _ = store.get_status(job_id)
+    assert status.launch is not None and status.launch.pid is not None
+    frozen = status.launch.pid
+    os.killpg(frozen, signal.SIGSTOP)  # the trainer's own process group: all of it
+    try:
+        job = api_server.wait_for(job_id, {"COMPLETED"}, timeout=300)
+    finally:
+        if _process_state(frozen) == "T":  # a failure above: do not leave it stopped
+            os.killpg(frozen, signal.SIGKILL)
+    assert job["attempt"] == 2
+    status, _ = store.get_status(job_id)
+    assert status.retries == {"crash": 1}
+    (retry,) = [e for e in store.list_events(job_id) if e.type == "RETRY"]
+    assert "sent no heartbeat" in retry.message, retry.message
+    assert _process_state(frozen) is None  # killed and reaped, not left stopped
