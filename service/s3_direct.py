@@ -17,16 +17,28 @@ import hashlib
 import os
 import time
 import urllib.request
+import xml.etree.ElementTree as ElementTree
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote_plus, urlsplit
 
 import urllib3
 from botocore.httpsession import DEFAULT_CA_BUNDLE
 
-from service.sigv4 import Credentials, Signer, canonical_path
+from service.sigv4 import Credentials, Signer, canonical_path, canonical_query
 
 Observer = Callable[[str, float, str | None], None]
+
+
+@dataclass
+class ListPage:
+    """One ListObjectsV2 page: objects (key, size, etag), common prefixes, and whether
+    more keys follow."""
+
+    objects: list[dict[str, Any]]
+    prefixes: list[str]
+    truncated: bool
 
 
 class NotHandled(Exception):
@@ -143,6 +155,39 @@ class DirectS3:
             outcome.fail(str(response.status))
         raise AssertionError("unreachable")
 
+    def list_page(
+        self,
+        bucket: str,
+        prefix: str,
+        *,
+        start_after: str | None,
+        delimiter: str | None = None,
+        max_keys: int = 1000,
+    ) -> ListPage:
+        """One page of keys under `prefix` after `start_after` (the caller pages on with
+        the last key). Keys come URL-encoded (`encoding-type=url`, as botocore asks),
+        so any key survives the XML."""
+        parameters = {
+            "list-type": "2",
+            "prefix": prefix,
+            "encoding-type": "url",
+            "max-keys": str(max_keys),
+        }
+        if start_after:
+            parameters["start-after"] = start_after
+        if delimiter:
+            parameters["delimiter"] = delimiter
+        with self._observed("ListObjectsV2") as outcome:
+            query = canonical_query(parameters)
+            response = self._request("GET", bucket, "", b"", {}, outcome, query=query)
+            if response.status != 200:
+                outcome.fail(str(response.status))
+            try:
+                return _parse_list(response.data)
+            except (ElementTree.ParseError, ValueError, KeyError) as error:
+                outcome.fail("BadListing", error)
+        raise AssertionError("unreachable")
+
     def _request(
         self,
         method: str,
@@ -151,6 +196,8 @@ class DirectS3:
         body: bytes,
         headers: dict[str, str],
         outcome: _Outcome,
+        *,
+        query: str = "",
     ) -> urllib3.BaseHTTPResponse:
         frozen = None if self._credentials is None else self._credentials.get_frozen_credentials()
         credentials = (
@@ -160,10 +207,13 @@ class DirectS3:
         )
         path = canonical_path(self._prefix, bucket, key)
         payload = hashlib.sha256(body).hexdigest()
-        headers.update(self._signer.headers(method, path, credentials, payload_sha256=payload))
+        headers.update(
+            self._signer.headers(method, path, credentials, query=query, payload_sha256=payload)
+        )
+        url = self._base + path + (f"?{query}" if query else "")
         try:
             return self._pool.request(
-                method, self._base + path, body=body or None, headers=headers, redirect=False
+                method, url, body=body or None, headers=headers, redirect=False
             )
         except urllib3.exceptions.HTTPError as error:
             outcome.fail(type(error).__name__, error)
@@ -171,6 +221,32 @@ class DirectS3:
 
     def _observed(self, operation: str) -> _Outcome:
         return _Outcome(operation, self._observers)
+
+
+def _parse_list(document: bytes) -> ListPage:
+    root = ElementTree.fromstring(document)
+    # The S3 namespace, or none: some S3-compatible stores leave it out.
+    ns = root.tag[: root.tag.index("}") + 1] if root.tag.startswith("{") else ""
+    if root.tag != f"{ns}ListBucketResult":
+        raise ValueError(f"not a listing: {root.tag}")
+    encoded = root.findtext(f"{ns}EncodingType") == "url"
+
+    def decoded(value: str) -> str:
+        return unquote_plus(value) if encoded else value
+
+    objects = [
+        {
+            "key": decoded(item.findtext(f"{ns}Key") or ""),
+            "size": int(item.findtext(f"{ns}Size") or "0"),
+            "etag": item.findtext(f"{ns}ETag") or "",
+        }
+        for item in root.iter(f"{ns}Contents")
+    ]
+    prefixes = [
+        decoded(item.findtext(f"{ns}Prefix") or "") for item in root.iter(f"{ns}CommonPrefixes")
+    ]
+    truncated = root.findtext(f"{ns}IsTruncated") == "true"
+    return ListPage(objects, prefixes, truncated)
 
 
 class _Outcome:

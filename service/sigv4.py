@@ -1,11 +1,11 @@
-"""AWS Signature Version 4 for plain S3 object GETs and PUTs (pure computation, no I/O).
+"""AWS Signature Version 4 for plain S3 object GETs, PUTs and listings (no I/O).
 
 `ObjectStore` reads and writes small documents (a job's status, its control, its
 events) on every describe, list, create and reconcile pass. Through botocore each call
 costs 1.5-3.5 ms of CPU (event hooks, request model, XML/timestamp parsing); most of
 that is not needed to sign and send one request. This signs the one request shape
-those calls use - path-style `/bucket/key`, no query string - as SigV4 defines it
-(host, payload hash and date signed; other headers such as If-Match may ride
+those calls use - path-style `/bucket/key`, or `/bucket?query` for a listing - as SigV4
+defines it (host, payload hash and date signed; other headers such as If-Match may ride
 unsigned), so any S3 endpoint that checks SigV4 accepts it (SeaweedFS enforcing
 credentials included).
 """
@@ -59,12 +59,13 @@ class Signer:
         path: str,
         credentials: Credentials | None,
         *,
+        query: str = "",
         payload_sha256: str = EMPTY_SHA256,
         now: float | None = None,
     ) -> dict[str, str]:
-        """The headers of `method path` (path already URI-encoded: `canonical_path`)
-        with a body of that SHA-256; unsigned when there are no credentials (an
-        anonymous store)."""
+        """The headers of `method path?query` (both already encoded: `canonical_path`,
+        `canonical_query`) with a body of that SHA-256; unsigned when there are no
+        credentials (an anonymous store)."""
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(time.time() if now is None else now))
         headers = {"Host": self.host, "X-Amz-Content-SHA256": payload_sha256, "X-Amz-Date": stamp}
         if credentials is None:
@@ -78,7 +79,9 @@ class Signer:
             headers["X-Amz-Security-Token"] = credentials.token
             canonical_headers += f"x-amz-security-token:{credentials.token}\n"
             signed = _SIGNED_TOKEN
-        canonical_request = f"{method}\n{path}\n\n{canonical_headers}\n{signed}\n{payload_sha256}"
+        canonical_request = (
+            f"{method}\n{path}\n{query}\n{canonical_headers}\n{signed}\n{payload_sha256}"
+        )
         scope = f"{day}/{self.region}/s3/aws4_request"
         to_sign = (
             f"AWS4-HMAC-SHA256\n{stamp}\n{scope}\n"
@@ -96,5 +99,15 @@ class Signer:
 
 def canonical_path(prefix: str, bucket: str, key: str) -> str:
     """`prefix/bucket/key` URI-encoded as S3 signs it: every byte but unreserved ones
-    and `/` percent-encoded, once (S3 does not double-encode the path)."""
-    return quote(f"{prefix}/{bucket}/{key}", safe="/~")
+    and `/` percent-encoded, once (S3 does not double-encode the path). No key: the
+    bucket itself (a listing)."""
+    return quote(f"{prefix}/{bucket}/{key}" if key else f"{prefix}/{bucket}", safe="/~")
+
+
+def canonical_query(parameters: dict[str, str]) -> str:
+    """The query string as SigV4 signs it (and as it must be sent): names sorted, names
+    and values percent-encoded but for unreserved characters."""
+    return "&".join(
+        f"{quote(name, safe='-_.~')}={quote(value, safe='-_.~')}"
+        for name, value in sorted(parameters.items())
+    )

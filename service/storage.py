@@ -332,6 +332,18 @@ class ObjectStore:
         }
         if start_after:
             arguments["StartAfter"] = start_after
+        if self._direct is not None:
+            try:
+                listing = self._direct.list_page(
+                    location.bucket,
+                    location.key,
+                    start_after=start_after,
+                    delimiter="/",
+                    max_keys=limit,
+                )
+                return listing.prefixes
+            except NotHandled:
+                pass  # botocore lists it: retries, error mapping as below
         try:
             response = self._client.list_objects_v2(**arguments)
         except (ClientError, BotoCoreError) as error:
@@ -343,6 +355,22 @@ class ObjectStore:
     ) -> Iterator[dict[str, Any]]:
         """Every object under a prefix (key, size, etag), in ascending key order; with
         `start_after`, only keys after that one."""
+        if self._direct is not None:
+            # Page by page, each after the last key seen; on an answer the direct path
+            # does not handle, botocore lists the rest from there.
+            while True:
+                try:
+                    listing = self._direct.list_page(
+                        location.bucket, location.key, start_after=start_after
+                    )
+                except NotHandled:
+                    break
+                yield from listing.objects
+                if not listing.truncated:
+                    return
+                if not listing.objects:
+                    break  # "more" but nothing to page on from: botocore's paginator
+                start_after = listing.objects[-1]["key"]
         paginator = self._client.get_paginator("list_objects_v2")
         arguments: dict[str, Any] = {"Bucket": location.bucket, "Prefix": location.key}
         if start_after:

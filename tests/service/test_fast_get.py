@@ -119,3 +119,34 @@ def test_wrong_credentials_and_an_unreachable_store_fail_as_before(
     )
     with pytest.raises(StoreUnavailable):
         closed.get_bytes(location)
+
+
+def test_listings_page_through_every_key_in_order(
+    s3_server: EmbeddedS3, object_store: ObjectStore, bucket: str
+) -> None:
+    calls: Counter[str] = Counter()
+    store = ObjectStore(
+        endpoint_url=s3_server.endpoint_url,
+        access_key_id=s3_server.access_key_id,
+        secret_access_key=s3_server.secret_access_key,
+        region="us-east-1",
+    )
+    store.add_call_observer(lambda operation, _, error: calls.update([f"{operation} {error}"]))
+    # More keys than one page (1000), some needing encoding in the listing's XML.
+    keys = [f"many/{n:04d}" for n in range(1003)] + ["many/odd a+b=c&é", "many/sub/x"]
+    for key in keys:
+        store.put_bytes(S3Location(bucket, key), b"")
+    calls.clear()
+
+    listed = list(store.list_objects(S3Location(bucket, "many/")))
+    assert [item["key"] for item in listed] == sorted(keys)
+    assert {item["size"] for item in listed} == {0}
+    assert all(item["etag"].strip('"') for item in listed)
+    after = list(store.list_objects(S3Location(bucket, "many/"), start_after="many/1001"))
+    assert [item["key"] for item in after] == ["many/1002", "many/odd a+b=c&é", "many/sub/x"]
+    folders = store.list_common_prefixes(S3Location(bucket, ""), limit=10)
+    assert folders == ["many/"]
+    sub = store.list_common_prefixes(S3Location(bucket, "many/"), start_after="many/1002")
+    assert sub == ["many/sub/"]
+    # Two pages, one, one, one: every listing answered directly.
+    assert calls == Counter({"ListObjectsV2 None": 5}), calls
