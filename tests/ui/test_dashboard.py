@@ -42,10 +42,11 @@ def _png_size(data: bytes) -> tuple[int, int]:
 def test_running_job_page_draws_live_loss_curves_and_list_shows_it(
     api_server: ApiServer, object_store: ObjectStore, page: Any, tmp_path: Path
 ) -> None:
-    # Enough epochs that the job is still running while the page is looked at; the
+    # Enough epochs (the most allowed) that the job is still running while the pages are
+    # looked at, on a quiet machine too (20 epochs were over before the list page); the
     # test stops it at the end.
     with api_server.client() as client:
-        created = client.post("/v1/jobs", json=demo_job("dashboard-live", epochCount=20))
+        created = client.post("/v1/jobs", json=demo_job("dashboard-live", epochCount=100))
         assert created.status_code == 201, created.text
         job_id = created.json()["jobId"]
     try:
@@ -76,7 +77,7 @@ def test_running_job_page_draws_live_loss_curves_and_list_shows_it(
 
         # Hyperparameters and events are on the page, as text.
         hyper = page.locator("#hyperparameters tr", has_text="epochCount")
-        assert hyper.locator("td").nth(1).text_content() == "20"
+        assert hyper.locator("td").nth(1).text_content() == "100"
         assert page.locator("#events li", has_text="CREATED").count() == 1
         assert page.locator("#job-summary .state").text_content() in {"RUNNING", "STOPPING"}
 
