@@ -18,8 +18,9 @@ A small `RankGroup` actor connects the driver and the workers:
   collective fails) and exit, then a SIGKILL, as torchrun's agent tears a group down;
 - each worker records its rank's exit code and when it exited, and the driver exits
   with the group's code by torchrun's rules (trainer/torchrun.py `exit_code_for`):
-  0 when every rank did; rank 0's BAD_INPUT / FENCED / PREEMPTED; else the first
-  failure. A rank that never reported (its worker or node died) is a crash.
+  0 when every rank did; rank 0's BAD_INPUT / FENCED; PREEMPTED when every failed
+  rank was told to stop; else the first failure of another cause. A rank that never
+  reported (its worker or node died) is a crash.
 
 Rank 0's output goes to the `trainer.log` its trainer uploads as the job's log; the
 other ranks' to their worker's, which Ray shows in the Ray job's log. Each rank's
@@ -214,9 +215,9 @@ def _watch(trainer: subprocess.Popen[bytes], group: Any, rank: int) -> int:
     """Wait for the trainer, passing on the group's stop as one SIGTERM, and SIGKILL it
     `TEARDOWN_GRACE_SECONDS` after another rank failed if it is still running then.
 
-    A SIGKILL, not a SIGTERM: a SIGTERMed rank 0 would commit a checkpoint and exit
-    PREEMPTED, which wins over the first failure and would turn a crash into a
-    preemption (relaunched without spending the retry budget, forever)."""
+    A SIGKILL, not a SIGTERM: the attempt has already failed, and a SIGTERMed rank
+    would spend the grace committing a checkpoint with its peers gone (its PREEMPTED
+    exit would not hide the failure: `exit_code_for` ignores it beside one)."""
     import ray
 
     told = False

@@ -31,9 +31,21 @@ class Failure:
 
 
 def test_rank_0s_deliberate_exit_code_wins() -> None:
-    for code in (TrainerExit.BAD_INPUT, TrainerExit.FENCED, TrainerExit.PREEMPTED):
+    for code in (TrainerExit.BAD_INPUT, TrainerExit.FENCED):
         failures = {1: Failure(-9, 100), 0: Failure(int(code), 101)}
         assert exit_code_for(failures) == code
+
+
+def test_ranks_that_all_were_told_to_stop_are_a_preemption() -> None:
+    assert exit_code_for({0: Failure(143, 100), 1: Failure(143, 100)}) == TrainerExit.PREEMPTED
+    assert exit_code_for({0: Failure(143, 101), 1: Failure(-15, 100)}) == TrainerExit.PREEMPTED
+
+
+def test_survivors_checkpointing_on_the_teardown_do_not_hide_the_crash() -> None:
+    # Rank 1 SIGKILLed; torchrun SIGTERMs rank 0, which commits and exits PREEMPTED in
+    # the same second (torchrun's timestamps are whole seconds): still a crash.
+    assert exit_code_for({1: Failure(-9, 100), 0: Failure(143, 100)}) == 137
+    assert exit_code_for({0: Failure(143, 100), 1: Failure(1, 101)}) == 1
 
 
 def test_otherwise_the_first_failure_counts_and_a_signal_reads_as_128_plus_it() -> None:
