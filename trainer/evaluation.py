@@ -4,8 +4,11 @@ whole validation set, in padded batches or, when training packs, in packed ones.
 Packing changes how the examples are laid out, not which tokens are targets nor what
 each one is predicted from (trainer/packing.py: positions restart per example, attention
 never crosses examples), so both layouts sum the same per-token losses over the same
-target tokens; the packed one computes fewer rows and no padding. Classification does
-not come here: its head pools one vector per row (FullFineTuningRecipe.evaluate_classification).
+target tokens; the packed one computes fewer rows and no padding.
+
+Classification is never packed: its head pools one vector per row. Its validation is
+the mean cross-entropy per example and accuracy / precision / recall / F1 (macro) of
+the predicted classes (`classification_validation`).
 """
 
 from __future__ import annotations
@@ -19,7 +22,8 @@ import torch
 
 from trainer import data
 from trainer.data import TokenizedExample
-from trainer.loss import token_loss_sum
+from trainer.loss import classification_loss_sum, token_loss_sum
+from trainer.metrics import classification_metrics
 from trainer.packing import Packer
 
 
@@ -60,3 +64,36 @@ def validation_loss(
         tokens += batch.target_tokens
         rows += batch.input_ids.size(0)
     return ValidationLoss(loss_sum, tokens, rows, packed=packer is not None)
+
+
+@dataclass(frozen=True)
+class ClassificationValidation:
+    loss: float  # mean cross-entropy per example (0 examples: 0)
+    scores: dict[str, float]  # accuracy, precision, recall, f1 (macro)
+
+
+@torch.no_grad()
+def classification_validation(
+    model: Any,
+    examples: Sequence[TokenizedExample],
+    *,
+    batch_size: int,
+    pad_id: int,
+    device: torch.device,
+    autocast: Callable[[], contextlib.AbstractContextManager[Any]],
+) -> ClassificationValidation:
+    """The classification loss and scores of `model` over `examples`, `batch_size`
+    padded rows per forward."""
+    model.eval()
+    loss_sum = 0.0
+    predictions: list[int] = []
+    targets: list[int] = []
+    for batch in data.batches(examples, batch_size, pad_id):
+        batch = batch.to(device)
+        with autocast():
+            loss, logits = classification_loss_sum(model, batch)
+        loss_sum += float(loss)
+        predictions += logits.argmax(dim=-1).tolist()
+        targets += batch.labels.tolist()
+    scores = classification_metrics(predictions, targets)
+    return ClassificationValidation(loss_sum / max(len(targets), 1), scores)

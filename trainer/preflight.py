@@ -40,7 +40,7 @@ from typing import Any
 from service.documents import DataSummary, JobSpec, TokenLengths
 from service.errors import InvalidArgument, StoreUnavailable
 from service.storage import ObjectStore, StorageError, parse_s3_uri
-from trainer import conversations, data
+from trainer import conversations, data, tokenization
 from trainer.data import IGNORE_INDEX, Example, TokenizedExample, ValidationErrors
 from trainer.dataset_cache import CachedData, DatasetCache, cache_key, tokenizer_files_hash
 from trainer.errors import DataValidationError, ModelLoadError
@@ -204,10 +204,10 @@ def _tokenize_fine_tuning(
     examples: Sequence[Example], tokenizer: Any, max_length: int, errors: ValidationErrors
 ) -> Tokenized:
     result = Tokenized([], [], [])
-    encoded = data.encode_fine_tuning(examples, tokenizer) if examples else []
+    encoded = tokenization.encode_fine_tuning(examples, tokenizer) if examples else []
     for example, (input_ids, labels) in zip(examples, encoded, strict=True):
         result.lengths.append(len(input_ids))
-        kept = data.truncate(input_ids, labels, max_length)
+        kept = tokenization.truncate(input_ids, labels, max_length)
         if kept is None:
             first_target = next(
                 (i for i, label in enumerate(labels) if label != IGNORE_INDEX), len(labels)
@@ -229,16 +229,16 @@ def _tokenize_fine_tuning(
 def _tokenize_documents(examples: Sequence[Example], tokenizer: Any, max_length: int) -> Tokenized:
     """Documents are split into chunks, never truncated: only their lengths are noted.
     Each is tokenized once; its lengths and chunks come from the same token ids."""
-    documents = data.encode_documents(examples, tokenizer)
+    documents = tokenization.encode_documents(examples, tokenizer)
     lengths = [len(ids) for ids in documents]
-    return Tokenized(data.chunk_documents(documents, max_length), lengths, [])
+    return Tokenized(tokenization.chunk_documents(documents, max_length), lengths, [])
 
 
 def _tokenize_classification(
     examples: Sequence[Example], tokenizer: Any, max_length: int, labels: Sequence[str]
 ) -> Tokenized:
     """Each text tokenized once: its length and its truncated tokens come from one pass."""
-    tokenized, lengths = data.encode_classification(examples, tokenizer, max_length, labels)
+    tokenized, lengths = tokenization.encode_classification(examples, tokenizer, max_length, labels)
     truncated = [e.where for e, n in zip(examples, lengths, strict=True) if n > max_length]
     return Tokenized(tokenized, lengths, truncated)
 

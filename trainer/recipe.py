@@ -51,9 +51,9 @@ from trainer.distributed import (
     Distributed,
 )
 from trainer.errors import DataValidationError, Fenced
-from trainer.evaluation import validation_loss
-from trainer.loss import backward_window, classification_loss_sum
-from trainer.metrics import MetricsLog, classification_metrics
+from trainer.evaluation import classification_validation, validation_loss
+from trainer.loss import backward_window
+from trainer.metrics import MetricsLog
 from trainer.mlflow_tracking import NoTracking, tracking_for
 from trainer.model import load_model, pad_token_id
 from trainer.optim import build_optimizer, clip_gradients, learning_rate_at, set_learning_rate
@@ -471,19 +471,15 @@ class FullFineTuningRecipe:
     @torch.no_grad()
     def evaluate_classification(self) -> float:
         """Mean cross-entropy per example, and accuracy / precision / recall / F1 (macro)."""
-        self.model.eval()
-        loss_sum = 0.0
-        predictions: list[int] = []
-        targets: list[int] = []
-        for batch in data.batches(self.validation_set, self.hp.batchSize, self.pad_id):
-            batch = batch.to(self.device)
-            with self.autocast():
-                loss, logits = classification_loss_sum(self.model, batch)
-            loss_sum += float(loss)
-            predictions += logits.argmax(dim=-1).tolist()
-            targets += batch.labels.tolist()
-        loss_value = loss_sum / max(len(targets), 1)
-        scores = classification_metrics(predictions, targets)
+        result = classification_validation(
+            self.model,
+            self.validation_set,
+            batch_size=self.hp.batchSize,
+            pad_id=self.pad_id,
+            device=self.device,
+            autocast=self.autocast,
+        )
+        loss_value, scores = result.loss, result.scores
         self.progress.validation_loss = loss_value
         self.progress.validation_metrics = scores
         self.metrics.add_validation(self.progress.step, self.progress.epoch, loss_value, scores)

@@ -21,7 +21,8 @@ from trainer.conversations import (
     record_format,
     render_conversation,
 )
-from trainer.data import IGNORE_INDEX, Example, ValidationErrors, read_jsonl, tokenize
+from trainer.data import IGNORE_INDEX, Example, ValidationErrors, read_jsonl
+from trainer.tokenization import tokenize
 
 URI = "s3://bucket/data/chat.jsonl"
 

@@ -16,11 +16,10 @@ from trainer.data import (
     collate,
     label_set,
     read_jsonl,
-    tokenize_classification,
-    tokenize_documents,
 )
 from trainer.metrics import MetricsLog, classification_metrics
 from trainer.model import check_model_directory
+from trainer.tokenization import tokenize_classification, tokenize_documents
 
 URI = "s3://bucket/data/train.jsonl"
 VALIDATION_URI = "s3://bucket/data/validation.jsonl"

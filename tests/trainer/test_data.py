@@ -19,8 +19,8 @@ from trainer.data import (
     collate,
     epoch_generator,
     read_jsonl,
-    tokenize,
 )
+from trainer.tokenization import tokenize
 
 URI = "s3://bucket/data/train.jsonl"
 

@@ -17,7 +17,6 @@ from trainer.data import (
     Example,
     TokenizedExample,
     ValidationErrors,
-    special_token_frame,
 )
 from trainer.dataset_cache import (
     CachedData,
@@ -33,6 +32,7 @@ from trainer.preflight import (
     find_warnings,
     percentiles,
 )
+from trainer.tokenization import special_token_frame
 
 URI = "s3://bucket/train.jsonl"
 
