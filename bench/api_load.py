@@ -7,6 +7,10 @@ and then a burst of `--burst` creates sent at once. Prints, per operation, the c
 throughput, p50/p99 latency and the errors (any non-2xx or transport error; the aim is
 zero).
 
+The clients are bench/http_load.py's: bare asyncio HTTP/1.1 keep-alive connections spread
+over `--client-processes` processes, cheap enough that the server, not the client, is
+what saturates; each phase prints both sides' CPU, so a reader sees which one was.
+
 Beside it, in the same run (figures on a shared machine move with other work): the same
 clients against `/healthz` (the HTTP stack with no store work), and a raw boto3 GET of
 the same job's `status.json` from the store (what one store read costs).
@@ -22,15 +26,12 @@ reconciler retires them, without loading a model on this machine's cores;
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
-import random
 import statistics
 import sys
 import tempfile
 import time
 import uuid
-from collections import defaultdict
 from pathlib import Path
 
 import boto3
@@ -38,6 +39,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.http_load import Operation, Results, run_load
 from service.demo import seed_demo
 from service.embedded_s3 import EmbeddedS3, free_port
 from service.storage import ObjectStore
@@ -58,23 +60,27 @@ def _process_cpu_seconds(pid: int) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
-class CpuMeter:
-    """CPU seconds this bench client and the API server used during one phase: on a
-    shared machine the client competes with the server, so both are reported."""
+class ServerCpu:
+    """CPU seconds the API server used during one phase (its reconciler included: it
+    shares the process)."""
 
     def __init__(self, server_pid: int) -> None:
         self.server_pid = server_pid
-        self.client_started = time.process_time()
-        self.server_started = _process_cpu_seconds(server_pid)
+        self.started = _process_cpu_seconds(server_pid)
 
-    def line(self, requests: int, seconds: float) -> str:
-        client = time.process_time() - self.client_started
-        server = _process_cpu_seconds(self.server_pid) - self.server_started
-        per_request = f"{1000 * client / requests:.2f} / {1000 * server / requests:.2f}"
+    def line(self, results: Results, processes: int) -> str:
+        """Both sides' CPU: on a shared machine the client competes with the server, and
+        whichever is near 100% of its cores is what limited the throughput."""
+        seconds, requests = results.elapsed, results.served
+        client = results.client_cpu_seconds
+        server = _process_cpu_seconds(self.server_pid) - self.started
+        per_request = (
+            f"{1000 * client / requests:.2f} / {1000 * server / requests:.2f}" if requests else "-"
+        )
         return (
-            f"cpu: client {client:.1f} s ({100 * client / seconds:.0f}% of a core), server "
-            f"{server:.1f} s ({100 * server / seconds:.0f}%); per request client / server "
-            f"{per_request if requests else '-'} ms"
+            f"cpu: client {client:.1f} s ({100 * client / seconds:.0f}% of a core, "
+            f"{processes} processes), server {server:.1f} s ({100 * server / seconds:.0f}%); "
+            f"per request client / server {per_request} ms"
         )
 
 
@@ -119,82 +125,20 @@ def _report(title: str, latencies: Latencies, errors: dict[str, int], seconds: f
         print(f"{name:<12} {len(values):>8} {rate:>9.1f} {p50} {p99} {errors.get(name, 0):>7}")
 
 
-async def _call(
-    client: httpx.AsyncClient,
-    name: str,
-    method: str,
-    path: str,
-    latencies: Latencies,
-    errors: dict[str, int],
-    body: dict[str, object] | None = None,
-) -> str | None:
-    started = time.perf_counter()
-    try:
-        response = await client.request(method, path, json=body)
-    except httpx.HTTPError as error:
-        errors[name] += 1
-        print(f"  {name}: {type(error).__name__}: {error}", file=sys.stderr)
-        return None
-    latencies[name].append(time.perf_counter() - started)
-    if response.status_code >= 300:
-        errors[name] += 1
-        print(f"  {name}: HTTP {response.status_code}: {response.text[:200]}", file=sys.stderr)
-        return None
-    return response.text
-
-
 def _create_body() -> dict[str, object]:
     body = demo_job(f"load-{uuid.uuid4().hex[:8]}", epochCount=1)
     body["clientRequestToken"] = uuid.uuid4().hex
     return body
 
 
-async def _run_mix(
-    url: str, job_ids: list[str], clients: int, seconds: float, mix: dict[str, float]
-) -> tuple[Latencies, dict[str, int], float]:
-    latencies: Latencies = defaultdict(list)
-    errors: dict[str, int] = defaultdict(int)
-    names = list(mix)
-    weights = [mix[name] for name in names]
-    deadline = time.perf_counter() + seconds
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-
-    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
-
-        async def one_client(seed: int) -> None:
-            chooser = random.Random(seed)
-            while time.perf_counter() < deadline:
-                name = chooser.choices(names, weights)[0]
-                if name == "describe":
-                    job_id = chooser.choice(job_ids)
-                    await _call(client, name, "GET", f"/v1/jobs/{job_id}", latencies, errors)
-                elif name == "list":
-                    await _call(client, name, "GET", "/v1/jobs?limit=20", latencies, errors)
-                elif name == "create":
-                    await _call(client, name, "POST", "/v1/jobs", latencies, errors, _create_body())
-                else:
-                    await _call(client, name, "GET", "/healthz", latencies, errors)
-
-        started = time.perf_counter()
-        await asyncio.gather(*(one_client(seed) for seed in range(clients)))
-        elapsed = time.perf_counter() - started
-    return latencies, errors, elapsed
-
-
-async def _burst(url: str, count: int) -> tuple[Latencies, dict[str, int], float]:
-    latencies: Latencies = defaultdict(list)
-    errors: dict[str, int] = defaultdict(int)
-    limits = httpx.Limits(max_connections=count, max_keepalive_connections=count)
-    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
-        started = time.perf_counter()
-        await asyncio.gather(
-            *(
-                _call(client, "burst-create", "POST", "/v1/jobs", latencies, errors, _create_body())
-                for _ in range(count)
-            )
-        )
-        elapsed = time.perf_counter() - started
-    return latencies, errors, elapsed
+def _operations(job_ids: list[str], mix: dict[str, float]) -> list[tuple[Operation, float]]:
+    known = {
+        "describe": Operation("describe", "", paths=tuple(f"/v1/jobs/{j}" for j in job_ids)),
+        "list": Operation("list", "/v1/jobs?limit=20"),
+        "create": Operation("create", "/v1/jobs", body=_create_body),
+        "healthz": Operation("healthz", "/healthz"),
+    }
+    return [(known[name], weight) for name, weight in mix.items()]
 
 
 def _raw_store_get(s3: EmbeddedS3, bucket: str, job_id: str, count: int) -> list[float]:
@@ -225,6 +169,12 @@ def main() -> int:
         help="operation=weight,... (describe, list, create)",
     )
     parser.add_argument("--baseline-seconds", type=float, default=10.0)
+    parser.add_argument(
+        "--client-processes",
+        type=int,
+        default=2,
+        help="client processes the connections are spread over (each its own event loop)",
+    )
     parser.add_argument("--real-trainers", action="store_true")
     arguments = parser.parse_args()
     mix = {
@@ -269,45 +219,41 @@ def main() -> int:
                 f"{arguments.jobs} jobs to read; server {server.url}"
             )
             assert server.process is not None
-            pid = server.process.pid
-            meter, counters = CpuMeter(pid), _server_counters(server.url)
-            latencies, errors, elapsed = asyncio.run(
-                _run_mix(server.url, job_ids, arguments.clients, arguments.seconds, mix)
-            )
-            _report(f"mixed load ({elapsed:.1f} s)", latencies, errors, elapsed)
-            served = sum(len(v) for v in latencies.values())
-            print(meter.line(served, elapsed))
-            print(_store_line(counters, _server_counters(server.url), served))
-            meter, counters = CpuMeter(pid), _server_counters(server.url)
-            burst_latencies, burst_errors, burst_elapsed = asyncio.run(
-                _burst(server.url, arguments.burst)
-            )
-            _report(
-                f"burst of {arguments.burst} creates ({burst_elapsed:.1f} s)",
-                burst_latencies,
-                burst_errors,
-                burst_elapsed,
-            )
-            served = sum(len(v) for v in burst_latencies.values())
-            print(meter.line(served, burst_elapsed))
-            print(_store_line(counters, _server_counters(server.url), served))
-            meter = CpuMeter(pid)
-            base_latencies, base_errors, base_elapsed = asyncio.run(
-                _run_mix(
+            pid, processes = server.process.pid, arguments.client_processes
+
+            def phase(
+                title: str, mix: dict[str, float], clients: int, seconds: float, once: bool
+            ) -> Results:
+                cpu, counters = ServerCpu(pid), _server_counters(server.url)
+                results = run_load(
                     server.url,
-                    job_ids,
-                    arguments.clients,
-                    arguments.baseline_seconds,
-                    {"healthz": 1},
+                    _operations(job_ids, mix),
+                    clients=clients,
+                    seconds=seconds,
+                    processes=processes,
+                    once=once,
                 )
+                _report(
+                    f"{title} ({results.elapsed:.1f} s)",
+                    results.latencies,
+                    results.errors,
+                    results.elapsed,
+                )
+                print(cpu.line(results, processes))
+                print(_store_line(counters, _server_counters(server.url), results.served))
+                return results
+
+            mixed = phase("mixed load", mix, arguments.clients, arguments.seconds, False)
+            burst = phase(
+                f"burst of {arguments.burst} creates", {"create": 1}, arguments.burst, 0, True
             )
-            _report(
-                f"baseline: /healthz, same clients ({base_elapsed:.1f} s)",
-                base_latencies,
-                base_errors,
-                base_elapsed,
+            phase(
+                "baseline: /healthz, same clients",
+                {"healthz": 1},
+                arguments.clients,
+                arguments.baseline_seconds,
+                False,
             )
-            print(meter.line(sum(len(v) for v in base_latencies.values()), base_elapsed))
             raw_started = time.perf_counter()
             raw = _raw_store_get(s3, "bench", job_ids[0], 200)
             raw_elapsed = time.perf_counter() - raw_started
@@ -317,7 +263,7 @@ def main() -> int:
                 {},
                 raw_elapsed,
             )
-            total_errors = sum(errors.values()) + sum(burst_errors.values())
+            total_errors = sum(mixed.errors.values()) + sum(burst.errors.values())
             print(f"\nerrors: {total_errors}")
             return 1 if total_errors else 0
         finally:
