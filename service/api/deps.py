@@ -3,6 +3,11 @@
 `CurrentTenant` authenticates the caller (`Authorization: Bearer <key>`), counts the
 request against its tenant's rate limit, and gives the tenant's `TenantPolicy`; every
 route that touches jobs declares it and passes `.tenant` to the core.
+
+The dependencies are `async def`: FastAPI runs a sync dependency in the thread pool, and
+that hop (a queue put, a thread wake-up, a GIL hand-off) cost more CPU than the work
+itself, several times per request. What may block (a key's first store read) is sent to
+the thread pool explicitly.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.concurrency import run_in_threadpool
 
 from service.auth.limits import TenantPolicy
 from service.auth.tenants import DEFAULT_TENANT
@@ -23,30 +29,34 @@ from service.store import JobStore
 _bearer = HTTPBearer(auto_error=False, description="An API key: `tuneforge keys create`.")
 
 
-def get_context(request: Request) -> ServiceContext:
+async def get_context(request: Request) -> ServiceContext:
     context: ServiceContext = request.app.state.context
     return context
 
 
-def get_store(request: Request) -> JobStore:
-    return get_context(request).store
+async def get_store(request: Request) -> JobStore:
+    context: ServiceContext = request.app.state.context
+    return context.store
 
 
-def current_tenant(
+async def current_tenant(
     request: Request,
     _declared: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> TenantPolicy:
-    context = get_context(request)
+    context: ServiceContext = request.app.state.context
     if context.access is None:
         return TenantPolicy.unlimited(DEFAULT_TENANT, context.store.bucket)
-    return context.access.authenticate(request.headers.get("authorization"))
+    authorization = request.headers.get("authorization")
+    if context.access.authenticates_without_io(authorization):
+        return context.access.authenticate(authorization)
+    return await run_in_threadpool(context.access.authenticate, authorization)
 
 
-def require_admin(
+async def require_admin(
     request: Request,
     _declared: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> None:
-    context = get_context(request)
+    context: ServiceContext = request.app.state.context
     if context.access is None:
         raise Unauthenticated("key administration needs the server's TUNEFORGE_ADMIN_KEY")
     context.access.check_admin(request.headers.get("authorization"))

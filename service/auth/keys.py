@@ -154,6 +154,16 @@ class KeyStore:
             return None
         return record.tenant
 
+    def knows_now(self, key: str) -> bool:
+        """Whether `tenant_of(key)` can answer without reading the store: a malformed key,
+        or one whose record (or absence) was read less than `cache_seconds` ago."""
+        match = _KEY.match(key)
+        if match is None:
+            return True
+        with self._lock:
+            hit = self._cache.get(match.group("id"))
+        return hit is not None and time.monotonic() - hit[0] < self.cache_seconds
+
     def _cached(self, key_id: str) -> KeyRecord | None:
         now = time.monotonic()
         with self._lock:

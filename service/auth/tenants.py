@@ -96,6 +96,14 @@ class Access:
         self.rate.take(policy)
         return policy
 
+    def authenticates_without_io(self, authorization: str | None) -> bool:
+        """Whether `authenticate(authorization)` would not touch the store (auth off, no
+        key, or the key's record cached): an async caller may then run it inline."""
+        if not self.enabled:
+            return True
+        key = bearer_token(authorization)
+        return not key or self.keys.knows_now(key)
+
     def authenticate(self, authorization: str | None) -> TenantPolicy:
         """From an `Authorization` header (or gRPC metadata) to an admitted policy."""
         return self.admit(self.tenant_for_key(bearer_token(authorization)))
