@@ -317,15 +317,25 @@ class JobResources(_Document):
 
     gpus: Annotated[
         int,
-        Field(ge=0, le=64, description="GPUs per node for the trainer; 0 trains on CPU. 0-64."),
+        Field(
+            ge=0,
+            le=64,
+            description="GPUs per node, one trainer rank each; 0 trains on CPU (one rank "
+            "a node). local: that many of the host's GPUs (torchrun for more than 1); "
+            "ray: the Ray job's GPUs, or each Ray Train worker's with several nodes; "
+            "kubernetes: each pod's nvidia.com/gpu. 0-64.",
+        ),
     ] = 0
     nodes: Annotated[
         int,
         Field(
             ge=1,
             le=64,
-            description="Machines the trainer spans (one Kubernetes pod or Ray worker each). "
-            "1-64; more than 1 needs a cluster launcher (ray or kubernetes).",
+            description="Nodes the job spans, each running `gpus` ranks (1 on CPU): "
+            "nodes x max(gpus, 1) ranks in all. local: 1 only. ray: more than 1 runs a "
+            "Ray Train group of one worker a node (each with the node's GPUs), on "
+            "separate Ray nodes unless the operator's placement allows packing. "
+            "kubernetes: an Indexed Job of that many pods, one a node. 1-64.",
         ),
     ] = 1
     sharding: Annotated[

@@ -79,6 +79,7 @@ def cluster_launcher(settings: Settings) -> Launcher:
             forward_credentials=settings.ray_forward_s3_credentials,
             stop_grace_seconds=settings.kill_grace_seconds,
             ray_train=settings.ray_train,
+            placement=settings.ray_train_placement,
         )
     from service.launch.kubernetes import KubernetesConfig, KubernetesLauncher
 

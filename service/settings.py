@@ -119,6 +119,11 @@ class Settings(BaseSettings):
     # Run every job with several ranks as a Ray Train group, not only multi-node ones
     # (a one-node multi-GPU job otherwise runs torchrun inside one Ray job).
     ray_train: bool = False
+    # Where a Ray Train group's workers (one a job node) go: STRICT_SPREAD puts each on
+    # its own Ray node (the job waits until `nodes` nodes have room); SPREAD prefers
+    # that but packs when it cannot (a one-node cluster, as in the tests); PACK fills
+    # as few nodes as fit. Each worker's ranks use its own GPUs under any of them.
+    ray_train_placement: Literal["STRICT_SPREAD", "SPREAD", "PACK"] = "STRICT_SPREAD"
     kubernetes_namespace: str = Field(
         default="tuneforge", pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=63
     )

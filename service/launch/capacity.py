@@ -33,7 +33,7 @@ class LaunchCapacity:
         if resources.nodes > 1 and self.launcher == "local":
             raise InvalidArgument(
                 f"resources.nodes is {resources.nodes}, but the {self.launcher} launcher runs "
-                "a job on one node; use nodes 1, or the kubernetes launcher for several",
+                "a job on one node; use nodes 1, or the ray or kubernetes launcher for several",
                 field="resources.nodes",
             )
         if self.launcher != "local" or resources.gpus <= 1:

@@ -11,11 +11,14 @@ Invariants:
   its output goes to `trainer.log` there, which the trainer uploads as the job's log;
   a job with `resources.gpus` > 1 runs torchrun (`python -m trainer.torchrun`, one
   rank per GPU, standalone rendezvous) on that one node;
-- a job with `resources.nodes` > 1 (or any job with several ranks, with `ray_train`
-  set) runs as a Ray Train group instead (`python -m trainer.ray_train`): nodes x gpus
-  ranks (nodes ranks on CPUs), one Ray worker each asking for its GPU and
-  `cpus_per_trainer` CPUs; the driver asks for nothing (it only waits), and exits with
-  the group's code by torchrun's rules, so the reconciler reads it as any other;
+- a job with `resources.nodes` > 1 (or a one-node job with several GPUs, with
+  `ray_train` set) runs as a Ray Train group instead (`python -m trainer.ray_train`):
+  one Ray worker a node, asking for that node's `gpus` GPUs and `cpus_per_trainer`
+  CPUs a rank, which runs one rank a GPU (one on CPUs) as torchrun's agent would; the
+  workers are placed by `placement` (STRICT_SPREAD by default: each on its own Ray
+  node, so a job spans the `nodes` machines it asked for); the driver asks for nothing
+  (it only waits), and exits with the group's code by torchrun's rules, so the
+  reconciler reads it as any other;
 - S3 credentials are not sent with the job unless `forward_credentials` is set: a Ray
   job's runtime environment is readable by anyone who can read the dashboard, so by
   default the Ray nodes hold the credentials themselves (their environment, an
@@ -36,7 +39,7 @@ import shlex
 import signal
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from service.documents import JOB_ID_PATTERN, JobResources, JobSpec, LaunchRecord, TrainerExit
 from service.launch.base import Observed, Started
@@ -56,21 +59,34 @@ def submission_id(job_id: str, attempt: int) -> str:
     return f"tuneforge-{job_id}-a{attempt}"
 
 
+# Ray's placement group strategies that make sense for a Ray Train group of nodes.
+RayPlacement = Literal["STRICT_SPREAD", "SPREAD", "PACK"]
+
+
 @dataclass(frozen=True)
 class RayPlan:
-    """How one attempt runs on Ray: its ranks, and whether as a Ray Train group."""
+    """How one attempt runs on Ray: its nodes (one Ray Train worker each) and GPUs a
+    node, and whether as a Ray Train group."""
 
-    ranks: int
-    gpus_per_rank: int
+    workers: int
+    gpus_per_worker: int
     ray_train: bool
+
+    @property
+    def ranks_per_worker(self) -> int:
+        """One rank a GPU, as torchrun's `--nproc-per-node`; one on CPUs."""
+        return max(self.gpus_per_worker, 1)
+
+    @property
+    def ranks(self) -> int:
+        return self.workers * self.ranks_per_worker
 
     @classmethod
     def of(cls, resources: JobResources, *, ray_train: bool = False) -> RayPlan:
-        """nodes x gpus ranks (one a node on CPUs); Ray Train for several nodes, or
-        for several ranks when `ray_train` forces it (one machine can then test it)."""
-        ranks = resources.nodes * max(resources.gpus, 1)
-        group = resources.nodes > 1 or (ray_train and ranks > 1)
-        return cls(ranks, 1 if resources.gpus else 0, group)
+        """One worker a node with the node's GPUs; Ray Train for several nodes, or for
+        one node with several GPUs when `ray_train` forces it (instead of torchrun)."""
+        group = resources.nodes > 1 or (ray_train and resources.gpus > 1)
+        return cls(resources.nodes, resources.gpus, group)
 
 
 def entrypoint(
@@ -81,6 +97,7 @@ def entrypoint(
     processes: int = 1,
     plan: RayPlan | None = None,
     cpus_per_rank: float = 1.0,
+    placement: RayPlacement = "STRICT_SPREAD",
 ) -> str:
     """The shell command Ray runs: a fresh working directory, then the trainer in it.
 
@@ -95,8 +112,10 @@ def entrypoint(
         return (
             f'work="$(mktemp -d "${{TMPDIR:-/tmp}}/{name}-XXXXXX")" && cd "$work" && '
             f"exec {shlex.quote(python)} -m trainer.ray_train --job-id {job_id} "
-            f"--name {name} --workers {int(plan.ranks)} "
-            f"--gpus-per-worker {int(plan.gpus_per_rank)} --cpus-per-worker {float(cpus_per_rank)}"
+            f"--name {name} --workers {int(plan.workers)} "
+            f"--gpus-per-worker {int(plan.gpus_per_worker)} "
+            f"--cpus-per-worker {float(cpus_per_rank * plan.ranks_per_worker)} "
+            f"--placement {shlex.quote(placement)}"
         )
     if processes > 1:
         program = f"-m trainer.torchrun --nproc-per-node {int(processes)} --standalone -m trainer"
@@ -152,6 +171,7 @@ class RayLauncher:
         forward_credentials: bool = False,
         stop_grace_seconds: float = 30.0,
         ray_train: bool = False,
+        placement: RayPlacement = "STRICT_SPREAD",
     ) -> None:
         self.address = address
         self.python = python
@@ -159,6 +179,7 @@ class RayLauncher:
         self.forward_credentials = forward_credentials
         self.stop_grace_seconds = stop_grace_seconds
         self.ray_train = ray_train
+        self.placement = placement
         self._client: Any | None = None
 
     @property
@@ -223,6 +244,7 @@ class RayLauncher:
                     processes=spec.resources.gpus,
                     plan=plan,
                     cpus_per_rank=self.cpus_per_trainer,
+                    placement=self.placement,
                 ),
                 submission_id=name,
                 runtime_env=self.runtime_environment(attempt, environment),

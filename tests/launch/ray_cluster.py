@@ -64,6 +64,9 @@ def ray_cluster(s3_server: EmbeddedS3, tmp_path_factory: pytest.TempPathFactory)
         f"--ray-client-server-port={client_server}",
         f"--dashboard-agent-listen-port={agent}",
         "--num-cpus=2",
+        # Logical GPUs only (Ray schedules them; the CPU-only torch never sees one), so
+        # a job asking for GPUs is placed and its ranks train on CPUs with gloo.
+        "--num-gpus=2",
         "--include-dashboard=true",
         "--disable-usage-stats",
         f"--temp-dir={root / 't'}",
@@ -96,13 +99,14 @@ def ray_cluster(s3_server: EmbeddedS3, tmp_path_factory: pytest.TempPathFactory)
         subprocess.run([RAY, "stop", "--force"], env=env, capture_output=True, timeout=120)
 
 
-@pytest.fixture
-def ray_api_server(
-    ray_cluster: str, s3_server: EmbeddedS3, demo_assets: None, tmp_path: Path
-) -> Iterator[ApiServer]:
-    server = ApiServer(
+def ray_api_server_with(
+    ray_cluster: str, s3_server: EmbeddedS3, home: Path, **settings: str
+) -> ApiServer:
+    """An API server (not started) whose launcher is the Ray cluster; `settings` are
+    more TUNEFORGE_ variables."""
+    return ApiServer(
         s3_server,
-        tmp_path / "home",
+        home,
         state_bucket=f"ray-{uuid.uuid4().hex[:12]}",
         extra_env={
             "TUNEFORGE_LAUNCHER": "ray",
@@ -110,8 +114,19 @@ def ray_api_server(
             "TUNEFORGE_RAY_TRAINER_PYTHON": sys.executable,
             # Ray on two shared cores starts a job's runtime slowly.
             "TUNEFORGE_HEARTBEAT_TIMEOUT_SECONDS": "120",
-        },
+            # One Ray node here: STRICT_SPREAD (the default) could never place a group
+            # of two workers; SPREAD packs them onto it.
+            "TUNEFORGE_RAY_TRAIN_PLACEMENT": "SPREAD",
+        }
+        | settings,
     )
+
+
+@pytest.fixture
+def ray_api_server(
+    ray_cluster: str, s3_server: EmbeddedS3, demo_assets: None, tmp_path: Path
+) -> Iterator[ApiServer]:
+    server = ray_api_server_with(ray_cluster, s3_server, tmp_path / "home")
     server.start()
     yield server
     server.stop()

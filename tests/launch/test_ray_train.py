@@ -17,13 +17,22 @@ from typing import Any
 import pytest
 
 from service.documents import JobResources, TrainerExit
+from service.embedded_s3 import EmbeddedS3
 from service.launch.ray import RayPlan, entrypoint, submission_id
 from service.storage import ObjectStore, S3Location, parse_s3_uri
 from service.store import JobStore
-from tests.launch.ray_cluster import ray_job_status, trainer_pids
+from tests.launch.ray_cluster import ray_api_server_with, ray_job_status, trainer_pids
 from tests.servers import ApiServer, demo_job
 from tests.trainer.jobs import wait_for
-from trainer.ray_train import RankExit, group_exit_code, rank_environment
+from trainer.ray_train import (
+    RankExit,
+    group_exit_code,
+    parse_args,
+    rank_environment,
+    ranks_per_worker,
+    scaling_config,
+    worker_environment,
+)
 
 JOB_ID = "0123456789abcdef"
 # 300 demo records, 4 a rank, 2 ranks: 38 steps an epoch (one rank alone: 75).
@@ -34,11 +43,14 @@ HYPER = {"batchSize": 4, "checkpointIntervalSteps": 10, "keepCheckpoints": 20}
 # -- pure parts -----------------------------------------------------------------------
 
 
-def test_several_nodes_run_as_a_ray_train_group_of_nodes_times_gpus_ranks() -> None:
+def test_several_nodes_run_as_a_ray_train_group_of_one_worker_a_node() -> None:
     assert RayPlan.of(JobResources(nodes=2)) == RayPlan(2, 0, True)
-    assert RayPlan.of(JobResources(nodes=3, gpus=4)) == RayPlan(12, 1, True)
-    assert RayPlan.of(JobResources(gpus=4)) == RayPlan(4, 1, False)  # torchrun, one node
-    assert RayPlan.of(JobResources(gpus=4), ray_train=True) == RayPlan(4, 1, True)
+    three = RayPlan.of(JobResources(nodes=3, gpus=4))
+    assert three == RayPlan(3, 4, True)
+    assert (three.ranks_per_worker, three.ranks) == (4, 12)
+    assert RayPlan(2, 0, True).ranks == 2  # one rank a node on CPUs
+    assert RayPlan.of(JobResources(gpus=4)) == RayPlan(1, 4, False)  # torchrun, one node
+    assert RayPlan.of(JobResources(gpus=4), ray_train=True) == RayPlan(1, 4, True)
     assert RayPlan.of(JobResources(gpus=1), ray_train=True) == RayPlan(1, 1, False)
 
 
@@ -48,14 +60,44 @@ def test_the_ray_train_entrypoint_is_the_driver_with_the_plan() -> None:
         JOB_ID,
         2,
         processes=4,
-        plan=RayPlan(8, 1, True),
+        plan=RayPlan(2, 4, True),
         cpus_per_rank=2.0,
     )
     assert (
         f"exec /opt/venv/bin/python -m trainer.ray_train --job-id {JOB_ID} "
-        f"--name tuneforge-{JOB_ID}-a2 --workers 8 --gpus-per-worker 1 --cpus-per-worker 2.0"
+        f"--name tuneforge-{JOB_ID}-a2 --workers 2 --gpus-per-worker 4 --cpus-per-worker 8.0 "
+        "--placement STRICT_SPREAD"
     ) in command
     assert "torchrun" not in command
+    spread = entrypoint("python", JOB_ID, 1, plan=RayPlan(2, 0, True), placement="SPREAD")
+    assert spread.endswith("--gpus-per-worker 0 --cpus-per-worker 1.0 --placement SPREAD")
+
+
+def test_each_worker_is_one_node_with_its_gpus_spread_one_a_ray_node() -> None:
+    """The ScalingConfig the driver builds: a worker per job node asking for all of the
+    node's GPUs, in a STRICT_SPREAD placement group (one bundle a worker, one a node)."""
+    node = ["--gpus-per-worker", "8", "--cpus-per-worker", "16"]
+    args = parse_args(["--job-id", JOB_ID, "--name", "n", "--workers", "3", *node])
+    config = scaling_config(args)
+    assert (config.num_workers, config.use_gpu) == (3, True)
+    assert config.resources_per_worker == {"CPU": 16.0, "GPU": 8.0}
+    assert config.placement_strategy == "STRICT_SPREAD"
+    assert config.total_resources == {"CPU": 48.0, "GPU": 24.0}
+    assert ranks_per_worker(args) == 8
+    cpus = parse_args(
+        ["--job-id", JOB_ID, "--name", "n", "--workers", "2", "--placement", "SPREAD"]
+    )
+    config = scaling_config(cpus)
+    assert (config.num_workers, config.use_gpu, config.placement_strategy) == (2, False, "SPREAD")
+    assert config.resources_per_worker == {"CPU": 1.0}
+    assert ranks_per_worker(cpus) == 1
+
+
+def test_a_workers_ranks_see_only_its_own_gpus() -> None:
+    # Ray Train shows a worker the GPUs of every worker on its node.
+    shared = {"CUDA_VISIBLE_DEVICES": "0,1,2,3", "PATH": "/bin"}
+    assert worker_environment(shared, ["2", "3"]) == {"CUDA_VISIBLE_DEVICES": "2,3", "PATH": "/bin"}
+    assert worker_environment({"PATH": "/bin"}, []) == {"PATH": "/bin"}
 
 
 @pytest.mark.parametrize(
@@ -105,9 +147,11 @@ def test_each_rank_gets_torchruns_environment_and_its_own_directory(tmp_path: Pa
 # -- a real Ray cluster -----------------------------------------------------------------
 
 
-def create(server: ApiServer, name: str, **hyper: Any) -> dict[str, Any]:
+def create(
+    server: ApiServer, name: str, resources: dict[str, int] = TWO_NODES, **hyper: Any
+) -> dict[str, Any]:
     body = demo_job(name, **(HYPER | hyper)) | {
-        "resources": TWO_NODES,
+        "resources": resources,
         "outputDataConfig": {"s3Uri": f"s3://demo/output/{name}-{uuid.uuid4().hex[:8]}/"},
     }
     with server.client() as client:
@@ -196,13 +240,14 @@ def test_rays_stop_of_a_two_node_job_preempts_every_rank_and_the_job_resumes(
     exits 143, which the reconciler relaunches as a preemption, not a crash."""
     from ray.job_submission import JobSubmissionClient
 
-    job_id = create(ray_api_server, "ray-two-nodes-preempted", epochCount=2)["jobId"]
+    # 10 epochs, 380 steps: on a quiet machine 2 epochs ran out before the stop arrived.
+    job_id = create(ray_api_server, "ray-two-nodes-preempted", epochCount=10)["jobId"]
     wait_for(lambda: checkpointed(ray_api_server, job_id, 10), timeout=700, what="step 10")
     JobSubmissionClient(ray_cluster).stop_job(submission_id(job_id, 1))
 
     job = ray_api_server.wait_for(job_id, {"COMPLETED"}, timeout=700)
     assert job["attempt"] == 2
-    assert job["progress"]["step"] == 76
+    assert job["progress"]["step"] == 380
     happened = events(ray_api_server, job_id)
     preempted = [e["message"] for e in happened if e["type"] == "PREEMPTED"]
     assert len(preempted) == 1 and preempted[0].startswith("SIGTERM after step"), preempted
@@ -285,3 +330,51 @@ def test_a_rank_that_cannot_notice_a_dead_peer_is_killed_and_the_job_relaunched(
     assert status.retries == {"crash": 1}
     first = ray_job_status(ray_cluster, job_id, 1)
     assert first["status"].endswith("FAILED") and first["driver_exit_code"] == 137, first
+
+
+@pytest.mark.timeout(900)
+def test_with_ray_train_on_a_one_node_job_runs_its_gpus_as_ranks_of_one_worker(
+    ray_cluster: str, s3_server: EmbeddedS3, demo_assets: None, tmp_path: Path
+) -> None:
+    """TUNEFORGE_RAY_TRAIN=true: a one-node job with 2 GPUs (the cluster's logical
+    ones) runs as a Ray Train group, not torchrun: one worker asking for both GPUs
+    starts both ranks, each seeing only that worker's GPUs, and the job completes."""
+    from ray.job_submission import JobSubmissionClient
+
+    server = ray_api_server_with(
+        ray_cluster, s3_server, tmp_path / "home", TUNEFORGE_RAY_TRAIN="true"
+    )
+    server.start()
+    try:
+        job_id = create(server, "ray-train-one-node", {"nodes": 1, "gpus": 2}, epochCount=1)[
+            "jobId"
+        ]
+        ranks = [
+            wait_for(lambda r=r: rank_pid(job_id, r), timeout=700, what=f"rank {r}") for r in (0, 1)
+        ]
+        seen = [rank_variables(pid) for (pid,) in ranks]
+        job = server.wait_for(job_id, {"COMPLETED"}, timeout=700)
+        assert job["attempt"] == 1
+        assert job["progress"]["step"] == 38  # two ranks shared each batch
+        with server.client() as client:
+            log = client.get(f"/v1/jobs/{job_id}/logs").text
+    finally:
+        server.stop()
+    assert "rank 0 of 2 joined the gloo process group" in log
+    assert [v["LOCAL_RANK"] for v in seen] == ["0", "1"]
+    assert {v["LOCAL_WORLD_SIZE"] for v in seen} == {"2"}
+    # Both of the worker's GPUs, whichever ids Ray gave it.
+    assert {len(v["CUDA_VISIBLE_DEVICES"].split(",")) for v in seen} == {2}
+    info = JobSubmissionClient(ray_cluster).get_job_info(submission_id(job_id, 1))
+    assert "-m trainer.ray_train" in info.entrypoint
+    assert "--workers 1 --gpus-per-worker 2" in info.entrypoint
+    assert ray_job_status(ray_cluster, job_id, 1)["driver_exit_code"] == 0
+    assert trainer_pids(job_id) == []
+
+
+def rank_variables(pid: int) -> dict[str, str]:
+    """The variables of a running trainer that say where its rank runs."""
+    names = ("LOCAL_RANK", "LOCAL_WORLD_SIZE", "CUDA_VISIBLE_DEVICES")
+    environment = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    pairs = dict(entry.decode().split("=", 1) for entry in environment if b"=" in entry)
+    return {name: pairs.get(name, "") for name in names}
