@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from service.documents import utc_now
-from trainer import checkpoint
+from trainer import checkpoint, lora
 from trainer.distributed import full_model_state, full_optimizer_state, load_full_state
 from trainer.resume import capture_rng_state, restore_rng_state
 
@@ -59,6 +59,8 @@ def resume(recipe: FullFineTuningRecipe) -> None:
     state = checkpoint.read_training_state(local)
     if recipe.sharded:  # a consolidated checkpoint, loaded into every rank's shards
         weights = checkpoint.read_model_weights(local)
+        if lora.is_lora(recipe.model):  # the adapter alone, under peft's saved names
+            weights = lora.model_state_from_adapter(recipe.model, weights)
         load_full_state(recipe.model, recipe.optimizer, weights, state.optimizer)
     else:
         recipe.load_weights(local)

@@ -190,13 +190,19 @@ def load_full_state(
     optimizer_state: dict[str, Any],
 ) -> None:
     """Load whole state dicts (a consolidated checkpoint) into the shards of every rank.
-    Tied weights (a head sharing the embedding) are absent from the saved files."""
+    Tied weights (a head sharing the embedding) are absent from the saved files, and a
+    LoRA model's frozen base weights (the adapter alone is saved): missing names are
+    accepted, names the model does not have raise ValueError (non-strict loading would
+    skip them silently, which once left a resumed LoRA job with a fresh adapter)."""
     from torch.distributed.checkpoint.state_dict import (
         StateDictOptions,
         set_model_state_dict,
         set_optimizer_state_dict,
     )
 
+    unexpected = sorted(set(model_state) - set(model.state_dict()))
+    if unexpected:
+        raise ValueError(f"the checkpoint has weights this model does not: {unexpected[:5]}")
     options = StateDictOptions(full_state_dict=True, strict=False)
     set_model_state_dict(model, model_state, options=options)
     set_optimizer_state_dict(model, optimizer, optimizer_state, options=options)

@@ -216,6 +216,29 @@ def load_trainable_state_dict(model: Any, state: dict[str, torch.Tensor]) -> Non
         raise ValueError(f"the adapter has weights this model does not: {unexpected[:5]}")
 
 
+def model_state_from_adapter(
+    model: Any, adapter: dict[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """An adapter file's tensors under the model's own state-dict names, which torch's
+    loading into sharded (FSDP) parameters matches on; peft saves them without the
+    adapter name (`...lora_A.weight` for `...lora_A.default.weight`).
+
+    The renaming is peft's own (`get_peft_model_state_dict`), run over the model's
+    names tagged with their index, so it stays right for whatever peft renames (a
+    classifier head's `modules_to_save` included). Raises ValueError for a name the
+    model does not have (not this job's adapter)."""
+    from peft import get_peft_model_state_dict
+
+    names = list(model.state_dict())
+    tagged = {name: torch.tensor([index]) for index, name in enumerate(names)}
+    renamed = get_peft_model_state_dict(model, state_dict=tagged)
+    own_name = {saved: names[int(tag)] for saved, tag in renamed.items()}
+    unknown = sorted(set(adapter) - set(own_name))
+    if unknown:
+        raise ValueError(f"the adapter has weights this model does not: {unknown[:5]}")
+    return {own_name[name]: tensor for name, tensor in adapter.items()}
+
+
 def save_merged_model(model: Any, tokenizer: Any, directory: Path) -> Path:
     """Fold the adapters into the base weights and save a plain transformers model.
 

@@ -64,9 +64,11 @@ def gpu_less_server(
     server.stop()
 
 
-def create(server: ApiServer, name: str, **hyper: Any) -> str:
+def create(
+    server: ApiServer, name: str, resources: dict[str, Any] = TWO_RANKS, **hyper: Any
+) -> str:
     body = demo_job(name, **(HYPER | hyper)) | {
-        "resources": TWO_RANKS,
+        "resources": resources,
         "outputDataConfig": {"s3Uri": f"s3://demo/output/{name}-{uuid.uuid4().hex[:8]}/"},
     }
     with server.client() as client:
@@ -188,3 +190,54 @@ def test_a_rank_killed_mid_run_resumes_and_ends_with_the_uninterrupted_weights(
     # rank's generators and the data position, and two ranks' gradient sums do not
     # depend on the order they are added in.
     assert final_weights(object_store, job) == final_weights(object_store, reference)
+
+
+def final_file(object_store: ObjectStore, job: dict[str, Any], name: str) -> bytes:
+    found = object_store.get_bytes(output(object_store, job).child("model", name))
+    assert found is not None, f"no final {name}"
+    return found[0]
+
+
+@pytest.mark.parametrize(
+    ("method", "saved"),
+    [("LORA", "adapter_model.safetensors"), ("FULL", "model.safetensors")],
+)
+def test_a_rank_killed_mid_run_of_an_fsdp_job_resumes_to_the_uninterrupted_weights(
+    cpu_ranks_server: ApiServer, object_store: ObjectStore, method: str, saved: str
+) -> None:
+    """FSDP, 2 ranks: rank 1 SIGKILLed after the checkpoint of step 10 (gathered whole
+    by rank 0) gets the job relaunched; both ranks reshard the weights (for LoRA, the
+    adapter alone, on a base sharded alike) and the optimizer state from it and end
+    with the uninterrupted run's. LoRA failed this before its adapter's saved names
+    were mapped back to the model's: the resumed ranks trained a fresh adapter."""
+    hyper = {"method": method, "checkpointIntervalSteps": 10}
+    if method == "LORA":
+        hyper |= {"loraRank": 4, "loraDropout": 0.0}
+    sharded = TWO_RANKS | {"sharding": "FSDP"}
+    reference_id = create(cpu_ranks_server, "fsdp", sharded, **hyper)
+    reference = cpu_ranks_server.wait_for(reference_id, {"COMPLETED"}, timeout=600)
+
+    job_id = create(cpu_ranks_server, "fsdp-killed", sharded, **hyper)
+    attempt = cpu_ranks_server.home / "work" / job_id / "attempt-1"
+
+    def checkpointed_step_10() -> bool:
+        return any(
+            e["type"] == "CHECKPOINT_COMMITTED" and e["message"].startswith("step 10:")
+            for e in events(cpu_ranks_server, job_id)
+        )
+
+    wait_for(checkpointed_step_10, timeout=600, what="the checkpoint of step 10")
+    (pid,) = wait_for(lambda: rank_pids(attempt, 1), timeout=10, what="rank 1")
+    os.kill(pid, signal.SIGKILL)
+
+    job = cpu_ranks_server.wait_for(job_id, {"COMPLETED"}, timeout=600)
+    happened = events(cpu_ranks_server, job_id)
+    retries = [e["message"] for e in happened if e["type"] == "RETRY"]
+    assert len(retries) == 1 and "crash" in retries[0], retries
+    resumed = [e["message"] for e in happened if e["type"] == "RESUMED"]
+    assert len(resumed) == 1 and resumed[0].startswith("resumed from step "), resumed
+    assert int(resumed[0].split()[3]) >= 10
+    assert job["progress"]["step"] == reference["progress"]["step"] == 76
+    # Bit for bit, as for DDP: the resumed ranks restore the weights, the optimizer's
+    # sharded moments, every rank's generators and the data position.
+    assert final_file(object_store, job, saved) == final_file(object_store, reference, saved)
