@@ -335,7 +335,8 @@ class JobResources(_Document):
             "nodes x max(gpus, 1) ranks in all. local: 1 only. ray: more than 1 runs a "
             "Ray Train group of one worker a node (each with the node's GPUs), on "
             "separate Ray nodes unless the operator's placement allows packing. "
-            "kubernetes: an Indexed Job of that many pods, one a node. 1-64.",
+            "kubernetes: an Indexed Job of that many pods, each with `gpus` GPUs (the "
+            "scheduler may put two on one machine that has room). 1-64.",
         ),
     ] = 1
     sharding: Annotated[
