@@ -176,6 +176,11 @@ def main() -> int:
         help="client processes the connections are spread over (each its own event loop)",
     )
     parser.add_argument("--real-trainers", action="store_true")
+    parser.add_argument(
+        "--server-log-level",
+        default="WARNING",
+        help="the server's TUNEFORGE_LOG_LEVEL; INFO writes the access log line per request",
+    )
     arguments = parser.parse_args()
     mix = {
         name: float(weight)
@@ -198,7 +203,7 @@ def main() -> int:
         )
         extra_env = {
             "TUNEFORGE_LOCAL_SLOTS": "1",
-            "TUNEFORGE_LOG_LEVEL": "WARNING",
+            "TUNEFORGE_LOG_LEVEL": arguments.server_log_level,
             # The load creates far more jobs than the per-tenant queue allows by default
             # (100): the limit's 429s are not what this measures.
             "TUNEFORGE_TENANT_MAX_QUEUED_JOBS": "1000000",
