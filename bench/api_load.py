@@ -54,10 +54,15 @@ def _percentile(values: list[float], fraction: float) -> float:
 
 
 def _process_cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process and its reaped children (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    """User + system CPU time of a process, its reaped children, and its live descendants
+    (the API workers, with TUNEFORGE_API_WORKERS > 1), from Linux /proc."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return 0.0  # exited meanwhile: its time is in its parent's cutime once reaped
     ticks = sum(int(value) for value in fields[11:15])  # utime stime cutime cstime
-    return ticks / os.sysconf("SC_CLK_TCK")
+    return ticks / os.sysconf("SC_CLK_TCK") + sum(_process_cpu_seconds(int(c)) for c in children)
 
 
 class ServerCpu:
@@ -177,6 +182,9 @@ def main() -> int:
     )
     parser.add_argument("--real-trainers", action="store_true")
     parser.add_argument(
+        "--api-workers", type=int, default=1, help="the server's TUNEFORGE_API_WORKERS"
+    )
+    parser.add_argument(
         "--server-log-level",
         default="WARNING",
         help="the server's TUNEFORGE_LOG_LEVEL; INFO writes the access log line per request",
@@ -204,6 +212,7 @@ def main() -> int:
         extra_env = {
             "TUNEFORGE_LOCAL_SLOTS": "1",
             "TUNEFORGE_LOG_LEVEL": arguments.server_log_level,
+            "TUNEFORGE_API_WORKERS": str(arguments.api_workers),
             # The load creates far more jobs than the per-tenant queue allows by default
             # (100): the limit's 429s are not what this measures.
             "TUNEFORGE_TENANT_MAX_QUEUED_JOBS": "1000000",

@@ -48,6 +48,9 @@ class Settings(BaseSettings):
     # the side that closes a connection a client is about to reuse (uvicorn's 5 s made
     # busy clients see ReadError on a request sent into a just-closed connection).
     rest_keep_alive_seconds: int = Field(default=65, ge=1)
+    # Serving processes on the REST port (service/workers.py): each one a replica with
+    # its own reconciler; for hosts with cores to spare (one Python process uses one).
+    api_workers: int = Field(default=1, ge=1, le=64)
 
     # gRPC (proto/tuneforge/v1/), in the same process as REST, over the same core.
     grpc_host: str = "127.0.0.1"

@@ -59,8 +59,10 @@ class GrpcServer:
         watch_poll_seconds: float = 0.5,
         health_check_seconds: float = 5.0,
         worker_threads: int = 16,
+        share_port: bool = False,
     ) -> None:
         self.context = context
+        self.share_port = share_port
         self.address = address
         self.watch_poll_seconds = watch_poll_seconds
         self.health_check_seconds = health_check_seconds
@@ -117,8 +119,10 @@ class GrpcServer:
                 AuthInterceptor(self.context, SERVICE_NAME),
             ],
             options=[
-                # Two servers on one port must be an error, not a silent split.
-                ("grpc.so_reuseport", 0),
+                # Two servers on one port must be an error, not a silent split; except
+                # between the API workers of one server (service/workers.py), which
+                # share the port on purpose, as they share the REST socket.
+                ("grpc.so_reuseport", 1 if self.share_port else 0),
                 ("grpc.max_receive_message_length", self.context.settings.max_request_bytes),
             ],
         )
@@ -185,6 +189,7 @@ def create_server(
     *,
     watch_poll_seconds: float = 0.5,
     health_check_seconds: float = 5.0,
+    share_port: bool = False,
 ) -> tuple[GrpcServer, int]:
     """Start serving on `address` (`host:port`); return the server and its port."""
     server = GrpcServer(
@@ -192,5 +197,6 @@ def create_server(
         address,
         watch_poll_seconds=watch_poll_seconds,
         health_check_seconds=health_check_seconds,
+        share_port=share_port,
     )
     return server, server.start()

@@ -101,7 +101,12 @@ class LocalLauncher:
     name = "local"
 
     def __init__(
-        self, work_root: Path, python: str | None = None, *, limits: ResourceLimits | None = None
+        self,
+        work_root: Path,
+        python: str | None = None,
+        *,
+        limits: ResourceLimits | None = None,
+        host: str | None = None,
     ) -> None:
         # A job with resources.gpus N > 1 runs N ranks under torchrun (trainer/torchrun.py):
         # one per GPU, or one per CPU process with TUNEFORGE_LOCAL_CPU_RANKS, which the
@@ -109,7 +114,10 @@ class LocalLauncher:
         self.work_root = work_root
         self.python = python or sys.executable
         self.limits = limits or ResourceLimits()
-        self.host = socket.gethostname()
+        # The name recorded in each launch record: the host's, or with several API
+        # workers on one host, the worker's own (service/replica.py, `make_launcher`), so
+        # that only the process that started a trainer judges it by its process.
+        self.host = host or socket.gethostname()
         # Trainers this process started: kept so their exit codes can be reaped.
         self._children: dict[int, subprocess.Popen[bytes]] = {}
 

@@ -15,6 +15,7 @@ debug output (request signatures) is kept quiet, and settings hold secrets as `S
 from __future__ import annotations
 
 import logging
+import os
 import re
 import sys
 from typing import Any, Literal
@@ -40,6 +41,13 @@ def redact_secrets(logger: Any, method: str, event: EventDict) -> EventDict:
     return event
 
 
+def add_process_id(logger: Any, method: str, event: EventDict) -> EventDict:
+    """`pid` on every line: with several API workers (TUNEFORGE_API_WORKERS) it tells
+    whose line it is."""
+    event["pid"] = os.getpid()
+    return event
+
+
 def resolve_format(requested: str | None, *, stream: Any = None) -> LogFormat:
     """`json` or `console`; unset means console on a terminal, else JSON lines."""
     if requested in ("json", "console"):
@@ -55,6 +63,7 @@ def _shared_processors() -> list[Processor]:
         structlog.stdlib.add_logger_name,
         structlog.stdlib.ExtraAdder(),
         structlog.processors.TimeStamper(fmt="iso", utc=True),
+        add_process_id,
         redact_secrets,
     ]
 

@@ -1,0 +1,234 @@
+"""What one serving process builds on a store that is already up and probed: launcher,
+reconciler, webhooks, auth, the REST app's context and the gRPC server.
+
+`main()` builds one for a single-process server; with `TUNEFORGE_API_WORKERS` > 1 each
+worker process builds its own (service/workers.py), so that every worker is a replica
+like one on another host: its own reconcile loop, rate-limit buckets and metrics, and
+nothing shared but the store.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from dataclasses import dataclass
+
+from service.auth.keys import KeyStore
+from service.auth.tenants import Access
+from service.context import ServiceContext
+from service.errors import TuneforgeError
+from service.grpc_api.server import GrpcServer, create_server, grpc_address
+from service.launch.base import Launcher
+from service.launch.local import LocalLauncher, ResourceLimits, visible_gpu_count
+from service.observability.metrics import Metrics
+from service.reconciler import Reconciler
+from service.settings import Settings
+from service.storage import ObjectStore
+from service.store import JobStore
+from service.trainer_credentials import TrainerCredentials
+from service.webhooks import WebhookNotifier
+
+log = logging.getLogger("tuneforge")
+
+
+@dataclass
+class StoreAccess:
+    """The store's endpoint and credentials as `main()` resolved them (the embedded
+    store's generated secret included)."""
+
+    endpoint_url: str
+    access_key: str | None
+    secret: str | None
+    region: str
+
+
+@dataclass
+class Replica:
+    context: ServiceContext
+    launcher: Launcher
+    reconciler: Reconciler
+    notifier: WebhookNotifier | None
+    grpc_server: GrpcServer | None = None
+
+    def start(self, *, share_grpc_port: bool = False) -> int:
+        """Listen for gRPC (return its port), then start the reconciler and webhooks."""
+        settings = self.context.settings
+        self.grpc_server, port = create_server(
+            grpc_address(settings.grpc_host, settings.grpc_port),
+            self.context,
+            watch_poll_seconds=settings.grpc_watch_poll_seconds,
+            share_port=share_grpc_port,
+        )
+        self.reconciler.start()
+        if self.notifier is not None:
+            self.notifier.start()
+        return port
+
+    def stop(self, *, stop_trainers: bool, kill_grace_seconds: float) -> None:
+        """gRPC (in-flight calls get a grace), the reconciler, webhooks; and the trainers
+        this process started when they cannot outlive the store (embedded)."""
+        try:
+            if self.grpc_server is not None:
+                self.grpc_server.stop(grace=10)
+        finally:
+            self.reconciler.stop()
+            if self.notifier is not None:
+                self.notifier.stop()
+            if stop_trainers:
+                self.launcher.shutdown(kill_grace_seconds)
+
+
+def cluster_launcher(settings: Settings) -> Launcher:
+    """The Ray or Kubernetes launcher the settings name (README, "Scaling out")."""
+    if settings.launcher == "ray":
+        from service.launch.ray import RayLauncher
+
+        if not settings.ray_address:
+            raise TuneforgeError("TUNEFORGE_RAY_ADDRESS is required with TUNEFORGE_LAUNCHER=ray")
+        return RayLauncher(
+            settings.ray_address,
+            python=settings.ray_trainer_python,
+            cpus_per_trainer=settings.ray_trainer_cpus,
+            forward_credentials=settings.ray_forward_s3_credentials,
+            stop_grace_seconds=settings.kill_grace_seconds,
+            ray_train=settings.ray_train,
+            placement=settings.ray_train_placement,
+        )
+    from service.launch.kubernetes import KubernetesConfig, KubernetesLauncher
+
+    return KubernetesLauncher(
+        KubernetesConfig(
+            namespace=settings.kubernetes_namespace,
+            image=settings.kubernetes_trainer_image,
+            s3_secret_name=settings.kubernetes_s3_secret,
+            termination_grace_seconds=settings.kubernetes_termination_grace_seconds,
+            cpu_request=settings.kubernetes_trainer_cpu,
+            memory_request=settings.kubernetes_trainer_memory,
+            memory_limit=settings.kubernetes_trainer_memory_limit,
+            scratch_size=settings.kubernetes_scratch_size,
+            service_account=settings.kubernetes_trainer_service_account,
+            tenant_secrets=settings.kubernetes_tenant_s3_secrets,
+        )
+    )
+
+
+def make_launcher(settings: Settings) -> Launcher:
+    if settings.launcher != "local":
+        return cluster_launcher(settings)
+    # One of several workers on this host: its trainers are recorded under a host name
+    # of its own, so a sibling worker judges them by their heartbeat, as it would a
+    # trainer on another host, and never by a process it did not start and cannot reap
+    # (it would see the exit as "gone, exit code unknown" before the parent classified
+    # it: a crash or bad input taken for a preemption).
+    host = socket.gethostname()
+    if settings.api_workers > 1:
+        host = f"{host}/worker-{os.getpid()}"
+    return LocalLauncher(
+        settings.home.resolve() / "work",
+        settings.trainer_python,
+        limits=ResourceLimits(
+            memory_bytes=settings.trainer_max_memory_bytes,
+            processes=settings.trainer_max_processes,
+            open_files=settings.trainer_max_open_files,
+        ),
+        host=host,
+    )
+
+
+def build_trainer_environment(
+    settings: Settings, access_key: str | None, secret: str | None
+) -> dict[str, str]:
+    """What every trainer's environment gets from the server's settings (a launcher adds
+    the job's own variables); nothing else of the server's environment is passed."""
+    environment = {
+        "AWS_ENDPOINT_URL": settings.endpoint_url,
+        "AWS_DEFAULT_REGION": settings.s3_region,
+        "TUNEFORGE_STATE_BUCKET": settings.state_bucket,
+        "TUNEFORGE_HEARTBEAT_SECONDS": str(settings.trainer_heartbeat_seconds),
+        # trainer/precision.py reads it; "0" spelled out so that the trainer's choice is
+        # the server's, not whatever a launcher's base environment happens to hold.
+        "TUNEFORGE_TORCH_COMPILE": "1" if settings.trainer_torch_compile else "0",
+    }
+    if settings.log_format is not None:  # unset: the trainer's log stays readable
+        environment["TUNEFORGE_LOG_FORMAT"] = settings.log_format
+    if access_key and secret:
+        environment["AWS_ACCESS_KEY_ID"] = access_key
+        environment["AWS_SECRET_ACCESS_KEY"] = secret
+    return environment
+
+
+def open_storage(settings: Settings, store: StoreAccess, metrics: Metrics) -> ObjectStore:
+    storage = ObjectStore(
+        endpoint_url=store.endpoint_url,
+        access_key_id=store.access_key,
+        secret_access_key=store.secret,
+        region=store.region,
+    )
+    storage.add_call_observer(metrics.observe_store_call)
+    return storage
+
+
+def build_replica(
+    settings: Settings,
+    storage: ObjectStore,
+    store_access: StoreAccess,
+    metrics: Metrics,
+    launcher: Launcher,
+) -> Replica:
+    """Everything a serving process runs over `storage`; nothing runs until `start()`."""
+    trainer_environment = build_trainer_environment(
+        settings, store_access.access_key, store_access.secret
+    )
+    if settings.launcher == "kubernetes":
+        # Trainer pods get store credentials only from Secrets, by reference
+        # (TUNEFORGE_KUBERNETES_TENANT_S3_SECRETS): never values in a manifest.
+        if settings.trainer_credentials_file is not None:
+            log.warning(
+                "TUNEFORGE_TRAINER_CREDENTIALS_FILE is not used by the kubernetes "
+                "launcher: name each tenant's Secret in TUNEFORGE_KUBERNETES_TENANT_S3_SECRETS"
+            )
+        trainer_credentials = TrainerCredentials({})
+    else:
+        trainer_credentials = TrainerCredentials.load(settings.trainer_credentials_file)
+    store = JobStore(storage, settings.state_bucket)
+    # Before anything listens: refuses to start with auth off on a non-loopback bind.
+    access = Access.start(
+        settings,
+        KeyStore(storage, settings.state_bucket, cache_seconds=settings.key_cache_seconds),
+    )
+    notifier = None
+    if settings.webhook_allowed_hosts and settings.webhook_secret is not None:
+        notifier = WebhookNotifier(
+            store,
+            settings.webhook_secret.get_secret_value(),
+            metrics=metrics,
+            max_attempts=settings.webhook_max_attempts,
+            retry_seconds=settings.webhook_retry_seconds,
+            timeout_seconds=settings.webhook_timeout_seconds,
+            replica_id=f"{socket.gethostname()}:{os.getpid()}",
+        )
+    reconciler = Reconciler(
+        store,
+        launcher,
+        trainer_environment,
+        interval_seconds=settings.reconcile_interval_seconds,
+        heartbeat_timeout_seconds=settings.heartbeat_timeout_seconds,
+        stop_grace_seconds=settings.stop_grace_seconds,
+        kill_grace_seconds=settings.kill_grace_seconds,
+        crash_retry_budget=settings.crash_retry_budget,
+        max_attempts=settings.max_attempts,
+        slots=(
+            settings.cluster_slots
+            if settings.launcher != "local"
+            else settings.local_slots or visible_gpu_count() or 1
+        ),
+        tenant_running_limit=lambda tenant: access.policy(tenant).max_running_jobs,
+        metrics=metrics,
+        notifier=notifier,
+        tenant_environment=trainer_credentials.environment_for,
+    )
+    context = ServiceContext(
+        settings, store, reconciler, store_conformant=True, access=access, metrics=metrics
+    )
+    return Replica(context, launcher, reconciler, notifier)
