@@ -191,7 +191,17 @@ def _owned_spec(store: JobStore, job_id: str, tenant: str) -> JobSpec:
 def get_job(store: JobStore, job_id: str, *, tenant: str) -> Job:
     # The owner check first, on the (cached) spec: another tenant's id costs no more reads.
     _owned_spec(store, job_id, tenant)
-    return store.get(job_id)
+    return _with_queue_position(store, store.get(job_id))
+
+
+def _with_queue_position(store: JobStore, job: Job) -> Job:
+    """A waiting job's place in line, from the queue order the reconciler publishes
+    (read, not stored in the job's status: service/queue_order.py)."""
+    if job.status.state == JobState.QUEUED and job.status.launch is None:
+        job.status.queuePosition = store.queue_order.position(job.spec.jobId)
+    else:
+        job.status.queuePosition = None
+    return job
 
 
 def encode_page_token(job_id: str) -> str:
@@ -242,7 +252,7 @@ def list_jobs(
             except JobNotFound:
                 continue  # a create in flight: its spec is not written yet
             if state is None or _visible_state(job) == state:
-                jobs.append(job)
+                jobs.append(_with_queue_position(store, job))
             if len(jobs) == limit:
                 break
     more = bool(store.list_job_ids(after=after, limit=1)) if after else False

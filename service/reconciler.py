@@ -181,7 +181,7 @@ class Reconciler:
         # Queued jobs start in creation order as slots free up; the rest learn their
         # place in the queue.
         free = max(0, self.slots - occupied)
-        position = 0
+        in_line: list[str] = []
         for job in waiting:
             tenant = job.spec.tenant
             limit = self.tenant_running_limit(tenant)
@@ -194,11 +194,15 @@ class Reconciler:
                         self._launch(job)
                 else:
                     still_waiting.add(job.spec.jobId)
-                    position += 1
-                    self._set_queue_position(job, position)
+                    in_line.append(job.spec.jobId)
             except TuneforgeError as error:
                 still_waiting.add(job.spec.jobId)
                 log.warning("launching job %s failed: %s", job.spec.jobId, error.message)
+        self._queue_length = len(in_line)
+        try:  # one document for the whole queue, written only when the order changed
+            self.store.queue_order.publish(in_line)
+        except TuneforgeError as error:
+            log.warning("publishing the queue order failed: %s", error.message)
         try:  # jobs that left the queue give their place back (service/queue_ledger.py)
             self.store.queue_ledger.settle(
                 read, still_waiting, abandoned_seconds=_ABANDONED_CREATE_SECONDS
@@ -269,20 +273,6 @@ class Reconciler:
         if silence > _age_seconds(status.launch.launchedAt):
             return None
         return silence if silence > self.heartbeat_timeout_seconds else None
-
-    def _set_queue_position(self, job: Job, position: int) -> None:
-        self._queue_length += 1
-        if job.status.queuePosition == position:
-            return  # as just read: no write (a stale read is corrected next pass)
-
-        def place(status: JobStatus) -> JobStatus | None:
-            if status.launch is not None or status.queuePosition == position:
-                return None
-            placed = status.model_copy(deep=True)
-            placed.queuePosition = position
-            return placed
-
-        self.store.update_status(job.spec.jobId, place, known=(job.status, job.status_etag))
 
     def _launch(self, job: Job, *, after: LaunchRecord | None = None, cause: str = "") -> None:
         """Claim and start the next attempt: 1 for a queued job, or the one after `after`.

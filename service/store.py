@@ -29,6 +29,7 @@ from service.documents import (
 )
 from service.errors import JobNotFound
 from service.queue_ledger import QueueLedger
+from service.queue_order import QueueOrder
 from service.storage import ObjectStore, PreconditionFailed, S3Location
 
 _JOB_ID = re.compile(JOB_ID_PATTERN)
@@ -75,6 +76,8 @@ class JobStore:
         self._spec_cache_size = spec_cache_size
         # Which jobs hold a place in each tenant's queue (service/queue_ledger.py).
         self.queue_ledger = QueueLedger(storage, bucket)
+        # Where waiting jobs stand in line (service/queue_order.py).
+        self.queue_order = QueueOrder(storage, bucket)
 
     # -- keys ----------------------------------------------------------------
 

@@ -92,7 +92,10 @@ def test_describe_and_create_cost_the_same_whatever_the_number_of_jobs(
     calls.clear()
     job = jobs.get_job(store, first, tenant="busy")
     assert job.spec.jobId == first and job.status.state == JobState.QUEUED
-    assert sum(calls.values()) == 2, calls  # status and control; the spec is cached
+    # Status, control and the queue order (a queued job's place in line, cached for a
+    # second); the spec is cached.
+    assert sum(calls.values()) == 3, calls
+    assert job.status.queuePosition is None  # no reconcile pass has placed it yet
 
     calls.clear()
     _create(store, "busy", "one-more")
@@ -112,7 +115,7 @@ def test_a_reconcile_pass_reads_each_job_status_once_and_rewrites_nothing_unchan
     reconciler.run_once()
     assert store.get(queued[2]).status.state == JobState.STOPPED  # the stop was seen
     waiting = [job_id for job_id in queued if job_id != queued[2]]  # oldest first
-    assert [store.get(i).status.queuePosition for i in waiting] == [1, 2, 3, 4]
+    assert _positions(store, waiting) == [1, 2, 3, 4]
 
     calls.clear()
     reconciler.run_once()
@@ -127,8 +130,25 @@ def test_a_reconcile_pass_reads_each_job_status_once_and_rewrites_nothing_unchan
     calls.clear()
     reconciler.run_once()
     # Four statuses, the stopped job's control, its fresh read before it is finished,
-    # the ledger: the three others move up one place, each written with the ETag the
-    # pass read (no second GET before the compare-and-swap).
+    # the ledger. The three others move up one place: one write of the queue order, not
+    # one per queued job (the other PUTs finish the stopped job: status, event, marker).
     assert calls["GetObject"] == 4 + 1 + 1 + 1, calls
+    puts_for_the_stop = calls["PutObject"]
     assert store.get(waiting[0]).status.state == JobState.STOPPED
-    assert [store.get(i).status.queuePosition for i in waiting[1:]] == [1, 2, 3]
+    assert _positions(store, waiting[1:]) == [1, 2, 3]
+    assert store.get(waiting[0]).status.queuePosition is None
+
+    # More waiting jobs cost the pass no more writes when one leaves the line.
+    more = [_create(store, "waits", f"m{n}") for n in range(10)]
+    reconciler.run_once()
+    jobs.stop_job(store, waiting[1], tenant="waits")
+    calls.clear()
+    reconciler.run_once()
+    assert calls["PutObject"] == puts_for_the_stop, calls
+    assert _positions(store, [*waiting[2:], *more]) == list(range(1, 13))
+
+
+def _positions(store: JobStore, job_ids: list[str]) -> list[int | None]:
+    """Places in line as a describe answers them (read afresh: no cached order)."""
+    store.queue_order.cache_seconds = 0
+    return [jobs.get_job(store, i, tenant="waits").status.queuePosition for i in job_ids]
