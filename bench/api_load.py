@@ -254,7 +254,9 @@ def main() -> int:
                     results.elapsed,
                 )
                 print(cpu.line(results, processes))
-                print(_store_line(counters, _server_counters(server.url), results.served))
+                store = _store_line(counters, _server_counters(server.url), results.served)
+                # /metrics answers from whichever worker took the connection.
+                print(store + (" (one worker's counters)" if arguments.api_workers > 1 else ""))
                 return results
 
             mixed = phase("mixed load", mix, arguments.clients, arguments.seconds, False)
