@@ -4,6 +4,8 @@ reconciler and local launcher, over the real store and a real trainer."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -12,6 +14,8 @@ from pathlib import Path
 import httpx
 
 from service.embedded_s3 import EmbeddedS3
+from service.storage import ObjectStore
+from service.store import JobStore
 from tests.servers import ApiServer, demo_job
 
 
@@ -34,15 +38,19 @@ def _serving_pids(log_path: Path) -> dict[int, int]:
     return served
 
 
-def test_two_workers_serve_one_port_and_run_a_job_once(
-    s3_server: EmbeddedS3, demo_assets: None, tmp_path: Path
-) -> None:
-    server = ApiServer(
+def _two_worker_server(s3_server: EmbeddedS3, tmp_path: Path) -> ApiServer:
+    return ApiServer(
         s3_server,
         tmp_path / "home",
         state_bucket=f"state-{uuid.uuid4().hex[:12]}",
         extra_env={"TUNEFORGE_API_WORKERS": "2", "TUNEFORGE_LOG_FORMAT": "json"},
     )
+
+
+def test_two_workers_serve_one_port_and_run_a_job_once(
+    s3_server: EmbeddedS3, demo_assets: None, tmp_path: Path
+) -> None:
+    server = _two_worker_server(s3_server, tmp_path)
     server.start()
     try:
         assert server.process is not None
@@ -81,3 +89,35 @@ def test_two_workers_serve_one_port_and_run_a_job_once(
     assert server.process.poll() is not None
     for pid in workers:  # stopped with their parent
         assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text()
+
+
+def test_a_crash_is_a_crash_whichever_worker_looks_first(
+    s3_server: EmbeddedS3, object_store: ObjectStore, demo_assets: None, tmp_path: Path
+) -> None:
+    """The trainer is a child of the worker that launched it; only that worker sees its
+    exit code. A sibling must not take the exit for a lost trainer ("gone, exit code
+    unknown": a preemption, outside the crash budget) before the parent classifies it."""
+    server = _two_worker_server(s3_server, tmp_path)
+    server.start()
+    try:
+        with server.client() as client:
+            response = client.post("/v1/jobs", json=demo_job("crash-in-worker", epochCount=30))
+            assert response.status_code == 201, response.text
+            job_id = response.json()["jobId"]
+        server.wait_for(job_id, {"RUNNING"}, timeout=240)
+        status, _ = JobStore(object_store, server.state_bucket).get_status(job_id)
+        assert status.launch is not None and status.launch.pid is not None
+        assert server.process is not None
+        workers = _workers(server.process.pid)
+        assert status.launch.host.endswith(tuple(f"/worker-{pid}" for pid in workers))
+        os.killpg(status.launch.pid, signal.SIGKILL)
+
+        job = server.wait_for(job_id, {"COMPLETED"}, timeout=300)
+        assert job["attempt"] == 2
+        with server.client() as client:
+            events = client.get(f"/v1/jobs/{job_id}/events").json()["events"]
+        retries = [e["message"] for e in events if e["type"] == "RETRY"]
+        assert len(retries) == 1 and "SIGKILL" in retries[0] and "(crash)" in retries[0], retries
+    finally:
+        server.stop()
+        server.kill_trainers()
