@@ -188,7 +188,18 @@ def test_stateful_sequences_follow_ids_from_answer_to_answer(fuzzed_server: ApiS
         def validate_response(
             self, response: schemathesis.Response, case: schemathesis.Case, **kwargs: object
         ) -> None:
-            case.validate_response(response, checks=CHECKS)
+            try:
+                case.validate_response(response, checks=CHECKS)
+            except Exception:
+                # Printed (pytest shows it with the failure) because hypothesis replays a
+                # failing sequence to report it, and a replay against a server whose state
+                # has moved on (a create token already used, a job already stopped) can
+                # take another path and end in FlakyStrategyDefinition, hiding this.
+                print(
+                    f"FAILED CHECK: {case.method} {case.formatted_path} -> "
+                    f"{response.status_code} {response.text[:500]!r}"
+                )
+                raise
 
     Workflow.run(
         settings=settings(
