@@ -278,9 +278,11 @@ def test_a_rank_killed_on_ray_is_a_crash_and_the_job_is_relaunched(
     status, _ = JobStore(object_store, ray_api_server.state_bucket).get_status(job_id)
     assert status.retries == {"crash": 1}
     retries = [e["message"] for e in events(ray_api_server, job_id) if e["type"] == "RETRY"]
-    assert len(retries) == 1 and "exited with code 137" in retries[0], retries
+    # A crash either way: 137 (rank 1's SIGKILL) or 1 (rank 0 failing on the lost peer),
+    # whichever rank's worker reported its exit first; never a preemption or bad input.
+    assert len(retries) == 1 and "(crash)" in retries[0], retries
     first = ray_job_status(ray_cluster, job_id, 1)
-    assert first["status"].endswith("FAILED") and first["driver_exit_code"] == 137, first
+    assert first["status"].endswith("FAILED") and first["driver_exit_code"] in (1, 137), first
 
 
 @pytest.mark.timeout(900)
