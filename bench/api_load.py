@@ -255,8 +255,7 @@ def main() -> int:
                 )
                 print(cpu.line(results, processes))
                 store = _store_line(counters, _server_counters(server.url), results.served)
-                # /metrics answers from whichever worker took the connection.
-                print(store + (" (one worker's counters)" if arguments.api_workers > 1 else ""))
+                print(store)  # every worker's counters, summed, whichever answers
                 return results
 
             mixed = phase("mixed load", mix, arguments.clients, arguments.seconds, False)

@@ -8,15 +8,18 @@ threads) and replaces one that dies. Each worker builds its own replica
 (service/replica.py): its own reconcile loop, launcher, rate-limit buckets, metrics and
 gRPC server (the gRPC port is shared through SO_REUSEPORT, grpc's default on Linux). So
 a worker is a replica like one on another host: the store's compare-and-swap keeps
-launches exactly-once, per-tenant request rates are enforced per worker, and a scrape
-of /metrics sees one worker's counters.
+launches exactly-once and per-tenant request rates are enforced per worker. A scrape
+of /metrics reaches one worker and sums every worker's counters (PROMETHEUS_MULTIPROC_DIR,
+a folder of this run's).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
+import tempfile
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -35,7 +38,7 @@ from service.embedded_s3 import EmbeddedS3
 from service.errors import TuneforgeError
 from service.grpc_api.server import grpc_address
 from service.observability.logging import configure_logging
-from service.observability.metrics import Metrics
+from service.observability.metrics import MULTIPROCESS_DIRECTORY_ENV, Metrics
 from service.probe import check_conditional_writes
 from service.replica import StoreAccess, build_replica, make_launcher, open_storage
 from service.settings import Settings
@@ -110,8 +113,16 @@ def serve_workers(
     )
     print(f"gRPC API: {grpc_address(settings.grpc_host, settings.grpc_port)}  (every worker)")
     print(f"launcher: {settings.launcher}, one per worker")
-    supervisor = Multiprocess(config, sockets=sockets)
-    supervisor.run()  # until SIGINT/SIGTERM; then stops the workers and waits for them
+    # The workers' counters go to files here, so that a scrape of /metrics, whichever
+    # worker answers it, sums them all (service/observability/metrics.py). A folder of
+    # this run's own: files a previous run left would be counted again.
+    metrics_directory = tempfile.mkdtemp(prefix="tuneforge-metrics-")
+    os.environ[MULTIPROCESS_DIRECTORY_ENV] = metrics_directory
+    try:
+        supervisor = Multiprocess(config, sockets=sockets)
+        supervisor.run()  # until SIGINT/SIGTERM; then stops the workers and waits for them
+    finally:
+        shutil.rmtree(metrics_directory, ignore_errors=True)
     return 0
 
 

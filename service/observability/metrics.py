@@ -14,23 +14,32 @@ What is measured, and who feeds it:
   job's series are removed once it leaves RUNNING/STOPPING, so cardinality stays bounded
   by the jobs running at once.
 Every replica reports the jobs it sees; dashboards aggregate with `max by (job_id)`.
+
+With TUNEFORGE_API_WORKERS > 1 a replica is several processes and a scrape reaches one of
+them: counters and histograms are then kept in prometheus_client's multiprocess files
+(PROMETHEUS_MULTIPROC_DIR, set by service/workers.py for its workers) and every scrape
+sums all workers'; the reconcile gauges are the answering worker's own snapshot, which is
+the replica's too (every worker reconciles the same store).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
-    Gauge,
     Histogram,
     generate_latest,
+    multiprocess,
 )
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from service.documents import JobState, Progress
 
@@ -47,6 +56,9 @@ _STORE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 
 _RECONCILE_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 # States a trainer works in: its job's gauges exist while the job is in one of them.
 _RUNNING_STATES = (JobState.RUNNING, JobState.STOPPING)
+# prometheus_client keeps every metric's values in files in this folder when it is set at
+# import: TUNEFORGE_API_WORKERS > 1 sets it for its workers (service/workers.py).
+MULTIPROCESS_DIRECTORY_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
 @dataclass(frozen=True)
@@ -92,71 +104,17 @@ class Metrics:
             buckets=_RECONCILE_BUCKETS,
             registry=registry,
         )
-        self.jobs = Gauge(
-            "tuneforge_jobs",
-            "Jobs not yet finished, by state, as the last reconcile pass saw them.",
-            ["state"],
-            registry=registry,
-        )
-        self.queue_length = Gauge(
-            "tuneforge_queue_length",
-            "Jobs waiting QUEUED for a free trainer slot.",
-            registry=registry,
-        )
-        job_labels = ["job_id", "tenant"]
-        self.job_step = Gauge(
-            "tuneforge_job_step", "Optimizer steps done.", job_labels, registry=registry
-        )
-        self.job_total_steps = Gauge(
-            "tuneforge_job_total_steps", "Optimizer steps planned.", job_labels, registry=registry
-        )
-        self.job_tokens_per_second = Gauge(
-            "tuneforge_job_tokens_per_second",
-            "Training throughput in non-padding tokens per second.",
-            job_labels,
-            registry=registry,
-        )
-        self.job_training_loss = Gauge(
-            "tuneforge_job_training_loss",
-            "Training loss of the latest step.",
-            job_labels,
-            registry=registry,
-        )
-        self.job_validation_loss = Gauge(
-            "tuneforge_job_validation_loss",
-            "Validation loss of the latest evaluation.",
-            job_labels,
-            registry=registry,
-        )
-        self.job_learning_rate = Gauge(
-            "tuneforge_job_learning_rate",
-            "Learning rate of the latest step.",
-            job_labels,
-            registry=registry,
-        )
-        self.job_gpu_memory = Gauge(
-            "tuneforge_job_gpu_memory_bytes",
-            "Peak GPU memory the trainer allocated (absent without a GPU).",
-            job_labels,
-            registry=registry,
-        )
         self.webhook_deliveries = Counter(
             "tuneforge_webhook_deliveries",
             "Webhook deliveries, by outcome (delivered, retried, failed).",
             ["outcome"],
             registry=registry,
         )
-        self._job_gauges = (
-            self.job_step,
-            self.job_total_steps,
-            self.job_tokens_per_second,
-            self.job_training_loss,
-            self.job_validation_loss,
-            self.job_learning_rate,
-            self.job_gpu_memory,
-        )
-        self._lock = threading.Lock()
-        self._job_series: set[tuple[str, str]] = set()
+        # What the last reconcile pass saw, served as gauges by a collector of its own
+        # (see _ReconcileSnapshot), registered beside the counters.
+        self._snapshot = _ReconcileSnapshot()
+        registry.register(self._snapshot)
+        self._multiprocess_directory = os.environ.get(MULTIPROCESS_DIRECTORY_ENV)
 
     # -- feeds -------------------------------------------------------------------
 
@@ -188,56 +146,117 @@ class Metrics:
         self, states: Iterable[JobState], queue_length: int, running: Iterable[RunningJob]
     ) -> None:
         """What one reconcile pass read: the active jobs' states, how many wait for a
-        slot, and the running jobs' progress."""
-        counts = dict.fromkeys(JobState, 0)
+        slot, and the running jobs' progress. Replaces what the pass before saw, so a job
+        that left RUNNING/STOPPING has no series any more."""
+        counts = dict.fromkeys((state for state in JobState if not state.is_terminal()), 0)
         for state in states:
-            counts[state] += 1
-        for state, count in counts.items():
-            if not state.is_terminal():
-                self.jobs.labels(state.value).set(count)
-        self.queue_length.set(queue_length)
-        self.set_running_jobs(running)
+            if state in counts:
+                counts[state] += 1
+        self._snapshot.replace(counts, queue_length, list(running))
 
     def set_running_jobs(self, running: Iterable[RunningJob]) -> None:
         """Replace the per-job series with those of `running`; others are removed."""
-        with self._lock:
-            current: set[tuple[str, str]] = set()
-            for job in running:
-                labels = (job.job_id, job.tenant)
-                current.add(labels)
-                progress = job.progress
-                self.job_step.labels(*labels).set(progress.step)
-                self._set_optional(self.job_total_steps, labels, progress.totalSteps)
-                self._set_optional(self.job_training_loss, labels, progress.trainingLoss)
-                self._set_optional(self.job_validation_loss, labels, progress.validationLoss)
-                self._set_optional(self.job_tokens_per_second, labels, progress.tokensPerSecond)
-                self._set_optional(self.job_learning_rate, labels, progress.learningRate)
-                self._set_optional(self.job_gpu_memory, labels, progress.gpuMemoryBytes)
-            for gone in self._job_series - current:
-                for gauge in self._job_gauges:
-                    _remove(gauge, gone)
-            self._job_series = current
-
-    @staticmethod
-    def _set_optional(gauge: Gauge, labels: tuple[str, str], value: float | None) -> None:
-        if value is None:
-            _remove(gauge, labels)
-        else:
-            gauge.labels(*labels).set(value)
+        self._snapshot.replace_running(list(running))
 
     # -- exposition --------------------------------------------------------------
 
     def exposition(self) -> tuple[bytes, str]:
-        """The text format Prometheus scrapes, and its content type."""
-        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        """The text format Prometheus scrapes, and its content type. With several worker
+        processes (PROMETHEUS_MULTIPROC_DIR set), the counters and histograms are those
+        of every worker of this replica, summed; the reconcile gauges are this worker's."""
+        if self._multiprocess_directory is None:
+            return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        registry = CollectorRegistry(auto_describe=True)
+        multiprocess.MultiProcessCollector(registry, path=self._multiprocess_directory)
+        registry.register(self._snapshot)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+
+
+class _ReconcileSnapshot(Collector):
+    """The gauges of the last reconcile pass: jobs by state, queue length, and per running
+    job its step, loss, learning rate, tokens/s and GPU memory.
+
+    A collector rather than `Gauge`s: a snapshot replaced whole needs no removal of the
+    series of jobs that ended, and it is read from this process's memory in both modes
+    (prometheus_client's multiprocess gauges live in files that a removed series would
+    outlive). Every worker reconciles the same store, so one worker's snapshot is the
+    replica's."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: dict[JobState, int] = {}
+        self._queue_length = 0
+        self._running: list[RunningJob] = []
+
+    def replace(
+        self, counts: dict[JobState, int], queue_length: int, running: list[RunningJob]
+    ) -> None:
+        with self._lock:
+            self._counts = dict(counts)
+            self._queue_length = queue_length
+            self._running = running
+
+    def replace_running(self, running: list[RunningJob]) -> None:
+        with self._lock:
+            self._running = running
+
+    def collect(self) -> Iterable[Metric]:
+        with self._lock:
+            counts, queue_length, running = self._counts, self._queue_length, self._running
+        jobs = GaugeMetricFamily(
+            "tuneforge_jobs",
+            "Jobs not yet finished, by state, as the last reconcile pass saw them.",
+            labels=["state"],
+        )
+        for state, count in counts.items():
+            jobs.add_metric([state.value], count)
+        yield jobs
+        yield GaugeMetricFamily(
+            "tuneforge_queue_length",
+            "Jobs waiting QUEUED for a free trainer slot.",
+            value=queue_length,
+        )
+        for name, documentation, read in _JOB_GAUGES:
+            family = GaugeMetricFamily(name, documentation, labels=["job_id", "tenant"])
+            for job in running:
+                value = read(job.progress)
+                if value is not None:
+                    family.add_metric([job.job_id, job.tenant], value)
+            yield family
+
+
+# Per running job: (name, help, how to read it from the trainer's progress). A value the
+# trainer has not reported (no GPU, no validation yet) has no series.
+_JOB_GAUGES: tuple[tuple[str, str, Callable[[Progress], float | None]], ...] = (
+    ("tuneforge_job_step", "Optimizer steps done.", lambda progress: progress.step),
+    ("tuneforge_job_total_steps", "Optimizer steps planned.", lambda progress: progress.totalSteps),
+    (
+        "tuneforge_job_tokens_per_second",
+        "Training throughput in non-padding tokens per second.",
+        lambda progress: progress.tokensPerSecond,
+    ),
+    (
+        "tuneforge_job_training_loss",
+        "Training loss of the latest step.",
+        lambda progress: progress.trainingLoss,
+    ),
+    (
+        "tuneforge_job_validation_loss",
+        "Validation loss of the latest evaluation.",
+        lambda progress: progress.validationLoss,
+    ),
+    (
+        "tuneforge_job_learning_rate",
+        "Learning rate of the latest step.",
+        lambda progress: progress.learningRate,
+    ),
+    (
+        "tuneforge_job_gpu_memory_bytes",
+        "Peak GPU memory the trainer allocated (absent without a GPU).",
+        lambda progress: progress.gpuMemoryBytes,
+    ),
+)
 
 
 def is_running(state: JobState) -> bool:
     return state in _RUNNING_STATES
-
-
-def _remove(gauge: Gauge, labels: tuple[str, str]) -> None:
-    try:
-        gauge.remove(*labels)
-    except KeyError:
-        pass  # the series was never set

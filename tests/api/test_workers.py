@@ -16,6 +16,7 @@ import httpx
 from service.embedded_s3 import EmbeddedS3
 from service.storage import ObjectStore
 from service.store import JobStore
+from tests.prometheus_text import samples
 from tests.servers import ApiServer, demo_job
 
 
@@ -121,3 +122,42 @@ def test_a_crash_is_a_crash_whichever_worker_looks_first(
     finally:
         server.stop()
         server.kill_trainers()
+
+
+def test_a_metrics_scrape_counts_the_requests_of_every_worker(
+    s3_server: EmbeddedS3, tmp_path: Path
+) -> None:
+    """A scrape reaches one worker; its request counter must still be the replica's: the
+    sum over both workers, whichever one answers."""
+    server = _two_worker_server(s3_server, tmp_path)
+    server.start()
+    try:
+        assert server.process is not None
+        workers = _workers(server.process.pid)
+
+        def list_jobs(_: int) -> int:
+            return httpx.get(f"{server.url}/v1/jobs", timeout=30).status_code
+
+        sent = 0
+        served: dict[int, int] = {}
+        with ThreadPoolExecutor(8) as pool:
+            for _ in range(50):  # fresh connections until both workers have answered
+                assert set(pool.map(list_jobs, range(32))) == {200}
+                sent += 32
+                served = _serving_pids(server.log_path)
+                if workers <= set(served):
+                    break
+                time.sleep(0.2)
+        assert set(served) == workers, f"requests served per pid: {served}, workers {workers}"
+
+        for _ in range(6):  # fresh connections: both workers answer some of the scrapes
+            scraped = httpx.get(f"{server.url}/metrics", timeout=30)
+            assert scraped.status_code == 200
+            counted = samples(
+                scraped.text, "tuneforge_requests_total", face="rest", operation="GET /v1/jobs"
+            )
+            assert sum(counted) == sent, (counted, sent, served)
+            # The reconcile gauges come from the answering worker alone, not summed.
+            assert samples(scraped.text, "tuneforge_queue_length") == [0.0]
+    finally:
+        server.stop()

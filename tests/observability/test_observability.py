@@ -40,19 +40,10 @@ from tests.observability.conftest import (
     WEBHOOK_SECRET,
     WebhookReceiver,
 )
+from tests.prometheus_text import samples
 from tests.servers import TERMINAL, ApiServer, demo_job
 
 REQUEST_ID = "observability-test-request-0001"
-
-
-def samples(text: str, name: str, **labels: str) -> list[float]:
-    """Values of the samples called `name` whose labels include `labels`."""
-    found = []
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                found.append(sample.value)
-    return found
 
 
 def read_sse(response: httpx.Response) -> Iterator[dict[str, Any]]:
