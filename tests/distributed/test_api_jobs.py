@@ -159,6 +159,35 @@ def rank_pids(attempt: Path, rank: int) -> list[int]:
     return found
 
 
+def kill_rank_1_after_checkpoint(server: ApiServer, job_id: str, *, step: int) -> dict[str, Any]:
+    """SIGKILL rank 1 of the job's first attempt once the checkpoint of `step` is
+    committed; returns the job as it ends (COMPLETED, or the wait fails)."""
+    attempt = server.home / "work" / job_id / "attempt-1"
+
+    def checkpointed() -> bool:
+        return any(
+            e["type"] == "CHECKPOINT_COMMITTED" and e["message"].startswith(f"step {step}:")
+            for e in events(server, job_id)
+        )
+
+    wait_for(checkpointed, timeout=600, what=f"the checkpoint of step {step}")
+    (pid,) = wait_for(lambda: rank_pids(attempt, 1), timeout=10, what="rank 1")
+    os.kill(pid, signal.SIGKILL)
+    return server.wait_for(job_id, {"COMPLETED"}, timeout=600)
+
+
+def assert_resumed_once_after_a_crash(
+    server: ApiServer, job_id: str, *, from_step_at_least: int
+) -> None:
+    """One relaunch, counted as a crash, that resumed from a committed checkpoint."""
+    happened = events(server, job_id)
+    retries = [e["message"] for e in happened if e["type"] == "RETRY"]
+    assert len(retries) == 1 and "crash" in retries[0], retries
+    resumed = [e["message"] for e in happened if e["type"] == "RESUMED"]
+    assert len(resumed) == 1 and resumed[0].startswith("resumed from step "), resumed
+    assert int(resumed[0].split()[3]) >= from_step_at_least
+
+
 def test_a_rank_killed_mid_run_resumes_and_ends_with_the_uninterrupted_weights(
     cpu_ranks_server: ApiServer, object_store: ObjectStore
 ) -> None:
@@ -166,25 +195,8 @@ def test_a_rank_killed_mid_run_resumes_and_ends_with_the_uninterrupted_weights(
     reference = cpu_ranks_server.wait_for(reference_id, {"COMPLETED"}, timeout=600)
 
     job_id = create(cpu_ranks_server, "killed")
-    attempt = cpu_ranks_server.home / "work" / job_id / "attempt-1"
-
-    def checkpointed_step_20() -> bool:
-        return any(
-            e["type"] == "CHECKPOINT_COMMITTED" and e["message"].startswith("step 20")
-            for e in events(cpu_ranks_server, job_id)
-        )
-
-    wait_for(checkpointed_step_20, timeout=600, what="the checkpoint of step 20")
-    (pid,) = wait_for(lambda: rank_pids(attempt, 1), timeout=10, what="rank 1")
-    os.kill(pid, signal.SIGKILL)
-
-    job = cpu_ranks_server.wait_for(job_id, {"COMPLETED"}, timeout=600)
-    happened = events(cpu_ranks_server, job_id)
-    retries = [e["message"] for e in happened if e["type"] == "RETRY"]
-    assert len(retries) == 1 and "crash" in retries[0], retries
-    resumed = [e["message"] for e in happened if e["type"] == "RESUMED"]
-    assert len(resumed) == 1 and resumed[0].startswith("resumed from step "), resumed
-    assert int(resumed[0].split()[3]) >= 20
+    job = kill_rank_1_after_checkpoint(cpu_ranks_server, job_id, step=20)
+    assert_resumed_once_after_a_crash(cpu_ranks_server, job_id, from_step_at_least=20)
     assert job["progress"]["step"] == reference["progress"]["step"] == 76
     # Same weights, bit for bit: the resumed ranks restore weights, optimizer, every
     # rank's generators and the data position, and two ranks' gradient sums do not
@@ -218,25 +230,8 @@ def test_a_rank_killed_mid_run_of_an_fsdp_job_resumes_to_the_uninterrupted_weigh
     reference = cpu_ranks_server.wait_for(reference_id, {"COMPLETED"}, timeout=600)
 
     job_id = create(cpu_ranks_server, "fsdp-killed", sharded, **hyper)
-    attempt = cpu_ranks_server.home / "work" / job_id / "attempt-1"
-
-    def checkpointed_step_10() -> bool:
-        return any(
-            e["type"] == "CHECKPOINT_COMMITTED" and e["message"].startswith("step 10:")
-            for e in events(cpu_ranks_server, job_id)
-        )
-
-    wait_for(checkpointed_step_10, timeout=600, what="the checkpoint of step 10")
-    (pid,) = wait_for(lambda: rank_pids(attempt, 1), timeout=10, what="rank 1")
-    os.kill(pid, signal.SIGKILL)
-
-    job = cpu_ranks_server.wait_for(job_id, {"COMPLETED"}, timeout=600)
-    happened = events(cpu_ranks_server, job_id)
-    retries = [e["message"] for e in happened if e["type"] == "RETRY"]
-    assert len(retries) == 1 and "crash" in retries[0], retries
-    resumed = [e["message"] for e in happened if e["type"] == "RESUMED"]
-    assert len(resumed) == 1 and resumed[0].startswith("resumed from step "), resumed
-    assert int(resumed[0].split()[3]) >= 10
+    job = kill_rank_1_after_checkpoint(cpu_ranks_server, job_id, step=10)
+    assert_resumed_once_after_a_crash(cpu_ranks_server, job_id, from_step_at_least=10)
     assert job["progress"]["step"] == reference["progress"]["step"] == 76
     # Bit for bit, as for DDP: the resumed ranks restore the weights, the optimizer's
     # sharded moments, every rank's generators and the data position.
