@@ -237,24 +237,34 @@ def list_jobs(
         if not batch:
             return jobs, None
         stopped: set[str] | None = None  # listed once per batch, when first needed
-        for job_id in batch:
-            scanned += 1
-            after = job_id
-            try:
-                # Specs are cached (immutable), so skipping other tenants' jobs costs no
-                # store reads; status is read only for the caller's own, and control only
-                # for those with a stop marker.
-                if store.get_spec(job_id).tenant != tenant:
-                    continue
-                if stopped is None:
-                    stopped = store.stop_marked(batch[0], batch[-1])
-                job = store.get(job_id, read_control=job_id in stopped)
-            except JobNotFound:
-                continue  # a create in flight: its spec is not written yet
-            if state is None or _visible_state(job) == state:
-                jobs.append(_with_queue_position(store, job))
-            if len(jobs) == limit:
-                break
+        unread = iter(batch)
+        looked_at = 0
+        while len(jobs) < limit and scanned < _MAX_SCANNED_PER_PAGE:
+            # The caller's next jobs, as many as the page still needs. Specs are cached
+            # (immutable), so skipping other tenants' jobs costs no store reads.
+            wanted: list[str] = []
+            for job_id in unread:
+                scanned += 1
+                looked_at += 1
+                after = job_id  # the page goes on after the last id looked at
+                try:
+                    if store.get_spec(job_id).tenant == tenant:
+                        wanted.append(job_id)
+                except JobNotFound:
+                    pass  # a create in flight: its spec is not written yet
+                if len(wanted) == limit - len(jobs) or scanned >= _MAX_SCANNED_PER_PAGE:
+                    break
+            if not wanted:
+                break  # the batch is used up
+            if stopped is None:
+                stopped = store.stop_marked(batch[0], batch[-1])
+            # Their statuses at once; control only for those with a stop marker.
+            for job in store.get_many(wanted, stopped=stopped):
+                if job is not None and (state is None or _visible_state(job) == state):
+                    jobs.append(_with_queue_position(store, job))
+        if looked_at < len(batch):
+            # The page ended inside this batch: there is more after it, no listing needed.
+            return jobs, (encode_page_token(after) if after else None)
     more = bool(store.list_job_ids(after=after, limit=1)) if after else False
     return jobs, (encode_page_token(after) if more and after else None)
 

@@ -81,6 +81,46 @@ def test_list_shows_stops_and_reads_a_bounded_number_of_documents(
     assert [job.spec.jobId for job in only_stopping] == [mine[1]]
 
 
+def _all_pages(store: JobStore, tenant: str, state: JobState | None, limit: int) -> list[str]:
+    listed: list[str] = []
+    token: str | None = None
+    for _ in range(100):
+        page, token = jobs.list_jobs(
+            store, tenant=tenant, state=state, limit=limit, page_token=token
+        )
+        assert len(page) <= limit
+        listed += [job.spec.jobId for job in page]
+        if token is None:
+            return listed
+    raise AssertionError(f"no last page after 100: {listed}")
+
+
+def test_pages_cover_the_tenants_jobs_once_newest_first_whatever_the_filter(
+    counted: tuple[JobStore, Counter[str]],
+) -> None:
+    """Pages read their jobs' statuses together (JobStore.get_many); whatever the page size
+    and filter, the pages hold each of the caller's matching jobs once, in order."""
+    store, _ = counted
+    mine: list[str] = []
+    for n in range(17):  # interleaved with another tenant's, so pages skip theirs
+        mine.append(_create(store, "mine", f"m{n}"))
+        _create(store, "theirs", f"t{n}")
+    stopping = set(mine[1::3])
+    for job_id in stopping:
+        jobs.stop_job(store, job_id, tenant="mine")
+    newest_first = list(reversed(mine))
+
+    for limit in (1, 3, 5, 20):
+        assert _all_pages(store, "mine", None, limit) == newest_first, limit
+        assert _all_pages(store, "mine", JobState.STOPPING, limit) == [
+            job_id for job_id in newest_first if job_id in stopping
+        ], limit
+        assert _all_pages(store, "mine", JobState.QUEUED, limit) == [
+            job_id for job_id in newest_first if job_id not in stopping
+        ], limit
+    assert _all_pages(store, "nobody", None, 5) == []
+
+
 def test_describe_and_create_cost_the_same_whatever_the_number_of_jobs(
     counted: tuple[JobStore, Counter[str]],
 ) -> None:
