@@ -2,8 +2,9 @@
 
 `render_job_manifest()` is a pure function from a job's spec and attempt to the Job
 manifest (a plain dict); `KubernetesLauncher` creates, observes and deletes those Jobs
-with the official `kubernetes` client, and `observed_from_status()` is the pure mapping
-from a Job and its Pods (plain dicts, as the API returns them) to `Observed`.
+with the official `kubernetes` client, and `observed_from_status()`
+(service/launch/kubernetes_status.py) is the pure mapping from a Job and its Pods (plain
+dicts, as the API returns them) to `Observed`.
 
 Invariants of every rendered Job:
 
@@ -49,6 +50,7 @@ from typing import Any
 
 from service.documents import JOB_ID_PATTERN, JobSpec, LaunchRecord, TrainerExit
 from service.launch.base import Observed, Started
+from service.launch.kubernetes_status import observed_from_status, true_condition
 
 log = logging.getLogger(__name__)
 
@@ -305,62 +307,6 @@ def render_rendezvous_service(
     }
 
 
-# -- status ---------------------------------------------------------------------------
-
-
-def _true_condition(resource: Mapping[str, Any], *types: str) -> Mapping[str, Any] | None:
-    for condition in (resource.get("status") or {}).get("conditions") or []:
-        if condition.get("type") in types and condition.get("status") == "True":
-            return condition
-    return None
-
-
-def _pod_end(pod: Mapping[str, Any]) -> tuple[int | None, str | None]:
-    """The exit code of a failed pod's trainer container and why, as far as known."""
-    status = pod.get("status") or {}
-    if status.get("reason") == "Evicted" or _true_condition(pod, "DisruptionTarget"):
-        why = status.get("message") or status.get("reason") or "disrupted"
-        return int(TrainerExit.PREEMPTED), f"preempted (the pod was evicted: {why})"
-    for container in status.get("containerStatuses") or []:
-        if container.get("name") != "trainer":
-            continue
-        terminated = (container.get("state") or {}).get("terminated") or (
-            container.get("lastState") or {}
-        ).get("terminated")
-        if not terminated:
-            continue
-        code = terminated.get("exitCode")
-        reason = terminated.get("reason")
-        if reason == "OOMKilled":
-            return code, "out of memory (OOMKilled: the container passed its memory limit)"
-        return code, reason
-    return None, status.get("reason")
-
-
-def observed_from_status(job: Mapping[str, Any] | None, pods: list[Mapping[str, Any]]) -> Observed:
-    """What a Job (None: not found) and its pods say about an attempt.
-
-    Not finished (pending, scheduling, running, a pod being replaced): alive. Complete:
-    exited 0. Failed: the exit code and reason of its last failed pod; an evicted or
-    disrupted pod reads as preempted (exit 143). A Job that is gone: dead, exit unknown.
-    """
-    if job is None:
-        return Observed(alive=False, reason="its Kubernetes Job is gone (deleted)")
-    if _true_condition(job, "Complete", "SuccessCriteriaMet"):
-        return Observed(alive=False, exit_code=int(TrainerExit.OK))
-    failed = _true_condition(job, "Failed", "FailureTarget")
-    if failed is None:
-        return Observed(alive=True)
-    job_reason = failed.get("reason") or "Failed"
-    failed_pods = [p for p in pods if (p.get("status") or {}).get("phase") == "Failed"]
-    failed_pods.sort(key=lambda p: (p.get("metadata") or {}).get("creationTimestamp") or "")
-    if not failed_pods:
-        return Observed(alive=False, reason=f"its Kubernetes Job failed ({job_reason})")
-    code, pod_reason = _pod_end(failed_pods[-1])
-    reason = f"{pod_reason}; " if pod_reason else ""
-    return Observed(alive=False, exit_code=code, reason=f"{reason}Job {job_reason}")
-
-
 # -- the launcher ---------------------------------------------------------------------
 
 
@@ -442,7 +388,7 @@ class KubernetesLauncher:
             raise
         job_data = self._client.sanitize_for_serialization(job)
         pods: list[Mapping[str, Any]] = []
-        if _true_condition(job_data, "Failed", "FailureTarget"):
+        if true_condition(job_data, "Failed", "FailureTarget"):
             listing = self._core.list_namespaced_pod(
                 self.config.namespace, label_selector=f"job-name={name}"
             )

@@ -20,11 +20,11 @@ from service.documents import DataLocation, HyperParameters, JobResources, JobSp
 from service.launch.kubernetes import (
     KubernetesConfig,
     job_name,
-    observed_from_status,
     render_job_manifest,
     render_rendezvous_service,
     tenant_label,
 )
+from service.launch.kubernetes_status import observed_from_status
 
 # Oldest release with podFailurePolicy GA (1.31) and the newest the validator knows.
 KUBERNETES_VERSIONS = ("1.31", kubernetes_validate.latest_version())

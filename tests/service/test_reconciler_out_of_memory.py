@@ -2,7 +2,7 @@
 retried; the job fails with OUT_OF_MEMORY and a message that says what to change.
 
 The launcher here is a scripted stand-in for a cluster (what Kubernetes reports for an
-OOMKilled pod, `service/launch/kubernetes.py` `observed_from_status`); the store and
+OOMKilled pod, `service/launch/kubernetes_status.py` `observed_from_status`); the store and
 the reconciler are the real ones.
 """
 
