@@ -5,6 +5,9 @@ Invariants:
   is never written twice.
 - `status.json` only changes through `update_status()`: read, apply a pure function,
   write with `If-Match: <etag>`, and on 412 start again from a fresh read.
+- A terminal status is final: `update_status()` never writes over one. So a finished job
+  (spec, status and control: a stop is refused once it ended) never changes, and `get()`
+  serves one it has read from memory.
 - Keys are built here, from job ids that match `JOB_ID_PATTERN`, never from user text.
 """
 
@@ -17,7 +20,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence, Set
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from service.documents import (
@@ -40,6 +43,8 @@ _TENANT = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 # and jobs are never deleted, so a cached one is never stale; the bound only caps memory
 # (a spec is a few KB).
 SPEC_CACHE_SIZE = 10_000
+# Finished jobs kept in memory per process (a status is a few KB; they never change).
+FINISHED_CACHE_SIZE = 5_000
 # Store reads one get_many call has in flight at most (a list page: 20 by default).
 _CONCURRENT_READS = 8
 
@@ -82,6 +87,10 @@ class JobStore:
         self.queue_ledger = QueueLedger(storage, bucket)
         # Where waiting jobs stand in line (service/queue_order.py).
         self.queue_order = QueueOrder(storage, bucket)
+        # Jobs read in a terminal state: describe and list of a finished job (most jobs,
+        # in a history that grows) then cost no store reads.
+        self._finished: OrderedDict[str, Job] = OrderedDict()
+        self._finished_lock = threading.Lock()
         # Threads for get_many, started on first use.
         self._readers: ThreadPoolExecutor | None = None
         self._readers_lock = threading.Lock()
@@ -234,11 +243,30 @@ class JobStore:
 
     def get(self, job_id: str, *, read_control: bool = True) -> Job:
         """The job; `read_control=False` when the caller knows no stop was requested (no
-        stop marker: `stop_marked`), saving the GET of an absent control document."""
+        stop marker: `stop_marked`), saving the GET of an absent control document.
+
+        A job this process has read finished comes from memory (it never changes again:
+        see the invariants). Callers may set top-level fields of the returned status
+        (queuePosition), not modify what it holds."""
+        with self._finished_lock:
+            finished = self._finished.get(job_id)
+            if finished is not None:
+                self._finished.move_to_end(job_id)
+        if finished is not None:
+            return replace(finished, status=finished.status.model_copy())
         spec = self.get_spec(job_id)
         status, etag = self.get_status(job_id)
         control = self.get_control(job_id) if read_control else JobControl()
-        return Job(spec, status, control, etag)
+        job = Job(spec, status, control, etag)
+        if status.state.is_terminal():
+            # A stop racing with the job's end may leave its control unseen here; it
+            # changes nothing for a finished job (the stop was answered by its end).
+            with self._finished_lock:
+                self._finished[job_id] = job
+                while len(self._finished) > FINISHED_CACHE_SIZE:
+                    self._finished.popitem(last=False)
+            return replace(job, status=status.model_copy())
+        return job
 
     def get_many(self, job_ids: Sequence[str], *, stopped: Set[str]) -> list[Job | None]:
         """The jobs, in the order given, read concurrently: a page of a listing is one
@@ -286,6 +314,8 @@ class JobStore:
 
         `change` gets the current status and returns the new one, or None to leave it
         as it is (then None is returned). It may run several times, so it must be pure.
+        What it returns for a terminal status is not written (a terminal status is
+        final): None is returned.
         `known` is a (status, etag) the caller read moments ago: the first try uses it
         instead of a GET, and a stale one just fails its If-Match (the next try reads
         afresh). A None from `change` on `known` is final, so pass it only where leaving
@@ -298,8 +328,8 @@ class JobStore:
                 current, etag = known
             else:
                 current, etag = self.get_status(job_id)
-            new = change(current)
-            if new is None:
+            new = change(current)  # called even so: it may raise (a trainer's fencing)
+            if new is None or current.state.is_terminal():
                 return None
             new.updatedAt = utc_now()
             try:

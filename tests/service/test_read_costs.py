@@ -13,7 +13,7 @@ import pytest
 
 from service import jobs
 from service.auth.limits import TenantPolicy
-from service.documents import JobState
+from service.documents import JobState, JobStatus
 from service.launch.local import LocalLauncher
 from service.reconciler import Reconciler
 from service.schemas import JobCreate
@@ -192,3 +192,54 @@ def _positions(store: JobStore, job_ids: list[str]) -> list[int | None]:
     """Places in line as a describe answers them (read afresh: no cached order)."""
     store.queue_order.cache_seconds = 0
     return [jobs.get_job(store, i, tenant="waits").status.queuePosition for i in job_ids]
+
+
+def _fail(store: JobStore, job_id: str) -> None:
+    assert store.update_status(job_id, lambda status: status.moved_to(JobState.FAILED))
+
+
+def test_a_finished_job_is_read_from_the_store_once_and_a_running_one_every_time(
+    counted: tuple[JobStore, Counter[str]],
+) -> None:
+    store, calls = counted
+    finished = [_create(store, "done", f"f{n}") for n in range(5)]
+    for job_id in finished:
+        _fail(store, job_id)
+    waiting = _create(store, "done", "waiting")
+
+    jobs.get_job(store, finished[0], tenant="done")
+    listed, _ = jobs.list_jobs(store, tenant="done", state=None, limit=20, page_token=None)
+    assert len(listed) == 6
+    calls.clear()
+    for _ in range(3):
+        job = jobs.get_job(store, finished[0], tenant="done")
+        assert job.status.state == JobState.FAILED
+    assert sum(calls.values()) == 0, calls  # served from memory: it cannot change
+
+    calls.clear()
+    listed, _ = jobs.list_jobs(store, tenant="done", state=None, limit=20, page_token=None)
+    assert [job.spec.jobId for job in listed] == [waiting, *reversed(finished)]
+    # The listings, the status of the one job not finished and, when its one-second cache
+    # has expired, the queue order; none of the finished jobs' documents.
+    assert calls["GetObject"] <= 2, calls
+
+    # A job not finished is read afresh every time: a change is seen at once.
+    _fail(store, waiting)
+    assert jobs.get_job(store, waiting, tenant="done").status.state == JobState.FAILED
+
+
+def test_a_terminal_status_is_never_written_over(
+    counted: tuple[JobStore, Counter[str]],
+) -> None:
+    store, _ = counted
+    job_id = _create(store, "done", "final")
+    _fail(store, job_id)
+    before = store.get_status(job_id)
+
+    def change(status: JobStatus) -> JobStatus:
+        rewritten = status.model_copy(deep=True)
+        rewritten.progress.step = 99
+        return rewritten
+
+    assert store.update_status(job_id, change) is None
+    assert store.get_status(job_id) == before  # same document, same ETag
