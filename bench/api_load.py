@@ -15,10 +15,13 @@ Beside it, in the same run (figures on a shared machine move with other work): t
 clients against `/healthz` (the HTTP stack with no store work), and a raw boto3 GET of
 the same job's `status.json` from the store (what one store read costs).
 
-Trainers are not what is measured: by default the server's trainer command is
-`/bin/true` (TUNEFORGE_TRAINER_PYTHON), so created jobs "crash" at once and the
-reconciler retires them, without loading a model on this machine's cores;
-`--real-trainers` keeps the real ones (one slot).
+Trainers are not what is measured: by default the server's trainer command is a script
+that only sleeps (TUNEFORGE_TRAINER_PYTHON), holding the one slot, so no model loads on
+this machine's cores and the jobs created wait QUEUED; `--real-trainers` keeps the real
+ones (one slot). Two kinds of describe, as a replica serves them differently:
+`describe` reads a waiting job (its status and control from the store, every time) and
+`describe-finished` one that ended (STOPPED before the load: served from the replica's
+memory once read, as a finished job never changes).
 
     make bench-api-load          # or: .venv/bin/python bench/api_load.py --clients 16 --seconds 10
 """
@@ -136,9 +139,14 @@ def _create_body() -> dict[str, object]:
     return body
 
 
-def _operations(job_ids: list[str], mix: dict[str, float]) -> list[tuple[Operation, float]]:
+def _operations(
+    job_ids: list[str], finished_ids: list[str], mix: dict[str, float]
+) -> list[tuple[Operation, float]]:
     known = {
         "describe": Operation("describe", "", paths=tuple(f"/v1/jobs/{j}" for j in job_ids)),
+        "describe-finished": Operation(
+            "describe-finished", "", paths=tuple(f"/v1/jobs/{j}" for j in finished_ids)
+        ),
         "list": Operation("list", "/v1/jobs?limit=20"),
         "create": Operation("create", "/v1/jobs", body=_create_body),
         "healthz": Operation("healthz", "/healthz"),
@@ -167,7 +175,12 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=64)
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--burst", type=int, default=100, help="creates sent at once")
-    parser.add_argument("--jobs", type=int, default=20, help="jobs created before, to read")
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=20,
+        help="jobs created before the load, to read: as many waiting, as many finished",
+    )
     parser.add_argument(
         "--mix",
         default="describe=0.7,list=0.2,create=0.1",
@@ -218,19 +231,28 @@ def main() -> int:
             "TUNEFORGE_TENANT_MAX_QUEUED_JOBS": "1000000",
         }
         if not arguments.real_trainers:
-            extra_env["TUNEFORGE_TRAINER_PYTHON"] = "/bin/true"
+            waits = root / "trainer-that-waits"
+            waits.write_text("#!/bin/sh\nexec sleep 100000\n")
+            waits.chmod(0o755)
+            extra_env["TUNEFORGE_TRAINER_PYTHON"] = str(waits)
         server = ApiServer(s3, root / "home", state_bucket="bench", extra_env=extra_env)
         server.start()
         try:
             with server.client() as client:
-                job_ids = []
+                job_ids, finished_ids = [], []
                 for _ in range(arguments.jobs):
-                    response = client.post("/v1/jobs", json=_create_body())
-                    response.raise_for_status()
-                    job_ids.append(response.json()["jobId"])
+                    for ids in (job_ids, finished_ids):
+                        response = client.post("/v1/jobs", json=_create_body())
+                        response.raise_for_status()
+                        ids.append(response.json()["jobId"])
+                for job_id in finished_ids:
+                    client.post(f"/v1/jobs/{job_id}/stop").raise_for_status()
+            for job_id in finished_ids:
+                server.wait_for(job_id, {"STOPPED"}, timeout=120)
             print(
                 f"{arguments.clients} clients, {arguments.seconds:.0f} s, mix {mix}; "
-                f"{arguments.jobs} jobs to read; server {server.url}"
+                f"{arguments.jobs} waiting and {arguments.jobs} finished jobs to read; "
+                f"server {server.url}"
             )
             assert server.process is not None
             pid, processes = server.process.pid, arguments.client_processes
@@ -241,7 +263,7 @@ def main() -> int:
                 cpu, counters = ServerCpu(pid), _server_counters(server.url)
                 results = run_load(
                     server.url,
-                    _operations(job_ids, mix),
+                    _operations(job_ids, finished_ids, mix),
                     clients=clients,
                     seconds=seconds,
                     processes=processes,
