@@ -248,12 +248,9 @@ class JobStore:
         A job this process has read finished comes from memory (it never changes again:
         see the invariants). Callers may set top-level fields of the returned status
         (queuePosition), not modify what it holds."""
-        with self._finished_lock:
-            finished = self._finished.get(job_id)
-            if finished is not None:
-                self._finished.move_to_end(job_id)
+        finished = self._finished_copy(job_id)
         if finished is not None:
-            return replace(finished, status=finished.status.model_copy())
+            return finished
         spec = self.get_spec(job_id)
         status, etag = self.get_status(job_id)
         control = self.get_control(job_id) if read_control else JobControl()
@@ -268,6 +265,15 @@ class JobStore:
             return replace(job, status=status.model_copy())
         return job
 
+    def _finished_copy(self, job_id: str) -> Job | None:
+        """The job from memory if this process has read it finished, else None."""
+        with self._finished_lock:
+            finished = self._finished.get(job_id)
+            if finished is None:
+                return None
+            self._finished.move_to_end(job_id)
+        return replace(finished, status=finished.status.model_copy())
+
     def get_many(self, job_ids: Sequence[str], *, stopped: Set[str]) -> list[Job | None]:
         """The jobs, in the order given, read concurrently: a page of a listing is one
         status GET per job, and one after the other those add up to its latency.
@@ -281,15 +287,25 @@ class JobStore:
             except JobNotFound:
                 return None
 
-        if len(job_ids) < 2:
-            return [read(job_id) for job_id in job_ids]
-        with self._readers_lock:
-            if self._readers is None:
-                self._readers = ThreadPoolExecutor(
-                    _CONCURRENT_READS, thread_name_prefix="store-read"
-                )
-            readers = self._readers
-        return list(readers.map(lambda job_id: context.copy().run(read, job_id), job_ids))
+        # Finished jobs come from memory here; only the others go to the threads.
+        found: dict[str, Job | None] = {}
+        for job_id in job_ids:
+            finished = self._finished_copy(job_id)
+            if finished is not None:
+                found[job_id] = finished
+        unread = [job_id for job_id in job_ids if job_id not in found]
+        if len(unread) < 2:
+            found.update((job_id, read(job_id)) for job_id in unread)
+        else:
+            with self._readers_lock:
+                if self._readers is None:
+                    self._readers = ThreadPoolExecutor(
+                        _CONCURRENT_READS, thread_name_prefix="store-read"
+                    )
+                readers = self._readers
+            jobs = readers.map(lambda job_id: context.copy().run(read, job_id), unread)
+            found.update(zip(unread, jobs, strict=True))
+        return [found[job_id] for job_id in job_ids]
 
     def list_job_ids(self, *, after: str | None, limit: int) -> list[str]:
         """Job ids newest first (ids sort that way), starting after `after`."""

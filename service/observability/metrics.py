@@ -154,10 +154,6 @@ class Metrics:
                 counts[state] += 1
         self._snapshot.replace(counts, queue_length, list(running))
 
-    def set_running_jobs(self, running: Iterable[RunningJob]) -> None:
-        """Replace the per-job series with those of `running`; others are removed."""
-        self._snapshot.replace_running(list(running))
-
     # -- exposition --------------------------------------------------------------
 
     def exposition(self) -> tuple[bytes, str]:
@@ -194,10 +190,6 @@ class _ReconcileSnapshot(Collector):
         with self._lock:
             self._counts = dict(counts)
             self._queue_length = queue_length
-            self._running = running
-
-    def replace_running(self, running: list[RunningJob]) -> None:
-        with self._lock:
             self._running = running
 
     def collect(self) -> Iterable[Metric]:
