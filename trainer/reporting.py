@@ -7,6 +7,8 @@
 - A background heartbeat thread writes `heartbeatAt` and the latest progress every
   TUNEFORGE_HEARTBEAT_SECONDS, reads control.json for a stop request (so the training
   loop never waits on the network for it), and every ~10 s uploads the log and metrics.
+- The log and metrics are uploaded again just before a terminal state is written, so
+  whoever sees the job ended finds them whole.
 - `status.launch` is never modified here: the reconciler owns it.
 """
 
@@ -135,6 +137,8 @@ class Reporter:
         """
         progress = self.progress()
         previous: list[JobState] = []
+        if state.is_terminal():
+            self._upload_before_the_end()
 
         def change(status: JobStatus) -> JobStatus | None:
             self._check_owner(status)
@@ -222,6 +226,16 @@ class Reporter:
         if self.fenced.is_set() or self.log_file is None or not self.log_file.is_file():
             return
         self.store.upload_log(self.job_id, self.attempt, self.log_file)
+
+    def _upload_before_the_end(self) -> None:
+        """Metrics and the log before a terminal state is written: whoever sees the job
+        ended (a script fetching the log right after COMPLETED) finds them whole up to
+        its end. The trainer's last lines follow with its final `upload_all`, so an
+        upload that fails here is logged and the state is written all the same."""
+        try:
+            self.upload_all()
+        except Exception:
+            log.exception("job %s: could not upload the log and metrics before ending", self.job_id)
 
     def upload_all(self) -> None:
         """Metrics and the log now; nothing once fenced (the output is another's)."""

@@ -3,6 +3,8 @@ attempt, and FAILED never overwriting an ended job."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from service.documents import Failure, FailureReason, JobState, JobStatus
@@ -77,3 +79,18 @@ def test_every_write_of_a_superseded_attempt_is_refused(job_store: JobStore, dem
     reporter.event("SOMETHING", "after fencing")  # dropped
     assert job_store.get_status(job_id)[1] == etag
     assert job_store.list_events(job_id) == []
+
+
+def test_the_log_is_uploaded_before_the_job_is_seen_ended(
+    job_store: JobStore, demo: Demo, tmp_path: Path
+) -> None:
+    """A reader who sees COMPLETED and fetches the log at once finds it up to the end
+    (the heartbeat's periodic upload never ran here)."""
+    job_id = new_job(job_store, demo, state=JobState.RUNNING)
+    log_file = tmp_path / "trainer.log"
+    log_file.write_text("step 12/12 loss 0.5\n")
+    reporter = Reporter(job_store, job_id, attempt=1, log_file=log_file)
+    assert job_store.storage.get_bytes(job_store.log_location(job_id, 1)) is None
+    assert reporter.move_to(JobState.COMPLETED, "the model is saved")
+    found = job_store.storage.get_bytes(job_store.log_location(job_id, 1))
+    assert found is not None and found[0] == b"step 12/12 loss 0.5\n"
