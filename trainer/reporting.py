@@ -138,6 +138,7 @@ class Reporter:
         progress = self.progress()
         previous: list[JobState] = []
         if state.is_terminal():
+            self.read_status()  # a superseded attempt's metrics must not go over the owner's
             self._upload_before_the_end()
 
         def change(status: JobStatus) -> JobStatus | None:

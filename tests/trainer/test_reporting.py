@@ -94,3 +94,19 @@ def test_the_log_is_uploaded_before_the_job_is_seen_ended(
     assert reporter.move_to(JobState.COMPLETED, "the model is saved")
     found = job_store.storage.get_bytes(job_store.log_location(job_id, 1))
     assert found is not None and found[0] == b"step 12/12 loss 0.5\n"
+
+
+def test_a_superseded_attempt_uploads_nothing_as_it_tries_to_end(
+    job_store: JobStore, demo: Demo
+) -> None:
+    """The metrics live in the job's output, shared by its attempts: a trainer that lost
+    its job must not write its files over the owner's on its way to COMPLETED."""
+    job_id = new_job(job_store, demo, state=JobState.RUNNING)
+    set_launch_attempt(job_store, job_id, 2)
+    reporter = Reporter(job_store, job_id, attempt=1)
+    uploads: list[str] = []
+    reporter.add_periodic_upload(lambda: uploads.append("metrics"))
+    with pytest.raises(Fenced):
+        reporter.move_to(JobState.COMPLETED, "the model is saved")
+    assert uploads == []
+    assert job_store.get_status(job_id)[0].state is JobState.RUNNING
