@@ -432,6 +432,9 @@ class LaunchRecord(_Document):
     processStartTicks: int | None = None
     launchedAt: str
     launchedBy: str
+    # The host GPUs the attempt was given (its CUDA_VISIBLE_DEVICES), local launcher with
+    # a GPU inventory only (service/launch/gpus.py); empty: none were assigned.
+    devices: list[str] = []
 
 
 class JobStatus(_Document):

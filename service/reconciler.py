@@ -3,11 +3,16 @@
 Every replica runs one; there is no leader and nothing in memory that matters. Each
 pass walks `active/` (jobs not yet seen terminal) and, per job:
 
-- QUEUED, not launched: launch it when a slot is free (`slots` trainers at once;
-  queued jobs start in creation order and carry their `queuePosition` meanwhile) and
-  its tenant runs fewer than its `tenant_running_limit` trainers. The
-  launch is claimed by writing `status.launch` with compare-and-swap, so of all
-  replicas exactly one starts the attempt.
+- QUEUED, not launched: launch it when there is room and its tenant runs fewer than its
+  `tenant_running_limit` trainers; queued jobs start in creation order and carry their
+  `queuePosition` meanwhile. Room is a slot (`slots` trainers at once) for a job
+  without GPUs, or with a GPU inventory (local launcher, service/launch/gpus.py) that
+  many free devices for a job with `resources.gpus` >= 1, leased before the claim. The
+  GPU queue is first come, first served: once the first GPU job in line finds too few
+  free devices, no GPU job behind it starts before it does (a 4-GPU job is never
+  starved by a stream of 1-GPU jobs; devices may idle meanwhile). The launch is claimed
+  by writing `status.launch` with compare-and-swap, so of all replicas exactly one
+  starts the attempt.
 - stop requested, not launched: STOPPED.
 - stop requested, trainer alive: after `stop_grace_seconds` SIGTERM its process group,
   after `kill_grace_seconds` more SIGKILL it.
@@ -45,6 +50,7 @@ from service.documents import (
 )
 from service.errors import JobNotFound, TuneforgeError
 from service.launch.base import Launcher, Observed
+from service.launch.gpus import DeviceLease, GpuInventory
 from service.observability.metrics import Metrics, RunningJob, is_running
 from service.observability.request_context import bind_job
 from service.store import Job, JobStore
@@ -81,6 +87,7 @@ class Reconciler:
         metrics: Metrics | None = None,
         notifier: WebhookNotifier | None = None,
         tenant_environment: Callable[[str], dict[str, str]] | None = None,
+        gpus: GpuInventory | None = None,
     ) -> None:
         self.store = store
         self.launcher = launcher
@@ -98,6 +105,11 @@ class Reconciler:
         # Trainers one tenant may have at once (0: only the slots limit them); a tenant
         # at its limit has its queued jobs wait while other tenants' start.
         self.tenant_running_limit = tenant_running_limit or (lambda tenant: 0)
+        # The host's GPUs (local launcher); empty or None: every job takes a slot.
+        self.gpus = gpus if gpus is not None and len(gpus) else None
+        # A dead trainer whose relaunch waits for its devices: what was observed of its
+        # end, which the launcher tells once (the next pass would see "gone, unknown").
+        self._ends_awaiting_devices: dict[tuple[str, int], Observed] = {}
         self.replica_id = uuid.uuid4().hex[:12]
         # Observability: pass timings, jobs by state, running jobs' gauges (/metrics);
         # webhook deliveries for jobs that end (a finished job stays active until its
@@ -150,7 +162,7 @@ class Reconciler:
         waiting: list[Job] = []
         seen: list[Job] = []
         self._queue_length = 0
-        occupied = 0
+        occupied = 0  # launched jobs that hold a slot (no devices)
         running_by_tenant: dict[str, int] = {}
         read: set[str] = set()  # jobs whose records this pass read and acted on
         still_waiting: set[str] = set()  # of those, the ones still queued after it
@@ -170,7 +182,7 @@ class Reconciler:
                 if waits:
                     waiting.append(job)
                 elif job.status.launch is not None:
-                    occupied += 1
+                    occupied += 0 if job.status.launch.devices else 1
                     tenant = job.spec.tenant
                     running_by_tenant[tenant] = running_by_tenant.get(tenant, 0) + 1
             except JobNotFound:
@@ -178,26 +190,41 @@ class Reconciler:
                     self.store.mark_inactive(job_id)
             except TuneforgeError as error:
                 log.warning("reconciling job %s failed: %s", job_id, error.message)
-        # Queued jobs start in creation order as slots free up; the rest learn their
-        # place in the queue.
+        # Queued jobs start in creation order as slots or devices free up; the rest learn
+        # their place in the queue.
         free = max(0, self.slots - occupied)
+        gpu_line_held = False  # the first GPU job in line waits for devices
         in_line: list[str] = []
         for job in waiting:
             tenant = job.spec.tenant
             limit = self.tenant_running_limit(tenant)
             tenant_has_room = limit <= 0 or running_by_tenant.get(tenant, 0) < limit
+            needed = self._gpus_needed(job)
+            lease: DeviceLease | None = None
             try:
-                if free > 0 and tenant_has_room:
-                    free -= 1
+                if not tenant_has_room:
+                    starts = False
+                elif needed:
+                    if not gpu_line_held and self.gpus is not None:
+                        lease = self.gpus.acquire(needed)
+                    starts = lease is not None
+                    gpu_line_held = not starts
+                else:
+                    starts = free > 0
+                    free -= 1 if starts else 0
+                if starts:
                     running_by_tenant[tenant] = running_by_tenant.get(tenant, 0) + 1
                     with bind_job(job.spec.jobId, job.spec.tenant, 1):
-                        self._launch(job)
+                        self._launch(job, devices=lease)
                 else:
                     still_waiting.add(job.spec.jobId)
                     in_line.append(job.spec.jobId)
             except TuneforgeError as error:
                 still_waiting.add(job.spec.jobId)
                 log.warning("launching job %s failed: %s", job.spec.jobId, error.message)
+            finally:
+                if lease is not None:
+                    lease.release()  # the trainer holds its own copies
         self._queue_length = len(in_line)
         try:  # one document for the whole queue, written only when the order changed
             self.store.queue_order.publish(in_line)
@@ -210,6 +237,7 @@ class Reconciler:
         except (TuneforgeError, ValueError) as error:
             log.warning("settling the queue ledgers failed: %s", error)
         if self.metrics is not None:
+            free_gpus = len(self.gpus.free_devices()) if self.gpus is not None else 0
             self.metrics.observe_jobs(
                 [job.status.state for job in seen],
                 self._queue_length,
@@ -218,7 +246,13 @@ class Reconciler:
                     for job in seen
                     if is_running(job.status.state)
                 ],
+                gpus=(free_gpus, len(self.gpus) - free_gpus) if self.gpus is not None else None,
             )
+
+    def _gpus_needed(self, job: Job) -> int:
+        """Devices the job's attempts lease: its resources.gpus on a host with GPUs; 0
+        (a slot instead) for a CPU job, or on a host without any."""
+        return job.spec.resources.gpus if self.gpus is not None else 0
 
     # -- one job ---------------------------------------------------------------
 
@@ -234,7 +268,8 @@ class Reconciler:
                 return False
             return True
 
-        observed = self.launcher.observe(status.launch)
+        awaited = self._ends_awaiting_devices.pop((job.spec.jobId, status.launch.attempt), None)
+        observed = awaited or self.launcher.observe(status.launch)
         alive = observed.alive
         if alive is None:  # another host's trainer: judge by its heartbeat
             last_sign = status.heartbeatAt or status.launch.launchedAt
@@ -274,8 +309,16 @@ class Reconciler:
             return None
         return silence if silence > self.heartbeat_timeout_seconds else None
 
-    def _launch(self, job: Job, *, after: LaunchRecord | None = None, cause: str = "") -> None:
-        """Claim and start the next attempt: 1 for a queued job, or the one after `after`.
+    def _launch(
+        self,
+        job: Job,
+        *,
+        after: LaunchRecord | None = None,
+        cause: str = "",
+        devices: DeviceLease | None = None,
+    ) -> None:
+        """Claim and start the next attempt: 1 for a queued job, or the one after `after`,
+        on the GPUs of `devices` when it has a lease (the caller releases it after).
 
         The claim is a compare-and-swap of `status.launch`: of all replicas reconciling
         this job, exactly one wins it and starts a trainer.
@@ -287,6 +330,7 @@ class Reconciler:
             host="",
             launchedAt=utc_now(),
             launchedBy=self.replica_id,
+            devices=list(devices.devices) if devices is not None else [],
         )
 
         def claim_launch(status: JobStatus) -> JobStatus | None:
@@ -315,17 +359,21 @@ class Reconciler:
         # Killed between the claim and this event, the claim has no trainer behind it and
         # is relaunched after the heartbeat timeout, with its own event.
         why = f" after a {cause}" if cause else ""
+        where = f" on GPU(s) {devices.visible_devices}" if devices is not None else ""
         self.store.append_event(
             job.spec.jobId,
             "LAUNCHED",
-            f"trainer attempt {attempt} launched ({self.launcher.name}){why}",
+            f"trainer attempt {attempt} launched ({self.launcher.name}){where}{why}",
         )
         try:
             environment = {
                 **self.trainer_environment,
                 **self.tenant_environment(job.spec.tenant),
             }
-            started = self.launcher.start(job.spec, attempt, environment)
+            if devices is not None:
+                started = self.launcher.start(job.spec, attempt, environment, devices)
+            else:
+                started = self.launcher.start(job.spec, attempt, environment)
         except Exception as error:
             log.exception("could not start the trainer for job %s", job.spec.jobId)
             self._finish(
@@ -405,12 +453,24 @@ class Reconciler:
         elif cause == "crash" and crashes >= self.crash_retry_budget:
             how += f"; it had already crashed {crashes} time(s), the retry budget"
         else:
-            self.store.append_event(
-                job.spec.jobId,
-                "RETRY",
-                f"the trainer of attempt {launch.attempt} {how} ({cause}); relaunching",
-            )
-            self._launch(job, after=launch, cause=cause)
+            lease = None
+            if needed := self._gpus_needed(job):
+                assert self.gpus is not None
+                lease = self.gpus.acquire(needed)
+                if lease is None:  # taken meanwhile by another worker's launch: next pass
+                    log.info("job %s waits for %d free GPU(s) to relaunch", job.spec.jobId, needed)
+                    self._ends_awaiting_devices[(job.spec.jobId, launch.attempt)] = observed
+                    return
+            try:
+                self.store.append_event(
+                    job.spec.jobId,
+                    "RETRY",
+                    f"the trainer of attempt {launch.attempt} {how} ({cause}); relaunching",
+                )
+                self._launch(job, after=launch, cause=cause, devices=lease)
+            finally:
+                if lease is not None:
+                    lease.release()  # the relaunched trainer holds its own copies
             return
         message = f"the trainer process {how} before the job finished; its log is at {log_uri}"
         self._finish(job, launch.attempt, JobState.FAILED, FailureReason.TRAINER_CRASHED, message)

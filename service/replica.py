@@ -17,10 +17,13 @@ from dataclasses import dataclass
 from service.auth.keys import KeyStore
 from service.auth.tenants import Access
 from service.context import ServiceContext
-from service.errors import TuneforgeError
+from service.documents import JobResources
+from service.errors import InvalidArgument, TuneforgeError
 from service.grpc_api.server import GrpcServer, create_server, grpc_address
 from service.launch.base import Launcher
-from service.launch.local import LocalLauncher, ResourceLimits, visible_gpu_count
+from service.launch.capacity import launch_capacity
+from service.launch.gpus import GpuInventory
+from service.launch.local import LocalLauncher, ResourceLimits
 from service.observability.metrics import Metrics
 from service.reconciler import Reconciler
 from service.settings import Settings
@@ -136,6 +139,24 @@ def make_launcher(settings: Settings) -> Launcher:
     )
 
 
+def host_gpu_inventory(settings: Settings) -> GpuInventory | None:
+    """The local launcher's GPUs and their locks, shared by every worker of the host
+    through `<home>/gpus/` (service/launch/gpus.py); None for a cluster launcher."""
+    if settings.launcher != "local":
+        return None
+    capacity = launch_capacity(settings)
+    devices = list(capacity.host_gpus)
+    try:  # Bedrock-face jobs ask for this many: they must be able to run here
+        capacity.check(JobResources(gpus=settings.bedrock_job_gpus))
+    except InvalidArgument as error:
+        raise ValueError(f"TUNEFORGE_BEDROCK_JOB_GPUS: {error.message}") from None
+    log.info(
+        "GPUs for trainers: %s",
+        ", ".join(devices) if devices else "none (every job trains on the CPU)",
+    )
+    return GpuInventory(devices, settings.home.resolve() / "gpus")
+
+
 def build_trainer_environment(
     settings: Settings, access_key: str | None, secret: str | None
 ) -> dict[str, str]:
@@ -218,15 +239,12 @@ def build_replica(
         kill_grace_seconds=settings.kill_grace_seconds,
         crash_retry_budget=settings.crash_retry_budget,
         max_attempts=settings.max_attempts,
-        slots=(
-            settings.cluster_slots
-            if settings.launcher != "local"
-            else settings.local_slots or visible_gpu_count() or 1
-        ),
+        slots=settings.cluster_slots if settings.launcher != "local" else settings.local_slots,
         tenant_running_limit=lambda tenant: access.policy(tenant).max_running_jobs,
         metrics=metrics,
         notifier=notifier,
         tenant_environment=trainer_credentials.environment_for,
+        gpus=host_gpu_inventory(settings),
     )
     context = ServiceContext(
         settings, store, reconciler, store_conformant=True, access=access, metrics=metrics

@@ -10,8 +10,10 @@ import ipaddress
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from service.launch.gpus import host_gpus
 
 
 class TenantLimitOverrides(BaseModel):
@@ -87,9 +89,14 @@ class Settings(BaseSettings):
     # A crashed trainer is relaunched at most this many times; preemptions (SIGTERM)
     # and lost nodes do not count, but no job gets more than `max_attempts` trainers.
     crash_retry_budget: int = Field(default=2, ge=0, le=100)
-    # Trainers the local launcher runs at once; more jobs wait QUEUED in creation
-    # order. Unset: one per visible GPU, or one on a host without GPUs.
-    local_slots: int | None = Field(default=None, ge=1, le=1024)
+    # The GPUs the local launcher gives trainers (service/launch/gpus.py), as
+    # CUDA_VISIBLE_DEVICES names them: "0,1,2,3", or UUIDs; "" for none. Unset: the
+    # server's own CUDA_VISIBLE_DEVICES, else every GPU nvidia-smi lists. A job with
+    # resources.gpus N >= 1 takes N free ones of these (README, "GPUs").
+    gpus: str | None = None
+    # Trainers without GPUs the local launcher runs at once (jobs with resources.gpus 0,
+    # or every job on a host without GPUs); more wait QUEUED in creation order.
+    local_slots: int = Field(default=1, ge=1, le=1024)
     # A job asking for resources.gpus N > 1 on a host with fewer GPUs runs as N CPU
     # processes under torchrun (gloo) instead of being refused at create: the
     # multi-process path without GPUs (README, "Scaling out").
@@ -179,6 +186,9 @@ class Settings(BaseSettings):
     # Requests per second per caller (access key) on the Bedrock face; 0: no limit.
     bedrock_requests_per_second: float = Field(default=0.0, ge=0)
     bedrock_burst: int = Field(default=20, ge=1)
+    # GPUs each job created through the Bedrock face asks for (its resources.gpus:
+    # Bedrock's API has no such field). 0 trains on the CPU; on a GPU host set 1.
+    bedrock_job_gpus: int = Field(default=0, ge=0, le=64)
 
     # -- authentication, tenancy and per-tenant limits (service/auth/) -----------------
     # The operator's key for /v1/admin/keys (`tuneforge keys create --tenant T`). Setting
@@ -205,6 +215,13 @@ class Settings(BaseSettings):
     trainer_max_memory_bytes: int = Field(default=0, ge=0)
     trainer_max_processes: int = Field(default=0, ge=0)
     trainer_max_open_files: int = Field(default=4096, ge=0)
+
+    @field_validator("gpus")
+    @classmethod
+    def _gpus_are_device_names(cls, value: str | None) -> str | None:
+        if value is not None:
+            host_gpus(value, {})  # raises ValueError naming the bad entry
+        return value
 
     @model_validator(mode="after")
     def _webhooks_need_a_secret(self) -> Settings:

@@ -103,15 +103,17 @@ class Distributed:
     def wrap(self, model: Any, sharding: str, device: torch.device) -> Any:
         """The module the training step runs: the model itself alone, DDP over ranks
         (gradients averaged in buckets during backward), or FSDP2 (`fully_shard`:
-        each decoder layer and then the whole model sharded over the ranks)."""
+        each transformer block (`transformer_blocks`), then the rest of the model,
+        sharded over the ranks)."""
         if not self.enabled:
             return model
         if sharding == "FSDP":
             from torch.distributed.fsdp import fully_shard
 
-            layers = getattr(getattr(model, "model", None), "layers", None) or []
-            for layer in layers:
-                fully_shard(layer)
+            # One FSDP unit a transformer block: its weights are gathered for its own
+            # forward and backward only, so a rank never holds the whole model at once.
+            for block in transformer_blocks(model):
+                fully_shard(block)
             fully_shard(model)
             return model
         from torch.nn.parallel import DistributedDataParallel
@@ -156,6 +158,25 @@ class Distributed:
     def barrier(self) -> None:
         if self.enabled:
             dist.barrier()
+
+
+def transformer_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The model's repeated blocks, in order: modules of the classes its
+    `_no_split_modules` names (Llama's and Qwen2's decoder layers, GPT-2's blocks, BERT's
+    layers and embeddings), read from every submodule so that peft's wrappers around the
+    model do not hide it; else, for a model that names none, the members of its longest
+    list of modules of one class. Empty for a model with neither."""
+    names: set[str] = set()
+    for module in model.modules():
+        names.update(getattr(module, "_no_split_modules", None) or [])
+    blocks = [module for module in model.modules() if type(module).__name__ in names]
+    if blocks:
+        return blocks
+    longest: list[torch.nn.Module] = []
+    for module in model.modules():
+        if isinstance(module, torch.nn.ModuleList) and len({type(c) for c in module}) == 1:
+            longest = max(longest, list(module), key=len)
+    return longest if len(longest) > 1 else []
 
 
 # -- FSDP: whole state dicts gathered from the shards, and loaded back into them ------

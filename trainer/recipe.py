@@ -140,6 +140,7 @@ class FullFineTuningRecipe:
         if self.distributed.broadcast(stopping):
             return self.finish(Outcome.STOPPED)
         self.reporter.move_to(JobState.VALIDATING, "checking the data and the base model")
+        self.reporter.event("DEVICES", self.devices_seen())
         self.setup()
         self.resume()
         interrupted = self.interruption()
@@ -148,6 +149,17 @@ class FullFineTuningRecipe:
         self.publish()
         self.reporter.move_to(JobState.RUNNING, f"training for {self.progress.total_steps} steps")
         return self.finish(self.train())
+
+    def devices_seen(self) -> str:
+        """Where this attempt trains, as its process sees it: the device, and the GPUs
+        its launcher gave it (CUDA_VISIBLE_DEVICES, the same for every rank)."""
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        return (
+            f"trains on {self.device.type} with {self.distributed.world_size} rank(s); "
+            f"CUDA_VISIBLE_DEVICES={'unset' if visible is None else visible}; "
+            f"torch sees {gpus} GPU(s)"
+        )
 
     def finish(self, ending: Outcome) -> TrainerExit:
         """Write how the run ended: final model, stop or preemption checkpoint

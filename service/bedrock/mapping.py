@@ -206,8 +206,9 @@ def hyper_parameter_strings(hyper: HyperParameters) -> dict[str, str]:
     return strings
 
 
-def to_native(request: CreateJobIn, base_model_uri: str) -> JobCreate:
-    """The native create request; raises ValidationException naming the field at fault."""
+def to_native(request: CreateJobIn, base_model_uri: str, gpus: int = 0) -> JobCreate:
+    """The native create request, asking for `gpus` GPUs (the operator's
+    TUNEFORGE_BEDROCK_JOB_GPUS); raises ValidationException naming the field at fault."""
     unsupported = [
         name
         for name in ("customModelKmsKeyId", "vpcConfig", "customizationConfig")
@@ -238,6 +239,7 @@ def to_native(request: CreateJobIn, base_model_uri: str) -> JobCreate:
         "hyperParameters": hyper_parameters(request.hyperParameters),
         "tags": _tags(request.jobTags, "jobTags"),
         "clientRequestToken": request.clientRequestToken,
+        "resources": {"gpus": gpus},
     }
     if validators:
         body["validationDataConfig"] = {"s3Uri": validators[0].s3Uri}

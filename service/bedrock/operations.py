@@ -111,10 +111,13 @@ def resolve_base_model(store: JobStore, arns: Arns, identifier: str, *, tenant: 
 # -- jobs --------------------------------------------------------------------------
 
 
-def create_job(store: JobStore, arns: Arns, request: CreateJobIn, policy: TenantPolicy) -> Job:
+def create_job(
+    store: JobStore, arns: Arns, request: CreateJobIn, policy: TenantPolicy, gpus: int = 0
+) -> Job:
     tenant = policy.tenant
     base_uri = resolve_base_model(store, arns, request.baseModelIdentifier, tenant=tenant)
-    native = to_native(request, base_uri)  # everything validated before anything is written
+    # Everything validated before anything is written.
+    native = to_native(request, base_uri, gpus)
     jobs.check_buckets(native, policy)
     now = utc_now()
     record = NameRecord(

@@ -83,7 +83,12 @@ async def create_model_customization_job(request: Request) -> JSONResponse:
     parsed = parse_create(await request.body())
     context = _context(request)
     job = await run_in_threadpool(
-        operations.create_job, context.store, _arns(request), parsed, tenant_policy(request)
+        operations.create_job,
+        context.store,
+        _arns(request),
+        parsed,
+        tenant_policy(request),
+        context.settings.bedrock_job_gpus,
     )
     if context.reconciler is not None:
         context.reconciler.kick()

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Protocol
 
 from service.documents import JobSpec, LaunchRecord
+from service.launch.gpus import DeviceLease
 
 
 @dataclass(frozen=True)
@@ -41,7 +42,16 @@ class Observed:
 class Launcher(Protocol):
     name: str
 
-    def start(self, spec: JobSpec, attempt: int, environment: dict[str, str]) -> Started: ...
+    def start(
+        self,
+        spec: JobSpec,
+        attempt: int,
+        environment: dict[str, str],
+        devices: DeviceLease | None = None,
+    ) -> Started:
+        """Start one attempt's trainer. `devices`: the host GPUs it runs on, leased by
+        the reconciler (local launcher only; a cluster schedules GPUs itself)."""
+        ...
 
     def observe(self, launch: LaunchRecord) -> Observed: ...
 

@@ -3,10 +3,11 @@
 A job that asks for more than its launcher can ever give would sit QUEUED forever (or
 fail at launch); it is refused at create with a 400 naming the field instead:
 
-- local: one machine, so `resources.nodes` must be 1; `resources.gpus` > 1 needs that
-  many visible GPUs, or `TUNEFORGE_LOCAL_CPU_RANKS=true`, which runs each asked-for GPU
-  as one CPU process (torchrun, gloo). `gpus` 0 or 1 always runs (on a CPU when the host
-  has no GPU).
+- local: one machine, so `resources.nodes` must be 1. On a host with GPUs (its
+  inventory, service/launch/gpus.py) `resources.gpus` may be at most how many it has. On
+  a host without any, `gpus` 0 or 1 runs on the CPU, and more needs
+  `TUNEFORGE_LOCAL_CPU_RANKS=true`, which runs each asked-for GPU as one CPU process
+  (torchrun, gloo).
 - ray, kubernetes: nodes and GPUs are the cluster's to schedule (a Ray cluster may
   autoscale; several nodes run as a Ray Train group); nothing is refused here.
 """
@@ -14,18 +15,19 @@ fail at launch); it is refused at create with a 400 naming the field instead:
 from __future__ import annotations
 
 import functools
+import os
 from dataclasses import dataclass
 
 from service.documents import JobResources
 from service.errors import InvalidArgument
-from service.launch.local import visible_gpu_count
+from service.launch.gpus import host_gpus
 from service.settings import Settings
 
 
 @dataclass(frozen=True)
 class LaunchCapacity:
     launcher: str
-    visible_gpus: int
+    host_gpus: tuple[str, ...]
     cpu_ranks: bool
 
     def check(self, resources: JobResources) -> None:
@@ -36,23 +38,30 @@ class LaunchCapacity:
                 "a job on one node; use nodes 1, or the ray or kubernetes launcher for several",
                 field="resources.nodes",
             )
-        if self.launcher != "local" or resources.gpus <= 1:
+        if self.launcher != "local" or resources.gpus <= len(self.host_gpus):
             return
-        if resources.gpus > self.visible_gpus and not self.cpu_ranks:
+        if self.host_gpus:
             raise InvalidArgument(
                 f"resources.gpus is {resources.gpus}, but this host has "
-                f"{self.visible_gpus} GPU(s) for trainers; ask for at most "
-                f"{max(self.visible_gpus, 1)} (an operator can set "
-                "TUNEFORGE_LOCAL_CPU_RANKS=true to run each GPU asked for as a CPU process)",
+                f"{len(self.host_gpus)} GPU(s) for trainers ({', '.join(self.host_gpus)}); "
+                f"ask for at most {len(self.host_gpus)}",
+                field="resources.gpus",
+            )
+        if resources.gpus > 1 and not self.cpu_ranks:
+            raise InvalidArgument(
+                f"resources.gpus is {resources.gpus}, but this host has no GPUs for "
+                "trainers; ask for 0 or 1 (both train on the CPU), or an operator can set "
+                "TUNEFORGE_LOCAL_CPU_RANKS=true to run each GPU asked for as a CPU process",
                 field="resources.gpus",
             )
 
 
 @functools.cache
-def _visible_gpus() -> int:
-    return visible_gpu_count()  # nvidia-smi: once per server process, not per create
+def _host_gpus(configured: str | None) -> tuple[str, ...]:
+    # nvidia-smi: once per server process, not per create.
+    return tuple(host_gpus(configured, os.environ))
 
 
 def launch_capacity(settings: Settings) -> LaunchCapacity:
-    visible = _visible_gpus() if settings.launcher == "local" else 0
-    return LaunchCapacity(settings.launcher, visible, settings.local_cpu_ranks)
+    devices = _host_gpus(settings.gpus) if settings.launcher == "local" else ()
+    return LaunchCapacity(settings.launcher, devices, settings.local_cpu_ranks)

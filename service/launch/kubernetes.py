@@ -50,6 +50,7 @@ from typing import Any
 
 from service.documents import JOB_ID_PATTERN, JobSpec, LaunchRecord, TrainerExit
 from service.launch.base import Observed, Started
+from service.launch.gpus import DeviceLease
 from service.launch.kubernetes_status import observed_from_status, true_condition
 
 log = logging.getLogger(__name__)
@@ -358,7 +359,13 @@ class KubernetesLauncher:
             # AlreadyExists: an earlier try of this very attempt created it.
             log.info("%s %s exists already", body["kind"], body["metadata"]["name"])
 
-    def start(self, spec: JobSpec, attempt: int, environment: dict[str, str]) -> Started:
+    def start(
+        self,
+        spec: JobSpec,
+        attempt: int,
+        environment: dict[str, str],
+        devices: DeviceLease | None = None,  # the cluster places GPUs: never given here
+    ) -> Started:
         manifest = render_job_manifest(spec, attempt, environment, self.config)
         if spec.resources.nodes > 1:
             service = render_rendezvous_service(spec, attempt, self.config)

@@ -12,6 +12,10 @@ by `preexec_fn`, which runs Python between fork and exec of a multi-threaded ser
 
 Trainers outlive the API server that started them; a restarted server finds them again
 by the pid and the process start time recorded in the job's launch record.
+
+GPUs: a trainer sees only the devices of its lease (service/launch/gpus.py) in its
+`CUDA_VISIBLE_DEVICES`, and its process holds their locks, which the kernel releases when
+it ends; a CPU job (`resources.gpus` 0) sees no GPU at all.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from pathlib import Path
 
 from service.documents import JobSpec, LaunchRecord
 from service.launch.base import Observed, Started
+from service.launch.gpus import DeviceLease
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +129,16 @@ class LocalLauncher:
     def _attempt_dir(self, job_id: str, attempt: int) -> Path:
         return self.work_root / job_id / f"attempt-{attempt}"
 
-    def start(self, spec: JobSpec, attempt: int, environment: dict[str, str]) -> Started:
+    def start(
+        self,
+        spec: JobSpec,
+        attempt: int,
+        environment: dict[str, str],
+        devices: DeviceLease | None = None,
+    ) -> Started:
+        """Start the attempt's trainer; with `devices`, on exactly those GPUs: they are
+        its CUDA_VISIBLE_DEVICES and its process inherits their locks (the caller then
+        releases its own copies)."""
         directory = self._attempt_dir(spec.jobId, attempt)
         directory.mkdir(parents=True, exist_ok=True)
         log_path = directory / "trainer.log"
@@ -140,6 +154,13 @@ class LocalLauncher:
                 "TUNEFORGE_ATTEMPT": str(attempt),
             }
         )
+        if devices is not None:
+            env["CUDA_VISIBLE_DEVICES"] = devices.visible_devices
+            # Indices as nvidia-smi numbers them (CUDA's default puts the fastest first).
+            env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
+        elif spec.resources.gpus == 0:
+            env["CUDA_VISIBLE_DEVICES"] = ""  # 0 GPUs: it trains on the CPU, on no GPU
+        locks = tuple(devices.file_descriptors) if devices is not None else ()
         with open(log_path, "ab") as output:
             process = subprocess.Popen(
                 self.limits.command(self.python, trainer_arguments(spec)),
@@ -149,6 +170,7 @@ class LocalLauncher:
                 stdout=output,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                pass_fds=locks,
             )
         self._children[process.pid] = process
         log.info("started trainer for job %s attempt %d, pid %d", spec.jobId, attempt, process.pid)
@@ -203,20 +225,6 @@ class LocalLauncher:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
-
-
-def visible_gpu_count() -> int:
-    """GPUs this host offers trainers, without importing torch into the API server."""
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is not None:
-        return len([d for d in visible.split(",") if d.strip() and d.strip() != "-1"])
-    try:
-        listing = subprocess.run(
-            ["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10, check=False
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return 0
-    return sum(1 for line in listing.stdout.splitlines() if line.startswith("GPU "))
 
 
 def _is_zombie(pid: int) -> bool:

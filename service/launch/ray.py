@@ -43,6 +43,7 @@ from typing import Any, Literal
 
 from service.documents import JOB_ID_PATTERN, JobResources, JobSpec, LaunchRecord, TrainerExit
 from service.launch.base import Observed, Started
+from service.launch.gpus import DeviceLease
 
 log = logging.getLogger(__name__)
 
@@ -224,7 +225,13 @@ class RayLauncher:
             "error_type": getattr(info, "error_type", None),
         }
 
-    def start(self, spec: JobSpec, attempt: int, environment: dict[str, str]) -> Started:
+    def start(
+        self,
+        spec: JobSpec,
+        attempt: int,
+        environment: dict[str, str],
+        devices: DeviceLease | None = None,  # the cluster places GPUs: never given here
+    ) -> Started:
         name = submission_id(spec.jobId, attempt)
         plan = RayPlan.of(spec.resources, ray_train=self.ray_train)
         if plan.ray_train:

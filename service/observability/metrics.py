@@ -143,16 +143,22 @@ class Metrics:
             )
 
     def observe_jobs(
-        self, states: Iterable[JobState], queue_length: int, running: Iterable[RunningJob]
+        self,
+        states: Iterable[JobState],
+        queue_length: int,
+        running: Iterable[RunningJob],
+        *,
+        gpus: tuple[int, int] | None = None,
     ) -> None:
         """What one reconcile pass read: the active jobs' states, how many wait for a
-        slot, and the running jobs' progress. Replaces what the pass before saw, so a job
-        that left RUNNING/STOPPING has no series any more."""
+        slot, the running jobs' progress, and the host's (free, used) GPUs (None: the
+        launcher has no GPU inventory). Replaces what the pass before saw, so a job that
+        left RUNNING/STOPPING has no series any more."""
         counts = dict.fromkeys((state for state in JobState if not state.is_terminal()), 0)
         for state in states:
             if state in counts:
                 counts[state] += 1
-        self._snapshot.replace(counts, queue_length, list(running))
+        self._snapshot.replace(counts, queue_length, list(running), gpus)
 
     # -- exposition --------------------------------------------------------------
 
@@ -183,18 +189,25 @@ class _ReconcileSnapshot(Collector):
         self._counts: dict[JobState, int] = {}
         self._queue_length = 0
         self._running: list[RunningJob] = []
+        self._gpus: tuple[int, int] | None = None
 
     def replace(
-        self, counts: dict[JobState, int], queue_length: int, running: list[RunningJob]
+        self,
+        counts: dict[JobState, int],
+        queue_length: int,
+        running: list[RunningJob],
+        gpus: tuple[int, int] | None,
     ) -> None:
         with self._lock:
             self._counts = dict(counts)
             self._queue_length = queue_length
             self._running = running
+            self._gpus = gpus
 
     def collect(self) -> Iterable[Metric]:
         with self._lock:
             counts, queue_length, running = self._counts, self._queue_length, self._running
+            gpus = self._gpus
         jobs = GaugeMetricFamily(
             "tuneforge_jobs",
             "Jobs not yet finished, by state, as the last reconcile pass saw them.",
@@ -208,6 +221,15 @@ class _ReconcileSnapshot(Collector):
             "Jobs waiting QUEUED for a free trainer slot.",
             value=queue_length,
         )
+        if gpus is not None:
+            family = GaugeMetricFamily(
+                "tuneforge_gpus",
+                "The host's GPUs for trainers (local launcher), free or used by a trainer.",
+                labels=["state"],
+            )
+            family.add_metric(["free"], gpus[0])
+            family.add_metric(["used"], gpus[1])
+            yield family
         for name, documentation, read in _JOB_GAUGES:
             family = GaugeMetricFamily(name, documentation, labels=["job_id", "tenant"])
             for job in running:

@@ -68,6 +68,8 @@ def cheap_server(
         {
             "TUNEFORGE_BEDROCK_DEV_MODE_ANY_SIGNATURE": "true",
             "TUNEFORGE_TRAINER_PYTHON": "/bin/false",
+            # Bedrock's API has no field for GPUs: the operator's setting gives them.
+            "TUNEFORGE_BEDROCK_JOB_GPUS": "1",
         },
     )
     yield server

@@ -33,6 +33,15 @@ def test_create_is_idempotent_with_client_request_token(cheap_server: ApiServer)
     client.create_model_customization_job(**create_body("idem-other"))
 
 
+def test_jobs_ask_for_the_gpus_the_operator_set(cheap_server: ApiServer) -> None:
+    client = make_client(cheap_server)
+    arn = client.create_model_customization_job(**create_body("gpu-job"))["jobArn"]
+    job_id = arn.rsplit("/", 1)[-1]
+    with cheap_server.client() as rest:
+        job = rest.get(f"/v1/jobs/{job_id}").json()
+    assert job["resources"]["gpus"] == 1, job
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [
