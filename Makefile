@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench-start-latency bench-classification bench-trainer-throughput bench-gpu bench-api-load clean proto proto-check
+.PHONY: run test lint bench-start-latency bench-classification bench-trainer-throughput bench-gpu bench-api-load gpu-check gpu-wheels clean proto proto-check
 
 $(STAMP): pyproject.toml clients/python/pyproject.toml constraints/test.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -67,6 +67,28 @@ bench-trainer-throughput: $(STAMP)
 # (constraints/test.txt pins the CPU one). BENCH_ARGS adds options, e.g. --peak-tflops.
 bench-gpu: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) bench/trainer_throughput.py --preset gpu-0.5b --steps 300 $(BENCH_ARGS)
+
+# One GPU check, one command (docs/gpus.md): the service, a full and a LoRA job on one GPU
+# each, the device each trainer saw, packed vs unpacked loss, bench-gpu; one JSON summary.
+# Runs with the GPU host's own Python (its CUDA torch, transformers and peft are never
+# reinstalled); what else is missing comes from the folder `make gpu-wheels` filled.
+# Without a GPU it runs at toy size on the CPU (tests/trainer/test_gpu_check.py).
+GPU_PYTHON ?= python3
+GPU_WHEELS ?= gpu-wheels
+GPU_PYTHON_VERSION ?= 3.11
+gpu-check:
+	$(GPU_PYTHON) bench/gpu_check_install.py --wheels $(GPU_WHEELS)
+	HF_HUB_OFFLINE=1 PYTHONPATH=$(CURDIR):$(CURDIR)/clients/python \
+		$(GPU_PYTHON) bench/gpu_check.py $(GPU_CHECK_ARGS)
+
+# On a machine with the package index: the wheels gpu-check installs on a GPU host whose
+# Python is GPU_PYTHON_VERSION (everything the service needs but torch, transformers, peft).
+gpu-wheels: $(STAMP)
+	$(PY) bench/gpu_check_install.py --list > $(GPU_WHEELS).txt
+	$(PY) -m pip download --quiet --disable-pip-version-check --dest $(GPU_WHEELS) \
+		--only-binary=:all: --python-version $(GPU_PYTHON_VERSION) \
+		--platform manylinux2014_x86_64 --platform manylinux_2_28_x86_64 \
+		--platform manylinux_2_17_x86_64 -r $(GPU_WHEELS).txt
 
 # Concurrent REST clients (64 for 30 s: describe, list, create, then a burst of creates)
 # against a real server and store, beside /healthz and a raw store GET.

@@ -454,8 +454,10 @@ def main() -> None:
             f"{result['peak_memory_mib']:>10.0f}{final[variant]:>12.4f}"
         )
     print()
+    ratios = {}
     for baseline in ("trainer-padding", "trainer-flattening"):
         ratio = speed["tuneforge"] / speed[baseline]
+        ratios[baseline] = ratio
         cpu_ratio = cpu_speed["tuneforge"] / cpu_speed[baseline]
         loss_gap = final["tuneforge"] / final[baseline] - 1
         print(
@@ -463,6 +465,23 @@ def main() -> None:
             f"second), final loss {loss_gap:+.2%}"
         )
     print("targets: >= 1.5x trainer-padding, >= 1.0x trainer-flattening, loss within 2%")
+    # The same figures for a program to read (make gpu-check, bench/gpu_check.py).
+    summary = {
+        "device": first["device"],
+        "preset": args.preset,
+        "parameters": parameters,
+        "variants": {
+            variant: {
+                "tokens_per_second": round(speed[variant], 1),
+                "mfu": model_flops_utilization(parameters, speed[variant], peak) if peak else None,
+                "peak_memory_mib": round(results[variant]["peak_memory_mib"], 1),
+                "final_loss": final[variant],
+            }
+            for variant in results
+        },
+        "tuneforge_speedup": {baseline: round(ratio, 3) for baseline, ratio in ratios.items()},
+    }
+    print("SUMMARY " + json.dumps(summary), flush=True)
 
 
 if __name__ == "__main__":

@@ -15,8 +15,10 @@ precision only changes the dtype of the matmuls inside `autocast()`, and the los
 computed in float32 (trainer/loss.py). The CPU path runs the same code with a
 `nullcontext` autocast, so tests on a CPU exercise the code a GPU runs.
 
-On CUDA the model is also loaded with `attn_implementation="sdpa"` (fused attention
-kernels) and the optimizer uses fused AdamW (trainer/optim.py). `torch.compile` is off
+On CUDA the model is also loaded with fused attention (`attention_implementation`):
+flash-attention's variable-length kernel where it can run, which trains packed rows with
+no mask at all (trainer/packing.py), else SDPA; and the optimizer uses fused AdamW
+(trainer/optim.py). `torch.compile` is off
 unless the operator turns it on (TUNEFORGE_TORCH_COMPILE=1 in the trainer's
 environment): compiling costs minutes per job and pays off only on long runs.
 """
@@ -24,6 +26,7 @@ environment): compiling costs minutes per job and pays off only on long runs.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -56,11 +59,23 @@ class Precision:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
 
-    def model_load_arguments(self) -> dict[str, Any]:
-        """Extra from_pretrained arguments: fused SDPA attention on CUDA.
+    def model_load_arguments(
+        self, model_type: str | None = None, *, classification: bool = False
+    ) -> dict[str, Any]:
+        """Extra from_pretrained arguments: fused attention on CUDA (see
+        `attention_implementation`) for a model of `model_type` (config.json's).
 
         On a CPU the model's own default is kept (also SDPA in recent transformers)."""
-        return {"attn_implementation": "sdpa"} if self.device.type == "cuda" else {}
+        if self.device.type != "cuda":
+            return {}
+        chosen = attention_implementation(
+            bf16=self.autocast_dtype is torch.bfloat16,
+            flash_attention_installed=importlib.util.find_spec("flash_attn") is not None,
+            compute_capability=torch.cuda.get_device_capability(self.device),
+            packed_causal_lm=not classification and model_type in _VARLEN_MODEL_TYPES,
+        )
+        log.info("attention: %s", chosen)
+        return {"attn_implementation": chosen}
 
     def prepare(self, model: torch.nn.Module) -> None:
         """Compile the model's forward in place when asked for (CUDA only).
@@ -71,6 +86,33 @@ class Precision:
         if self.compile and self.device.type == "cuda":
             log.info("compiling the model with torch.compile")
             model.compile()
+
+
+# Causal LMs packed by trainer/packing.py (its PACKABLE_MODEL_TYPES) whose transformers
+# classes take flash-attention's varlen path from position ids.
+_VARLEN_MODEL_TYPES = frozenset({"llama", "qwen2", "qwen3", "mistral"})
+
+
+def attention_implementation(
+    *,
+    bf16: bool,
+    flash_attention_installed: bool,
+    compute_capability: tuple[int, int],
+    packed_causal_lm: bool,
+) -> str:
+    """The attention kernel a CUDA job loads its model with.
+
+    `flash_attention_2` when it can run: the `flash-attn` package installed, an Ampere
+    or newer GPU (compute capability 8.0+), bf16 autocast (the kernel takes 16-bit
+    inputs only) and a packed causal LM of a family known to split a packed row at its
+    position ids. Its variable-length kernel then costs each example its own length
+    squared, with no mask at all. Otherwise `sdpa`, the fallback: PyTorch's fused
+    kernels, given packed rows' block-diagonal mask (whose size grows with the square
+    of the row's width). Nothing is downloaded: a kernel that is not installed is not
+    used."""
+    if bf16 and flash_attention_installed and compute_capability >= (8, 0) and packed_causal_lm:
+        return "flash_attention_2"
+    return "sdpa"
 
 
 def default_device() -> torch.device:

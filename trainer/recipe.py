@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import logging
 import os
 import threading
@@ -230,7 +231,9 @@ class FullFineTuningRecipe:
             self.device,
             labels=self.labels,
             dropout=self.hp.dropout,
-            load_arguments=self.precision.model_load_arguments(),
+            load_arguments=self.precision.model_load_arguments(
+                _model_type(model_dir), classification=self.classification
+            ),
         )
         if self.hp.method == "LORA":  # adapters on frozen base weights (trainer/lora.py)
             self.model = lora.wrap(
@@ -544,3 +547,12 @@ class FullFineTuningRecipe:
         self.model = self.training_model = self.optimizer = None
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
+
+
+def _model_type(model_dir: Path) -> str | None:
+    """config.json's model_type (the directory passed the model checks already)."""
+    try:
+        value = json.loads((model_dir / "config.json").read_text()).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, str) else None

@@ -10,7 +10,7 @@ import torch
 from transformers import BertConfig, GPT2Config, LlamaConfig
 
 from trainer.model import apply_dropout
-from trainer.precision import COMPILE_VARIABLE, Precision, resolve
+from trainer.precision import COMPILE_VARIABLE, Precision, attention_implementation, resolve
 
 CPU = torch.device("cpu")
 
@@ -81,3 +81,28 @@ def test_a_config_without_dropout_fields_is_left_alone(caplog: pytest.LogCapture
 
     assert apply_dropout(Bare(), 0.2) == []
     assert "not applied" in caplog.text
+
+
+FLASH_READY = {
+    "bf16": True,
+    "flash_attention_installed": True,
+    "compute_capability": (9, 0),
+    "packed_causal_lm": True,
+}
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ({}, "flash_attention_2"),  # an H100, flash-attn installed, a packed Llama/Qwen2
+        ({"compute_capability": (8, 0)}, "flash_attention_2"),  # A100
+        ({"compute_capability": (7, 5)}, "sdpa"),  # T4: no bf16 flash kernels
+        ({"flash_attention_installed": False}, "sdpa"),  # nothing is downloaded
+        ({"bf16": False}, "sdpa"),  # fp32: the kernel takes 16-bit inputs only
+        ({"packed_causal_lm": False}, "sdpa"),  # classification, or an unknown family
+    ],
+)
+def test_packed_rows_on_cuda_use_the_varlen_kernel_when_it_can_run(
+    change: dict[str, object], expected: str
+) -> None:
+    assert attention_implementation(**(FLASH_READY | change)) == expected  # type: ignore[arg-type]
