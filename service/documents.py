@@ -102,6 +102,7 @@ class FailureReason(enum.StrEnum):
     STORAGE = "STORAGE"
     TRAINER_CRASHED = "TRAINER_CRASHED"
     INTERNAL = "INTERNAL"
+    RESOURCES_UNAVAILABLE = "RESOURCES_UNAVAILABLE"
 
 
 # -- spec ----------------------------------------------------------------------

@@ -64,6 +64,27 @@ class EmbeddedS3:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 60.0) -> None:
+        """Start SeaweedFS and wait until its S3 gateway answers. Its internal ports are
+        picked free just before, so another process may take one in between: a start
+        that fails on one of those (not on the caller's S3 port) is tried again with
+        other ports, up to 3 times."""
+        for tries_left in (2, 1, 0):
+            log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+            try:
+                self._start_once(timeout)
+                return
+            except RuntimeError:
+                if tries_left == 0 or not self._internal_port_was_taken(log_offset):
+                    raise
+
+    def _internal_port_was_taken(self, log_offset: int) -> bool:
+        with open(self.log_path, "rb") as handle:
+            handle.seek(log_offset)
+            text = handle.read().decode(errors="replace")
+        taken = [line for line in text.splitlines() if "address already in use" in line]
+        return bool(taken) and not any(f":{self.port}:" in line for line in taken)
+
+    def _start_once(self, timeout: float) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         ports = {name: free_port() for name in _INTERNAL_PORTS}
         command = [

@@ -163,6 +163,10 @@ class Reconciler:
         seen: list[Job] = []
         self._queue_length = 0
         occupied = 0  # launched jobs that hold a slot (no devices)
+        # GPU jobs launched without a device lease (by a replica from before the GPU
+        # inventory, during a rolling upgrade): their devices are unknown, so no GPU job
+        # starts while one runs.
+        unleased_gpu_jobs = 0
         running_by_tenant: dict[str, int] = {}
         read: set[str] = set()  # jobs whose records this pass read and acted on
         still_waiting: set[str] = set()  # of those, the ones still queued after it
@@ -183,6 +187,7 @@ class Reconciler:
                     waiting.append(job)
                 elif job.status.launch is not None:
                     occupied += 0 if job.status.launch.devices else 1
+                    unleased_gpu_jobs += int(self._holds_unknown_devices(job))
                     tenant = job.spec.tenant
                     running_by_tenant[tenant] = running_by_tenant.get(tenant, 0) + 1
             except JobNotFound:
@@ -193,7 +198,13 @@ class Reconciler:
         # Queued jobs start in creation order as slots or devices free up; the rest learn
         # their place in the queue.
         free = max(0, self.slots - occupied)
-        gpu_line_held = False  # the first GPU job in line waits for devices
+        # Dead trainers whose relaunch waits for devices come first; forget those of
+        # jobs no longer active or no longer this process's to relaunch.
+        seen_attempts = {(job.spec.jobId, _attempt(job)) for job in seen}
+        for key in set(self._ends_awaiting_devices) - seen_attempts:
+            del self._ends_awaiting_devices[key]
+        # The first GPU job in line that waits for devices holds the GPU line.
+        gpu_line_held = bool(self._ends_awaiting_devices) or unleased_gpu_jobs > 0
         in_line: list[str] = []
         for job in waiting:
             tenant = job.spec.tenant
@@ -202,6 +213,9 @@ class Reconciler:
             needed = self._gpus_needed(job)
             lease: DeviceLease | None = None
             try:
+                if self.gpus is not None and needed > len(self.gpus):
+                    self._refuse_for_gpus(job, needed)  # the host's GPUs changed since create
+                    continue
                 if not tenant_has_room:
                     starts = False
                 elif needed:
@@ -222,6 +236,10 @@ class Reconciler:
             except TuneforgeError as error:
                 still_waiting.add(job.spec.jobId)
                 log.warning("launching job %s failed: %s", job.spec.jobId, error.message)
+            except OSError as error:  # the GPU lock files (service/launch/gpus.py)
+                still_waiting.add(job.spec.jobId)
+                in_line.append(job.spec.jobId)
+                log.error("leasing GPUs for job %s failed: %s", job.spec.jobId, error)
             finally:
                 if lease is not None:
                     lease.release()  # the trainer holds its own copies
@@ -253,6 +271,29 @@ class Reconciler:
         """Devices the job's attempts lease: its resources.gpus on a host with GPUs; 0
         (a slot instead) for a CPU job, or on a host without any."""
         return job.spec.resources.gpus if self.gpus is not None else 0
+
+    def _holds_unknown_devices(self, job: Job) -> bool:
+        launch = job.status.launch
+        return (
+            self.gpus is not None
+            and launch is not None
+            and launch.launcher == self.launcher.name
+            and not launch.devices
+            and job.spec.resources.gpus > 0
+            and not job.status.state.is_terminal()
+        )
+
+    def _refuse_for_gpus(self, job: Job, needed: int, attempt: int | None = None) -> None:
+        """A queued job asking for more GPUs than the host has (it had more when the
+        job was created, or TUNEFORGE_GPUS was narrowed): it would wait forever and hold
+        the GPU line, so it fails, saying why."""
+        assert self.gpus is not None
+        message = (
+            f"the job asks for {needed} GPU(s) (resources.gpus), but this host now has "
+            f"{len(self.gpus)} for trainers ({', '.join(self.gpus.devices)}); create it "
+            "again with fewer, or on a host with more"
+        )
+        self._finish(job, attempt, JobState.FAILED, FailureReason.RESOURCES_UNAVAILABLE, message)
 
     # -- one job ---------------------------------------------------------------
 
@@ -360,6 +401,11 @@ class Reconciler:
         # is relaunched after the heartbeat timeout, with its own event.
         why = f" after a {cause}" if cause else ""
         where = f" on GPU(s) {devices.visible_devices}" if devices is not None else ""
+        if devices is None and self.gpus is not None:  # say so: it may not be what was meant
+            where = (
+                f" on the CPU (resources.gpus is 0; this host has {len(self.gpus)} GPU(s), "
+                "ask for them with resources.gpus)"
+            )
         self.store.append_event(
             job.spec.jobId,
             "LAUNCHED",
@@ -456,7 +502,13 @@ class Reconciler:
             lease = None
             if needed := self._gpus_needed(job):
                 assert self.gpus is not None
-                lease = self.gpus.acquire(needed)
+                if needed > len(self.gpus):
+                    self._refuse_for_gpus(job, needed, launch.attempt)
+                    return
+                try:
+                    lease = self.gpus.acquire(needed)
+                except OSError as error:  # the lock files: logged, tried again next pass
+                    log.error("leasing GPUs for job %s failed: %s", job.spec.jobId, error)
                 if lease is None:  # taken meanwhile by another worker's launch: next pass
                     log.info("job %s waits for %d free GPU(s) to relaunch", job.spec.jobId, needed)
                     self._ends_awaiting_devices[(job.spec.jobId, launch.attempt)] = observed

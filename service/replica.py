@@ -147,7 +147,7 @@ def host_gpu_inventory(settings: Settings) -> GpuInventory | None:
     capacity = launch_capacity(settings)
     devices = list(capacity.host_gpus)
     try:  # Bedrock-face jobs ask for this many: they must be able to run here
-        capacity.check(JobResources(gpus=settings.bedrock_job_gpus))
+        capacity.check(JobResources(gpus=settings.bedrock_job_gpus or 0))
     except InvalidArgument as error:
         raise ValueError(f"TUNEFORGE_BEDROCK_JOB_GPUS: {error.message}") from None
     log.info(

@@ -187,8 +187,9 @@ class Settings(BaseSettings):
     bedrock_requests_per_second: float = Field(default=0.0, ge=0)
     bedrock_burst: int = Field(default=20, ge=1)
     # GPUs each job created through the Bedrock face asks for (its resources.gpus:
-    # Bedrock's API has no such field). 0 trains on the CPU; on a GPU host set 1.
-    bedrock_job_gpus: int = Field(default=0, ge=0, le=64)
+    # Bedrock's API has no such field). Unset: 1 when the local launcher has GPUs, else 0
+    # (0 trains on the CPU).
+    bedrock_job_gpus: int | None = Field(default=None, ge=0, le=64)
 
     # -- authentication, tenancy and per-tenant limits (service/auth/) -----------------
     # The operator's key for /v1/admin/keys (`tuneforge keys create --tenant T`). Setting

@@ -5,6 +5,12 @@ A checkpoint is the folder `checkpoints/step-<n>/`:
     config.json, *.safetensors, tokenizer files   the model, loadable by from_pretrained
                                                   (a LoRA job: the adapter only)
     optimizer.pt                                  optimizer state_dict (tensors, numbers)
+    sharded/                                      instead of the two above, for an FSDP
+                                                  job: every rank's own shards of the
+                                                  weights and optimizer state
+                                                  (torch.distributed.checkpoint: one
+                                                  __<rank>_0.distcp a rank, .metadata,
+                                                  and rank-<r>.done from each rank > 0)
     scheduler.pt                                  learning-rate scheduler state, if any
     rng_state.safetensors                         torch CPU / CUDA generator states
     trainer_state.json                            progress, data position, Python and
@@ -23,6 +29,10 @@ Invariants:
   on the network; the files are written locally first, synchronously, so what is
   uploaded is the state of exactly that step. Before COMMITTED is written the uploader
   checks that this trainer still owns the job (fencing).
+- A sharded checkpoint is committed by rank 0 only once every other rank's shards are in
+  the store, uploaded by this attempt: each rank uploads its own (`ShardUploader`, in
+  parallel, in the background) and then writes `rank-<r>.done` naming its attempt;
+  rank 0 waits for all of them (`wait_for_shards`) before COMMITTED.
 - After a commit only the newest `keep` committed checkpoints remain; older ones, and
   uncommitted folders of earlier steps, are deleted. The final model (`model/`) is
   separate and never pruned.
@@ -36,6 +46,7 @@ import queue
 import re
 import shutil
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +68,10 @@ SCHEDULER_STATE = "scheduler.pt"
 RNG_STATE = "rng_state.safetensors"
 METRICS_FOLDER = "metrics"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
+SHARDED_FOLDER = "sharded"
+# How long rank 0 waits for the other ranks' shards before a commit fails. A rank that
+# died takes the whole group down long before this.
+SHARD_WAIT_SECONDS = 1800.0
 
 _STEP_FOLDER = re.compile(r"^step-(\d+)/(.*)$")
 
@@ -134,7 +149,7 @@ class TrainingState:
     """Everything a checkpoint holds besides the weights."""
 
     trainer_state: dict[str, Any]  # JSON: progress, data position, Python/NumPy RNG
-    optimizer: dict[str, Any]
+    optimizer: dict[str, Any] | None  # None: in the sharded folder (FSDP)
     scheduler: dict[str, Any] | None
     rng_tensors: dict[str, torch.Tensor]
 
@@ -153,7 +168,8 @@ def write_checkpoint(
     step, so they are on disk before training goes on.
     """
     save_weights(directory)  # starts from an empty directory
-    torch.save(state.optimizer, directory / OPTIMIZER_STATE)
+    if state.optimizer is not None:
+        torch.save(state.optimizer, directory / OPTIMIZER_STATE)
     if state.scheduler is not None:
         torch.save(state.scheduler, directory / SCHEDULER_STATE)
     save_file({k: v.contiguous() for k, v in state.rng_tensors.items()}, directory / RNG_STATE)
@@ -171,9 +187,12 @@ def write_checkpoint(
 def read_training_state(directory: Path) -> TrainingState:
     """The non-weight state of a downloaded checkpoint, read without unpickling."""
     scheduler_path = directory / SCHEDULER_STATE
+    optimizer_path = directory / OPTIMIZER_STATE
     return TrainingState(
         trainer_state=json.loads((directory / TRAINER_STATE).read_text()),
-        optimizer=torch.load(directory / OPTIMIZER_STATE, weights_only=True),
+        optimizer=(
+            torch.load(optimizer_path, weights_only=True) if optimizer_path.is_file() else None
+        ),
         scheduler=(
             torch.load(scheduler_path, weights_only=True) if scheduler_path.is_file() else None
         ),
@@ -278,6 +297,9 @@ class CheckpointUploader:
         self.keep = keep
         self.before_commit = before_commit
         self.on_commit = on_commit
+        # A sharded job's rank 0: waits for the other ranks' shards of a step before
+        # committing it (set by the recipe; None: nothing to wait for).
+        self.shards_ready: Callable[[int, S3Location], None] | None = None
         self._queue: queue.Queue[tuple[Path, int] | None] = queue.Queue()
         self._error: BaseException | None = None
         self._thread: threading.Thread | None = None
@@ -325,8 +347,13 @@ class CheckpointUploader:
                 self._queue.task_done()
 
     def _upload(self, local: Path, step: int) -> None:
+        def before_commit() -> None:
+            if self.shards_ready is not None and (local / SHARDED_FOLDER).is_dir():
+                self.shards_ready(step, checkpoint_location(self.output, step))
+            self.before_commit()
+
         target = upload_checkpoint(
-            self.storage, self.output, local, step, before_commit=self.before_commit
+            self.storage, self.output, local, step, before_commit=before_commit
         )
         shutil.rmtree(local)  # the working directory is not where checkpoints are kept
         log.info("committed checkpoint %s", target.uri)
@@ -334,6 +361,77 @@ class CheckpointUploader:
         deleted = prune(self.storage, self.output, keep=self.keep, newest=step)
         if deleted:
             log.info("deleted older checkpoints: steps %s", deleted)
+
+
+class ShardUploader:
+    """A rank > 0 of a sharded job: uploads its shards of each checkpoint on one
+    background thread, then writes `sharded/rank-<r>.done` naming its attempt, which is
+    what rank 0 waits for before it commits the step. Errors are logged: rank 0 then
+    never sees the marker, and the step is not committed."""
+
+    def __init__(self, storage: ObjectStore, output: S3Location, rank: int, attempt: int):
+        self.storage = storage
+        self.output = output
+        self.rank = rank
+        self.attempt = attempt
+        self._queue: queue.Queue[tuple[Path, int] | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._work, name="shard-upload", daemon=True)
+        self._thread.start()
+
+    def submit(self, local: Path, step: int) -> None:
+        """Upload the shard files in `local` (then delete them) as step `step`'s."""
+        self._queue.put((local, step))
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join()
+
+    def _work(self) -> None:
+        while (task := self._queue.get()) is not None:
+            local, step = task
+            target = checkpoint_location(self.output, step).child(SHARDED_FOLDER)
+            try:
+                self.storage.upload_directory(local, target.as_prefix())
+                self.storage.put_json(
+                    target.child(f"rank-{self.rank}.done"),
+                    {"attempt": self.attempt, "step": step, "committedAt": utc_now()},
+                )
+                shutil.rmtree(local)
+            except Exception:
+                log.exception("uploading rank %d's shards of step %d failed", self.rank, step)
+
+
+def wait_for_shards(
+    storage: ObjectStore,
+    location: S3Location,
+    ranks: range,
+    attempt: int,
+    *,
+    timeout: float = SHARD_WAIT_SECONDS,
+) -> None:
+    """Block until every rank of `ranks` has uploaded its shards of the checkpoint at
+    `location` in this `attempt` (a marker an earlier attempt left does not count).
+    Raises TimeoutError naming the ranks still missing."""
+    deadline = time.monotonic() + timeout
+    waiting = list(ranks)
+    while True:
+        waiting = [
+            rank
+            for rank in waiting
+            if not _marker_of(storage, location.child(SHARDED_FOLDER, f"rank-{rank}.done"), attempt)
+        ]
+        if not waiting:
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(
+                f"ranks {waiting} did not upload their shards of {location.uri} in {timeout:.0f} s"
+            )
+        time.sleep(0.2)
+
+
+def _marker_of(storage: ObjectStore, marker: S3Location, attempt: int) -> bool:
+    found = storage.get_json(marker)
+    return found is not None and found[0].get("attempt") == attempt
 
 
 def save_final_model(

@@ -2,8 +2,10 @@
 
 `save_checkpoint` writes every piece of a resumable checkpoint locally (weights,
 optimizer, RNG streams of every rank, progress with the data position, metrics files,
-manifest) and hands it to the background uploader; `resume` restores all of it from
-the newest committed checkpoint. The file layout and the upload are trainer/checkpoint.py's.
+manifest) and hands it to the background uploader; an FSDP job's weights and optimizer
+state are each rank's own shards, written and uploaded by each rank, never gathered.
+`resume` restores all of it from the newest committed checkpoint. The file layout and
+the upload are trainer/checkpoint.py's.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import torch
 
 from service.documents import utc_now
 from trainer import checkpoint, lora
-from trainer.distributed import full_model_state, full_optimizer_state, load_full_state
+from trainer.distributed import load_full_state, load_sharded_state, save_sharded_state
 from trainer.resume import capture_rng_state, restore_rng_state
 
 if TYPE_CHECKING:
@@ -57,7 +59,15 @@ def resume(recipe: FullFineTuningRecipe) -> None:
         recipe.storage, recipe.output, step, recipe.workdir / "resume" / f"step-{step}"
     )
     state = checkpoint.read_training_state(local)
-    if recipe.sharded:  # a consolidated checkpoint, loaded into every rank's shards
+    shards = local / checkpoint.SHARDED_FOLDER
+    if recipe.sharded and shards.is_dir():  # every rank reads the pieces of its shards
+        load_sharded_state(recipe.model, recipe.optimizer, shards)
+    elif state.optimizer is None:
+        raise ValueError(
+            f"checkpoint step {step} holds FSDP shards, which only an FSDP job with several "
+            "ranks can resume from"
+        )
+    elif recipe.sharded:  # a consolidated checkpoint (written before sharded ones existed)
         weights = checkpoint.read_model_weights(local)
         if lora.is_lora(recipe.model):  # the adapter alone, under peft's saved names
             weights = lora.model_state_from_adapter(recipe.model, weights)
@@ -113,10 +123,23 @@ def save_checkpoint(recipe: FullFineTuningRecipe) -> None:
     assert recipe.optimizer is not None
     # Every rank's generators (a collective); rank 0 writes them all.
     states = recipe.distributed.gather(capture_rng_state())
-    model_state = optimizer_state = None
-    if recipe.sharded:  # consolidated: gathered from every rank's shards
-        model_state = full_model_state(recipe.model)
-        optimizer_state = full_optimizer_state(recipe.model, recipe.optimizer)
+    local = recipe.workdir / "checkpoints" / f"step-{step}"  # each rank's own workdir
+    if recipe.sharded:  # every rank writes its own shards, uploads them in parallel
+        if local.exists():
+            shutil.rmtree(local)
+        save_sharded_state(recipe.model, recipe.optimizer, local / checkpoint.SHARDED_FOLDER)
+        if not recipe.distributed.is_main:
+            if recipe.shard_uploader is None:
+                recipe.shard_uploader = checkpoint.ShardUploader(
+                    recipe.storage, recipe.output, recipe.distributed.rank, recipe.reporter.attempt
+                )
+            recipe.shard_uploader.submit(local / checkpoint.SHARDED_FOLDER, step)
+        else:  # commit only once the other ranks' shards of this attempt are in
+            ranks = range(1, recipe.distributed.world_size)
+            attempt = recipe.reporter.attempt
+            recipe.checkpoints.shards_ready = lambda _, location: checkpoint.wait_for_shards(
+                recipe.storage, location, ranks, attempt
+            )
     if not recipe.distributed.is_main:
         recipe.last_checkpoint_step = step
         return
@@ -133,15 +156,13 @@ def save_checkpoint(recipe: FullFineTuningRecipe) -> None:
         for rank in range(1, len(states)):
             for name, tensor in states[rank][1].items():
                 rng_tensors[f"{RANK_PREFIX.format(rank)}{name}"] = tensor
-    local = recipe.workdir / "checkpoints" / f"step-{step}"
     checkpoint.write_checkpoint(
         local,
-        save_weights=lambda directory: recipe.save_weights(directory, model_state),
+        # Sharded: the weights and optimizer state are in sharded/ already.
+        save_weights=(lambda directory: None) if recipe.sharded else recipe.save_weights,
         state=checkpoint.TrainingState(
             trainer_state=trainer_state,
-            optimizer=(
-                optimizer_state if optimizer_state is not None else recipe.optimizer.state_dict()
-            ),
+            optimizer=None if recipe.sharded else recipe.optimizer.state_dict(),
             scheduler=recipe.scheduler_state(),
             rng_tensors=rng_tensors,
         ),

@@ -26,6 +26,7 @@ import os
 import signal
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -161,22 +162,71 @@ class Distributed:
 
 
 def transformer_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
-    """The model's repeated blocks, in order: modules of the classes its
-    `_no_split_modules` names (Llama's and Qwen2's decoder layers, GPT-2's blocks, BERT's
-    layers and embeddings), read from every submodule so that peft's wrappers around the
-    model do not hide it; else, for a model that names none, the members of its longest
-    list of modules of one class. Empty for a model with neither."""
+    """The model's repeated blocks: modules of the classes its `_no_split_modules` names
+    (Llama's and Qwen2's decoder layers, GPT-2's blocks, BERT's layers and embeddings),
+    innermost first, read from every submodule so that peft's wrappers around the model
+    do not hide it; else, for a model that names none, the members of its longest list
+    of modules of one class. Empty for a model with neither."""
     names: set[str] = set()
     for module in model.modules():
         names.update(getattr(module, "_no_split_modules", None) or [])
+    # Innermost first: FSDP2 wraps a module's children before the module itself.
     blocks = [module for module in model.modules() if type(module).__name__ in names]
     if blocks:
-        return blocks
+        return blocks[::-1]
     longest: list[torch.nn.Module] = []
     for module in model.modules():
         if isinstance(module, torch.nn.ModuleList) and len({type(c) for c in module}) == 1:
             longest = max(longest, list(module), key=len)
     return longest if len(longest) > 1 else []
+
+
+# -- FSDP: sharded checkpoints, each rank its own shards ------------------------------
+
+
+def save_sharded_state(model: Any, optimizer: torch.optim.Optimizer, directory: Path) -> None:
+    """Write this rank's shards of the weights and the optimizer state into `directory`
+    with torch.distributed.checkpoint (a collective: every rank calls it, each writes its
+    own file, rank 0 adds the `.metadata` that says where every piece is). Nothing is
+    gathered. Frozen weights (a LoRA job's base model) are not saved: they are the base
+    model's own, loaded again on resume."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+    model_state, optimizer_state = get_state_dict(
+        model, optimizer, options=StateDictOptions(ignore_frozen_params=True)
+    )
+    directory.mkdir(parents=True, exist_ok=True)
+    dcp.save(
+        {"model": model_state, "optimizer": optimizer_state},
+        storage_writer=dcp.FileSystemWriter(directory),
+    )
+
+
+def load_sharded_state(model: Any, optimizer: torch.optim.Optimizer, directory: Path) -> None:
+    """Load the shards `save_sharded_state` wrote (by any number of ranks: the pieces
+    are read by where they belong, not by rank) into this rank's shards; a collective."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_state_dict,
+        set_state_dict,
+    )
+
+    model_state, optimizer_state = get_state_dict(
+        model, optimizer, options=StateDictOptions(ignore_frozen_params=True)
+    )
+    state: dict[str, Any] = {"model": model_state, "optimizer": optimizer_state}
+    # dcp.load raises for any of these names the checkpoint lacks; the frozen weights,
+    # absent by design, keep the base model's values (hence strict=False below).
+    dcp.load(state, storage_reader=dcp.FileSystemReader(directory))
+    set_state_dict(
+        model,
+        optimizer,
+        model_state_dict=state["model"],
+        optim_state_dict=state["optimizer"],
+        options=StateDictOptions(ignore_frozen_params=True, strict=False),
+    )
 
 
 # -- FSDP: whole state dicts gathered from the shards, and loaded back into them ------
@@ -189,18 +239,6 @@ def full_model_state(model: Any) -> dict[str, Any]:
 
     return get_model_state_dict(
         model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
-    )
-
-
-def full_optimizer_state(model: Any, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-    """The whole optimizer state (keyed by parameter name), gathered (a collective)."""
-    from torch.distributed.checkpoint.state_dict import (
-        StateDictOptions,
-        get_optimizer_state_dict,
-    )
-
-    return get_optimizer_state_dict(
-        model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
     )
 
 

@@ -70,7 +70,7 @@ class Precision:
             return {}
         chosen = attention_implementation(
             bf16=self.autocast_dtype is torch.bfloat16,
-            flash_attention_installed=importlib.util.find_spec("flash_attn") is not None,
+            flash_attention_installed=_flash_attention_loads(),
             compute_capability=torch.cuda.get_device_capability(self.device),
             packed_causal_lm=not classification and model_type in _VARLEN_MODEL_TYPES,
         )
@@ -86,6 +86,19 @@ class Precision:
         if self.compile and self.device.type == "cuda":
             log.info("compiling the model with torch.compile")
             model.compile()
+
+
+def _flash_attention_loads() -> bool:
+    """flash-attn is installed and imports against this torch (a build for another torch
+    fails at import: then SDPA, not a job that fails to load its model)."""
+    if importlib.util.find_spec("flash_attn") is None:
+        return False
+    try:
+        import flash_attn  # noqa: F401
+    except Exception as error:  # ImportError, OSError of a mismatched binary
+        log.warning("flash-attn is installed but does not load (%s); using SDPA", error)
+        return False
+    return True
 
 
 # Causal LMs packed by trainer/packing.py (its PACKABLE_MODEL_TYPES) whose transformers

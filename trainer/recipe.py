@@ -124,6 +124,8 @@ class FullFineTuningRecipe:
             on_commit=self._checkpoint_committed,
         )
         self.last_checkpoint_step = 0  # the newest checkpoint written (or resumed from)
+        # FSDP, ranks > 0: uploads this rank's shards of each checkpoint.
+        self.shard_uploader: checkpoint.ShardUploader | None = None
 
     # -- the whole job -----------------------------------------------------------
 
@@ -538,6 +540,8 @@ class FullFineTuningRecipe:
 
         The working directory stays: the launcher owns it and decides when it goes."""
         self.tracking.finish("FAILED")  # nothing if the job already finished its run
+        if self.shard_uploader is not None:
+            self.shard_uploader.close()  # rank 0 commits nothing without these shards
         try:
             self.checkpoints.close()
         except Fenced:

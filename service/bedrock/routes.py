@@ -27,6 +27,8 @@ from service.bedrock.openapi import (
     success_response,
 )
 from service.context import ServiceContext
+from service.launch.capacity import launch_capacity
+from service.settings import Settings
 
 
 class IdentifierConvertor(PathConvertor):
@@ -88,7 +90,7 @@ async def create_model_customization_job(request: Request) -> JSONResponse:
         _arns(request),
         parsed,
         tenant_policy(request),
-        context.settings.bedrock_job_gpus,
+        bedrock_job_gpus(context.settings),
     )
     if context.reconciler is not None:
         context.reconciler.kick()
@@ -234,3 +236,11 @@ def delete_custom_model(request: Request, model_identifier: str) -> dict[str, An
         tenant=tenant_policy(request).tenant,
     )
     return {}
+
+
+def bedrock_job_gpus(settings: Settings) -> int:
+    """GPUs a Bedrock-face job asks for: the operator's setting, else one on a local
+    host with GPUs (Bedrock's API cannot say), else none."""
+    if settings.bedrock_job_gpus is not None:
+        return settings.bedrock_job_gpus
+    return 1 if launch_capacity(settings).host_gpus else 0

@@ -12,6 +12,11 @@ closes its own copies; the kernel drops them when the trainer's process ends, ho
 ends (exit, crash, SIGKILL, OOM kill). Every API worker of the host, and a restarted
 server, therefore sees the same devices free, without trusting memory or the store: a
 device is never given to two trainers, and never lost to a trainer that is gone.
+
+A job with several GPUs runs under torchrun: its agent holds the locks, its ranks (which
+torch starts without inherited descriptors) die with it (trainer/distributed.py
+`die_with_parent`), so the devices come free when the last of them is gone, give or take
+the moment the kernel takes to deliver that SIGKILL.
 """
 
 from __future__ import annotations
@@ -100,6 +105,7 @@ class GpuInventory:
         return self.lock_directory / f"gpu-{device}.lock"
 
     def _try_lock(self, device: str) -> int | None:
+        self.lock_directory.mkdir(parents=True, exist_ok=True)  # removed since start
         descriptor = os.open(self._lock_path(device), os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -117,24 +123,58 @@ class GpuInventory:
         if count <= 0:
             raise ValueError("a lease takes at least one device")
         lease = DeviceLease(devices=[])
-        for device in self.devices:
-            if len(lease.devices) == count:
-                break
-            descriptor = self._try_lock(device)
-            if descriptor is not None:
-                lease.devices.append(device)
-                lease.file_descriptors.append(descriptor)
+        try:
+            for device in self.devices:
+                if len(lease.devices) == count:
+                    break
+                descriptor = self._try_lock(device)
+                if descriptor is not None:
+                    lease.devices.append(device)
+                    lease.file_descriptors.append(descriptor)
+        except BaseException:  # e.g. out of file descriptors: hold nothing
+            lease.release()
+            raise
         if len(lease.devices) < count:
             lease.release()
             return None
         return lease
 
     def free_devices(self) -> list[str]:
-        """Devices no trainer holds now (a probe: each lock taken and dropped at once)."""
+        """Devices no process holds a lock on now, read from /proc/locks, so that
+        counting them (for /metrics) never takes a lock a sibling worker's `acquire`
+        could then find taken. Where /proc/locks cannot be read: each lock taken and
+        dropped at once."""
+        try:
+            held = _flock_inodes(Path("/proc/locks").read_text())
+        except OSError:
+            return [device for device in self.devices if self._probe(device)]
         free = []
         for device in self.devices:
-            descriptor = self._try_lock(device)
-            if descriptor is not None:
-                os.close(descriptor)
+            try:
+                inode = os.stat(self._lock_path(device)).st_ino
+            except FileNotFoundError:
+                free.append(device)  # never locked
+                continue
+            if inode not in held:
                 free.append(device)
         return free
+
+    def _probe(self, device: str) -> bool:
+        descriptor = self._try_lock(device)
+        if descriptor is None:
+            return False
+        os.close(descriptor)
+        return True
+
+
+def _flock_inodes(proc_locks: str) -> set[int]:
+    """Inodes of the files with a flock() lock, from /proc/locks lines such as
+    `1: FLOCK  ADVISORY  WRITE 1234 08:01:5678 0 EOF` (device and inode, then the range).
+    Another device's file with the same inode number only makes a free GPU look used
+    for one scrape."""
+    inodes = set()
+    for line in proc_locks.splitlines():
+        fields = line.split()
+        if len(fields) >= 6 and fields[1] == "FLOCK" and fields[2] != "->":
+            inodes.add(int(fields[5].rsplit(":", 1)[-1]))
+    return inodes

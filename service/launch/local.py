@@ -15,7 +15,8 @@ by the pid and the process start time recorded in the job's launch record.
 
 GPUs: a trainer sees only the devices of its lease (service/launch/gpus.py) in its
 `CUDA_VISIBLE_DEVICES`, and its process holds their locks, which the kernel releases when
-it ends; a CPU job (`resources.gpus` 0) sees no GPU at all.
+it ends; a trainer without a lease (a CPU job, or a host without GPUs for trainers) sees
+no GPU at all.
 """
 
 from __future__ import annotations
@@ -158,8 +159,10 @@ class LocalLauncher:
             env["CUDA_VISIBLE_DEVICES"] = devices.visible_devices
             # Indices as nvidia-smi numbers them (CUDA's default puts the fastest first).
             env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
-        elif spec.resources.gpus == 0:
-            env["CUDA_VISIBLE_DEVICES"] = ""  # 0 GPUs: it trains on the CPU, on no GPU
+        else:
+            # No lease: a CPU job, or a host with no GPUs for trainers (none, or the
+            # operator's TUNEFORGE_GPUS=""): it trains on the CPU and sees no GPU.
+            env["CUDA_VISIBLE_DEVICES"] = ""
         locks = tuple(devices.file_descriptors) if devices is not None else ()
         with open(log_path, "ab") as output:
             process = subprocess.Popen(

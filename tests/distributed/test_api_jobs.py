@@ -217,10 +217,11 @@ def final_file(object_store: ObjectStore, job: dict[str, Any], name: str) -> byt
 def test_a_rank_killed_mid_run_of_an_fsdp_job_resumes_to_the_uninterrupted_weights(
     cpu_ranks_server: ApiServer, object_store: ObjectStore, method: str, saved: str
 ) -> None:
-    """FSDP, 2 ranks: rank 1 SIGKILLed after the checkpoint of step 10 (gathered whole
-    by rank 0) gets the job relaunched; both ranks reshard the weights (for LoRA, the
-    adapter alone, on a base sharded alike) and the optimizer state from it and end
-    with the uninterrupted run's. LoRA failed this before its adapter's saved names
+    """FSDP, 2 ranks: rank 1 SIGKILLed after the checkpoint of step 10 (sharded: each
+    rank wrote and uploaded its own shards, nothing gathered) gets the job relaunched;
+    both ranks load their shards of the weights (for LoRA, the adapter alone, on a base
+    sharded alike) and of the optimizer state from it and end with the uninterrupted
+    run's. LoRA failed this before its adapter's saved names
     were mapped back to the model's: the resumed ranks trained a fresh adapter."""
     hyper = {"method": method, "checkpointIntervalSteps": 10}
     if method == "LORA":
@@ -228,6 +229,13 @@ def test_a_rank_killed_mid_run_of_an_fsdp_job_resumes_to_the_uninterrupted_weigh
     sharded = TWO_RANKS | {"sharding": "FSDP"}
     reference_id = create(cpu_ranks_server, "fsdp", sharded, **hyper)
     reference = cpu_ranks_server.wait_for(reference_id, {"COMPLETED"}, timeout=600)
+    folder = output(object_store, reference).child("checkpoints", "step-10").as_prefix()
+    files = {item["key"][len(folder.key) :] for item in object_store.list_objects(folder)}
+    # One shard file a rank, the map of the pieces, rank 1's upload marker; no weights or
+    # optimizer state gathered whole.
+    assert {"sharded/__0_0.distcp", "sharded/__1_0.distcp", "sharded/.metadata"} <= files
+    assert "sharded/rank-1.done" in files and "COMMITTED" in files
+    assert not {saved, "optimizer.pt"} & files, files
 
     job_id = create(cpu_ranks_server, "fsdp-killed", sharded, **hyper)
     job = kill_rank_1_after_checkpoint(cpu_ranks_server, job_id, step=10)

@@ -15,6 +15,7 @@ step, which AdamW does not amplify, to 1e-5 relative (a token count off by one i
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -31,6 +32,26 @@ pytestmark = pytest.mark.timeout(900)
 RELATIVE_TOLERANCE = 1e-4
 ABSOLUTE_TOLERANCE = 5e-5
 TRAINING_CSV = "training_artifacts/step_wise_training_metrics.csv"
+
+
+def sharded_checkpoint_weights(
+    storage: ObjectStore, spec: JobSpec, step: int, directory: Path
+) -> dict[str, torch.Tensor]:
+    """The weights in an FSDP job's sharded checkpoint of `step`, after checking it holds
+    one shard file a rank and no consolidated copy: read offline, without a process
+    group, by torch's own converter (what an operator would use)."""
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    folder = output_location(spec, "checkpoints", f"step-{step}").as_prefix()
+    names = {item["key"][len(folder.key) :] for item in storage.list_objects(folder)}
+    assert {"sharded/__0_0.distcp", "sharded/__1_0.distcp", "sharded/.metadata"} <= names
+    assert not {"model.safetensors", "adapter_model.safetensors", "optimizer.pt"} & names, names
+    storage.download_prefix(folder.child("sharded"), directory / "sharded")
+    dcp_to_torch_save(directory / "sharded", directory / "whole.pt")
+    state = torch.load(directory / "whole.pt", weights_only=True)
+    weights: dict[str, torch.Tensor] = state["model"]
+    assert state["optimizer"]["state"], "no optimizer state in the checkpoint"
+    return weights
 
 
 def final_weights(storage: ObjectStore, spec: JobSpec) -> dict[str, torch.Tensor]:
@@ -113,20 +134,19 @@ def test_fsdp_on_two_cpu_processes_matches_one_process(
     job_store: JobStore,
     demo: Demo,
     start_trainer: Callable[..., TrainerRun],
+    tmp_path: Path,
 ) -> None:
     """FSDP2 (`fully_shard`, gloo): each rank holds half of every weight and of the
-    optimizer state; the checkpoints (every 10 steps) and the final model are gathered
-    whole. Same maths as one process, so the same tolerance as DDP's."""
+    optimizer state; the checkpoints (every 10 steps) hold each rank's shards, the final
+    model is gathered whole. Same maths as one process, so the same tolerance as DDP's."""
     common = FAST_HYPERPARAMETERS | {"epochCount": 1, "checkpointIntervalSteps": 10}
     one = run_to_completion(job_store, demo, start_trainer, common | {"batchSize": 8}, 1)
     two = run_to_completion(
         job_store, demo, start_trainer, common | {"batchSize": 4}, 2, sharding="FSDP"
     )
     assert_same_weights(object_store, one, two)
-    checkpoint = output_location(two, "checkpoints", "step-30", "model.safetensors")
-    found = object_store.get_bytes(checkpoint)
-    assert found is not None, "no consolidated checkpoint"
-    assert load(found[0]).keys() == final_weights(object_store, two).keys()
+    sharded = sharded_checkpoint_weights(object_store, two, 30, tmp_path)
+    assert sharded.keys() == final_weights(object_store, two).keys()
 
 
 def adapter_weights(storage: ObjectStore, spec: JobSpec) -> dict[str, torch.Tensor]:
@@ -140,10 +160,12 @@ def test_lora_under_fsdp_on_two_cpu_processes_matches_one_process(
     job_store: JobStore,
     demo: Demo,
     start_trainer: Callable[..., TrainerRun],
+    tmp_path: Path,
 ) -> None:
     """LoRA on a sharded base (the case for FSDP: a base too big for one GPU): the frozen
-    base and the adapters are sharded alike, the adapter checkpoints and the final adapter
-    are gathered whole, and the merged model is written once."""
+    base and the adapters are sharded alike, the checkpoints hold each rank's shards of
+    the adapter alone, the final adapter is gathered whole, and the merged model is
+    written once."""
     common = FAST_HYPERPARAMETERS | {
         "epochCount": 1,
         "checkpointIntervalSteps": 10,
@@ -180,6 +202,5 @@ def test_lora_under_fsdp_on_two_cpu_processes_matches_one_process(
             rtol=RELATIVE_TOLERANCE,
             atol=ABSOLUTE_TOLERANCE,
         )
-    checkpoint = output_location(two, "checkpoints", "step-30", "adapter_model.safetensors")
-    found = object_store.get_bytes(checkpoint)
-    assert found is not None and load(found[0]).keys() == single.keys()
+    sharded = sharded_checkpoint_weights(object_store, two, 30, tmp_path)
+    assert len(sharded) == len(single) and all("lora_" in name for name in sharded), sharded

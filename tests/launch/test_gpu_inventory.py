@@ -66,3 +66,24 @@ def test_a_killed_trainers_devices_come_back(tmp_path: Path) -> None:
     finally:
         trainer.kill()
         trainer.wait()
+
+
+def test_a_lease_that_fails_half_way_holds_nothing(tmp_path: Path) -> None:
+    inventory = GpuInventory(["0", "1"], tmp_path / "gpus")
+    (tmp_path / "gpus" / "gpu-1.lock").mkdir()  # device 1's lock cannot be opened
+    with pytest.raises(IsADirectoryError):
+        inventory.acquire(2)
+    sibling = GpuInventory(["0"], tmp_path / "gpus")
+    lease = sibling.acquire(1)  # device 0 was let go
+    assert lease is not None and lease.devices == ["0"]
+    lease.release()
+
+
+def test_the_lock_folder_is_made_again_if_removed(tmp_path: Path) -> None:
+    inventory = GpuInventory(["0"], tmp_path / "gpus")
+    (tmp_path / "gpus").rmdir()
+    lease = inventory.acquire(1)
+    assert lease is not None
+    assert inventory.free_devices() == []
+    lease.release()
+    assert inventory.free_devices() == ["0"]

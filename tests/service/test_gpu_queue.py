@@ -20,6 +20,7 @@ import pytest
 
 from service.documents import (
     DataLocation,
+    FailureReason,
     HyperParameters,
     JobResources,
     JobSpec,
@@ -177,5 +178,57 @@ def test_a_relaunched_gpu_job_gets_devices_again(store: JobStore, tmp_path: Path
         assert status.launch is not None and status.launch.attempt == 2
         assert status.launch.devices == ["0", "1"]
         assert inventory.free_devices() == []
+    finally:
+        trainers.shutdown(0)
+
+
+def test_a_job_asking_for_more_gpus_than_the_host_now_has_fails_and_holds_nothing(
+    store: JobStore, tmp_path: Path
+) -> None:
+    """Created when the host had more GPUs (or TUNEFORGE_GPUS was narrowed since)."""
+    inventory = GpuInventory(["0", "1"], tmp_path / "gpus")
+    trainers = SleepingTrainers()
+    reconciler = Reconciler(store, trainers, {}, gpus=inventory)
+    now = int(time.time() * 1000)
+    too_big = _create(store, "four", 4, now)
+    behind = _create(store, "one", 1, now + 1)
+    try:
+        reconciler.run_once()
+        status = store.get_status(too_big)[0]
+        assert status.state == JobState.FAILED and status.failure is not None
+        assert status.failure.reason == FailureReason.RESOURCES_UNAVAILABLE
+        assert "4 GPU(s)" in status.failure.message and "has 2" in status.failure.message
+        assert trainers.devices[behind] == ["0"]  # the line was not held
+    finally:
+        trainers.shutdown(0)
+
+
+def test_gpu_jobs_wait_while_a_gpu_job_launched_without_a_lease_runs(
+    store: JobStore, tmp_path: Path
+) -> None:
+    """A rolling upgrade: a GPU job started by a replica from before the inventory holds
+    devices nobody recorded, so no GPU job starts until it ends; CPU jobs still do."""
+    inventory = GpuInventory(["0", "1"], tmp_path / "gpus")
+    trainers = SleepingTrainers()
+    now = int(time.time() * 1000)
+    old = _create(store, "old", 1, now)
+    old_replica = Reconciler(store, trainers, {}, slots=4)  # no inventory: no lease
+    try:
+        old_replica.run_once()
+        assert old in trainers.processes
+        gpu_job = _create(store, "new-gpu", 1, now + 1)
+        cpu_job = _create(store, "new-cpu", 0, now + 2)
+        reconciler = Reconciler(store, trainers, {}, slots=4, gpus=inventory, crash_retry_budget=0)
+        reconciler.run_once()
+        assert gpu_job not in trainers.processes and cpu_job in trainers.processes
+        cpu_launch = [e.message for e in store.list_events(cpu_job) if e.type == "LAUNCHED"]
+        assert cpu_launch == [
+            "trainer attempt 1 launched (local) on the CPU (resources.gpus is 0; this host "
+            "has 2 GPU(s), ask for them with resources.gpus)"
+        ]
+        trainers.end(old)
+        reconciler.run_once()  # the old job ends (FAILED: retry budget)...
+        reconciler.run_once()  # ...and the GPU job starts
+        assert trainers.devices[gpu_job] == ["0"]
     finally:
         trainers.shutdown(0)

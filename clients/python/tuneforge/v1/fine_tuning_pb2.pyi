@@ -30,6 +30,7 @@ class FailureReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     STORAGE: _ClassVar[FailureReason]
     TRAINER_CRASHED: _ClassVar[FailureReason]
     INTERNAL: _ClassVar[FailureReason]
+    RESOURCES_UNAVAILABLE: _ClassVar[FailureReason]
 
 class CustomizationType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -52,6 +53,7 @@ OUT_OF_MEMORY: FailureReason
 STORAGE: FailureReason
 TRAINER_CRASHED: FailureReason
 INTERNAL: FailureReason
+RESOURCES_UNAVAILABLE: FailureReason
 CUSTOMIZATION_TYPE_UNSPECIFIED: CustomizationType
 FINE_TUNING: CustomizationType
 CONTINUED_PRE_TRAINING: CustomizationType
