@@ -23,6 +23,12 @@ class InvalidArgument(TuneforgeError):
     code = "INVALID_ARGUMENT"
 
 
+class PermissionDenied(TuneforgeError):
+    """The caller is known but may not do this: a URI outside the tenant's grants."""
+
+    code = "PERMISSION_DENIED"
+
+
 class JobNotFound(TuneforgeError):
     code = "NOT_FOUND"
 
@@ -78,3 +84,29 @@ class TooManyRequests(TuneforgeError):
     ) -> None:
         super().__init__(message, field=field)
         self.retry_after_seconds = retry_after_seconds
+
+
+class CorruptDocument(TuneforgeError):
+    """A document in the store that is not JSON, or not the shape it must have (written
+    by hand, by an older or newer release, or damaged). The service's fault, not the
+    caller's: it names the object so that an operator can look at it."""
+
+    code = "INTERNAL"
+
+    def __init__(self, uri: str, detail: str) -> None:
+        super().__init__(f"{uri} could not be read: {detail}")
+        self.uri = uri
+
+
+class LauncherFailed(TuneforgeError):
+    """A launcher's call raised: its cluster's API answered an error (Ray, Kubernetes),
+    or the host refused (the local launcher). Says which call, for which job."""
+
+    code = "INTERNAL"
+
+
+class StatusContention(TuneforgeError, RuntimeError):
+    """A compare-and-swap of a job's status lost to other writers every time it tried.
+    (A RuntimeError too, as it was before it had a class of its own.)"""
+
+    code = "INTERNAL"

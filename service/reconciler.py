@@ -25,11 +25,17 @@ pass walks `active/` (jobs not yet seen terminal) and, per job:
 - terminal: drop the active marker.
 
 The reconciler writes `status.launch`, and writes `status.state` only for a job with no
-live trainer; the trainer writes state and progress while it lives (DESIGN.md).
+live trainer (or one it has given up on); the trainer writes state and progress while it
+lives (DESIGN.md).
+
+No job stops the loop: whatever reading or acting on one job raises (a record that does
+not parse, a launcher's API error, a bug) is confined to that job, counted and tried again
+next pass; a job that keeps failing is failed or set aside (service/reconcile_faults.py).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
 import threading
@@ -37,6 +43,7 @@ import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import TypeVar
 
 from service.documents import (
     Failure,
@@ -48,11 +55,18 @@ from service.documents import (
     job_id_created_ms,
     utc_now,
 )
-from service.errors import JobNotFound, TuneforgeError
+from service.errors import CorruptDocument, JobNotFound, LauncherFailed
 from service.launch.base import Launcher, Observed
 from service.launch.gpus import DeviceLease, GpuInventory
 from service.observability.metrics import Metrics, RunningJob, is_running
 from service.observability.request_context import bind_job
+from service.reconcile_faults import (
+    FaultTracker,
+    JobFault,
+    classify,
+    fail_given_up,
+    fail_unreadable_status,
+)
 from service.store import Job, JobStore
 from service.webhooks import WebhookNotifier
 
@@ -60,6 +74,8 @@ log = logging.getLogger(__name__)
 
 # A marker whose spec never appeared: the create died half-way. Forget it after this.
 _ABANDONED_CREATE_SECONDS = 300.0
+
+Answer = TypeVar("Answer")
 
 
 def _age_seconds(timestamp: str | None) -> float:
@@ -88,6 +104,7 @@ class Reconciler:
         notifier: WebhookNotifier | None = None,
         tenant_environment: Callable[[str], dict[str, str]] | None = None,
         gpus: GpuInventory | None = None,
+        faults: FaultTracker | None = None,
     ) -> None:
         self.store = store
         self.launcher = launcher
@@ -111,6 +128,8 @@ class Reconciler:
         # end, which the launcher tells once (the next pass would see "gone, unknown").
         self._ends_awaiting_devices: dict[tuple[str, int], Observed] = {}
         self.replica_id = uuid.uuid4().hex[:12]
+        # Jobs whose reconcile raised in recent passes: when to give up on one.
+        self.faults = faults or FaultTracker()
         # Observability: pass timings, jobs by state, running jobs' gauges (/metrics);
         # webhook deliveries for jobs that end (a finished job stays active until its
         # delivery is settled).
@@ -143,10 +162,8 @@ class Reconciler:
             started = time.perf_counter()
             try:
                 self.run_once()
-            except TuneforgeError as error:
-                log.warning("reconcile pass failed: %s", error.message)
-            except Exception:
-                log.exception("reconcile pass failed")
+            except Exception as error:  # listing the active jobs failed (a store outage)
+                self._pass_step_failed("the reconcile pass", error)
             took = time.perf_counter() - started
             if self.metrics is not None:
                 self.metrics.reconcile_duration.observe(took)
@@ -171,12 +188,15 @@ class Reconciler:
         read: set[str] = set()  # jobs whose records this pass read and acted on
         still_waiting: set[str] = set()  # of those, the ones still queued after it
         active = self.store.list_active_job_ids()  # oldest first
+        self.faults.forget_all_but(active)
         # control.json only for jobs with a stop marker (one listing; the marker is
         # written before control.json, so a stop missed here is seen next pass).
         stopped = self.store.stop_marked(active[-1], active[0]) if active else set()
         for job_id in active:
             if self._stopping.is_set():
                 return
+            if self.faults.skips(job_id):
+                continue  # set aside: tried again when due (service/reconcile_faults.py)
             try:
                 job = self.store.get(job_id, read_control=job_id in stopped)
                 seen.append(job)
@@ -184,8 +204,10 @@ class Reconciler:
                     waits = self.reconcile(job)
                 read.add(job_id)
                 if waits:
-                    waiting.append(job)
-                elif job.status.launch is not None:
+                    waiting.append(job)  # its run of faults ends if its launch goes well
+                    continue
+                self.faults.succeeded(job_id)
+                if job.status.launch is not None:
                     occupied += 0 if job.status.launch.devices else 1
                     unleased_gpu_jobs += int(self._holds_unknown_devices(job))
                     tenant = job.spec.tenant
@@ -193,8 +215,8 @@ class Reconciler:
             except JobNotFound:
                 if _age_seconds_ms(job_id_created_ms(job_id)) > _ABANDONED_CREATE_SECONDS:
                     self.store.mark_inactive(job_id)
-            except TuneforgeError as error:
-                log.warning("reconciling job %s failed: %s", job_id, error.message)
+            except Exception as error:  # confined to this job: every other one goes on
+                self._job_failed(job_id, error)
         # Queued jobs start in creation order as slots or devices free up; the rest learn
         # their place in the queue.
         free = max(0, self.slots - occupied)
@@ -233,27 +255,28 @@ class Reconciler:
                 else:
                     still_waiting.add(job.spec.jobId)
                     in_line.append(job.spec.jobId)
-            except TuneforgeError as error:
-                still_waiting.add(job.spec.jobId)
-                log.warning("launching job %s failed: %s", job.spec.jobId, error.message)
+                self.faults.succeeded(job.spec.jobId)
             except OSError as error:  # the GPU lock files (service/launch/gpus.py)
                 still_waiting.add(job.spec.jobId)
                 in_line.append(job.spec.jobId)
                 log.error("leasing GPUs for job %s failed: %s", job.spec.jobId, error)
+            except Exception as error:  # confined to this job, as above
+                still_waiting.add(job.spec.jobId)
+                self._job_failed(job.spec.jobId, error)
             finally:
                 if lease is not None:
                     lease.release()  # the trainer holds its own copies
         self._queue_length = len(in_line)
         try:  # one document for the whole queue, written only when the order changed
             self.store.queue_order.publish(in_line)
-        except TuneforgeError as error:
-            log.warning("publishing the queue order failed: %s", error.message)
+        except Exception as error:  # tried again next pass; launches do not depend on it
+            self._pass_step_failed("publishing the queue order", error)
         try:  # jobs that left the queue give their place back (service/queue_ledger.py)
             self.store.queue_ledger.settle(
                 read, still_waiting, abandoned_seconds=_ABANDONED_CREATE_SECONDS
             )
-        except (TuneforgeError, ValueError) as error:
-            log.warning("settling the queue ledgers failed: %s", error)
+        except Exception as error:  # as above
+            self._pass_step_failed("settling the queue ledgers", error)
         if self.metrics is not None:
             free_gpus = len(self.gpus.free_devices()) if self.gpus is not None else 0
             self.metrics.observe_jobs(
@@ -265,7 +288,87 @@ class Reconciler:
                     if is_running(job.status.state)
                 ],
                 gpus=(free_gpus, len(self.gpus) - free_gpus) if self.gpus is not None else None,
+                set_aside=len(self.faults.set_aside_jobs()),
             )
+
+    # -- faults ----------------------------------------------------------------
+
+    def _job_failed(self, job_id: str, error: Exception) -> None:
+        """Reading or acting on the job raised: count it, log it with the job id, and give
+        up on the job once it has failed long enough (service/reconcile_faults.py)."""
+        fault = self.faults.failed(job_id, error)
+        if self.metrics is not None:
+            self.metrics.reconcile_errors.labels(fault.reason).inc()
+        log.error(
+            "reconciling job %s failed (%s, %d pass(es) in a row): %s",
+            job_id,
+            fault.reason,
+            fault.failures,
+            fault.description,
+            exc_info=error if fault.reason == "internal" else None,  # a bug: its traceback
+        )
+        if self.faults.should_give_up(job_id):
+            self._give_up(job_id, fault)
+
+    def _pass_step_failed(self, step: str, error: Exception) -> None:
+        """A step of the pass that belongs to no one job failed: counted and logged."""
+        reason, _ = classify(error)
+        if self.metrics is not None:
+            self.metrics.reconcile_errors.labels(reason).inc()
+        log.error("%s failed (%s): %s", step, reason, error, exc_info=reason == "internal")
+
+    def _give_up(self, job_id: str, fault: JobFault) -> None:
+        """Fail a job the loop could not act on for too long, saying why, kill its
+        trainer if one may live, and retire it; if even the failing write fails, set it
+        aside: tried again only every `set_aside_seconds`, reported meanwhile (log, the
+        tuneforge_reconcile_jobs_set_aside gauge)."""
+        seconds = self.faults.seconds_failing(job_id)
+        message = (
+            f"the service could not act on this job for {fault.failures} reconcile passes in "
+            f"a row ({seconds:.0f} s), so it failed it: {fault.description}"
+        )
+        try:
+            if fault.unreadable_status:
+                written = fail_unreadable_status(self.store, job_id, message)
+                launches: list[LaunchRecord] = []  # unknown: its trainer fences itself
+            else:
+                written, launches = fail_given_up(self.store, job_id, message)
+        except Exception as error:
+            self.faults.set_aside(job_id)
+            log.error(
+                "job %s is set aside: %s; failing it did not work either (%s: %s). It is "
+                "tried again every %.0f s until its records or the launcher are repaired",
+                job_id,
+                fault.description,
+                type(error).__name__,
+                error,
+                self.faults.set_aside_seconds,
+            )
+            return
+        if written is None and fault.unreadable_status:
+            return  # its status reads now, or changed meanwhile: the next pass looks again
+        if written is not None:
+            assert written.failure is not None
+            self.store.append_event(
+                job_id, "STATE_CHANGED", written.failure.message, JobState.FAILED
+            )
+            log.error("job %s is FAILED: %s", job_id, written.failure.message)
+        for launch in launches:
+            try:  # the job is failed either way; its trainer must not train on
+                self.launcher.signal(launch, signal.SIGKILL)
+            except Exception as error:
+                log.error(
+                    "job %s: its trainer (%s) could not be killed: %s; it runs on until it "
+                    "ends, and nothing it writes changes the job's outcome",
+                    job_id,
+                    launch.host,
+                    error,
+                )
+        try:
+            self._retire(job_id)
+        except CorruptDocument as error:  # its spec does not read: no webhook to settle
+            log.error("job %s retired without its webhook: %s", job_id, error.message)
+            self.store.mark_inactive(job_id)
 
     def _gpus_needed(self, job: Job) -> int:
         """Devices the job's attempts lease: its resources.gpus on a host with GPUs; 0
@@ -310,7 +413,8 @@ class Reconciler:
             return True
 
         awaited = self._ends_awaiting_devices.pop((job.spec.jobId, status.launch.attempt), None)
-        observed = awaited or self.launcher.observe(status.launch)
+        launch = status.launch
+        observed = awaited or self._ask_launcher("observe", lambda: self.launcher.observe(launch))
         alive = observed.alive
         if alive is None:  # another host's trainer: judge by its heartbeat
             last_sign = status.heartbeatAt or status.launch.launchedAt
@@ -319,7 +423,7 @@ class Reconciler:
             # Its process lives but its heartbeat thread has not written for longer
             # than the timeout: frozen (SIGSTOP, a paused VM) or hung. Left alone it
             # would hold its slot forever; killed, it resumes from its last checkpoint.
-            self.launcher.signal(status.launch, signal.SIGKILL)
+            self._signal(status.launch, signal.SIGKILL)
             observed = Observed(
                 alive=False,
                 exit_code=-signal.SIGKILL,
@@ -443,13 +547,26 @@ class Reconciler:
 
         self.store.update_status(job.spec.jobId, record_process)
 
+    def _ask_launcher(self, call: str, ask: Callable[[], Answer]) -> Answer:
+        """A launcher call; whatever it raises (a cluster API's error) becomes
+        `LauncherFailed`, naming the launcher and the call, for this job's fault count."""
+        try:
+            return ask()
+        except Exception as error:
+            raise LauncherFailed(
+                f"the {self.launcher.name} launcher's {call} failed: {_in_one_line(error)}"
+            ) from error
+
+    def _signal(self, launch: LaunchRecord, which: signal.Signals) -> None:
+        self._ask_launcher(f"signal {which.name}", lambda: self.launcher.signal(launch, which))
+
     def _escalate_stop(self, job: Job) -> None:
         assert job.status.launch is not None
         waited = _age_seconds(job.control.stopRequestedAt)
         if waited > self.stop_grace_seconds + self.kill_grace_seconds:
-            self.launcher.signal(job.status.launch, signal.SIGKILL)
+            self._signal(job.status.launch, signal.SIGKILL)
         elif waited > self.stop_grace_seconds:
-            self.launcher.signal(job.status.launch, signal.SIGTERM)
+            self._signal(job.status.launch, signal.SIGTERM)
 
     def _handle_dead_trainer(self, job: Job, observed: Observed) -> None:
         launch = job.status.launch
@@ -555,15 +672,43 @@ class Reconciler:
         self._retire(job.spec.jobId)
 
     def _retire(self, job_id: str) -> None:
-        """Drop a finished job from `active/`, once its webhook delivery is settled."""
+        """Drop a finished job from `active/`, once its webhook delivery is settled, and
+        have the launcher remove what its attempts left on a cluster."""
         if self.notifier is not None and not self.notifier.settled(self.store.get(job_id)):
             return  # a later pass asks again
+        try:
+            self.launcher.release(job_id)
+        except Exception as error:  # the cluster's own TTL removes them in the end
+            if self.metrics is not None:
+                self.metrics.reconcile_errors.labels("launcher").inc()
+            log.warning(
+                "job %s: the %s launcher could not remove its attempts: %s",
+                job_id,
+                self.launcher.name,
+                error,
+            )
         self.store.mark_inactive(job_id)
 
     def _upload_log(self, job_id: str, attempt: int) -> None:
-        path = self.launcher.local_log(job_id, attempt)
+        path = self._ask_launcher("local_log", lambda: self.launcher.local_log(job_id, attempt))
         if path is not None:
             self.store.upload_log(job_id, attempt, path)
+
+
+def _in_one_line(error: Exception) -> str:
+    """An exception in one line for a job's failure message: a cluster API's answer as
+    its HTTP status, reason and message (a Kubernetes ApiException's text spans lines,
+    with response headers); anything else, its first line."""
+    status, reason = getattr(error, "status", None), getattr(error, "reason", None)
+    if isinstance(status, int) and isinstance(reason, str):
+        said = f"{type(error).__name__}: HTTP {status} {reason}"
+        try:
+            message = json.loads(getattr(error, "body", None) or "{}").get("message")
+        except (ValueError, AttributeError):
+            message = None
+        return f"{said}: {message}" if message else said
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0] if lines else ''}".rstrip(": ")
 
 
 def _attempt(job: Job) -> int:

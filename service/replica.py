@@ -15,7 +15,7 @@ import socket
 from dataclasses import dataclass
 
 from service.auth.keys import KeyStore
-from service.auth.tenants import Access
+from service.auth.tenants import Access, AuthConfigurationError
 from service.context import ServiceContext
 from service.documents import JobResources
 from service.errors import InvalidArgument, TuneforgeError
@@ -25,6 +25,7 @@ from service.launch.capacity import launch_capacity
 from service.launch.gpus import GpuInventory
 from service.launch.local import LocalLauncher, ResourceLimits
 from service.observability.metrics import Metrics
+from service.reconcile_faults import FaultTracker
 from service.reconciler import Reconciler
 from service.settings import Settings
 from service.storage import ObjectStore
@@ -112,6 +113,8 @@ def cluster_launcher(settings: Settings) -> Launcher:
             scratch_size=settings.kubernetes_scratch_size,
             service_account=settings.kubernetes_trainer_service_account,
             tenant_secrets=settings.kubernetes_tenant_s3_secrets,
+            job_ttl_seconds=settings.kubernetes_job_ttl_seconds,
+            rendezvous_restarts=settings.kubernetes_rendezvous_restarts,
         )
     )
 
@@ -179,6 +182,31 @@ def build_trainer_environment(
     return environment
 
 
+def _check_trainers_reach_only_their_tenant(
+    settings: Settings, access: Access, credentials: TrainerCredentials
+) -> None:
+    """With authentication on and an external store, refuse to start when no tenant has
+    store credentials of its own for its trainers: every trainer would hold the
+    service's, which reach every tenant's data. TUNEFORGE_TRAINER_SHARED_CREDENTIALS=true
+    says that is what the operator wants (one team, several tenants for bookkeeping)."""
+    if not access.enabled or settings.embedded_store or settings.trainer_shared_credentials:
+        return
+    if settings.launcher == "kubernetes":
+        mapped, setting = (
+            bool(settings.kubernetes_tenant_s3_secrets),
+            ("TUNEFORGE_KUBERNETES_TENANT_S3_SECRETS"),
+        )
+    else:
+        mapped, setting = bool(credentials.by_tenant), "TUNEFORGE_TRAINER_CREDENTIALS_FILE"
+    if not mapped:
+        raise AuthConfigurationError(
+            "authentication is on, but no tenant has store credentials of its own for its "
+            f"trainers ({setting}): every trainer would get the service's, which reach every "
+            "tenant's data. Map tenants to credentials scoped to their buckets, or set "
+            "TUNEFORGE_TRAINER_SHARED_CREDENTIALS=true to share the service's on purpose"
+        )
+
+
 def open_storage(settings: Settings, store: StoreAccess, metrics: Metrics) -> ObjectStore:
     storage = ObjectStore(
         endpoint_url=store.endpoint_url,
@@ -218,6 +246,7 @@ def build_replica(
         settings,
         KeyStore(storage, settings.state_bucket, cache_seconds=settings.key_cache_seconds),
     )
+    _check_trainers_reach_only_their_tenant(settings, access, trainer_credentials)
     notifier = None
     if settings.webhook_allowed_hosts and settings.webhook_secret is not None:
         notifier = WebhookNotifier(
@@ -245,6 +274,11 @@ def build_replica(
         notifier=notifier,
         tenant_environment=trainer_credentials.environment_for,
         gpus=host_gpu_inventory(settings),
+        faults=FaultTracker(
+            give_up_after_failures=settings.reconcile_give_up_failures,
+            give_up_after_seconds=settings.reconcile_give_up_seconds,
+            set_aside_seconds=settings.reconcile_set_aside_seconds,
+        ),
     )
     context = ServiceContext(
         settings, store, reconciler, store_conformant=True, access=access, metrics=metrics

@@ -13,7 +13,9 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from service.errors import InvalidArgument
 from service.launch.gpus import host_gpus
+from service.storage import parse_s3_uri
 
 
 class TenantLimitOverrides(BaseModel):
@@ -86,6 +88,14 @@ class Settings(BaseSettings):
     # before SIGTERM, and after SIGTERM before SIGKILL of its process group.
     stop_grace_seconds: float = 20.0
     kill_grace_seconds: float = 10.0
+    # A job whose reconcile fails (a record that does not parse, a launcher's API error)
+    # this many passes in a row, over at least this long, is failed (INTERNAL, naming the
+    # cause); one whose status cannot even be written is set aside and tried again every
+    # `reconcile_set_aside_seconds` (service/reconcile_faults.py). Store outages do not
+    # count. Other jobs are never held up by it.
+    reconcile_give_up_failures: int = Field(default=10, ge=1, le=100_000)
+    reconcile_give_up_seconds: float = Field(default=300.0, ge=0)
+    reconcile_set_aside_seconds: float = Field(default=600.0, gt=0)
     # A crashed trainer is relaunched at most this many times; preemptions (SIGTERM)
     # and lost nodes do not count, but no job gets more than `max_attempts` trainers.
     crash_retry_budget: int = Field(default=2, ge=0, le=100)
@@ -114,6 +124,10 @@ class Settings(BaseSettings):
     # JSON file {"<tenant>": {"access_key_id": ..., "secret_access_key": ...}}. Tenants
     # not in it (or no file) give their trainers the store's own credentials.
     trainer_credentials_file: Path | None = None
+    # With authentication on and an external store, the service refuses to start when no
+    # tenant has credentials of its own (above, or TUNEFORGE_KUBERNETES_TENANT_S3_SECRETS):
+    # true says every tenant's trainers may share the service's on purpose.
+    trainer_shared_credentials: bool = False
 
     # -- cluster launchers (service/launch/ray.py, service/launch/kubernetes.py) -------
     # Attempts a cluster launcher has submitted at once; the cluster queues the rest.
@@ -151,6 +165,12 @@ class Settings(BaseSettings):
     # (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY), as JSON: {"acme": "tuneforge-s3-acme"}.
     # The Kubernetes counterpart of trainer_credentials_file; others get kubernetes_s3_secret.
     kubernetes_tenant_s3_secrets: dict[str, str] = Field(default_factory=dict)
+    # A finished trainer Job (and its pods) is deleted this long after it ends, should no
+    # reconciler have deleted it first (it does once it has seen the job end).
+    kubernetes_job_ttl_seconds: int = Field(default=3600, ge=60, le=30 * 86_400)
+    # How often torchrun may restart a multi-node group within one attempt: a pod replaced
+    # after an eviction rejoins this way (so does a crashed rank: torchrun cannot tell).
+    kubernetes_rendezvous_restarts: int = Field(default=3, ge=0, le=100)
 
     max_request_bytes: int = 1_048_576
 
@@ -207,10 +227,17 @@ class Settings(BaseSettings):
     tenant_requests_per_second: float = Field(default=0.0, ge=0)
     tenant_burst: int = Field(default=50, ge=1)
     tenant_limits: dict[str, TenantLimitOverrides] = {}
-    # Buckets that job data, base models and outputs may live in ("*": any bucket but
-    # the state bucket, which no job may ever name). Per tenant, replaces the default.
-    allowed_buckets: list[str] = ["*"]
+    # Grants: the buckets and folders job data, base models and outputs may live in,
+    # each "bucket", "bucket/folder/" or "*" (any bucket but the state bucket, which no
+    # job may ever name). `allowed_buckets`: for every tenant; unset means none with
+    # authentication on, "*" with it off (development mode). `tenant_allowed_buckets`:
+    # per tenant, replacing `allowed_buckets`. `tenant_home_bucket`: each tenant is also
+    # granted its own folder there, s3://<bucket>/<tenant>/ (service/auth/limits.py).
+    allowed_buckets: list[str] | None = None
     tenant_allowed_buckets: dict[str, list[str]] = {}
+    tenant_home_bucket: str | None = Field(
+        default=None, pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$"
+    )
 
     # -- the trainer's resource limits (service/launch/local.py; 0: unlimited) ---------
     trainer_max_memory_bytes: int = Field(default=0, ge=0)
@@ -222,6 +249,23 @@ class Settings(BaseSettings):
     def _gpus_are_device_names(cls, value: str | None) -> str | None:
         if value is not None:
             host_gpus(value, {})  # raises ValueError naming the bad entry
+        return value
+
+    @field_validator("allowed_buckets")
+    @classmethod
+    def _grants_are_buckets_or_folders(cls, value: list[str] | None) -> list[str] | None:
+        for grant in value or []:
+            _check_grant(grant)
+        return value
+
+    @field_validator("tenant_allowed_buckets")
+    @classmethod
+    def _tenant_grants_are_buckets_or_folders(
+        cls, value: dict[str, list[str]]
+    ) -> dict[str, list[str]]:
+        for grants in value.values():
+            for grant in grants:
+                _check_grant(grant)
         return value
 
     @model_validator(mode="after")
@@ -251,6 +295,16 @@ class Settings(BaseSettings):
         if self.s3_endpoint_url:
             return self.s3_endpoint_url
         return f"http://127.0.0.1:{self.embedded_s3_port}"
+
+
+def _check_grant(grant: str) -> None:
+    """A grant is "*", "bucket", "bucket/folder/" or "s3://bucket/folder/"."""
+    if grant == "*":
+        return
+    try:
+        parse_s3_uri(grant if grant.startswith("s3://") else f"s3://{grant}", field="grant")
+    except InvalidArgument as error:
+        raise ValueError(f"grant {grant!r}: {error.message}") from None
 
 
 def _is_loopback(host: str) -> bool:

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import contextvars
 import hashlib
+import json
+import logging
 import re
 import threading
 from collections import OrderedDict
@@ -22,6 +24,9 @@ from collections.abc import Callable, Sequence, Set
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TypeVar
+
+from pydantic import BaseModel, ValidationError
 
 from service.documents import (
     JOB_ID_PATTERN,
@@ -32,10 +37,12 @@ from service.documents import (
     JobStatus,
     utc_now,
 )
-from service.errors import JobNotFound
+from service.errors import CorruptDocument, JobNotFound, StatusContention
 from service.queue_ledger import QueueLedger
 from service.queue_order import QueueOrder
 from service.storage import ObjectStore, PreconditionFailed, S3Location
+
+log = logging.getLogger(__name__)
 
 _JOB_ID = re.compile(JOB_ID_PATTERN)
 _TENANT = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
@@ -47,6 +54,8 @@ SPEC_CACHE_SIZE = 10_000
 FINISHED_CACHE_SIZE = 5_000
 # Store reads one get_many call has in flight at most (a list page: 20 by default).
 _CONCURRENT_READS = 8
+
+Document = TypeVar("Document", bound=BaseModel)
 
 
 @dataclass
@@ -216,10 +225,10 @@ class JobStore:
             if cached is not None:
                 self._specs.move_to_end(job_id)
                 return cached
-        found = self.storage.get_json(self._job(job_id, "spec.json"))
+        found = self._read(self._job(job_id, "spec.json"), JobSpec)
         if found is None:  # not cached: a create in flight may write it any moment
             raise JobNotFound(job_id)
-        spec = JobSpec.model_validate(found[0])
+        spec = found[0]
         self._remember_spec(spec)
         return spec
 
@@ -232,14 +241,53 @@ class JobStore:
 
     def get_status(self, job_id: str) -> tuple[JobStatus, str | None]:
         """The status and its ETag; a job whose status was never written is QUEUED."""
-        found = self.storage.get_json(self._job(job_id, "status.json"))
+        found = self._read(self._job(job_id, "status.json"), JobStatus)
         if found is None:
             return JobStatus(updatedAt=utc_now()), None
-        return JobStatus.model_validate(found[0]), found[1]
+        return found
 
     def get_control(self, job_id: str) -> JobControl:
-        found = self.storage.get_json(self._job(job_id, "control.json"))
-        return JobControl() if found is None else JobControl.model_validate(found[0])
+        found = self._read(self._job(job_id, "control.json"), JobControl)
+        return JobControl() if found is None else found[0]
+
+    def _read(self, location: S3Location, model: type[Document]) -> tuple[Document, str] | None:
+        """The document and its ETag, None when absent; `CorruptDocument` (naming the
+        object and what is wrong) when it is not JSON or not a valid `model`."""
+        found = self.storage.get_bytes(location)
+        if found is None:
+            return None
+        body, etag = found
+        try:
+            return model.model_validate(json.loads(body)), etag
+        except ValueError as error:  # JSONDecodeError and ValidationError are both
+            raise CorruptDocument(location.uri, _what_is_wrong(error)) from error
+
+    def set_aside_corrupt_status(
+        self, job_id: str, replacement: Callable[[str], JobStatus]
+    ) -> JobStatus | None:
+        """Replace a `status.json` that cannot be read with `replacement(kept)`, keeping
+        the unreadable bytes beside it (at the URI `kept`: `status.corrupt-<etag>.json`)
+        for whoever looks for the cause. Return the status written; None, changing
+        nothing, when the status reads fine now or changed meanwhile (the reconciler
+        looks again next pass)."""
+        location = self._job(job_id, "status.json")
+        found = self.storage.get_bytes(location)
+        if found is None:
+            return None
+        body, etag = found
+        try:
+            JobStatus.model_validate(json.loads(body))
+            return None  # repaired meanwhile
+        except ValueError:
+            pass
+        kept = self._job(job_id, f"status.corrupt-{etag.strip(chr(34))[:32]}.json")
+        self.storage.put_bytes(kept, body)
+        new = replacement(kept.uri)
+        try:
+            self.storage.put_json(location, new.model_dump(mode="json"), if_match=etag)
+        except PreconditionFailed:
+            return None
+        return new
 
     def get(self, job_id: str, *, read_control: bool = True) -> Job:
         """The job; `read_control=False` when the caller knows no stop was requested (no
@@ -278,13 +326,18 @@ class JobStore:
         """The jobs, in the order given, read concurrently: a page of a listing is one
         status GET per job, and one after the other those add up to its latency.
         `stopped`: the ids with a stop marker (`stop_marked`), whose control is read too.
-        None for an id whose spec is not written yet (a create in flight)."""
+        None for an id whose spec is not written yet (a create in flight), or whose spec
+        or status cannot be read (logged; the reconciler fails such a job, or reports it:
+        service/reconcile_faults.py), so one damaged record does not break every page."""
         context = contextvars.copy_context()  # the caller's request id, for store logs
 
         def read(job_id: str) -> Job | None:
             try:
                 return self.get(job_id, read_control=job_id in stopped)
             except JobNotFound:
+                return None
+            except CorruptDocument as error:
+                log.error("job %s left out of a listing: %s", job_id, error.message)
                 return None
 
         # Finished jobs come from memory here; only the others go to the threads.
@@ -356,7 +409,9 @@ class JobStore:
                 return new
             except PreconditionFailed:
                 continue
-        raise RuntimeError(f"status of job {job_id} kept changing; gave up after {max_attempts}")
+        raise StatusContention(
+            f"the status of job {job_id} kept changing under {max_attempts} tries to write it"
+        )
 
     def put_control(self, job_id: str, control: JobControl) -> None:
         if control.stopRequested:
@@ -429,3 +484,16 @@ class JobStore:
 
     def upload_log(self, job_id: str, attempt: int, path: Path) -> None:
         self.storage.upload_file(path, self.log_location(job_id, attempt))
+
+
+def _what_is_wrong(error: ValueError) -> str:
+    """One line on why a document did not parse: the first field at fault, or where the
+    JSON breaks."""
+    if isinstance(error, ValidationError):
+        first = error.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "the document"
+        more = error.error_count() - 1
+        return f"{where}: {first['msg']}" + (f" (and {more} more)" if more else "")
+    if isinstance(error, json.JSONDecodeError):
+        return f"not JSON ({error})"
+    return str(error).splitlines()[0]

@@ -20,6 +20,7 @@ from service.errors import (
     IdempotencyConflict,
     InvalidArgument,
     JobNotFound,
+    PermissionDenied,
     StoreNotConformant,
     StoreUnavailable,
     TooManyRequests,
@@ -33,6 +34,7 @@ log = logging.getLogger(__name__)
 _STATUS = {
     InvalidArgument: 400,
     Unauthenticated: 401,
+    PermissionDenied: 403,
     JobNotFound: 404,
     KeyNotFound: 404,
     TooManyRequests: 429,
@@ -49,6 +51,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         404: "No such job.",
         409: "Conflict: the job's state does not allow it, or an idempotency token was reused.",
         401: "No valid API key (send Authorization: Bearer <key>).",
+        403: "Not allowed: a URI outside the buckets or folders granted to the tenant.",
         413: "Request body too large.",
         422: "The request body does not match the schema (the field is named).",
         429: "A per-tenant limit (requests per second, queued jobs); retry after Retry-After.",

@@ -1,8 +1,16 @@
 """Per-tenant limits: settings resolved for one tenant, and requests per second.
 
 `TenantPolicy` is what the core needs to know about a tenant to create a job: how many
-of its jobs may wait QUEUED, how many may run at once, which buckets its data, models
-and outputs may live in. `RequestRate` is a token bucket per tenant in this replica's
+of its jobs may wait QUEUED, how many may run at once, and its grants: the buckets and
+folders its data, models and outputs may live in.
+
+Grants (README, "Tenants and buckets"): with authentication on, a tenant may use only
+what is granted to it: its own list (TUNEFORGE_TENANT_ALLOWED_BUCKETS), else the list for
+every tenant (TUNEFORGE_ALLOWED_BUCKETS, empty unless the operator sets it), plus its
+own folder `s3://<TUNEFORGE_TENANT_HOME_BUCKET>/<tenant>/` when that bucket is set.
+Nothing is granted to everyone by default; "*" (any bucket) only when written out. With
+authentication off (development mode, one tenant) the default is "*". The state bucket
+is never usable, whatever is granted. `RequestRate` is a token bucket per tenant in this replica's
 memory (N replicas allow N times the rate; the limit is against floods, not billing).
 """
 
@@ -13,9 +21,44 @@ import threading
 import time
 from dataclasses import dataclass
 
-from service.errors import InvalidArgument, TooManyRequests
+from service.errors import InvalidArgument, PermissionDenied, TooManyRequests
 from service.settings import Settings, TenantLimitOverrides
-from service.storage import parse_s3_uri
+from service.storage import S3Location, parse_s3_uri
+
+ANY_BUCKET = "*"
+
+
+@dataclass(frozen=True)
+class Grant:
+    """A bucket, or a folder in one (`prefix` ends with "/"), that a tenant may use."""
+
+    bucket: str
+    prefix: str = ""
+
+    @classmethod
+    def parse(cls, text: str) -> Grant:
+        """From `bucket`, `bucket/folder` or `s3://bucket/folder/`; a folder always ends
+        at a "/" (a grant of `shared/team` must not reach `shared/team2/`)."""
+        location = parse_s3_uri(text if text.startswith("s3://") else f"s3://{text}", field="grant")
+        prefix = location.key.strip("/")
+        return cls(location.bucket, f"{prefix}/" if prefix else "")
+
+    def covers(self, location: S3Location) -> bool:
+        return location.bucket == self.bucket and location.key.startswith(self.prefix)
+
+    def __str__(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}"
+
+
+def tenant_grants(settings: Settings, tenant: str, *, authenticated: bool) -> tuple[str, ...]:
+    """What `tenant` may use, as written in settings ("*" for any bucket)."""
+    shared = settings.allowed_buckets
+    if shared is None:
+        shared = [] if authenticated else [ANY_BUCKET]
+    grants = list(settings.tenant_allowed_buckets.get(tenant, shared))
+    if settings.tenant_home_bucket:
+        grants.append(f"{settings.tenant_home_bucket}/{tenant}/")
+    return tuple(grants)
 
 
 @dataclass(frozen=True)
@@ -25,11 +68,11 @@ class TenantPolicy:
     max_queued_jobs: int  # 0: no limit
     requests_per_second: float  # 0: no limit
     burst: int
-    allowed_buckets: tuple[str, ...]  # "*": any bucket but the state bucket
+    allowed_buckets: tuple[str, ...]  # grants (`Grant.parse`); "*": any but the state bucket
     state_bucket: str
 
     @classmethod
-    def of(cls, settings: Settings, tenant: str) -> TenantPolicy:
+    def of(cls, settings: Settings, tenant: str, *, authenticated: bool = True) -> TenantPolicy:
         overrides = settings.tenant_limits.get(tenant) or TenantLimitOverrides()
         running, queued = overrides.max_running_jobs, overrides.max_queued_jobs
         rate, burst = overrides.requests_per_second, overrides.burst
@@ -39,22 +82,22 @@ class TenantPolicy:
             max_queued_jobs=settings.tenant_max_queued_jobs if queued is None else queued,
             requests_per_second=settings.tenant_requests_per_second if rate is None else rate,
             burst=settings.tenant_burst if burst is None else burst,
-            allowed_buckets=tuple(
-                settings.tenant_allowed_buckets.get(tenant, settings.allowed_buckets)
-            ),
+            allowed_buckets=tenant_grants(settings, tenant, authenticated=authenticated),
             state_bucket=settings.state_bucket,
         )
 
     @classmethod
     def unlimited(cls, tenant: str, state_bucket: str) -> TenantPolicy:
-        return cls(tenant, 0, 0, 0.0, 1, ("*",), state_bucket)
+        return cls(tenant, 0, 0, 0.0, 1, (ANY_BUCKET,), state_bucket)
 
     def check_uri(self, uri: str, field: str) -> None:
-        """Refuse a data, model or output URI outside the buckets this tenant may use.
+        """Refuse a data, model or output URI outside what this tenant may use.
 
         `parse_s3_uri` has already refused other schemes, `..`, `.` and empty segments
-        (so no absolute-key tricks); here: an empty key, the state bucket (job documents
-        and API keys live there), and buckets the operator did not allow.
+        (so no absolute-key tricks); here: an empty key and the state bucket (job
+        documents and API keys live there) are invalid (InvalidArgument), and a URI
+        outside the tenant's grants is not allowed (PermissionDenied, naming the field,
+        the URI and the grants).
         """
         location = parse_s3_uri(uri, field=field)
         if not location.key.strip("/"):
@@ -69,11 +112,17 @@ class TenantPolicy:
                 "cannot be used for job data, models or outputs",
                 field=field,
             )
-        if "*" not in self.allowed_buckets and location.bucket not in self.allowed_buckets:
-            allowed = ", ".join(sorted(self.allowed_buckets)) or "none"
-            raise InvalidArgument(
-                f"{field}: bucket {location.bucket!r} is not one this tenant may use "
-                f"(allowed: {allowed})",
+        if ANY_BUCKET in self.allowed_buckets:
+            return
+        grants = [Grant.parse(grant) for grant in self.allowed_buckets]
+        if not any(grant.covers(location) for grant in grants):
+            granted = ", ".join(sorted(str(grant) for grant in grants)) or (
+                "nothing: the operator grants buckets with TUNEFORGE_TENANT_ALLOWED_BUCKETS, "
+                "TUNEFORGE_ALLOWED_BUCKETS or TUNEFORGE_TENANT_HOME_BUCKET"
+            )
+            raise PermissionDenied(
+                f"{field}: {uri} is outside what tenant '{self.tenant}' may use "
+                f"(granted: {granted})",
                 field=field,
             )
 

@@ -71,10 +71,15 @@ class Access:
             )
         else:
             log.info("authentication is on: API keys required on REST, gRPC and Bedrock")
+            if "*" in (settings.allowed_buckets or []):
+                log.warning(
+                    "TUNEFORGE_ALLOWED_BUCKETS grants '*': every tenant may name any bucket "
+                    "(but the state bucket) for its data, models and outputs"
+                )
         return cls(settings, keys, enabled=enabled)
 
     def policy(self, tenant: str) -> TenantPolicy:
-        return TenantPolicy.of(self.settings, tenant)
+        return TenantPolicy.of(self.settings, tenant, authenticated=self.enabled)
 
     def tenant_for_key(self, key: str | None) -> str:
         """The tenant of an API key; Unauthenticated when auth is on and it is not valid."""

@@ -28,6 +28,7 @@ from service.errors import (
     IdempotencyConflict,
     InvalidArgument,
     JobNotFound,
+    PermissionDenied,
     StoreNotConformant,
     StoreUnavailable,
     TooManyRequests,
@@ -116,7 +117,7 @@ def to_bedrock(error: Exception) -> BedrockError:
         return ValidationException(validation_message(list(error.errors())))
     if isinstance(error, InvalidArgument):
         return ValidationException(error.message)
-    if isinstance(error, Unauthenticated):
+    if isinstance(error, (Unauthenticated, PermissionDenied)):
         return AccessDeniedException(error.message)
     if isinstance(error, TooManyRequests):
         return ThrottlingException(error.message)

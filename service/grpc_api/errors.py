@@ -9,6 +9,7 @@
 | IdempotencyConflict                     | ALREADY_EXISTS      | (ErrorInfo only)            |
 | StoreUnavailable, StoreNotConformant    | UNAVAILABLE         | RetryInfo (5 s)             |
 | Unauthenticated                         | UNAUTHENTICATED     | (ErrorInfo only)            |
+| PermissionDenied                        | PERMISSION_DENIED   | (ErrorInfo: its field)      |
 | TooManyRequests                         | RESOURCE_EXHAUSTED  | RetryInfo (when to retry)   |
 | ShuttingDown (a watch cut by shutdown)  | UNAVAILABLE         | RetryInfo (1 s)             |
 | any other error                         | INTERNAL            | (logged here)               |
@@ -35,6 +36,7 @@ from service.errors import (
     IdempotencyConflict,
     InvalidArgument,
     JobNotFound,
+    PermissionDenied,
     StoreNotConformant,
     StoreUnavailable,
     TooManyRequests,
@@ -55,6 +57,7 @@ _CODES: list[tuple[type[TuneforgeError], int]] = [
     (StoreUnavailable, code_pb2.UNAVAILABLE),
     (StoreNotConformant, code_pb2.UNAVAILABLE),
     (Unauthenticated, code_pb2.UNAUTHENTICATED),
+    (PermissionDenied, code_pb2.PERMISSION_DENIED),
     (TooManyRequests, code_pb2.RESOURCE_EXHAUSTED),
 ]
 

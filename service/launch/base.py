@@ -59,4 +59,9 @@ class Launcher(Protocol):
 
     def local_log(self, job_id: str, attempt: int) -> Path | None: ...
 
+    def release(self, job_id: str) -> None:
+        """The job ended and its end was seen: remove what its attempts left on the
+        cluster (Kubernetes Jobs, their pods and Services). Nothing to do elsewhere."""
+        ...
+
     def shutdown(self, grace_seconds: float) -> None: ...

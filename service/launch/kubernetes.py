@@ -27,15 +27,21 @@ Invariants of every rendered Job:
   filesystem; its only writable place is an emptyDir mounted at /scratch (its working
   directory and HOME);
 - multi-node jobs (`resources.nodes` > 1) are Indexed Jobs (completions = parallelism
-  = nodes); each pod learns its rank from `JOB_COMPLETION_INDEX` and finds rank 0 as
-  `<job name>-0.<job name>` through a headless Service of the same name;
+  = nodes); their pods find each other through torchrun's elastic c10d rendezvous,
+  hosted by the pod of index 0 at `<job name>-0.<job name>` (a headless Service of the
+  same name), so a pod replaced after an eviction joins again (the group restarts from
+  the newest checkpoint, at most `rendezvous_restarts` times within the attempt);
+- nothing outlives its job: the Job's pods are its own, the rendezvous Service is
+  owned by the Job (ownerReferences), the Job is deleted by Kubernetes
+  `ttlSecondsAfterFinished` after it ends and by the reconciler (`release`) once it has
+  seen the job end, with every earlier attempt's;
 - the trainer's output goes to the pod log and, through `python -m trainer.log_keeper`
   (the container's command, wrapping the trainer's), to the attempt's log in the store,
   uploaded when the trainer ends however it ends;
 - the container runs `python -m trainer` for one process, and torchrun
   (`python -m trainer.torchrun`, which keeps the trainer's exit codes) for several:
-  `--nproc-per-node` = the GPUs per node, and for several nodes a static rendezvous at
-  rank 0's pod with `--node-rank` from the completion index (`trainer_command`).
+  `--nproc-per-node` = the GPUs per node, and for several nodes `--nnodes` and the c10d
+  rendezvous above (`trainer_command`).
 """
 
 from __future__ import annotations
@@ -85,6 +91,13 @@ class KubernetesConfig:
     image_pull_policy: str = "IfNotPresent"
     # tenant -> a Secret (same keys as s3_secret_name's) with that tenant's store pair.
     tenant_secrets: Mapping[str, str] = field(default_factory=dict)
+    # Kubernetes deletes a finished Job (and its pods) this long after it ends, should
+    # the reconciler not have (`release`). Long enough for a reconciler to see the end:
+    # a Job gone before that reads as a lost trainer.
+    job_ttl_seconds: int = 3600
+    # Times torchrun restarts a multi-node group within an attempt when its membership
+    # changes (a pod replaced) or a rank fails (torchrun cannot tell them apart).
+    rendezvous_restarts: int = 3
 
     def __post_init__(self) -> None:
         if not _DNS_LABEL.match(self.namespace) or len(self.namespace) > 63:
@@ -96,6 +109,8 @@ class KubernetesConfig:
                 raise ValueError(f"secret name {secret!r} is not a valid name")
         if self.termination_grace_seconds < 1:
             raise ValueError("termination_grace_seconds must be at least 1")
+        if self.job_ttl_seconds < 60:
+            raise ValueError("job_ttl_seconds must be at least 60")
 
 
 def job_name(job_id: str, attempt: int) -> str:
@@ -163,9 +178,13 @@ def _environment(
     return variables
 
 
-def trainer_command(spec: JobSpec) -> list[str]:
+def trainer_command(spec: JobSpec, attempt: int = 1, rendezvous_restarts: int = 3) -> list[str]:
     """The trainer container's command: one process, or torchrun over the GPUs of each
-    node and the nodes (Kubernetes expands `$(VAR)` from the container's environment)."""
+    node and the nodes (Kubernetes expands `$(VAR)` from the container's environment).
+
+    Several nodes meet through c10d (elastic): ranks are assigned as nodes join, and a
+    node that joins later (a pod replaced after an eviction) makes the group restart
+    and meet again, from the newest checkpoint."""
     trainer = ["-m", "trainer", "--job-id", spec.jobId]
     resources = spec.resources
     if resources.nodes == 1 and resources.gpus <= 1:
@@ -177,12 +196,14 @@ def trainer_command(spec: JobSpec) -> list[str]:
         *command,
         "--nnodes",
         str(resources.nodes),
-        "--node-rank",
-        "$(TUNEFORGE_NODE_RANK)",
-        "--master-addr",
-        "$(MASTER_ADDR)",
-        "--master-port",
-        "$(MASTER_PORT)",
+        "--rdzv-backend",
+        "c10d",
+        "--rdzv-endpoint",
+        "$(MASTER_ADDR):$(MASTER_PORT)",
+        "--rdzv-id",
+        job_name(spec.jobId, attempt),
+        "--max-restarts",
+        str(rendezvous_restarts),
         *trainer,
     ]
 
@@ -215,7 +236,7 @@ def render_job_manifest(
             "--job-id",
             spec.jobId,
             "--",
-            *trainer_command(spec),
+            *trainer_command(spec, attempt, config.rendezvous_restarts),
         ],
         "workingDir": SCRATCH,
         "env": _environment(spec, attempt, environment, config),
@@ -251,6 +272,7 @@ def render_job_manifest(
     job_spec: dict[str, Any] = {
         # Crashes are retried by the reconciler, as a new attempt (module docstring).
         "backoffLimit": 0,
+        "ttlSecondsAfterFinished": config.job_ttl_seconds,
         "completions": resources.nodes,
         "parallelism": resources.nodes,
         "podFailurePolicy": {
@@ -290,15 +312,28 @@ def render_job_manifest(
 
 
 def render_rendezvous_service(
-    spec: JobSpec, attempt: int, config: KubernetesConfig
+    spec: JobSpec, attempt: int, config: KubernetesConfig, job_uid: str
 ) -> dict[str, Any]:
-    """The headless Service that gives a multi-node attempt's pods DNS names."""
+    """The headless Service that gives a multi-node attempt's pods DNS names, owned by
+    the attempt's Job (`job_uid`): deleting the Job deletes it."""
     name = job_name(spec.jobId, attempt)
     labels = _labels(spec, attempt)
+    owner = {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "name": name,
+        "uid": job_uid,
+        "blockOwnerDeletion": False,
+    }
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": {"name": name, "namespace": config.namespace, "labels": labels},
+        "metadata": {
+            "name": name,
+            "namespace": config.namespace,
+            "labels": labels,
+            "ownerReferences": [owner],
+        },
         "spec": {
             "clusterIP": "None",
             "publishNotReadyAddresses": True,
@@ -367,12 +402,16 @@ class KubernetesLauncher:
         devices: DeviceLease | None = None,  # the cluster places GPUs: never given here
     ) -> Started:
         manifest = render_job_manifest(spec, attempt, environment, self.config)
-        if spec.resources.nodes > 1:
-            service = render_rendezvous_service(spec, attempt, self.config)
-            self._create(self._core.create_namespaced_service, service)
-        self._create(self._batch.create_namespaced_job, manifest)
         name = manifest["metadata"]["name"]
+        self._create(self._batch.create_namespaced_job, manifest)
         log.info("created Kubernetes Job %s/%s", self.config.namespace, name)
+        if spec.resources.nodes > 1:
+            # After the Job, whose uid it names as its owner; the pods' rendezvous waits
+            # for its DNS names meanwhile.
+            job = self._batch.read_namespaced_job(name, self.config.namespace)
+            uid = self._client.sanitize_for_serialization(job)["metadata"]["uid"]
+            service = render_rendezvous_service(spec, attempt, self.config, str(uid))
+            self._create(self._core.create_namespaced_service, service)
         return Started(f"{self.config.namespace}/{name}", None, None)
 
     def _job_of(self, launch: LaunchRecord) -> str | None:
@@ -429,6 +468,20 @@ class KubernetesLauncher:
 
     def local_log(self, job_id: str, attempt: int) -> None:
         return None  # the trainer uploads its own log
+
+    def release(self, job_id: str) -> None:
+        """Delete every attempt's Job of a job that ended; their pods and rendezvous
+        Services go with them (owned). Logs are in the store already."""
+        from kubernetes import client
+
+        if not re.match(JOB_ID_PATTERN, job_id):
+            raise ValueError(f"not a job id: {job_id!r}")
+        self._batch.delete_collection_namespaced_job(
+            self.config.namespace,
+            label_selector=f"{LABEL_JOB_ID}={job_id}",
+            body=client.V1DeleteOptions(propagation_policy="Background"),
+        )
+        log.info("deleted the Kubernetes Jobs of job %s", job_id)
 
     def shutdown(self, grace_seconds: float) -> None:
         return None  # trainer Jobs outlive API replicas by design

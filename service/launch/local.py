@@ -214,6 +214,9 @@ class LocalLauncher:
         path = self._attempt_dir(job_id, attempt) / "trainer.log"
         return path if path.exists() else None
 
+    def release(self, job_id: str) -> None:
+        return None  # nothing outlives the trainer's process
+
     def shutdown(self, grace_seconds: float) -> None:
         """Terminate the trainers this process started (SIGTERM, grace, SIGKILL)."""
         running = [p for p in self._children.values() if p.poll() is None]

@@ -287,5 +287,8 @@ class RayLauncher:
     def local_log(self, job_id: str, attempt: int) -> None:
         return None  # the trainer uploads its own log
 
+    def release(self, job_id: str) -> None:
+        return None  # Ray keeps a finished job's record under its own retention
+
     def shutdown(self, grace_seconds: float) -> None:
         return None  # Ray jobs outlive API replicas by design

@@ -104,6 +104,13 @@ class Metrics:
             buckets=_RECONCILE_BUCKETS,
             registry=registry,
         )
+        self.reconcile_errors = Counter(
+            "tuneforge_reconcile_errors",
+            "Failures reading or acting on one job in a reconcile pass (or of a step of the "
+            "pass), by reason (service/reconcile_faults.py REASONS).",
+            ["reason"],
+            registry=registry,
+        )
         self.webhook_deliveries = Counter(
             "tuneforge_webhook_deliveries",
             "Webhook deliveries, by outcome (delivered, retried, failed).",
@@ -149,16 +156,18 @@ class Metrics:
         running: Iterable[RunningJob],
         *,
         gpus: tuple[int, int] | None = None,
+        set_aside: int = 0,
     ) -> None:
         """What one reconcile pass read: the active jobs' states, how many wait for a
-        slot, the running jobs' progress, and the host's (free, used) GPUs (None: the
-        launcher has no GPU inventory). Replaces what the pass before saw, so a job that
-        left RUNNING/STOPPING has no series any more."""
+        slot, the running jobs' progress, the host's (free, used) GPUs (None: the
+        launcher has no GPU inventory) and how many jobs the loop has set aside (it
+        could neither act on them nor fail them). Replaces what the pass before saw, so
+        a job that left RUNNING/STOPPING has no series any more."""
         counts = dict.fromkeys((state for state in JobState if not state.is_terminal()), 0)
         for state in states:
             if state in counts:
                 counts[state] += 1
-        self._snapshot.replace(counts, queue_length, list(running), gpus)
+        self._snapshot.replace(counts, queue_length, list(running), gpus, set_aside)
 
     # -- exposition --------------------------------------------------------------
 
@@ -190,6 +199,7 @@ class _ReconcileSnapshot(Collector):
         self._queue_length = 0
         self._running: list[RunningJob] = []
         self._gpus: tuple[int, int] | None = None
+        self._set_aside = 0
 
     def replace(
         self,
@@ -197,17 +207,19 @@ class _ReconcileSnapshot(Collector):
         queue_length: int,
         running: list[RunningJob],
         gpus: tuple[int, int] | None,
+        set_aside: int,
     ) -> None:
         with self._lock:
             self._counts = dict(counts)
             self._queue_length = queue_length
             self._running = running
             self._gpus = gpus
+            self._set_aside = set_aside
 
     def collect(self) -> Iterable[Metric]:
         with self._lock:
             counts, queue_length, running = self._counts, self._queue_length, self._running
-            gpus = self._gpus
+            gpus, set_aside = self._gpus, self._set_aside
         jobs = GaugeMetricFamily(
             "tuneforge_jobs",
             "Jobs not yet finished, by state, as the last reconcile pass saw them.",
@@ -220,6 +232,12 @@ class _ReconcileSnapshot(Collector):
             "tuneforge_queue_length",
             "Jobs waiting QUEUED for a free trainer slot.",
             value=queue_length,
+        )
+        yield GaugeMetricFamily(
+            "tuneforge_reconcile_jobs_set_aside",
+            "Jobs the reconcile loop gave up on but could not fail (their status could not "
+            "be written); each is tried again every TUNEFORGE_RECONCILE_SET_ASIDE_SECONDS.",
+            value=set_aside,
         )
         if gpus is not None:
             family = GaugeMetricFamily(

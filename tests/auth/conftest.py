@@ -1,8 +1,9 @@
 """A real API server with authentication on: an admin key, API keys made through it,
 Bedrock SigV4 keys mapped to tenants, per-tenant limits.
 
-Job data, models and outputs may live in bucket "demo" only (tenant "elsewhere":
-"other-bucket" only). Its 'trainer' is a shell script that sleeps: a launched job stays
+Job data, models and outputs may live in bucket "demo" (tenant "elsewhere": only in
+"other-bucket") and in each tenant's own folder `s3://tenant-homes/<tenant>/`. Its
+'trainer' is a shell script that sleeps: a launched job stays
 alive (and QUEUED, since nothing reports progress) until it is stopped, so tests can
 hold slots and queues as they need without the cost of training. Tests use their own tenant names so
 that they do not see each other's jobs.
@@ -65,6 +66,9 @@ def auth_server(
             "TUNEFORGE_TENANT_LIMITS": json.dumps(TENANT_LIMITS),
             "TUNEFORGE_ALLOWED_BUCKETS": json.dumps(["demo"]),
             "TUNEFORGE_TENANT_ALLOWED_BUCKETS": json.dumps({"elsewhere": ["other-bucket"]}),
+            "TUNEFORGE_TENANT_HOME_BUCKET": "tenant-homes",
+            # The trainers are sleepers: they share the service's store pair on purpose.
+            "TUNEFORGE_TRAINER_SHARED_CREDENTIALS": "true",
             "TUNEFORGE_STOP_GRACE_SECONDS": "1",
             "TUNEFORGE_KILL_GRACE_SECONDS": "1",
         },

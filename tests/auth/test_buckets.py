@@ -1,6 +1,7 @@
-"""Data, model and output URIs: `s3://` in the buckets the operator allowed, on all faces.
+"""Data, model and output URIs: `s3://` in the buckets the operator granted, on all faces.
 
-The `auth_server` allows bucket "demo" (tenant "elsewhere": only "other-bucket").
+The `auth_server` grants bucket "demo" to every tenant (tenant "elsewhere": only
+"other-bucket"), and each tenant its own folder `s3://tenant-homes/<tenant>/`.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from typing import Any
 
 import pytest
 from tuneforge import Client
-from tuneforge.errors import InvalidArgument
+from tuneforge.errors import PermissionDenied
 
 from tests.auth.conftest import bedrock_body, bedrock_client, unique
 from tests.servers import ApiServer, demo_job
@@ -30,8 +31,8 @@ def test_uris_outside_the_allowed_buckets_are_refused(auth_server: ApiServer) ->
     state = auth_server.state_bucket
     cases = [
         # (field, value, status, words in the message)
-        ("trainingDataConfig.s3Uri", "s3://not-allowed/train.jsonl", 400, "not one this tenant"),
-        ("validationDataConfig.s3Uri", "s3://not-allowed/v.jsonl", 400, "not one this tenant"),
+        ("trainingDataConfig.s3Uri", "s3://not-allowed/train.jsonl", 403, "is outside what"),
+        ("validationDataConfig.s3Uri", "s3://not-allowed/v.jsonl", 403, "is outside what"),
         ("baseModelIdentifier", f"s3://{state}/jobs/", 400, "service's own state"),
         ("outputDataConfig.s3Uri", f"s3://{state}/out/", 400, "service's own state"),
         ("outputDataConfig.s3Uri", "s3://demo/", 400, "bucket root"),
@@ -46,7 +47,7 @@ def test_uris_outside_the_allowed_buckets_are_refused(auth_server: ApiServer) ->
             response = rest.post("/v1/jobs", json=_with(field, value))
             assert response.status_code == status, (field, value, response.text)
             error = response.json()["error"]
-            named = error["field"] if status == 400 else error["errors"][0]["field"]
+            named = error["field"] if status != 422 else error["errors"][0]["field"]
             assert named == field, error
             assert words in error["message"], (value, error["message"])
         assert rest.get("/v1/jobs").json()["jobs"] == []  # nothing was created
@@ -55,7 +56,8 @@ def test_uris_outside_the_allowed_buckets_are_refused(auth_server: ApiServer) ->
     elsewhere = auth_server.create_api_key("elsewhere")
     with auth_server.client(elsewhere) as rest:
         response = rest.post("/v1/jobs", json=demo_job(unique("elsewhere")))
-        assert response.status_code == 400
+        assert response.status_code == 403
+        assert response.json()["error"]["code"] == "PERMISSION_DENIED"
         assert response.json()["error"]["field"] == "baseModelIdentifier"
         assert "other-bucket" in response.json()["error"]["message"]
 
@@ -63,14 +65,14 @@ def test_uris_outside_the_allowed_buckets_are_refused(auth_server: ApiServer) ->
 def test_buckets_are_enforced_on_grpc_and_bedrock(auth_server: ApiServer) -> None:
     key = auth_server.create_api_key(unique("buckets-grpc"))
     with Client(auth_server.grpc_target, api_key=key, timeout=30) as client:
-        with pytest.raises(InvalidArgument) as raised:
+        with pytest.raises(PermissionDenied) as raised:
             client.create_job(_with("outputDataConfig.s3Uri", "s3://not-allowed/out/"))
         assert raised.value.field == "outputDataConfig.s3Uri"
         assert list(client.list_jobs().jobs) == []
     alpha = bedrock_client(auth_server, "AKIATENANTALPHA")
     body = bedrock_body(unique("buckets-bedrock"))
     body["trainingDataConfig"] = {"s3Uri": "s3://not-allowed/train.jsonl"}
-    with pytest.raises(alpha.exceptions.ValidationException) as refused:
+    with pytest.raises(alpha.exceptions.AccessDeniedException) as refused:
         alpha.create_model_customization_job(**body)
     assert "trainingDataConfig.s3Uri" in str(refused.value)
     # Neither the job name nor the custom model name was kept by the refused create.
@@ -80,3 +82,61 @@ def test_buckets_are_enforced_on_grpc_and_bedrock(auth_server: ApiServer) -> Non
     again["customModelName"] = body["customModelName"]
     arn = alpha.create_model_customization_job(**again)["jobArn"]
     alpha.stop_model_customization_job(jobIdentifier=arn)
+
+
+FIELDS = (
+    "baseModelIdentifier",
+    "trainingDataConfig.s3Uri",
+    "validationDataConfig.s3Uri",
+    "outputDataConfig.s3Uri",
+)
+
+
+def test_a_tenant_cannot_name_another_tenants_folder_on_any_face(auth_server: ApiServer) -> None:
+    """Tenant B names tenant A's home folder in each of the four fields: refused on REST
+    (403 naming the field and the URI), gRPC (PERMISSION_DENIED) and Bedrock
+    (AccessDeniedException), and nothing is created. Its own folder is fine."""
+    owner, intruder = unique("tenant-a"), unique("tenant-b")
+    intruder_key = auth_server.create_api_key(intruder)
+    home = f"s3://tenant-homes/{owner}/"
+    theirs_by_field = {  # a folder for a model or an output, an object for data
+        field: home + ("data/train.jsonl" if "Data" in field and "output" not in field else "out/")
+        for field in FIELDS
+    }
+    with auth_server.client(intruder_key) as rest:
+        for field, theirs in theirs_by_field.items():
+            response = rest.post("/v1/jobs", json=_with(field, theirs))
+            assert response.status_code == 403, (field, response.text)
+            error = response.json()["error"]
+            assert (error["code"], error["field"]) == ("PERMISSION_DENIED", field), error
+            assert theirs in error["message"] and intruder in error["message"], error
+            assert f"s3://tenant-homes/{intruder}/" in error["message"], error  # its grants
+        own = rest.post(
+            "/v1/jobs", json=_with("outputDataConfig.s3Uri", f"s3://tenant-homes/{intruder}/out/")
+        )
+        assert own.status_code == 201, own.text
+        rest.post(f"/v1/jobs/{own.json()['jobId']}/stop")
+        assert [job["jobId"] for job in rest.get("/v1/jobs").json()["jobs"]] == [
+            own.json()["jobId"]
+        ]
+
+    with Client(auth_server.grpc_target, api_key=intruder_key, timeout=30) as client:
+        for field, theirs in theirs_by_field.items():
+            with pytest.raises(PermissionDenied) as raised:
+                client.create_job(_with(field, theirs))
+            assert raised.value.field == field and theirs in str(raised.value)
+
+    alpha = bedrock_client(auth_server, "AKIATENANTALPHA")  # tenant "alpha"
+    for field, theirs in theirs_by_field.items():
+        body = bedrock_body(unique("intruder"))
+        if field == "baseModelIdentifier":
+            body[field] = theirs
+        elif field == "validationDataConfig.s3Uri":  # Bedrock's shape: a list of validators
+            body["validationDataConfig"] = {"validators": [{"s3Uri": theirs}]}
+        else:
+            body[field.split(".")[0]] = {"s3Uri": theirs}
+        with pytest.raises(alpha.exceptions.AccessDeniedException) as refused:
+            alpha.create_model_customization_job(**body)
+        assert theirs in str(refused.value), refused.value
+        with pytest.raises(alpha.exceptions.ResourceNotFoundException):
+            alpha.get_model_customization_job(jobIdentifier=body["jobName"])

@@ -46,7 +46,10 @@ def test_non_loopback_bind_with_an_admin_key_starts_with_auth_on(
         tmp_path / "home",
         state_bucket=f"bound-{uuid.uuid4().hex[:12]}",
         admin_key="an-admin-key-0123456789abcdef",
-        extra_env={"TUNEFORGE_REST_HOST": "0.0.0.0"},
+        extra_env={
+            "TUNEFORGE_REST_HOST": "0.0.0.0",
+            "TUNEFORGE_TRAINER_SHARED_CREDENTIALS": "true",
+        },
     )
     server.start()
     try:
@@ -56,3 +59,23 @@ def test_non_loopback_bind_with_an_admin_key_starts_with_auth_on(
             assert rest.get("/v1/jobs").status_code == 200
     finally:
         server.stop()
+
+
+def test_auth_on_with_no_trainer_credentials_of_their_own_refuses_to_start(
+    s3_server: EmbeddedS3, demo_assets: None, tmp_path: Path
+) -> None:
+    """With an external store, every tenant's trainers would hold the service's store
+    credentials: not started unless the operator says sharing them is meant."""
+    server = ApiServer(
+        s3_server,
+        tmp_path / "home",
+        state_bucket=f"shared-{uuid.uuid4().hex[:12]}",
+        admin_key="an-admin-key-0123456789abcdef",
+    )
+    with pytest.raises(RuntimeError, match="API server exited"):
+        server.start()
+    assert server.process is not None and server.process.returncode == 2
+    log = server.log_path.read_text()
+    assert "tuneforge cannot start: authentication is on, but no tenant has store" in log
+    assert "TUNEFORGE_TRAINER_CREDENTIALS_FILE" in log
+    assert "TUNEFORGE_TRAINER_SHARED_CREDENTIALS=true" in log

@@ -37,6 +37,9 @@ def two_replicas(
     bucket = f"queue-{uuid.uuid4().hex[:12]}"
     environment = {
         "TUNEFORGE_TRAINER_PYTHON": str(sleeper),
+        # The trainers are sleepers: they share the service's store pair on purpose.
+        "TUNEFORGE_TRAINER_SHARED_CREDENTIALS": "true",
+        "TUNEFORGE_ALLOWED_BUCKETS": '["demo"]',  # the demo job's data, model and output
         "TUNEFORGE_TENANT_LIMITS": json.dumps(
             {"crowd": {"max_running_jobs": 1, "max_queued_jobs": LIMIT}}
         ),

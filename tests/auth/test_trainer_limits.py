@@ -52,6 +52,8 @@ def test_trainer_runs_under_resource_limits_without_server_secrets(
             "TUNEFORGE_TRAINER_MAX_PROCESSES": str(PROCESSES),
             "TUNEFORGE_TRAINER_MAX_OPEN_FILES": str(OPEN_FILES),
             "A_SECRET_OF_THE_SERVER": "must-not-reach-the-trainer",
+            "TUNEFORGE_ALLOWED_BUCKETS": '["demo"]',  # the demo job's data, model and output
+            "TUNEFORGE_TRAINER_SHARED_CREDENTIALS": "true",
         },
     )
     server.start()

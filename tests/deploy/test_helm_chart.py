@@ -5,6 +5,7 @@ every rendered object passes the Kubernetes schema (strict: unknown fields are e
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,12 @@ KUBERNETES_VERSIONS = ("1.31", kubernetes_validate.latest_version())
 OVERRIDES: dict[str, Any] = {
     "replicaCount": 3,
     "trainer": {"namespace": "training", "memoryLimit": "40Gi"},
+    "auth": {
+        "allowedBuckets": ["shared/models/"],
+        "tenantAllowedBuckets": {"acme": ["acme-data"]},
+        "tenantHomeBucket": "tenants",
+    },
+    "s3": {"shareCredentialsWithTrainers": True},
     "extraEnv": {"TUNEFORGE_LOG_FORMAT": "json"},
 }
 
@@ -108,7 +115,7 @@ def test_rbac_is_limited_to_trainer_jobs_and_pods_in_one_namespace() -> None:
         for resource in rule["resources"]
     }
     assert rules == {
-        ("batch", "jobs"): {"create", "get", "list", "watch", "delete"},
+        ("batch", "jobs"): {"create", "get", "list", "watch", "delete", "deletecollection"},
         ("", "pods"): {"get", "list", "watch"},
         ("", "services"): {"create", "get", "delete"},
     }
@@ -150,16 +157,24 @@ def test_per_tenant_store_secrets_reach_the_server_settings(
     }
 
 
-def test_every_setting_the_chart_passes_is_one_the_server_reads() -> None:
+def test_every_setting_the_chart_passes_is_one_the_server_reads(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """A misspelt TUNEFORGE_* variable would be ignored silently (extra="ignore")."""
     env = {v["name"]: v for v in api_container(render(OVERRIDES))["env"]}
     known = {f"TUNEFORGE_{name.upper()}" for name in Settings.model_fields}
     assert set(env) - known == set()
-    # And they parse: the values the chart renders are valid settings.
-    plain = {
-        name[len("TUNEFORGE_") :].lower(): v["value"] for name, v in env.items() if "value" in v
-    }
-    settings = Settings.model_validate(plain)
+    # And they parse, as the server reads them (its environment): valid settings.
+    for name in [name for name in os.environ if name.startswith("TUNEFORGE_")]:
+        monkeypatch.delenv(name)
+    for name, variable in env.items():
+        if "value" in variable:
+            monkeypatch.setenv(name, variable["value"])
+    settings = Settings()
+    assert settings.allowed_buckets == ["shared/models/"]
+    assert settings.tenant_allowed_buckets == {"acme": ["acme-data"]}
+    assert settings.tenant_home_bucket == "tenants"
+    assert settings.trainer_shared_credentials is True
     assert settings.launcher == "kubernetes"
     assert settings.kubernetes_namespace == "training"
     assert settings.kubernetes_trainer_memory_limit == "40Gi"

@@ -107,9 +107,30 @@ def test_schema_check_catches_a_broken_manifest() -> None:
 
 @pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
 def test_rendezvous_service_passes_the_kubernetes_schema(version: str) -> None:
-    service = render_rendezvous_service(REPRESENTATIVE["two-nodes-four-gpus"], 1, CONFIG)
+    spec = REPRESENTATIVE["two-nodes-four-gpus"]
+    service = render_rendezvous_service(spec, 1, CONFIG, "0f9e-uid")
     validate(service, version)
     assert service["spec"]["clusterIP"] == "None"
+    # Owned by its attempt's Job: deleting the Job (TTL, or the reconciler) deletes it.
+    (owner,) = service["metadata"]["ownerReferences"]
+    assert owner == {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "name": job_name(spec.jobId, 1),
+        "uid": "0f9e-uid",
+        "blockOwnerDeletion": False,
+    }
+
+
+def test_a_finished_job_is_deleted_after_its_ttl() -> None:
+    for spec in REPRESENTATIVE.values():
+        manifest = render_job_manifest(spec, 1, ENVIRONMENT, CONFIG)
+        assert manifest["spec"]["ttlSecondsAfterFinished"] == 3600
+    shorter = dataclasses.replace(CONFIG, job_ttl_seconds=600)
+    manifest = render_job_manifest(REPRESENTATIVE["one-gpu"], 1, ENVIRONMENT, shorter)
+    assert manifest["spec"]["ttlSecondsAfterFinished"] == 600
+    with pytest.raises(ValueError, match="job_ttl_seconds"):
+        dataclasses.replace(CONFIG, job_ttl_seconds=5)
 
 
 def test_job_is_named_and_labelled_from_the_job_id_tenant_and_attempt() -> None:
@@ -216,20 +237,23 @@ def test_the_log_keeper_wraps_every_trainer_and_keeps_its_log_in_scratch() -> No
         assert env["TUNEFORGE_LOG_FILE"] == "/scratch/trainer.log"
 
 
-def test_several_gpus_or_nodes_run_under_torchrun_with_the_node_rank() -> None:
+def test_several_nodes_meet_through_an_elastic_rendezvous_a_replaced_pod_can_rejoin() -> None:
     spec = REPRESENTATIVE["two-nodes-four-gpus"]
-    command = trainer_part(render_job_manifest(spec, 1, ENVIRONMENT, CONFIG), spec)
+    command = trainer_part(render_job_manifest(spec, 2, ENVIRONMENT, CONFIG), spec)
     assert command[:3] == ["python", "-m", "trainer.torchrun"]
     assert command[-4:] == ["-m", "trainer", "--job-id", spec.jobId]
     options = dict(zip(command[3:-4:2], command[4:-4:2], strict=True))
     assert options == {
         "--nproc-per-node": "4",
         "--nnodes": "2",
-        # Expanded by Kubernetes from the pod's environment (the completion index and
-        # rank 0's pod behind the headless Service).
-        "--node-rank": "$(TUNEFORGE_NODE_RANK)",
-        "--master-addr": "$(MASTER_ADDR)",
-        "--master-port": "$(MASTER_PORT)",
+        # c10d, not a static rendezvous: ranks are assigned as pods join, so a pod
+        # replaced after an eviction joins again (the group restarts, at most
+        # --max-restarts times in the attempt). Its host: the pod of index 0 behind the
+        # headless Service, expanded by Kubernetes from the pod's environment.
+        "--rdzv-backend": "c10d",
+        "--rdzv-endpoint": "$(MASTER_ADDR):$(MASTER_PORT)",
+        "--rdzv-id": job_name(spec.jobId, 2),
+        "--max-restarts": "3",
     }
     one_node = REPRESENTATIVE["one-node-four-gpus"]
     command = trainer_part(render_job_manifest(one_node, 1, ENVIRONMENT, CONFIG), one_node)

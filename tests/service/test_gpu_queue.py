@@ -71,6 +71,9 @@ class SleepingTrainers:
     def local_log(self, job_id: str, attempt: int) -> Path | None:
         return None
 
+    def release(self, job_id: str) -> None:
+        return None  # nothing outlives the trainer's process
+
     def shutdown(self, grace_seconds: float) -> None:
         for process in self.processes.values():
             process.kill()

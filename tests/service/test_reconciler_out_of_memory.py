@@ -55,6 +55,9 @@ class ClusterReportingOutOfMemory:
     def local_log(self, job_id: str, attempt: int) -> Path | None:
         return None
 
+    def release(self, job_id: str) -> None:
+        return None  # nothing outlives the trainer's process
+
     def shutdown(self, grace_seconds: float) -> None:
         pass
 

@@ -83,6 +83,12 @@ class Unauthenticated(ApiError):
     code = "UNAUTHENTICATED"
 
 
+class PermissionDenied(ApiError):
+    """The key is valid but may not do this (a URI outside the tenant's grants)."""
+
+    code = "PERMISSION_DENIED"
+
+
 class ResourceExhausted(ApiError):
     """A per-tenant limit (requests per second, queued jobs); retry later."""
 
@@ -108,6 +114,7 @@ _BY_GRPC_CODE: dict[grpc.StatusCode, type[ApiError]] = {
     grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
     grpc.StatusCode.INTERNAL: Internal,
     grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
+    grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
     grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhausted,
 }
 
@@ -164,6 +171,8 @@ def from_rest(status: int, body: Any) -> ApiError:
         cls = Unavailable
     elif status == 401:
         cls = Unauthenticated
+    elif status == 403:
+        cls = PermissionDenied
     elif status == 429:
         cls = ResourceExhausted
     else:

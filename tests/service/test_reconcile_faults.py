@@ -1,0 +1,80 @@
+"""When the reconcile loop gives up on a job that keeps failing (pure logic, a fake clock):
+only after enough failed passes *and* enough time, never for a store outage, and a job
+set aside is skipped until its next try is due."""
+
+from __future__ import annotations
+
+from service.errors import (
+    CorruptDocument,
+    LauncherFailed,
+    StatusContention,
+    StoreUnavailable,
+)
+from service.reconcile_faults import FaultTracker, classify
+from service.storage import StorageError
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_each_fault_has_its_reason_and_says_what_failed() -> None:
+    corrupt = CorruptDocument("s3://state/jobs/j/spec.json", "jobName: Field required")
+    assert classify(corrupt) == (
+        "corrupt_document",
+        "s3://state/jobs/j/spec.json could not be read: jobName: Field required",
+    )
+    assert classify(LauncherFailed("the ray launcher's observe failed"))[0] == "launcher"
+    assert classify(StatusContention("kept changing"))[0] == "contention"
+    assert classify(StoreUnavailable("no answer"))[0] == "store_unavailable"
+    assert classify(StorageError("AccessDenied"))[0] == "store"
+    assert classify(KeyError("launch")) == ("internal", "KeyError: 'launch'")
+
+
+def test_gives_up_only_after_enough_failures_over_enough_time() -> None:
+    clock = Clock()
+    faults = FaultTracker(give_up_after_failures=3, give_up_after_seconds=60, clock=clock)
+    for _ in range(3):
+        faults.failed("j", KeyError("x"))
+    assert not faults.should_give_up("j")  # three failures, but within a second
+    clock.now += 59
+    assert not faults.should_give_up("j")
+    clock.now += 1
+    assert faults.should_give_up("j")
+    faults.succeeded("j")  # one good pass ends the run
+    assert not faults.should_give_up("j") and faults.fault("j") is None
+
+
+def test_a_store_outage_never_brings_a_job_closer_to_being_given_up_on() -> None:
+    clock = Clock()
+    faults = FaultTracker(give_up_after_failures=2, give_up_after_seconds=0, clock=clock)
+    for _ in range(10):
+        fault = faults.failed("j", StoreUnavailable("connection refused"))
+    assert fault.failures == 0 and not faults.should_give_up("j")
+    faults.failed("j", CorruptDocument("s3://state/jobs/j/status.json", "not JSON"))
+    faults.failed("j", CorruptDocument("s3://state/jobs/j/status.json", "not JSON"))
+    assert faults.should_give_up("j")
+    assert faults.fault("j").unreadable_status  # type: ignore[union-attr]
+
+
+def test_a_job_set_aside_is_skipped_until_its_next_try_is_due() -> None:
+    clock = Clock()
+    faults = FaultTracker(
+        give_up_after_failures=1, give_up_after_seconds=0, set_aside_seconds=600, clock=clock
+    )
+    faults.failed("j", StorageError("AccessDenied"))
+    faults.set_aside("j")
+    assert faults.set_aside_jobs() == ["j"]
+    assert not faults.should_give_up("j")  # given up on already
+    clock.now += 599
+    assert faults.skips("j")
+    clock.now += 1
+    assert not faults.skips("j")  # due: tried once more
+    faults.failed("j", StorageError("AccessDenied"))
+    assert faults.should_give_up("j")  # and given up on again when that fails
+    faults.forget_all_but(["other"])  # no longer active: forgotten
+    assert faults.set_aside_jobs() == [] and faults.fault("j") is None
