@@ -9,6 +9,7 @@ from service.observability.metrics import Metrics
 from service.reconciler import Reconciler
 from service.settings import Settings
 from service.store import JobStore
+from service.webhook_secrets import WebhookSecrets
 
 
 @dataclass
@@ -22,3 +23,5 @@ class ServiceContext:
     access: Access | None = None
     # This replica's Prometheus metrics (GET /metrics).
     metrics: Metrics = field(default_factory=Metrics)
+    # Each tenant's webhook signing secret; None: no TUNEFORGE_WEBHOOK_SECRET, no webhooks.
+    webhook_secrets: WebhookSecrets | None = None

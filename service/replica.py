@@ -31,6 +31,7 @@ from service.settings import Settings
 from service.storage import ObjectStore
 from service.store import JobStore
 from service.trainer_credentials import TrainerCredentials
+from service.webhook_secrets import WebhookSecrets
 from service.webhooks import WebhookNotifier
 
 log = logging.getLogger("tuneforge")
@@ -248,10 +249,15 @@ def build_replica(
     )
     _check_trainers_reach_only_their_tenant(settings, access, trainer_credentials)
     notifier = None
-    if settings.webhook_allowed_hosts and settings.webhook_secret is not None:
+    webhook_secrets = None
+    if settings.webhook_secret is not None:
+        webhook_secrets = WebhookSecrets(
+            storage, settings.state_bucket, settings.webhook_secret.get_secret_value()
+        )
+    if settings.webhook_allowed_hosts and webhook_secrets is not None:
         notifier = WebhookNotifier(
             store,
-            settings.webhook_secret.get_secret_value(),
+            webhook_secrets,
             metrics=metrics,
             max_attempts=settings.webhook_max_attempts,
             retry_seconds=settings.webhook_retry_seconds,
@@ -281,6 +287,12 @@ def build_replica(
         ),
     )
     context = ServiceContext(
-        settings, store, reconciler, store_conformant=True, access=access, metrics=metrics
+        settings,
+        store,
+        reconciler,
+        store_conformant=True,
+        access=access,
+        metrics=metrics,
+        webhook_secrets=webhook_secrets,
     )
     return Replica(context, launcher, reconciler, notifier)

@@ -15,8 +15,9 @@ Invariants:
   exponential backoff for `max_attempts` tries, then the job gets a WEBHOOK_FAILED event.
 
 Signature: `X-Tuneforge-Signature: t=<unix seconds>,v1=<hex>` where hex is
-HMAC-SHA256(secret, f"{t}.".encode() + body); `verify_signature()` is the receiver's
-check (the README has the same snippet).
+HMAC-SHA256(secret, f"{t}.".encode() + body) and `secret` is the job's tenant's own
+(service/webhook_secrets.py: `GET /v1/webhook-secret`); `verify_signature()` is the
+receiver's check (the README has the same snippet).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from service.observability.metrics import Metrics
 from service.observability.request_context import bind_job
 from service.storage import PreconditionFailed, S3Location
 from service.store import Job, JobStore
+from service.webhook_secrets import WebhookSecrets
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +143,7 @@ class WebhookNotifier:
     def __init__(
         self,
         store: JobStore,
-        secret: str,
+        secrets: WebhookSecrets,
         *,
         metrics: Metrics | None = None,
         max_attempts: int = 6,
@@ -150,7 +152,7 @@ class WebhookNotifier:
         replica_id: str = "",
     ) -> None:
         self.store = store
-        self.secret = secret
+        self.secrets = secrets  # each tenant's: a job's deliveries are signed with its tenant's
         self.metrics = metrics
         self.max_attempts = max_attempts
         self.retry_seconds = retry_seconds
@@ -230,7 +232,7 @@ class WebhookNotifier:
         for attempt in range(1, self.max_attempts + 1):
             if self._stopping.is_set():
                 return  # the claim goes stale; another replica (or a restart) delivers
-            problem = self._post(url, body)
+            problem = self._post(url, body, self.secrets.current(job.spec.tenant).secret)
             if not problem:
                 self._finish(job, "delivered", attempt)
                 log.info("webhook delivered", extra={"tries": attempt})
@@ -248,8 +250,9 @@ class WebhookNotifier:
             f"times; last: {problem}",
         )
 
-    def _post(self, url: str, body: bytes) -> str:
-        """POST once; return '' on a 2xx answer, else what went wrong."""
+    def _post(self, url: str, body: bytes, secret: str) -> str:
+        """POST once, signed with `secret`; return '' on a 2xx answer, else what went
+        wrong."""
         request = urllib.request.Request(
             url,
             data=body,
@@ -257,7 +260,7 @@ class WebhookNotifier:
             headers={
                 "Content-Type": "application/json",
                 "User-Agent": "tuneforge-webhooks/1",
-                SIGNATURE_HEADER: sign(self.secret, body, int(time.time())),
+                SIGNATURE_HEADER: sign(secret, body, int(time.time())),
             },
         )
         try:

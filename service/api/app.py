@@ -8,7 +8,7 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api.errors import error_body, install_error_handlers
-from service.api.routes import admin, health, jobs, metrics_data, ui
+from service.api.routes import admin, health, jobs, metrics_data, ui, webhook_secret
 from service.api.routes import metrics as prometheus_metrics
 from service.api.routes import stream as job_stream
 from service.bedrock import routes as bedrock_routes
@@ -79,6 +79,7 @@ def create_app(context: ServiceContext) -> FastAPI:
     app.include_router(ui.router)  # the dashboard at /ui (static files)
     app.include_router(health.router)
     app.include_router(admin.router)  # /v1/admin/keys (TUNEFORGE_ADMIN_KEY)
+    app.include_router(webhook_secret.router)  # /v1/webhook-secret: the caller's own
     app.include_router(prometheus_metrics.router)  # GET /metrics
     app.include_router(job_stream.router)  # GET /v1/jobs/{id}/stream (Server-Sent Events)
     app.include_router(bedrock_routes.router)  # Bedrock-compatible face (own error shape)

@@ -37,6 +37,7 @@ TENANT_LIMITS = {
     # 1 request per second, bursts of 3.
     "slow": {"requests_per_second": 1, "burst": 3},
 }
+OPERATOR_WEBHOOK_SECRET = "operator-webhook-secret-0123456789"
 # Stands in for `python -m trainer ...`: stays alive until killed.
 SLEEPER = "#!/bin/sh\nexec sleep 600\n"
 
@@ -69,6 +70,11 @@ def auth_server(
             "TUNEFORGE_TENANT_HOME_BUCKET": "tenant-homes",
             # The trainers are sleepers: they share the service's store pair on purpose.
             "TUNEFORGE_TRAINER_SHARED_CREDENTIALS": "true",
+            # Webhooks to a receiver on loopback, each tenant's signed with its own secret
+            # (derived from this one, which signs nothing itself).
+            "TUNEFORGE_WEBHOOK_ALLOWED_HOSTS": json.dumps(["127.0.0.1"]),
+            "TUNEFORGE_WEBHOOK_SECRET": OPERATOR_WEBHOOK_SECRET,
+            "TUNEFORGE_WEBHOOK_RETRY_SECONDS": "0.2",
             "TUNEFORGE_STOP_GRACE_SECONDS": "1",
             "TUNEFORGE_KILL_GRACE_SECONDS": "1",
         },

@@ -375,7 +375,7 @@ def test_events_come_in_order_across_pages_on_rest_grpc_and_cli(
 
 
 def test_webhook_receiver_gets_the_signed_payload_once(
-    observed_run: ObservedRun, webhook_receiver: WebhookReceiver
+    observed_run: ObservedRun, webhook_receiver: WebhookReceiver, observed_server: ApiServer
 ) -> None:
     deliveries = webhook_receiver.wait_for(observed_run.webhook_path)
     assert deliveries, "no webhook arrived"
@@ -389,10 +389,15 @@ def test_webhook_receiver_gets_the_signed_payload_once(
     assert payload["state"] == "COMPLETED" and payload["failure"] is None
     assert payload["endedAt"] and payload["modelS3Uri"].endswith("/model/")
     signature = delivery.headers[SIGNATURE_HEADER]
-    assert verify_signature(WEBHOOK_SECRET, delivery.body, signature)
+    # Signed with the job's tenant's own secret (development mode: tenant "default"),
+    # never with the operator's TUNEFORGE_WEBHOOK_SECRET, which no tenant is shown.
+    with observed_server.client() as rest:
+        tenant_secret = rest.get("/v1/webhook-secret").json()["secret"]
+    assert tenant_secret.startswith("whsec_") and tenant_secret != WEBHOOK_SECRET
+    assert verify_signature(tenant_secret, delivery.body, signature)
     tampered = delivery.body.replace(b"COMPLETED", b"FAILED")
-    assert not verify_signature(WEBHOOK_SECRET, tampered, signature)
-    assert not verify_signature("another-secret", delivery.body, signature)
+    assert not verify_signature(tenant_secret, tampered, signature)
+    assert not verify_signature(WEBHOOK_SECRET, delivery.body, signature)
 
 
 def test_webhook_failing_receiver_is_retried_then_reported(

@@ -27,7 +27,7 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol, TextIO
 
-from tuneforge import __version__, convert, create_flags, keys_cli, logs_cli
+from tuneforge import __version__, convert, create_flags, keys_cli, logs_cli, webhooks_cli
 from tuneforge.client import DEFAULT_ENDPOINT, Client
 from tuneforge.create_flags import UsageError
 from tuneforge.display import ProgressView, print_checkpoints, print_job, print_json
@@ -228,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
         allow_abbrev=False,
     )
     parser.add_argument("--version", action="version", version=f"tuneforge {__version__}")
-    groups = parser.add_subparsers(dest="group", required=True, metavar="{jobs,keys}")
+    groups = parser.add_subparsers(dest="group", required=True, metavar="{jobs,keys,webhooks}")
     jobs = groups.add_parser("jobs", help="fine-tuning jobs", allow_abbrev=False)
     commands = jobs.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -268,6 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
         "job_id"
     )
     keys_cli.add_commands(groups, common)
+    webhooks_cli.add_commands(groups, common)
     return parser
 
 
@@ -282,6 +283,7 @@ def _fail(message: str) -> None:
 
 
 def _run_keys_command(args: argparse.Namespace, out: TextIO) -> int:
+    """A `keys` or `webhooks` command: REST calls outside the jobs API."""
     try:
         handler: Callable[[argparse.Namespace, TextIO], int] = args.handler
         return handler(args, out)
@@ -299,7 +301,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.output == "json" and getattr(args, "quiet", False):
         args.quiet = False
     out = sys.stdout
-    if getattr(args, "keys_command", False):
+    if getattr(args, "keys_command", False) or getattr(args, "rest_command", False):
         return _run_keys_command(args, out)
     try:
         if args.command == "list" and args.state is not None:
