@@ -440,8 +440,9 @@ def read_job_log(
     """Up to `max_bytes` of one attempt's trainer log from byte `offset` (negative: from
     the end); the current (latest launched) attempt's unless `attempt` names an earlier one.
 
-    The slice never ends inside a UTF-8 character, so the next one starts on one.
-    A log the trainer has not uploaded yet is empty.
+    The slice never ends inside a UTF-8 character, so the next one starts on one; a slice
+    counted from the end starts on one too. A log the trainer has not uploaded yet is
+    empty. The store is read with HTTP Range: the slice (and a byte), not the log.
     """
     if not 1 <= max_bytes <= MAX_LOG_BYTES:
         raise InvalidArgument(f"maxBytes must be between 1 and {MAX_LOG_BYTES}", field="maxBytes")
@@ -451,17 +452,50 @@ def read_job_log(
         launched = "has not been launched yet" if current is None else f"has attempts 1-{current}"
         raise InvalidArgument(f"attempt {attempt}: job {job_id} {launched}", field="attempt")
     chosen = attempt if attempt is not None else current
-    found = None if chosen is None else store.storage.get_bytes(store.log_location(job_id, chosen))
-    if found is None and attempt is None and chosen is not None:
-        # A job that ran before logs were kept per attempt has its one log here.
-        found = store.storage.get_bytes(store.legacy_log_location(job_id))
-    log = found[0] if found is not None else b""
-    size = len(log)
-    start = max(0, size + offset) if offset < 0 else min(offset, size)
+    found = None
+    if chosen is not None:
+        found = _log_window(store, store.log_location(job_id, chosen), offset, max_bytes)
+        if found is None and attempt is None:
+            # A job that ran before logs were kept per attempt has its one log here.
+            found = _log_window(store, store.legacy_log_location(job_id), offset, max_bytes)
+    window, start, size = found if found is not None else (b"", 0, 0)
+    if offset < 0:  # counted from the end: start on the next whole character
+        skipped = 0
+        while skipped < len(window) and (window[skipped] & 0xC0) == 0x80:
+            skipped += 1
+        window, start = window[skipped:], start + skipped
     end = min(size, start + max_bytes)
-    while start < end < size and (log[end] & 0xC0) == 0x80:
+    while start < end < size and (window[end - start] & 0xC0) == 0x80:
         end -= 1  # a continuation byte: end before the character it belongs to
-    return LogSlice(data=log[start:end], next_offset=end, size=size, attempt=chosen)
+    return LogSlice(data=window[: end - start], next_offset=end, size=size, attempt=chosen)
+
+
+def _log_window(
+    store: JobStore, location: S3Location, offset: int, max_bytes: int
+) -> tuple[bytes, int, int] | None:
+    """(bytes from `start`, `start`, the log's size) for a slice of up to `max_bytes`
+    from `offset` (negative: from the end), plus the byte after it (to end the slice on
+    a character), read with HTTP Range: a slice of a long log downloads the slice only.
+    None: no log there."""
+    if offset < 0 and -offset <= max_bytes + 1:
+        found = store.storage.get_range(location, offset, 0)  # the last -offset bytes
+        if found is None:
+            return None
+        tail, size = found
+        return tail, size - len(tail), size
+    negative = offset < 0
+    if negative:  # a window far from the end: its start needs the size first
+        head = store.storage.head(location)
+        if head is None:
+            return None
+        offset = max(0, int(head["ContentLength"]) + offset)
+    # The byte after the slice, and for a slice counted from the end up to 3 more: it
+    # may start inside a character, which it then skips.
+    found = store.storage.get_range(location, offset, max_bytes + 1 + (3 if negative else 0))
+    if found is None:
+        return None
+    window, size = found
+    return window, min(offset, size), size
 
 
 class JobWatch:

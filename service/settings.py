@@ -220,6 +220,10 @@ class Settings(BaseSettings):
     # How long a replica trusts what it read of an API key: a revocation takes effect
     # on every replica within this many seconds.
     key_cache_seconds: float = Field(default=2.0, ge=0, le=30)
+    # Per client address and replica: lookups of API key ids the replica has never seen
+    # exist (a made-up key costs a store read); past it, 429 before any read.
+    unknown_key_lookups_per_second: float = Field(default=2.0, gt=0)
+    unknown_key_lookup_burst: int = Field(default=20, ge=1)
     # Defaults for every tenant; `tenant_limits` overrides them per tenant, e.g.
     # TUNEFORGE_TENANT_LIMITS='{"acme": {"max_running_jobs": 4}}'. 0: no limit.
     tenant_max_running_jobs: int = Field(default=0, ge=0)

@@ -231,6 +231,33 @@ class ObjectStore:
         except BotoCoreError as error:
             raise _translate(error, f"reading {location.uri}") from error
 
+    def get_range(self, location: S3Location, start: int, length: int) -> tuple[bytes, int] | None:
+        """Up to `length` bytes of the object from byte `start` (a negative `start`: the
+        last -start bytes, `length` unused) and the object's whole size, in one ranged
+        GET; None when it does not exist. A start past the end gives no bytes."""
+        if length < 1 and start >= 0:
+            raise ValueError("length must be at least 1")
+        ranged = f"bytes={start}" if start < 0 else f"bytes={start}-{start + length - 1}"
+        try:
+            response = self._client.get_object(
+                Bucket=location.bucket, Key=location.key, Range=ranged
+            )
+        except ClientError as error:
+            code = error.response.get("Error", {}).get("Code", "")
+            status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if _is_missing(error) and code != "NoSuchBucket":
+                return None
+            if code == "InvalidRange" or status == 416:  # past the end, or an empty object
+                head = self.head(location)
+                return None if head is None else (b"", int(head["ContentLength"]))
+            raise _translate(error, f"reading {location.uri}") from error
+        except BotoCoreError as error:
+            raise _translate(error, f"reading {location.uri}") from error
+        body: bytes = response["Body"].read()
+        content_range = response.get("ContentRange") or ""
+        size = int(content_range.rsplit("/", 1)[1]) if "/" in content_range else len(body)
+        return body, size
+
     def get_json(self, location: S3Location) -> tuple[dict[str, Any], str] | None:
         found = self.get_bytes(location)
         if found is None:

@@ -3,8 +3,9 @@
 `TcpProxy(target_port).start()` listens on a free loopback port and forwards every
 connection to `127.0.0.1:target_port`, one thread pair per connection. `outage()`
 closes every open connection and refuses new ones (accepted, then closed at once: the
-client sees a reset or an empty reply) until `restore()`. Only loopback addresses are
-ever used.
+client sees a reset or an empty reply) until `restore()`. `bytes_to_clients` counts what
+the service behind it sent (what a client downloaded). Only loopback addresses are ever
+used.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ class TcpProxy:
         self._closing = threading.Event()
         self._lock = threading.Lock()
         self._open: set[socket.socket] = set()
+        self.bytes_to_clients = 0
 
     @property
     def endpoint_url(self) -> str:
@@ -77,12 +79,17 @@ class TcpProxy:
             with self._lock:
                 self._open.update((client, upstream))
             for source, sink in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(source, sink), daemon=True).start()
+                threading.Thread(
+                    target=self._pipe, args=(source, sink, source is upstream), daemon=True
+                ).start()
 
-    def _pipe(self, source: socket.socket, sink: socket.socket) -> None:
+    def _pipe(self, source: socket.socket, sink: socket.socket, downstream: bool) -> None:
         try:
             while chunk := source.recv(65536):
                 sink.sendall(chunk)
+                if downstream:
+                    with self._lock:
+                        self.bytes_to_clients += len(chunk)
         except OSError:
             pass  # the other side or an outage closed it; both ends are closed below
         finally:

@@ -47,9 +47,10 @@ async def current_tenant(
     if context.access is None:
         return TenantPolicy.unlimited(DEFAULT_TENANT, context.store.bucket)
     authorization = request.headers.get("authorization")
+    client = request.client.host if request.client is not None else ""
     if context.access.authenticates_without_io(authorization):
-        return context.access.authenticate(authorization)
-    return await run_in_threadpool(context.access.authenticate, authorization)
+        return context.access.authenticate(authorization, client)
+    return await run_in_threadpool(context.access.authenticate, authorization, client)
 
 
 async def require_admin(

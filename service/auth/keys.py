@@ -12,6 +12,11 @@ Invariants:
 - Revoking sets `revoked`; records are never deleted, so a revoked id stays refused.
 - Every replica trusts what it read of a record for at most `cache_seconds`, so a
   revocation takes effect everywhere within that time.
+- Memory is bounded whatever callers send: records read are kept in a least-recently-used
+  map of `cache_size` known keys, and ids found missing in a separate one of the same
+  size, so a flood of made-up ids never pushes out the keys in use. Lookups of ids not
+  known (each costs a store read) are what the caller limits per client address
+  (service/auth/tenants.py).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import re
 import secrets
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 
 from pydantic import BaseModel, Field
@@ -72,11 +78,21 @@ def _digest(key: str) -> str:
 
 
 class KeyStore:
-    def __init__(self, storage: ObjectStore, bucket: str, *, cache_seconds: float = 2.0) -> None:
+    def __init__(
+        self,
+        storage: ObjectStore,
+        bucket: str,
+        *,
+        cache_seconds: float = 2.0,
+        cache_size: int = 10_000,
+    ) -> None:
         self.storage = storage
         self.bucket = bucket
         self.cache_seconds = cache_seconds
-        self._cache: dict[str, tuple[float, KeyRecord | None]] = {}
+        self.cache_size = cache_size
+        # key id -> (when read, record): records that exist, and ids found missing.
+        self._known: OrderedDict[str, tuple[float, KeyRecord]] = OrderedDict()
+        self._missing: OrderedDict[str, float] = OrderedDict()
         self._lock = threading.Lock()
 
     def _location(self, key_id: str) -> S3Location:
@@ -100,6 +116,7 @@ class KeyStore:
                 )
             except PreconditionFailed:
                 continue  # 48 random bits collided: draw another id
+            self._remember(key_id, record, time.monotonic())
             return NewKey(record, key)
 
     def get(self, key_id: str) -> KeyRecord:
@@ -136,8 +153,7 @@ class KeyStore:
                 self.storage.put_json(location, record.model_dump(mode="json"), if_match=found[1])
             except PreconditionFailed:
                 continue  # changed in between: read again
-            with self._lock:
-                self._cache.pop(key_id, None)
+            self._remember(key_id, record, time.monotonic())
             return record
 
     # -- requests ------------------------------------------------------------
@@ -160,22 +176,52 @@ class KeyStore:
         match = _KEY.match(key)
         if match is None:
             return True
+        key_id, now = match.group("id"), time.monotonic()
         with self._lock:
-            hit = self._cache.get(match.group("id"))
-        return hit is not None and time.monotonic() - hit[0] < self.cache_seconds
+            known = self._known.get(key_id)
+            missing = self._missing.get(key_id)
+        if known is not None:
+            return now - known[0] < self.cache_seconds
+        return missing is not None and now - missing < self.cache_seconds
+
+    def is_unknown(self, key: str) -> bool:
+        """Whether checking `key` would read the store for an id this replica has never
+        seen exist: the lookups a flood of made-up keys makes (limited per client)."""
+        match = _KEY.match(key)
+        if match is None:
+            return False
+        with self._lock:
+            return match.group("id") not in self._known
+
+    def _remember(self, key_id: str, record: KeyRecord | None, when: float) -> None:
+        with self._lock:
+            if record is not None:
+                self._missing.pop(key_id, None)
+                self._known[key_id] = (when, record)
+                self._known.move_to_end(key_id)
+                while len(self._known) > self.cache_size:
+                    self._known.popitem(last=False)
+            else:
+                self._known.pop(key_id, None)
+                self._missing[key_id] = when
+                self._missing.move_to_end(key_id)
+                while len(self._missing) > self.cache_size:
+                    self._missing.popitem(last=False)
 
     def _cached(self, key_id: str) -> KeyRecord | None:
         now = time.monotonic()
         with self._lock:
-            hit = self._cache.get(key_id)
-        if hit is not None and now - hit[0] < self.cache_seconds:
-            return hit[1]
+            known = self._known.get(key_id)
+            missing = self._missing.get(key_id)
+            if known is not None:
+                self._known.move_to_end(key_id)
+        if known is not None and now - known[0] < self.cache_seconds:
+            return known[1]
+        if known is None and missing is not None and now - missing < self.cache_seconds:
+            return None
         try:
             record: KeyRecord | None = self.get(key_id)
         except KeyNotFound:
             record = None
-        with self._lock:
-            if len(self._cache) > 10_000:  # bound the memory a flood of made-up ids can take
-                self._cache.clear()
-            self._cache[key_id] = (now, record)
+        self._remember(key_id, record, now)
         return record

@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 
 from service.errors import InvalidArgument, PermissionDenied, TooManyRequests
@@ -127,26 +128,43 @@ class TenantPolicy:
             )
 
 
+class TokenBuckets:
+    """Token buckets by name (a tenant, a client address) in this process's memory,
+    refilled at `rate` per second up to `burst`. At most `max_buckets` are kept; the
+    least recently used goes first (it had refilled, or nearly)."""
+
+    def __init__(self, max_buckets: int = 10_000) -> None:
+        self.max_buckets = max_buckets
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def take(self, name: str, rate: float, burst: int) -> float:
+        """Take a token: 0.0 when there was one, else the seconds until there is."""
+        now = time.monotonic()
+        with self._lock:
+            tokens, last = self._buckets.get(name, (float(burst), now))
+            tokens = min(float(burst), tokens + (now - last) * rate)
+            taken = tokens >= 1
+            self._buckets[name] = (tokens - 1 if taken else tokens, now)
+            self._buckets.move_to_end(name)
+            while len(self._buckets) > self.max_buckets:
+                self._buckets.popitem(last=False)
+        return 0.0 if taken else (1 - tokens) / rate
+
+
 class RequestRate:
     """A token bucket per tenant; `take` raises TooManyRequests when one is empty."""
 
     def __init__(self) -> None:
-        self._buckets: dict[str, tuple[float, float]] = {}
-        self._lock = threading.Lock()
+        self._buckets = TokenBuckets()
 
     def take(self, policy: TenantPolicy) -> None:
         rate = policy.requests_per_second
         if rate <= 0:
             return
-        now = time.monotonic()
-        with self._lock:
-            tokens, last = self._buckets.get(policy.tenant, (float(policy.burst), now))
-            tokens = min(float(policy.burst), tokens + (now - last) * rate)
-            if tokens >= 1:
-                self._buckets[policy.tenant] = (tokens - 1, now)
-                return
-            self._buckets[policy.tenant] = (tokens, now)
-        wait = (1 - tokens) / rate
+        wait = self._buckets.take(policy.tenant, rate, policy.burst)
+        if wait <= 0:
+            return
         raise TooManyRequests(
             f"too many requests: tenant '{policy.tenant}' may send {rate:g} per second "
             f"(bursts of {policy.burst}); retry in {math.ceil(wait)} s",

@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import hmac
 import logging
+import math
 
 from service.auth.keys import KeyStore
-from service.auth.limits import RequestRate, TenantPolicy
-from service.errors import TuneforgeError, Unauthenticated
+from service.auth.limits import RequestRate, TenantPolicy, TokenBuckets
+from service.errors import TooManyRequests, TuneforgeError, Unauthenticated
 from service.settings import Settings, _is_loopback
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,9 @@ class Access:
         self.keys = keys
         self.enabled = enabled
         self.rate = RequestRate()
+        # Per client address: lookups of API key ids this replica has never seen exist,
+        # each a store read (service/auth/keys.py), before any is made.
+        self.unknown_keys = TokenBuckets()
 
     @classmethod
     def start(cls, settings: Settings, keys: KeyStore) -> Access:
@@ -81,8 +85,10 @@ class Access:
     def policy(self, tenant: str) -> TenantPolicy:
         return TenantPolicy.of(self.settings, tenant, authenticated=self.enabled)
 
-    def tenant_for_key(self, key: str | None) -> str:
-        """The tenant of an API key; Unauthenticated when auth is on and it is not valid."""
+    def tenant_for_key(self, key: str | None, client: str = "") -> str:
+        """The tenant of an API key; Unauthenticated when auth is on and it is not valid.
+        `client` (its address) pays for the store reads of key ids nobody here knows:
+        past `unknown_key_lookups_per_second` it gets TooManyRequests, before any read."""
         if not self.enabled:
             return DEFAULT_TENANT
         if not key:
@@ -90,6 +96,8 @@ class Access:
                 "an API key is required: send 'Authorization: Bearer <key>' (keys are made "
                 "with `tuneforge keys create --tenant T`)"
             )
+        if self.keys.is_unknown(key) and not self.keys.knows_now(key):
+            self.check_unknown_key_lookup(client)
         tenant = self.keys.tenant_of(key)
         if tenant is None:
             raise Unauthenticated("the API key is not valid (unknown, malformed or revoked)")
@@ -109,9 +117,21 @@ class Access:
         key = bearer_token(authorization)
         return not key or self.keys.knows_now(key)
 
-    def authenticate(self, authorization: str | None) -> TenantPolicy:
-        """From an `Authorization` header (or gRPC metadata) to an admitted policy."""
-        return self.admit(self.tenant_for_key(bearer_token(authorization)))
+    def check_unknown_key_lookup(self, client: str) -> None:
+        """Count a lookup of an unknown key id against `client`'s budget."""
+        rate = self.settings.unknown_key_lookups_per_second
+        wait = self.unknown_keys.take(client, rate, self.settings.unknown_key_lookup_burst)
+        if wait > 0:
+            raise TooManyRequests(
+                "too many requests with API keys this server does not know from "
+                f"{client or 'this client'}; retry in {math.ceil(wait)} s",
+                retry_after_seconds=wait,
+            )
+
+    def authenticate(self, authorization: str | None, client: str = "") -> TenantPolicy:
+        """From an `Authorization` header (or gRPC metadata) to an admitted policy;
+        `client` is the caller's address."""
+        return self.admit(self.tenant_for_key(bearer_token(authorization), client))
 
     def check_admin(self, authorization: str | None) -> None:
         admin = self.settings.admin_key

@@ -117,18 +117,23 @@ class Authenticator:
                 "'bedrock') or send Authorization: Bearer <token>"
             )
         if header.startswith("Bearer "):
-            return self._bearer(header[len("Bearer ") :].strip())
+            client = request.client.host if request.client is not None else ""
+            return self._bearer(header[len("Bearer ") :].strip(), client)
         match = _SIGV4.match(header)
         if match is None:
             raise AccessDeniedException("Authorization header is not a SigV4 or bearer one")
         return self._sigv4(request, body, match)
 
-    def _bearer(self, token: str) -> tuple[str, str]:
+    def _bearer(self, token: str, client: str) -> tuple[str, str]:
         caller = "bearer:" + hashlib.sha256(token.encode()).hexdigest()[:16]
         for known in self.settings.bedrock_bearer_tokens:
             if hmac.compare_digest(known.get_secret_value().encode(), token.encode()):
                 return caller, DEFAULT_TENANT
-        tenant = self.access.keys.tenant_of(token) if self.access is not None else None
+        tenant = None
+        if self.access is not None:
+            if self.access.keys.is_unknown(token) and not self.access.keys.knows_now(token):
+                self.access.check_unknown_key_lookup(client)  # ThrottlingException past it
+            tenant = self.access.keys.tenant_of(token)
         if tenant is not None:
             return caller, tenant
         raise AccessDeniedException("The bearer token included in the request is invalid.")

@@ -35,19 +35,20 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         self.context = context
         self.prefix = f"/{service_name}/"
 
-    def _admit(self, metadata: tuple[tuple[str, Any], ...]) -> TenantPolicy:
+    def _admit(self, metadata: tuple[tuple[str, Any], ...], peer: str) -> TenantPolicy:
         access = self.context.access
         if access is None:
             return TenantPolicy.unlimited(DEFAULT_TENANT, self.context.store.bucket)
         authorization = next(
             (str(value) for key, value in metadata if key.lower() == "authorization"), None
         )
-        return access.authenticate(authorization)
+        return access.authenticate(authorization, peer_address(peer))
 
     async def _policy(self, context: grpc.aio.ServicerContext) -> TenantPolicy:
         try:
             # A key is read from the store (cached briefly): not on the event loop.
-            return await asyncio.to_thread(self._admit, tuple(context.invocation_metadata() or ()))
+            metadata = tuple(context.invocation_metadata() or ())
+            return await asyncio.to_thread(self._admit, metadata, context.peer() or "")
         except Exception as error:
             await abort(context, error)
 
@@ -70,3 +71,14 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                 f"{details.method}: a method kind the auth interceptor does not wrap"
             )
         return wrapped
+
+
+def peer_address(peer: str) -> str:
+    """The client's address from a gRPC peer ("ipv4:10.0.0.7:51234", "ipv6:[::1]:5",
+    "unix:/path"), without the port: what its budget of unknown-key lookups is kept by."""
+    kind, _, rest = peer.partition(":")
+    if kind == "ipv6" and rest.startswith("["):
+        return rest[1 : rest.find("]")] if "]" in rest else rest
+    if kind == "ipv4":
+        return rest.rsplit(":", 1)[0]
+    return peer
