@@ -23,7 +23,12 @@ ones (one slot). Two kinds of describe, as a replica serves them differently:
 `describe-finished` one that ended (STOPPED before the load: served from the replica's
 memory once read, as a finished job never changes).
 
+With `--other-tenant-jobs N`, the same list load runs twice, side by side: before and
+after another tenant comes to own N finished jobs (written straight to the store, newer
+than the caller's): the caller's page should cost the same store calls and time.
+
     make bench-api-load          # or: .venv/bin/python bench/api_load.py --clients 16 --seconds 10
+    .venv/bin/python bench/api_load.py --mix list=1 --other-tenant-jobs 5000
 """
 
 from __future__ import annotations
@@ -42,10 +47,21 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from concurrent.futures import ThreadPoolExecutor
+
 from bench.http_load import Operation, Results, run_load
 from service.demo import seed_demo
+from service.documents import (
+    DataLocation,
+    HyperParameters,
+    JobSpec,
+    JobState,
+    JobStatus,
+    new_job_id,
+    utc_now,
+)
 from service.embedded_s3 import EmbeddedS3, free_port
-from service.storage import ObjectStore
+from service.storage import ObjectStore, S3Location
 from tests.servers import ApiServer, demo_job
 
 Latencies = dict[str, list[float]]
@@ -170,6 +186,42 @@ def _raw_store_get(s3: EmbeddedS3, bucket: str, job_id: str, count: int) -> list
     return timings
 
 
+def _write_other_tenants_jobs(s3: EmbeddedS3, bucket: str, count: int) -> None:
+    """`count` finished jobs of tenant "other", as the service writes them (its index
+    marker, spec, status), straight to the store: created now, so newer than the
+    caller's jobs, and finished, so no reconcile pass acts on them."""
+    storage = ObjectStore(
+        endpoint_url=s3.endpoint_url,
+        access_key_id=s3.access_key_id,
+        secret_access_key=s3.secret_access_key,
+        region="us-east-1",
+    )
+
+    def write(number: int) -> None:
+        now = utc_now()
+        spec = JobSpec(
+            jobId=new_job_id(),
+            jobName=f"other-{number}",
+            tenant="other",
+            createdAt=now,
+            baseModelIdentifier="s3://demo/models/tiny-llama/",
+            trainingDataConfig=DataLocation(s3Uri="s3://demo/datasets/sample-train.jsonl"),
+            outputDataConfig=DataLocation(s3Uri="s3://demo/output/"),
+            hyperParameters=HyperParameters(),
+        )
+        status = JobStatus(updatedAt=now, state=JobState.COMPLETED, stateTimes={"QUEUED": now})
+        storage.put_bytes(S3Location(bucket, f"tenants/other/jobs/{spec.jobId}"), b"")
+        storage.put_json(
+            S3Location(bucket, f"jobs/{spec.jobId}/spec.json"), spec.model_dump(mode="json")
+        )
+        storage.put_json(
+            S3Location(bucket, f"jobs/{spec.jobId}/status.json"), status.model_dump(mode="json")
+        )
+
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(write, range(count)))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--clients", type=int, default=64)
@@ -194,6 +246,12 @@ def main() -> int:
         help="client processes the connections are spread over (each its own event loop)",
     )
     parser.add_argument("--real-trainers", action="store_true")
+    parser.add_argument(
+        "--other-tenant-jobs",
+        type=int,
+        default=0,
+        help="then list again, side by side, once another tenant owns this many jobs",
+    )
     parser.add_argument(
         "--api-workers", type=int, default=1, help="the server's TUNEFORGE_API_WORKERS"
     )
@@ -281,6 +339,24 @@ def main() -> int:
                 return results
 
             mixed = phase("mixed load", mix, arguments.clients, arguments.seconds, False)
+            if arguments.other_tenant_jobs:
+                list_only = {"list": 1.0}
+                phase(
+                    "list, no other tenant", list_only, arguments.clients, arguments.seconds, False
+                )
+                started = time.perf_counter()
+                _write_other_tenants_jobs(s3, "bench", arguments.other_tenant_jobs)
+                print(
+                    f"\n(another tenant now owns {arguments.other_tenant_jobs} jobs, written in "
+                    f"{time.perf_counter() - started:.0f} s)"
+                )
+                phase(
+                    f"list, another tenant owns {arguments.other_tenant_jobs} jobs",
+                    list_only,
+                    arguments.clients,
+                    arguments.seconds,
+                    False,
+                )
             burst = phase(
                 f"burst of {arguments.burst} creates", {"create": 1}, arguments.burst, 0, True
             )

@@ -93,9 +93,12 @@ class CorruptDocument(TuneforgeError):
 
     code = "INTERNAL"
 
-    def __init__(self, uri: str, detail: str) -> None:
+    def __init__(self, uri: str, detail: str, *, is_json: bool) -> None:
         super().__init__(f"{uri} could not be read: {detail}")
         self.uri = uri
+        # JSON, but not the shape this release expects: perhaps another release's
+        # (a rolling upgrade), so never replaced or given up on by this one.
+        self.is_json = is_json
 
 
 class LauncherFailed(TuneforgeError):

@@ -63,7 +63,8 @@ def request_fingerprint(request: JobCreate) -> str:
 
 
 def check_buckets(request: JobCreate, policy: TenantPolicy) -> None:
-    """InvalidArgument naming the field when a URI is outside the tenant's buckets."""
+    """PermissionDenied naming the field when a URI is outside the tenant's grants
+    (InvalidArgument for one no tenant may use: the state bucket, a bucket root)."""
     policy.check_uri(request.baseModelIdentifier, "baseModelIdentifier")
     policy.check_uri(request.trainingDataConfig.s3Uri, "trainingDataConfig.s3Uri")
     if request.validationDataConfig is not None:
@@ -233,8 +234,13 @@ def list_jobs(
     after = decode_page_token(page_token) if page_token else None
     jobs: list[Job] = []
     scanned = 0
+    # The tenant's own index when every job is in it: other tenants' jobs cost nothing.
+    own_index = store.tenant_index_complete()
     while len(jobs) < limit and scanned < _MAX_SCANNED_PER_PAGE:
-        batch = store.list_job_ids(after=after, limit=100)
+        if own_index:
+            batch = store.list_tenant_job_ids(tenant, after=after, limit=100)
+        else:
+            batch = store.list_job_ids(after=after, limit=100)
         if not batch:
             return jobs, None
         stopped: set[str] | None = None  # listed once per batch, when first needed
@@ -248,6 +254,11 @@ def list_jobs(
                 scanned += 1
                 looked_at += 1
                 after = job_id  # the page goes on after the last id looked at
+                if own_index:  # all the tenant's (get_many checks the spec it reads)
+                    wanted.append(job_id)
+                    if len(wanted) == limit - len(jobs):
+                        break
+                    continue
                 try:
                     if store.get_spec(job_id).tenant == tenant:
                         wanted.append(job_id)
@@ -263,12 +274,19 @@ def list_jobs(
                 stopped = store.stop_marked(batch[0], batch[-1])
             # Their statuses at once; control only for those with a stop marker.
             for job in store.get_many(wanted, stopped=stopped):
-                if job is not None and (state is None or _visible_state(job) == state):
+                if job is None or job.spec.tenant != tenant:
+                    continue
+                if state is None or _visible_state(job) == state:
                     jobs.append(_with_queue_position(store, job))
         if looked_at < len(batch):
             # The page ended inside this batch: there is more after it, no listing needed.
             return jobs, (encode_page_token(after) if after else None)
-    more = bool(store.list_job_ids(after=after, limit=1)) if after else False
+    if not after:
+        more = False
+    elif own_index:
+        more = bool(store.list_tenant_job_ids(tenant, after=after, limit=1))
+    else:
+        more = bool(store.list_job_ids(after=after, limit=1))
     return jobs, (encode_page_token(after) if more and after else None)
 
 

@@ -55,7 +55,7 @@ from service.documents import (
     job_id_created_ms,
     utc_now,
 )
-from service.errors import CorruptDocument, JobNotFound, LauncherFailed
+from service.errors import JobNotFound, LauncherFailed
 from service.launch.base import Launcher, Observed
 from service.launch.gpus import DeviceLease, GpuInventory
 from service.observability.metrics import Metrics, RunningJob, is_running
@@ -192,14 +192,18 @@ class Reconciler:
         # control.json only for jobs with a stop marker (one listing; the marker is
         # written before control.json, so a stop missed here is seen next pass).
         stopped = self.store.stop_marked(active[-1], active[0]) if active else set()
+        launched_seen = 0  # jobs read with a launch record, live or not
+        launcher_faults: list[tuple[str, Exception, int]] = []  # judged after the loop
         for job_id in active:
             if self._stopping.is_set():
                 return
             if self.faults.skips(job_id):
                 continue  # set aside: tried again when due (service/reconcile_faults.py)
+            job: Job | None = None
             try:
                 job = self.store.get(job_id, read_control=job_id in stopped)
                 seen.append(job)
+                launched_seen += int(job.status.launch is not None)
                 with bind_job(job_id, job.spec.tenant, _attempt(job)):
                     waits = self.reconcile(job)
                 read.add(job_id)
@@ -207,16 +211,27 @@ class Reconciler:
                     waiting.append(job)  # its run of faults ends if its launch goes well
                     continue
                 self.faults.succeeded(job_id)
-                if job.status.launch is not None:
-                    occupied += 0 if job.status.launch.devices else 1
-                    unleased_gpu_jobs += int(self._holds_unknown_devices(job))
-                    tenant = job.spec.tenant
-                    running_by_tenant[tenant] = running_by_tenant.get(tenant, 0) + 1
             except JobNotFound:
                 if _age_seconds_ms(job_id_created_ms(job_id)) > _ABANDONED_CREATE_SECONDS:
                     self.store.mark_inactive(job_id)
+            except LauncherFailed as error:  # this job's, or the launcher's outage: below
+                assert job is not None
+                launcher_faults.append((job_id, error, _attempt(job)))
             except Exception as error:  # confined to this job: every other one goes on
-                self._job_failed(job_id, error)
+                self._job_failed(job_id, error, attempt=_attempt(job) if job else None)
+            # A launched job holds its slot (and its tenant's count) whatever happened to
+            # it this pass: one whose reconcile failed may well be running.
+            launch = job.status.launch if job is not None else None
+            if job is not None and launch is not None and not job.status.state.is_terminal():
+                occupied += 0 if launch.devices else 1
+                unleased_gpu_jobs += int(self._holds_unknown_devices(job))
+                tenant = job.spec.tenant
+                running_by_tenant[tenant] = running_by_tenant.get(tenant, 0) + 1
+        # Every launched job's launcher call failed: the launcher (its cluster's API) is
+        # out, not these jobs; that does not count towards giving up on them.
+        outage = len(launcher_faults) >= 2 and len(launcher_faults) == launched_seen
+        for job_id, launcher_error, attempt in launcher_faults:
+            self._job_failed(job_id, launcher_error, attempt=attempt, counted=not outage)
         # Queued jobs start in creation order as slots or devices free up; the rest learn
         # their place in the queue.
         free = max(0, self.slots - occupied)
@@ -251,7 +266,13 @@ class Reconciler:
                 if starts:
                     running_by_tenant[tenant] = running_by_tenant.get(tenant, 0) + 1
                     with bind_job(job.spec.jobId, job.spec.tenant, 1):
-                        self._launch(job, devices=lease)
+                        try:
+                            self._launch(job, devices=lease)
+                        except Exception:
+                            # Not launched: its slot and its tenant's count go to the next.
+                            running_by_tenant[tenant] -= 1
+                            free += 0 if needed else 1
+                            raise
                 else:
                     still_waiting.add(job.spec.jobId)
                     in_line.append(job.spec.jobId)
@@ -259,10 +280,10 @@ class Reconciler:
             except OSError as error:  # the GPU lock files (service/launch/gpus.py)
                 still_waiting.add(job.spec.jobId)
                 in_line.append(job.spec.jobId)
-                log.error("leasing GPUs for job %s failed: %s", job.spec.jobId, error)
+                self._pass_step_failed(f"leasing GPUs for job {job.spec.jobId}", error)
             except Exception as error:  # confined to this job, as above
                 still_waiting.add(job.spec.jobId)
-                self._job_failed(job.spec.jobId, error)
+                self._job_failed(job.spec.jobId, error, attempt=0)
             finally:
                 if lease is not None:
                     lease.release()  # the trainer holds its own copies
@@ -293,10 +314,13 @@ class Reconciler:
 
     # -- faults ----------------------------------------------------------------
 
-    def _job_failed(self, job_id: str, error: Exception) -> None:
+    def _job_failed(
+        self, job_id: str, error: Exception, *, attempt: int | None, counted: bool = True
+    ) -> None:
         """Reading or acting on the job raised: count it, log it with the job id, and give
-        up on the job once it has failed long enough (service/reconcile_faults.py)."""
-        fault = self.faults.failed(job_id, error)
+        up on the job once it has failed long enough (service/reconcile_faults.py).
+        `attempt`: the attempt the job was at (None: its status did not read)."""
+        fault = self.faults.failed(job_id, error, attempt=attempt, counted=counted)
         if self.metrics is not None:
             self.metrics.reconcile_errors.labels(fault.reason).inc()
         log.error(
@@ -319,56 +343,61 @@ class Reconciler:
 
     def _give_up(self, job_id: str, fault: JobFault) -> None:
         """Fail a job the loop could not act on for too long, saying why, kill its
-        trainer if one may live, and retire it; if even the failing write fails, set it
-        aside: tried again only every `set_aside_seconds`, reported meanwhile (log, the
-        tuneforge_reconcile_jobs_set_aside gauge)."""
+        trainer if one may live, and retire it. Set it aside instead (tried again only
+        every `set_aside_seconds`, reported meanwhile: log, the
+        tuneforge_reconcile_jobs_set_aside gauge) when its record is JSON this release
+        does not read (perhaps a newer release's), or when failing it fails too. Never
+        raises: giving up on one job must not stop the pass either."""
         seconds = self.faults.seconds_failing(job_id)
         message = (
             f"the service could not act on this job for {fault.failures} reconcile passes in "
             f"a row ({seconds:.0f} s), so it failed it: {fault.description}"
         )
+        if not fault.may_be_destroyed:
+            self._set_aside(job_id, fault, "its record is JSON this release does not read")
+            return
         try:
             if fault.unreadable_status:
                 written = fail_unreadable_status(self.store, job_id, message)
                 launches: list[LaunchRecord] = []  # unknown: its trainer fences itself
+                if written is None:
+                    return  # JSON now, or changed meanwhile: the next pass looks again
             else:
-                written, launches = fail_given_up(self.store, job_id, message)
-        except Exception as error:
-            self.faults.set_aside(job_id)
-            log.error(
-                "job %s is set aside: %s; failing it did not work either (%s: %s). It is "
-                "tried again every %.0f s until its records or the launcher are repaired",
-                job_id,
-                fault.description,
-                type(error).__name__,
-                error,
-                self.faults.set_aside_seconds,
-            )
-            return
-        if written is None and fault.unreadable_status:
-            return  # its status reads now, or changed meanwhile: the next pass looks again
-        if written is not None:
+                written, launches = fail_given_up(self.store, job_id, message, fault.attempt)
+                if written is None:
+                    return  # it ended, or moved on to another attempt: the next pass sees
             assert written.failure is not None
             self.store.append_event(
                 job_id, "STATE_CHANGED", written.failure.message, JobState.FAILED
             )
             log.error("job %s is FAILED: %s", job_id, written.failure.message)
+        except Exception as error:
+            self._set_aside(job_id, fault, f"failing it failed too ({_in_one_line(error)})")
+            return
         for launch in launches:
             try:  # the job is failed either way; its trainer must not train on
                 self.launcher.signal(launch, signal.SIGKILL)
             except Exception as error:
-                log.error(
-                    "job %s: its trainer (%s) could not be killed: %s; it runs on until it "
-                    "ends, and nothing it writes changes the job's outcome",
-                    job_id,
-                    launch.host,
-                    error,
-                )
+                self._pass_step_failed(f"killing the trainer of given-up job {job_id}", error)
         try:
             self._retire(job_id)
-        except CorruptDocument as error:  # its spec does not read: no webhook to settle
-            log.error("job %s retired without its webhook: %s", job_id, error.message)
-            self.store.mark_inactive(job_id)
+        except Exception as error:  # e.g. its spec does not read: no webhook to settle
+            log.error("job %s retired without settling its webhook: %s", job_id, error)
+            try:
+                self.store.mark_inactive(job_id)
+            except Exception as second:  # the next pass sees it FAILED and retires it
+                self._pass_step_failed(f"retiring given-up job {job_id}", second)
+
+    def _set_aside(self, job_id: str, fault: JobFault, why: str) -> None:
+        self.faults.set_aside(job_id)
+        log.error(
+            "job %s is set aside: %s; %s. It is tried again every %.0f s until its records "
+            "or the launcher are repaired",
+            job_id,
+            fault.description,
+            why,
+            self.faults.set_aside_seconds,
+        )
 
     def _gpus_needed(self, job: Job) -> int:
         """Devices the job's attempts lease: its resources.gpus on a host with GPUs; 0
@@ -526,6 +555,8 @@ class Reconciler:
                 started = self.launcher.start(job.spec, attempt, environment)
         except Exception as error:
             log.exception("could not start the trainer for job %s", job.spec.jobId)
+            if self.metrics is not None:
+                self.metrics.reconcile_errors.labels("launcher").inc()
             self._finish(
                 job,
                 attempt,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
 from dataclasses import dataclass
 
 from service.auth.keys import KeyStore
@@ -68,7 +69,21 @@ class Replica:
         self.reconciler.start()
         if self.notifier is not None:
             self.notifier.start()
+        if not self.context.store.tenant_index_complete():
+            threading.Thread(
+                target=self._complete_tenant_index, name="tenant-index", daemon=True
+            ).start()
         return port
+
+    def _complete_tenant_index(self) -> None:
+        """Put the jobs created before the per-tenant index into it (service/store.py);
+        until then listings walk every job. Tried again at the next start if it fails."""
+        try:
+            written = self.context.store.backfill_tenant_index()
+        except Exception:
+            log.exception("completing the per-tenant job index failed; tried at next start")
+            return
+        log.info("per-tenant job index complete (%d jobs added to it)", written)
 
     def stop(self, *, stop_trainers: bool, kill_grace_seconds: float) -> None:
         """gRPC (in-flight calls get a grace), the reconciler, webhooks; and the trainers

@@ -262,6 +262,13 @@ class Settings(BaseSettings):
             _check_grant(grant)
         return value
 
+    @field_validator("tenant_home_bucket")
+    @classmethod
+    def _home_bucket_is_a_bucket(cls, value: str | None) -> str | None:
+        if value is not None:
+            _check_grant(value)
+        return value
+
     @field_validator("tenant_allowed_buckets")
     @classmethod
     def _tenant_grants_are_buckets_or_folders(

@@ -9,6 +9,10 @@ Invariants:
   (spec, status and control: a stop is refused once it ended) never changes, and `get()`
   serves one it has read from memory.
 - Keys are built here, from job ids that match `JOB_ID_PATTERN`, never from user text.
+- Every job has a marker in its tenant's index, `tenants/<tenant>/jobs/<job-id>`, written
+  before its spec: a tenant's listing reads only its own jobs. Jobs created before the
+  index existed get theirs from `backfill_tenant_index()`, which ends by writing
+  `tenants/.complete`; until that marker exists, listings walk every job instead.
 """
 
 from __future__ import annotations
@@ -82,6 +86,8 @@ def check_job_id(job_id: str) -> str:
 
 
 class JobStore:
+    _INDEX_COMPLETE_KEY = "tenants/.complete"
+
     def __init__(
         self, storage: ObjectStore, bucket: str, *, spec_cache_size: int = SPEC_CACHE_SIZE
     ) -> None:
@@ -100,6 +106,8 @@ class JobStore:
         # in a history that grows) then cost no store reads.
         self._finished: OrderedDict[str, Job] = OrderedDict()
         self._finished_lock = threading.Lock()
+        # Whether every job is in its tenant's index (`tenants/.complete` seen).
+        self._index_complete = False
         # Threads for get_many, started on first use.
         self._readers: ThreadPoolExecutor | None = None
         self._readers_lock = threading.Lock()
@@ -140,6 +148,62 @@ class JobStore:
                 marked.add(job_id)
         return marked
 
+    # -- the per-tenant index -----------------------------------------------------
+
+    def _tenant_prefix(self, tenant: str) -> str:
+        if not _TENANT.match(tenant):
+            raise ValueError(f"invalid tenant {tenant!r}")
+        return f"tenants/{tenant}/jobs/"
+
+    def _index_marker(self, spec: JobSpec) -> S3Location:
+        return S3Location(self.bucket, self._tenant_prefix(spec.tenant) + check_job_id(spec.jobId))
+
+    def tenant_index_complete(self) -> bool:
+        """Whether every job is in its tenant's index (read once; it never reverts)."""
+        if not self._index_complete:
+            self._index_complete = (
+                self.storage.head(S3Location(self.bucket, self._INDEX_COMPLETE_KEY)) is not None
+            )
+        return self._index_complete
+
+    def list_tenant_job_ids(self, tenant: str, *, after: str | None, limit: int) -> list[str]:
+        """The tenant's job ids newest first (ids sort that way), starting after `after`:
+        one LIST of its own index, whatever other tenants hold."""
+        prefix = self._tenant_prefix(tenant)
+        start_after = prefix + check_job_id(after) if after else None
+        ids = []
+        for item in self.storage.list_objects(
+            S3Location(self.bucket, prefix), start_after=start_after
+        ):
+            job_id = item["key"][len(prefix) :]
+            if _JOB_ID.match(job_id):
+                ids.append(job_id)
+            if len(ids) >= limit:
+                break
+        return ids
+
+    def backfill_tenant_index(self) -> int:
+        """Put every job in its tenant's index (those created before it existed), then
+        mark the index complete; return how many markers were written. Safe to run on
+        several replicas at once: markers are empty objects, written again the same."""
+        if self.tenant_index_complete():
+            return 0
+        written, after = 0, None
+        while batch := self.list_job_ids(after=after, limit=1000):
+            for job_id in batch:
+                try:
+                    spec = self.get_spec(job_id)
+                except (JobNotFound, CorruptDocument):
+                    continue  # a create in flight writes its own; a damaged one has no tenant
+                marker = self._index_marker(spec)
+                if self.storage.head(marker) is None:
+                    self.storage.put_bytes(marker, b"")
+                    written += 1
+            after = batch[-1]
+        self.storage.put_bytes(S3Location(self.bucket, self._INDEX_COMPLETE_KEY), b"")
+        self._index_complete = True
+        return written
+
     def mark_inactive(self, job_id: str) -> None:
         self.storage.delete(self._active(job_id))
 
@@ -170,6 +234,7 @@ class JobStore:
         created, so a job must never exist without one.
         """
         self.storage.put_bytes(self._active(spec.jobId), b"")
+        self.storage.put_bytes(self._index_marker(spec), b"")
         try:
             self.storage.put_json(
                 self._job(spec.jobId, "spec.json"), spec.model_dump(mode="json"), if_none_match=True
@@ -258,14 +323,18 @@ class JobStore:
             return None
         body, etag = found
         try:
-            return model.model_validate(json.loads(body)), etag
-        except ValueError as error:  # JSONDecodeError and ValidationError are both
-            raise CorruptDocument(location.uri, _what_is_wrong(error)) from error
+            parsed = json.loads(body)
+        except (ValueError, RecursionError) as error:  # not JSON (or absurdly nested)
+            raise CorruptDocument(location.uri, _what_is_wrong(error), is_json=False) from error
+        try:
+            return model.model_validate(parsed), etag
+        except ValueError as error:  # ValidationError
+            raise CorruptDocument(location.uri, _what_is_wrong(error), is_json=True) from error
 
     def set_aside_corrupt_status(
         self, job_id: str, replacement: Callable[[str], JobStatus]
     ) -> JobStatus | None:
-        """Replace a `status.json` that cannot be read with `replacement(kept)`, keeping
+        """Replace a `status.json` that is not JSON with `replacement(kept)`, keeping
         the unreadable bytes beside it (at the URI `kept`: `status.corrupt-<etag>.json`)
         for whoever looks for the cause. Return the status written; None, changing
         nothing, when the status reads fine now or changed meanwhile (the reconciler
@@ -276,9 +345,9 @@ class JobStore:
             return None
         body, etag = found
         try:
-            JobStatus.model_validate(json.loads(body))
-            return None  # repaired meanwhile
-        except ValueError:
+            json.loads(body)
+            return None  # JSON now: repaired meanwhile, or another release's to read
+        except (ValueError, RecursionError):
             pass
         kept = self._job(job_id, f"status.corrupt-{etag.strip(chr(34))[:32]}.json")
         self.storage.put_bytes(kept, body)
@@ -486,7 +555,7 @@ class JobStore:
         self.storage.upload_file(path, self.log_location(job_id, attempt))
 
 
-def _what_is_wrong(error: ValueError) -> str:
+def _what_is_wrong(error: ValueError | RecursionError) -> str:
     """One line on why a document did not parse: the first field at fault, or where the
     JSON breaks."""
     if isinstance(error, ValidationError):
@@ -496,4 +565,6 @@ def _what_is_wrong(error: ValueError) -> str:
         return f"{where}: {first['msg']}" + (f" (and {more} more)" if more else "")
     if isinstance(error, json.JSONDecodeError):
         return f"not JSON ({error})"
+    if isinstance(error, RecursionError):
+        return "not JSON this service reads (nested too deeply)"
     return str(error).splitlines()[0]

@@ -191,7 +191,16 @@ class WebhookNotifier:
             if job_id in self._pending:
                 return False
         location = self._record(job_id)
-        found = self.store.storage.get_json(location)
+        try:
+            found = self.store.storage.get_json(location)
+        except ValueError as error:  # a damaged delivery record must not hold the job
+            log.error(
+                "job %s: its webhook record %s does not read (%s); not delivered again",
+                job_id,
+                location.uri,
+                error,
+            )
+            return True
         claim = {"state": job.status.state.value, "outcome": "claimed", "claimedAt": utc_now()}
         claim["claimedBy"] = self.replica_id
         try:

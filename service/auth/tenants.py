@@ -80,6 +80,13 @@ class Access:
                     "TUNEFORGE_ALLOWED_BUCKETS grants '*': every tenant may name any bucket "
                     "(but the state bucket) for its data, models and outputs"
                 )
+            for tenant, grants in sorted(settings.tenant_allowed_buckets.items()):
+                if "*" in grants:
+                    log.warning(
+                        "TUNEFORGE_TENANT_ALLOWED_BUCKETS grants '*' to tenant %s: it may name "
+                        "any bucket (but the state bucket)",
+                        tenant,
+                    )
         return cls(settings, keys, enabled=enabled)
 
     def policy(self, tenant: str) -> TenantPolicy:

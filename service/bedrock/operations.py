@@ -225,10 +225,17 @@ def _check_paging(max_results: int | None, sort_by: str | None, sort_order: str 
     return size
 
 
-def _all_ids(store: JobStore) -> list[str]:
+def _all_ids(store: JobStore, tenant: str) -> list[str]:
+    """The tenant's job ids, newest first: from its own index once every job is in it
+    (other tenants' jobs cost nothing), else every job's."""
+    own_index = store.tenant_index_complete()
     ids: list[str] = []
     while True:
-        page = store.list_job_ids(after=ids[-1] if ids else None, limit=1000)
+        after = ids[-1] if ids else None
+        if own_index:
+            page = store.list_tenant_job_ids(tenant, after=after, limit=1000)
+        else:
+            page = store.list_job_ids(after=after, limit=1000)
         if not page:
             return ids
         ids.extend(page)
@@ -256,9 +263,11 @@ def list_jobs(
     if after_id is not None and not _JOB_ID.match(after_id):
         raise ValidationException("nextToken is not a token this service issued")
     ascending = sort_order == "Ascending"
-    # Ids sort newest first; both orders read every id (one LIST per 1000 jobs), then
-    # read only the jobs they need. Fine for thousands of jobs, not for millions.
-    ids = list(reversed(_all_ids(store))) if ascending else _all_ids(store)
+    # Ids sort newest first; both orders read every id of the tenant's (one LIST per 1000
+    # jobs), then read only the jobs they need. Fine for thousands of a tenant's jobs.
+    ids = _all_ids(store, tenant)
+    if ascending:
+        ids.reverse()
     if after_id is not None:
         ids = ids[ids.index(after_id) + 1 :] if after_id in ids else []
     wanted: set[JobState] | None = NATIVE_STATES[status_equals] if status_equals else None

@@ -33,8 +33,8 @@ Invariants of every rendered Job:
   the newest checkpoint, at most `rendezvous_restarts` times within the attempt);
 - nothing outlives its job: the Job's pods are its own, the rendezvous Service is
   owned by the Job (ownerReferences), the Job is deleted by Kubernetes
-  `ttlSecondsAfterFinished` after it ends and by the reconciler (`release`) once it has
-  seen the job end, with every earlier attempt's;
+  `ttlSecondsAfterFinished` after it ends, or sooner by the reconciler (`release`)
+  once it has seen the job end, with every earlier attempt's that has finished;
 - the trainer's output goes to the pod log and, through `python -m trainer.log_keeper`
   (the container's command, wrapping the trainer's), to the attempt's log in the store,
   uploaded when the trainer ends however it ends;
@@ -470,18 +470,27 @@ class KubernetesLauncher:
         return None  # the trainer uploads its own log
 
     def release(self, job_id: str) -> None:
-        """Delete every attempt's Job of a job that ended; their pods and rendezvous
-        Services go with them (owned). Logs are in the store already."""
+        """Delete the finished Jobs of every attempt of a job that ended; their pods and
+        rendezvous Services go with them (owned). A Job still running (its trainer
+        uploading its last log lines, its pods stopping) is left to its
+        ttlSecondsAfterFinished, which starts when it finishes."""
         from kubernetes import client
 
         if not re.match(JOB_ID_PATTERN, job_id):
             raise ValueError(f"not a job id: {job_id!r}")
-        self._batch.delete_collection_namespaced_job(
-            self.config.namespace,
-            label_selector=f"{LABEL_JOB_ID}={job_id}",
-            body=client.V1DeleteOptions(propagation_policy="Background"),
+        listing = self._batch.list_namespaced_job(
+            self.config.namespace, label_selector=f"{LABEL_JOB_ID}={job_id}"
         )
-        log.info("deleted the Kubernetes Jobs of job %s", job_id)
+        for job in self._client.sanitize_for_serialization(listing).get("items") or []:
+            if not true_condition(job, "Complete", "Failed"):
+                continue
+            name = job["metadata"]["name"]
+            self._batch.delete_namespaced_job(
+                name,
+                self.config.namespace,
+                body=client.V1DeleteOptions(propagation_policy="Background"),
+            )
+            log.info("deleted the finished Kubernetes Job %s of job %s", name, job_id)
 
     def shutdown(self, grace_seconds: float) -> None:
         return None  # trainer Jobs outlive API replicas by design

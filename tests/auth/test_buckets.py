@@ -6,12 +6,17 @@ The `auth_server` grants bucket "demo" to every tenant (tenant "elsewhere": only
 
 from __future__ import annotations
 
+import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
 from tuneforge import Client
 from tuneforge.errors import PermissionDenied
 
+from service.auth.limits import TenantPolicy
+from service.embedded_s3 import EmbeddedS3
+from service.errors import PermissionDenied as DomainPermissionDenied
 from tests.auth.conftest import bedrock_body, bedrock_client, unique
 from tests.servers import ApiServer, demo_job
 
@@ -140,3 +145,41 @@ def test_a_tenant_cannot_name_another_tenants_folder_on_any_face(auth_server: Ap
         assert theirs in str(refused.value), refused.value
         with pytest.raises(alpha.exceptions.ResourceNotFoundException):
             alpha.get_model_customization_job(jobIdentifier=body["jobName"])
+
+
+def test_a_folder_grant_ends_at_a_slash() -> None:
+    """Pure logic: `shared/team` grants `shared/team/...`, never `shared/team2/...`, nor
+    an object named `team`; a bucket grant is the whole bucket; "*" any bucket."""
+    policy = TenantPolicy("team", 0, 0, 0.0, 1, ("shared/team", "s3://whole/"), "state")
+    policy.check_uri("s3://shared/team/data.jsonl", "trainingDataConfig.s3Uri")
+    policy.check_uri("s3://whole/anything/at/all.jsonl", "trainingDataConfig.s3Uri")
+    for outside in ("s3://shared/team2/data.jsonl", "s3://shared/team", "s3://shared/x.jsonl"):
+        with pytest.raises(DomainPermissionDenied, match="granted: s3://shared/team/, s3://whole/"):
+            policy.check_uri(outside, "trainingDataConfig.s3Uri")
+    anything = TenantPolicy("team", 0, 0, 0.0, 1, ("*",), "state")
+    anything.check_uri("s3://shared/team2/data.jsonl", "trainingDataConfig.s3Uri")
+
+
+def test_with_auth_on_nothing_is_granted_unless_the_operator_says_so(
+    s3_server: EmbeddedS3, demo_assets: None, tmp_path: Path
+) -> None:
+    server = ApiServer(
+        s3_server,
+        tmp_path / "home",
+        state_bucket=f"grants-{uuid.uuid4().hex[:10]}",
+        admin_key="admin-key-for-the-grants-test-0123456789",
+        extra_env={"TUNEFORGE_TRAINER_SHARED_CREDENTIALS": "true"},
+    )
+    server.start()
+    try:
+        with server.client(server.create_api_key("acme")) as rest:
+            response = rest.post("/v1/jobs", json=demo_job(unique("nothing")))
+            assert rest.get("/v1/jobs").json()["jobs"] == []
+    finally:
+        server.stop()
+    assert response.status_code == 403, response.text
+    error = response.json()["error"]
+    assert error["field"] == "baseModelIdentifier"
+    assert (
+        "granted: nothing" in error["message"] and "TUNEFORGE_ALLOWED_BUCKETS" in error["message"]
+    )

@@ -115,7 +115,7 @@ def test_rbac_is_limited_to_trainer_jobs_and_pods_in_one_namespace() -> None:
         for resource in rule["resources"]
     }
     assert rules == {
-        ("batch", "jobs"): {"create", "get", "list", "watch", "delete", "deletecollection"},
+        ("batch", "jobs"): {"create", "get", "list", "watch", "delete"},
         ("", "pods"): {"get", "list", "watch"},
         ("", "services"): {"create", "get", "delete"},
     }

@@ -7,6 +7,7 @@ client, which adds request tokens and retries), both against one real server.
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -180,8 +181,16 @@ def test_get(rest: httpx.Client, stub: pb_grpc.FineTuningServiceStub, server: Ap
         pb.ListCheckpointsRequest(job_id=job_id), timeout=30
     ).checkpoints
     assert [convert.checkpoint_to_dict(c) for c in grpc_checkpoints] == checkpoints == []
-    log = rest.get(f"/v1/jobs/{job_id}/logs")
-    grpc_log = stub.ReadJobLog(pb.ReadJobLogRequest(job_id=job_id), timeout=30)
+    # The trainer's last lines (after it wrote FAILED) and the reconciler's upload once it
+    # saw the process end may still land: compare once the log holds still.
+    deadline = time.monotonic() + 30
+    while True:
+        log = rest.get(f"/v1/jobs/{job_id}/logs")
+        grpc_log = stub.ReadJobLog(pb.ReadJobLogRequest(job_id=job_id), timeout=30)
+        if log.content == grpc_log.data == rest.get(f"/v1/jobs/{job_id}/logs").content:
+            break
+        assert time.monotonic() < deadline, "the log kept changing"
+        time.sleep(0.5)
     assert log.content == grpc_log.data
     assert int(log.headers["x-next-offset"]) == grpc_log.next_offset
     assert int(log.headers["x-log-size"]) == grpc_log.size

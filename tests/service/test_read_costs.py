@@ -17,7 +17,7 @@ from service.documents import JobState, JobStatus
 from service.launch.local import LocalLauncher
 from service.reconciler import Reconciler
 from service.schemas import JobCreate
-from service.storage import ObjectStore
+from service.storage import ObjectStore, S3Location
 from service.store import JobStore
 from tests.servers import demo_job
 
@@ -243,3 +243,58 @@ def test_a_terminal_status_is_never_written_over(
 
     assert store.update_status(job_id, change) is None
     assert store.get_status(job_id) == before  # same document, same ETag
+
+
+def _fresh(store: JobStore) -> JobStore:
+    """Another replica's view of the same bucket: nothing cached."""
+    return JobStore(store.storage, store.bucket)
+
+
+def _bucket_with(counted: tuple[JobStore, Counter[str]], theirs: int) -> tuple[JobStore, list[str]]:
+    store, _ = counted
+    bucket = JobStore(store.storage, f"index-{uuid.uuid4().hex[:10]}")
+    bucket.storage.ensure_bucket(bucket.bucket)
+    mine = [_create(bucket, "mine", f"m{n}") for n in range(5)]
+    for n in range(theirs):  # newer than mine: a walk of every job meets them first
+        _create(bucket, "theirs", f"t{n}")
+    assert bucket.backfill_tenant_index() == 0  # every job was indexed at create
+    return bucket, mine
+
+
+def test_a_tenants_list_page_costs_the_same_whatever_another_tenant_owns(
+    counted: tuple[JobStore, Counter[str]],
+) -> None:
+    """A list page reads the caller's own index: another tenant's 300 jobs (none of
+    their specs cached: another replica) cost no store call at all."""
+    _, calls = counted
+    costs = []
+    for theirs in (0, 300):
+        bucket, mine = _bucket_with(counted, theirs)
+        reader = _fresh(bucket)
+        reader.tenant_index_complete()  # read once per replica, then known
+        calls.clear()
+        found, token = jobs.list_jobs(reader, tenant="mine", state=None, limit=20, page_token=None)
+        assert [job.spec.jobId for job in found] == list(reversed(mine)) and token is None
+        costs.append(dict(calls))
+    assert costs[0] == costs[1], costs
+    assert costs[1]["GetObject"] == 2 * 5 + 1, costs  # a spec and a status each, the queue
+
+
+def test_jobs_from_before_the_index_are_listed_before_and_after_the_backfill(
+    counted: tuple[JobStore, Counter[str]],
+) -> None:
+    store, _ = counted
+    mine = [_create(store, "mine", f"m{n}") for n in range(3)]
+    theirs = [_create(store, "theirs", f"t{n}") for n in range(3)]
+    for job_id in mine + theirs:  # as if created by a release without the index
+        tenant = "mine" if job_id in mine else "theirs"
+        store.storage.delete(S3Location(store.bucket, f"tenants/{tenant}/jobs/{job_id}"))
+    old = _fresh(store)
+    assert not old.tenant_index_complete()
+    assert _all_pages(old, "mine", None, 2) == list(reversed(mine))  # walks every job
+    assert old.backfill_tenant_index() == 6
+    new = _fresh(store)
+    assert new.tenant_index_complete()
+    assert new.list_tenant_job_ids("mine", after=None, limit=10) == list(reversed(mine))
+    assert _all_pages(new, "mine", None, 2) == list(reversed(mine))
+    assert _all_pages(new, "theirs", None, 5) == list(reversed(theirs))
