@@ -47,8 +47,13 @@ class EmbeddedS3:
         secret_access_key: str | None,
         log_path: Path | None = None,
         s3_config: Path | None = None,
+        iam_writable: bool = False,
     ) -> None:
         self.data_dir = data_dir
+        # Serve the IAM API's writes (CreateUser, PutUserPolicy, CreateAccessKey) on the S3
+        # port to the admin pair: the service makes each tenant's store identity there
+        # (service/store_identities.py). Off: SeaweedFS's default, read-only.
+        self.iam_writable = iam_writable
         # SeaweedFS's identities file (`-s3.config`): several key pairs, each with its
         # actions (`Read:<bucket>`, `Write:<bucket>/<prefix>*`, `Admin`, ...). It should
         # name the pair above too, with `Admin`: the service's own.
@@ -108,6 +113,8 @@ class EmbeddedS3:
         ]
         if self.s3_config is not None:
             command.append(f"-s3.config={self.s3_config}")
+        if self.iam_writable:
+            command.append("-s3.iam.readOnly=false")
         environment = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "HOME": os.environ.get("HOME", str(self.data_dir)),

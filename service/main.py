@@ -87,6 +87,7 @@ def main() -> int:
             access_key_id=access_key,
             secret_access_key=secret,
             log_path=home / "s3" / "seaweedfs.log",
+            iam_writable=True,  # each tenant's store identity (service/store_identities.py)
         )
         embedded.start()
         env_file = _write_env_file(

@@ -13,7 +13,10 @@ import logging
 import os
 import socket
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
+
+import boto3
 
 from service.auth.keys import KeyStore
 from service.auth.tenants import Access, AuthConfigurationError
@@ -31,6 +34,7 @@ from service.reconciler import Reconciler
 from service.settings import Settings
 from service.storage import ObjectStore
 from service.store import JobStore
+from service.store_identities import TenantStoreIdentities
 from service.trainer_credentials import TrainerCredentials
 from service.webhook_secrets import WebhookSecrets
 from service.webhooks import WebhookNotifier
@@ -198,6 +202,40 @@ def build_trainer_environment(
     return environment
 
 
+def _trainer_environment_of_tenants(
+    settings: Settings,
+    storage: ObjectStore,
+    store_access: StoreAccess,
+    access: Access,
+    credentials: TrainerCredentials,
+) -> Callable[[str], dict[str, str]]:
+    """Where a tenant's trainers get their store credentials: the operator's mapping when
+    there is one; on the embedded store with authentication on, a store identity of the
+    tenant's own, made by the service (service/store_identities.py); else the service's."""
+    if (
+        not settings.embedded_store
+        or not access.enabled
+        or credentials.by_tenant
+        or settings.trainer_shared_credentials
+    ):
+        return credentials.environment_for
+    iam = boto3.client(
+        "iam",
+        endpoint_url=store_access.endpoint_url,
+        aws_access_key_id=store_access.access_key,
+        aws_secret_access_key=store_access.secret,
+        region_name=store_access.region,
+    )
+    identities = TenantStoreIdentities(
+        storage,
+        settings.state_bucket,
+        iam,
+        lambda tenant: access.policy(tenant).allowed_buckets,
+    )
+    log.info("each tenant's trainers get a store identity of their own (embedded store)")
+    return identities.environment_for
+
+
 def _check_trainers_reach_only_their_tenant(
     settings: Settings, access: Access, credentials: TrainerCredentials
 ) -> None:
@@ -293,7 +331,9 @@ def build_replica(
         tenant_running_limit=lambda tenant: access.policy(tenant).max_running_jobs,
         metrics=metrics,
         notifier=notifier,
-        tenant_environment=trainer_credentials.environment_for,
+        tenant_environment=_trainer_environment_of_tenants(
+            settings, storage, store_access, access, trainer_credentials
+        ),
         gpus=host_gpu_inventory(settings),
         faults=FaultTracker(
             give_up_after_failures=settings.reconcile_give_up_failures,

@@ -27,8 +27,12 @@ class ApiServer:
         port: int | None = None,
         extra_env: dict[str, str] | None = None,
         admin_key: str | None = None,
+        embedded_store: bool = False,
     ) -> None:
         self.s3 = s3
+        # Its own embedded store (started by the server, in its home, on a free port), as
+        # `make run` has, rather than `s3`: what it does only on its own store is tested so.
+        self.embedded_store_port = free_port() if embedded_store else None
         # With an admin key the server requires API keys on every face (service/auth/);
         # `create_api_key` makes them, and `client(api_key)` / `wait_for(api_key=)` use them.
         self.admin_key = admin_key
@@ -49,14 +53,17 @@ class ApiServer:
 
     def environment(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("TUNEFORGE_", "AWS_"))}
+        if self.embedded_store_port is not None:
+            env["TUNEFORGE_EMBEDDED_S3_PORT"] = str(self.embedded_store_port)
+        else:
+            env["TUNEFORGE_S3_ENDPOINT_URL"] = self.s3.endpoint_url
+            env["TUNEFORGE_S3_ACCESS_KEY_ID"] = str(self.s3.access_key_id)
+            env["TUNEFORGE_S3_SECRET_ACCESS_KEY"] = str(self.s3.secret_access_key)
         env.update(
             {
                 "HF_HUB_OFFLINE": "1",
                 "TUNEFORGE_HOME": str(self.home),
                 "TUNEFORGE_REST_PORT": str(self.port),
-                "TUNEFORGE_S3_ENDPOINT_URL": self.s3.endpoint_url,
-                "TUNEFORGE_S3_ACCESS_KEY_ID": str(self.s3.access_key_id),
-                "TUNEFORGE_S3_SECRET_ACCESS_KEY": str(self.s3.secret_access_key),
                 "TUNEFORGE_STATE_BUCKET": self.state_bucket,
                 "TUNEFORGE_RECONCILE_INTERVAL_SECONDS": "0.5",
                 "TUNEFORGE_TRAINER_HEARTBEAT_SECONDS": "1",
