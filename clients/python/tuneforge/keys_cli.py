@@ -58,14 +58,19 @@ def _call(args: argparse.Namespace, method: str, path: str, body: Any = None) ->
         raise SystemExit(
             "tuneforge: key commands need the admin key: --admin-key or $TUNEFORGE_ADMIN_KEY"
         )
+    return rest_call(args, method, path, args.admin_key, body)
+
+
+def rest_call(
+    args: argparse.Namespace, method: str, path: str, key: str | None, body: Any = None
+) -> Any:
+    """One REST call to `--rest` with `key` as the bearer token: its JSON answer, or the
+    ApiError for an error answer (Unavailable when the server cannot be reached)."""
     url = (args.rest or DEFAULT_URL).rstrip("/")
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
     try:
         response = httpx.request(
-            method,
-            url + path,
-            json=body,
-            headers={"Authorization": f"Bearer {args.admin_key}"},
-            timeout=args.timeout,
+            method, url + path, json=body, headers=headers, timeout=args.timeout
         )
     except httpx.HTTPError as error:
         raise Unavailable(f"cannot reach {url}: {error}") from None

@@ -14,11 +14,8 @@ import argparse
 from collections.abc import Callable
 from typing import Any, TextIO
 
-import httpx
-
 from tuneforge.display import print_json
-from tuneforge.errors import Unavailable, from_rest
-from tuneforge.rest import DEFAULT_URL
+from tuneforge.keys_cli import rest_call
 
 
 def add_commands(
@@ -39,19 +36,7 @@ def add_commands(
 
 
 def _call(args: argparse.Namespace, method: str, path: str) -> Any:
-    url = (args.rest or DEFAULT_URL).rstrip("/")
-    headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
-    try:
-        response = httpx.request(method, url + path, headers=headers, timeout=args.timeout)
-    except httpx.HTTPError as error:
-        raise Unavailable(f"cannot reach {url}: {error}") from None
-    try:
-        answer = response.json()
-    except ValueError:
-        answer = None
-    if response.status_code >= 400:
-        raise from_rest(response.status_code, answer)
-    return answer
+    return rest_call(args, method, path, args.api_key)
 
 
 def _show(secret: dict[str, Any], args: argparse.Namespace, out: TextIO) -> int:
