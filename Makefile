@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench-start-latency bench-classification bench-trainer-throughput bench-gpu bench-api-load gpu-check gpu-wheels clean proto proto-check
+.PHONY: run test lint bench-data bench-start-latency bench-classification bench-trainer-throughput bench-gpu bench-api-load gpu-check gpu-wheels clean proto proto-check
 
 $(STAMP): pyproject.toml clients/python/pyproject.toml constraints/test.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -50,6 +50,9 @@ proto-check: $(STAMP)
 
 test: lint $(CHROMIUM_STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest $(PYTEST_ARGS)
+
+bench-data: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) bench/data_scale.py $(BENCH_ARGS)
 
 bench-start-latency: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) bench/start_latency.py

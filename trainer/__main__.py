@@ -173,6 +173,7 @@ def run(job_id: str, environment: TrainerEnvironment, preempted: threading.Event
             workdir=workdir,
             preempted=preempted,
             distributed=distributed,
+            host_workdir=Path.cwd(),
         )
         code = recipe.run()
     except JobNotFound:

@@ -97,6 +97,12 @@ class ValidationErrors:
         if len(self.shown) < MAX_ERRORS_SHOWN:
             self.shown.append(f"{where}: {problem}")
 
+    def extend(self, other: ValidationErrors) -> None:
+        """Add `other`'s problems after these (its count whole, its first few shown)."""
+        room = MAX_ERRORS_SHOWN - len(self.shown)
+        self.shown += other.shown[: max(room, 0)]
+        self.total += other.total
+
     def message(self) -> str:
         head = f"the data has {self.total} problem{'s' if self.total != 1 else ''}"
         if self.total > len(self.shown):
@@ -185,13 +191,26 @@ def read_jsonl(
     *,
     max_records: int | None = None,
 ) -> list[Example]:
-    """Check every line of a JSONL file; blank lines are skipped, problems collected.
+    """Every well-formed record of a JSONL file as a list (see `iter_jsonl`)."""
+    return list(iter_jsonl(path, uri, customization_type, errors, max_records=max_records))
+
+
+def iter_jsonl(
+    path: Path,
+    uri: str,
+    customization_type: str,
+    errors: ValidationErrors,
+    *,
+    max_records: int | None = None,
+) -> Iterator[Example]:
+    """Check every line of a JSONL file, reading it line by line: the well-formed records
+    as Examples, one at a time; blank lines are skipped, problems collected in `errors`.
 
     A FINE_TUNING file takes its format from its first record; a record of another
     format is an error (one file, one format). Past `max_records` records, reading
     stops with an error."""
-    examples = []
     before = errors.total
+    found = False
     file_format: tuple[str, int] | None = None  # (format, line it was set by)
     records = 0
     with path.open("rb") as lines:
@@ -232,10 +251,10 @@ def read_jsonl(
             for problem in problems:
                 errors.add(where, problem)
             if example is not None:
-                examples.append(example)
-    if not examples and errors.total == before:
+                found = True
+                yield example
+    if not found and errors.total == before:
         errors.add(uri, "no records (the file is empty or has only blank lines)")
-    return examples
 
 
 def check_customization_type(customization_type: str) -> None:

@@ -8,6 +8,14 @@ model. Then only the tokenizer (and config.json, for its position limit) is load
 Phase 2 counts the tokens: a record with nothing left to learn within maxSequenceLength
 is an error.
 
+Both phases stream: the data file is downloaded to the job's directory and read line by
+line, never whole. Phase 1 keeps per record only a fixed-size hash of its content (for
+duplicates and train/validation overlap) and its line; phase 2 reads the file again,
+tokenizes records in batches with the fast tokenizer's batch call (in Rust, on every
+core) and appends their tokens straight to flat arrays on disk
+(trainer/tokenized_data.py), which training maps. No per-record Python object outlives
+its batch, so memory stays flat however many records a file has.
+
 Problems are collected, not stopped at the first: the job fails with reason
 DATA_VALIDATION and a message listing the first 20 as `s3://bucket/key:LINE: what is
 wrong`, with the total count. Warnings do not fail the job; each kind is one
@@ -21,31 +29,39 @@ Bounds (constants here; README.md, "Data formats"):
     maxSequenceLength  8-32768 (HyperParameters), and at most the model's positions
                        (config.json max_position_embeddings)
 
-The result (tokenized examples, label set, summary, warnings) is cached in the store
+The result (the token arrays, label set, summary, warnings) is cached in the store
 (trainer/dataset_cache.py); a job whose data, tokenizer and settings match a cached
-entry skips tokenization.
+entry downloads the arrays instead of tokenizing.
 """
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 import json
 import logging
+import shutil
 import threading
+from array import array
 from collections import Counter
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from service.documents import DataSummary, JobSpec, TokenLengths
 from service.errors import InvalidArgument, StoreUnavailable
 from service.storage import ObjectStore, StorageError, parse_s3_uri
-from trainer import conversations, data, tokenization
+from trainer import conversations, data, tokenization, tokenized_data
 from trainer.data import IGNORE_INDEX, Example, TokenizedExample, ValidationErrors
-from trainer.dataset_cache import CachedData, DatasetCache, cache_key, tokenizer_files_hash
+from trainer.dataset_cache import DatasetCache, cache_key, tokenizer_files_hash
 from trainer.errors import DataValidationError, ModelLoadError
 from trainer.model import check_model_directory, download_model
 from trainer.reporting import Reporter
+from trainer.tokenized_data import SplitWriter, TokenizedData, TokenizedMeta, TokenizedSplit
 
 log = logging.getLogger(__name__)
 
@@ -53,17 +69,22 @@ WARNING_EVENT = "VALIDATION_WARNING"
 MAX_DATASET_BYTES = 1 << 30
 MAX_RECORDS = 1_000_000
 LINES_NAMED_IN_A_WARNING = 10
+# Records tokenized per call of the tokenizer: large enough that its Rust threads stay
+# busy, small enough that a batch's Python objects (~40 bytes a token) stay megabytes.
+TOKENIZE_BATCH_RECORDS = 4096
 
 
 @dataclass(frozen=True)
 class PreparedData:
-    training: list[TokenizedExample]
-    validation: list[TokenizedExample]
+    training: TokenizedSplit
+    validation: TokenizedSplit
     labels: list[str] | None  # CLASSIFICATION: class id -> label
     max_length: int  # maxSequenceLength, capped at the model's positions
     summary: DataSummary
     warnings: list[str]
     from_cache: bool
+    cache_key: str  # names the tokenized data: other ranks find it by this
+    cache_upload: threading.Thread | None = None  # writing the cache entry, if still busy
 
 
 @dataclass(frozen=True)
@@ -172,25 +193,151 @@ def data_files(spec: JobSpec, storage: ObjectStore, errors: ValidationErrors) ->
     return files
 
 
-def read_files(
-    files: Sequence[DataFile],
-    storage: ObjectStore,
-    customization_type: str,
-    directory: Path,
-    errors: ValidationErrors,
-) -> dict[str, list[Example]]:
-    loaded: dict[str, list[Example]] = {"training": [], "validation": []}
-    for file in files:
+# -- phase 1: every record checked, a hash of each kept -------------------------------
+
+
+class RecordHashes:
+    """A fixed-size hash of each record's content and its line, for one file: what finds
+    duplicate records and validation records also in the training data, at 16 bytes a
+    record instead of the record. 64-bit BLAKE2b: a chance collision among a million
+    records is about 1 in 36 million (and only ever shows as a wrong warning)."""
+
+    def __init__(self, uri: str) -> None:
+        self.uri = uri
+        self._hashes = array("Q")
+        self._lines = array("q")
+
+    def add(self, example: Example) -> None:
+        content = repr((example.prompt, example.completion, example.label, example.messages))
+        digest = hashlib.blake2b(content.encode("utf-8"), digest_size=8).digest()
+        self._hashes.append(int.from_bytes(digest, "little"))
+        self._lines.append(int(example.where.rsplit(":", 1)[-1]))
+
+    def __len__(self) -> int:
+        return len(self._hashes)
+
+    def hashes(self) -> np.ndarray[Any, Any]:
+        return (
+            np.frombuffer(self._hashes, dtype=np.uint64) if self._hashes else np.empty(0, np.uint64)
+        )
+
+    def lines(self) -> np.ndarray[Any, Any]:
+        return np.frombuffer(self._lines, dtype=np.int64) if self._lines else np.empty(0, np.int64)
+
+    def duplicates(self) -> tuple[int, list[str]]:
+        """How many records repeat an earlier one, and the first few, in file order, as
+        `uri:LINE (same as line FIRST)`."""
+        hashes, lines = self.hashes(), self.lines()
+        if len(hashes) < 2:
+            return 0, []
+        order = np.argsort(hashes, kind="stable")  # equal hashes keep file order
+        ordered = hashes[order]
+        starts_group = np.concatenate(([True], ordered[1:] != ordered[:-1]))
+        group_start = np.maximum.accumulate(np.where(starts_group, np.arange(len(order)), 0))
+        repeats = order[~starts_group]
+        firsts = order[group_start[~starts_group]]
+        in_file_order = np.argsort(repeats, kind="stable")[:LINES_NAMED_IN_A_WARNING]
+        named = [
+            f"{self.uri}:{lines[repeats[i]]} (same as line {lines[firsts[i]]})"
+            for i in in_file_order
+        ]
+        return len(repeats), named
+
+    def also_in(self, other: RecordHashes) -> tuple[int, list[str]]:
+        """How many of these records `other` has too, and the first few, as `uri:LINE`."""
+        found = np.flatnonzero(np.isin(self.hashes(), other.hashes()))
+        lines = self.lines()
+        return len(found), [f"{self.uri}:{lines[i]}" for i in found[:LINES_NAMED_IN_A_WARNING]]
+
+
+@dataclass
+class CheckedFile:
+    """Phase 1's result for one file: downloaded, every record well-formed."""
+
+    file: DataFile
+    path: Path
+    hashes: RecordHashes
+    label_counts: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def records(self) -> int:
+        return len(self.hashes)
+
+
+@dataclass(frozen=True)
+class CheckedRecords:
+    """Phase 1's result: every record parsed and schema-checked, no tokenizer needed."""
+
+    files: list[CheckedFile]
+    labels: list[str] | None
+
+    def split(self, name: str) -> CheckedFile | None:
+        return next((checked for checked in self.files if checked.file.split == name), None)
+
+
+def _check_file(checked: CheckedFile, customization_type: str, errors: ValidationErrors) -> None:
+    """Read the file once, line by line: problems into `errors`, a hash of each record
+    (and its label) into `checked`."""
+    for example in data.iter_jsonl(
+        checked.path, checked.file.uri, customization_type, errors, max_records=MAX_RECORDS
+    ):
+        checked.hashes.add(example)
+        if example.label is not None:
+            checked.label_counts[example.label] += 1
+    log.info("checked %d %s records of %s", checked.records, checked.file.split, checked.file.uri)
+
+
+def _check_labels(checked: list[CheckedFile], errors: ValidationErrors) -> list[str]:
+    """The sorted labels of the training data (index = class id); a validation label the
+    training data never has is an error naming its line, which takes the validation
+    file read again (labels only)."""
+    training = next(c for c in checked if c.file.split == "training")
+    labels = sorted(training.label_counts, key=data._label_order)
+    known = set(labels)
+    shown = ", ".join(json.dumps(label) for label in labels[:20])
+    for other in checked:
+        if other.file.split != "validation" or set(other.label_counts) <= known:
+            continue
+        for example in data.iter_jsonl(
+            other.path, other.file.uri, data.CLASSIFICATION, ValidationErrors()
+        ):
+            if example.label not in known:
+                errors.add(
+                    example.where,
+                    f"label {json.dumps(example.label)} is not a label of the training data "
+                    f"(those are {shown}{', ...' if len(labels) > 20 else ''})",
+                )
+    if training.records and len(labels) < 2:
+        errors.add(
+            training.file.uri,
+            f"classification needs at least two labels; the training data has only {shown}",
+        )
+    return labels
+
+
+def check_records(
+    spec: JobSpec, *, storage: ObjectStore, directory: Path, errors: ValidationErrors
+) -> CheckedRecords:
+    """Phase 1: the files exist and are within bounds, every record is well-formed, the
+    labels agree; raise DataValidationError listing the problems if there are any."""
+    data.check_customization_type(spec.customizationType)
+    kind = spec.customizationType
+    checked = []
+    for file in data_files(spec, storage, errors):
         path = directory / f"{file.split}.jsonl"
         storage.download_file(parse_s3_uri(file.uri, field="s3Uri"), path)
-        loaded[file.split] = data.read_jsonl(
-            path, file.uri, customization_type, errors, max_records=MAX_RECORDS
-        )
-        log.info("read %d %s records from %s", len(loaded[file.split]), file.split, file.uri)
-    return loaded
+        one = CheckedFile(file, path, RecordHashes(file.uri))
+        _check_file(one, kind, errors)
+        checked.append(one)
+    labels = None
+    if kind == data.CLASSIFICATION and not errors.total:
+        labels = _check_labels(checked, errors)
+    if errors.total:
+        raise DataValidationError(errors.message())
+    return CheckedRecords(checked, labels)
 
 
-# -- token lengths and tokenization ---------------------------------------------------
+# -- phase 2: tokenized, batch by batch, into the arrays ------------------------------
 
 
 @dataclass
@@ -198,11 +345,16 @@ class Tokenized:
     examples: list[TokenizedExample]
     lengths: list[int]  # tokens of each record before truncation
     truncated: list[str]  # where each truncated record is
+    flat: tokenization.FlatPairs | None = None  # the examples, flat (prompt/completion)
 
 
 def _tokenize_fine_tuning(
     examples: Sequence[Example], tokenizer: Any, max_length: int, errors: ValidationErrors
 ) -> Tokenized:
+    if isinstance(tokenizer, tokenization.BatchTokenizer) and all(
+        e.messages is None for e in examples
+    ):
+        return _tokenize_pairs(examples, tokenizer, max_length, errors)
     result = Tokenized([], [], [])
     encoded = tokenization.encode_fine_tuning(examples, tokenizer) if examples else []
     for example, (input_ids, labels) in zip(examples, encoded, strict=True):
@@ -226,6 +378,33 @@ def _tokenize_fine_tuning(
     return result
 
 
+def _tokenize_pairs(
+    examples: Sequence[Example],
+    tokenizer: tokenization.BatchTokenizer,
+    max_length: int,
+    errors: ValidationErrors,
+) -> Tokenized:
+    """prompt/completion records, tokenized straight into flat arrays: the same tokens,
+    errors and truncations as the record-by-record path, without its lists."""
+    flat = tokenization.encode_pairs_flat(
+        [e.prompt for e in examples], [e.completion for e in examples], tokenizer, max_length
+    )
+    for index in np.flatnonzero(~flat.kept).tolist():
+        errors.add(
+            examples[index].where,
+            f"the completion starts at token {int(flat.prompt_lengths[index]) + 1} (counted "
+            f"with the base model's tokenizer), past maxSequenceLength {max_length}: nothing "
+            "of it would be learned; shorten the prompt or raise maxSequenceLength",
+        )
+    truncated = np.flatnonzero(flat.kept & (flat.full_lengths > max_length))
+    return Tokenized(
+        [],
+        flat.full_lengths.tolist(),
+        [examples[index].where for index in truncated.tolist()],
+        flat=flat,
+    )
+
+
 def _tokenize_documents(examples: Sequence[Example], tokenizer: Any, max_length: int) -> Tokenized:
     """Documents are split into chunks, never truncated: only their lengths are noted.
     Each is tokenized once; its lengths and chunks come from the same token ids."""
@@ -243,99 +422,127 @@ def _tokenize_classification(
     return Tokenized(tokenized, lengths, truncated)
 
 
-def percentiles(lengths: Sequence[int]) -> TokenLengths | None:
+def percentiles(lengths: Sequence[int] | np.ndarray[Any, Any]) -> TokenLengths | None:
     """Nearest-rank percentiles: p of the records are at most that long."""
-    if not lengths:
+    if len(lengths) == 0:
         return None
-    ordered = sorted(lengths)
+    ordered = np.sort(np.asarray(lengths, dtype=np.int64))
 
     def rank(p: int) -> int:
-        return ordered[max(0, -(-p * len(ordered) // 100) - 1)]
+        return int(ordered[max(0, -(-p * len(ordered) // 100) - 1)])
 
-    return TokenLengths(p50=rank(50), p90=rank(90), p99=rank(99), max=ordered[-1])
+    return TokenLengths(p50=rank(50), p90=rank(90), p99=rank(99), max=int(ordered[-1]))
+
+
+@dataclass
+class SplitTokens:
+    """What phase 2 keeps of a split besides its arrays: counts, never records."""
+
+    lengths: array[int] = field(default_factory=lambda: array("q"))
+    truncated: int = 0
+    truncated_named: list[str] = field(default_factory=list)
+
+
+def _batched(examples: Iterator[Example], size: int) -> Iterator[list[Example]]:
+    while batch := list(itertools.islice(examples, size)):
+        yield batch
+
+
+def _tokenize_file(
+    checked: CheckedFile,
+    writer: SplitWriter,
+    *,
+    kind: str,
+    tokenizer: Any,
+    max_length: int,
+    labels: list[str] | None,
+    errors: ValidationErrors,
+) -> SplitTokens:
+    """Read the checked file again, batch by batch: tokenize, check the lengths, append
+    the examples to the split's arrays.
+
+    A pipeline of two: one thread tokenizes a batch while this one reads the next and
+    writes the one before. The tokenizer's Rust code runs without the GIL, so reading
+    JSON costs no time beside it. Batches are kept in file order."""
+
+    def tokenize(batch: list[Example]) -> tuple[Tokenized, ValidationErrors]:
+        found = ValidationErrors()
+        if kind == data.FINE_TUNING:
+            return _tokenize_fine_tuning(batch, tokenizer, max_length, found), found
+        if kind == data.CONTINUED_PRE_TRAINING:
+            return _tokenize_documents(batch, tokenizer, max_length), found
+        assert labels is not None
+        return _tokenize_classification(batch, tokenizer, max_length, labels), found
+
+    result = SplitTokens()
+
+    def keep(done: Future[tuple[Tokenized, ValidationErrors]]) -> None:
+        tokenized, found = done.result()
+        errors.extend(found)
+        if errors.total:
+            pass  # past the first problem the arrays are discarded anyway
+        elif tokenized.flat is not None:
+            writer.add_flat(tokenized.flat.tokens, tokenized.flat.trained, tokenized.flat.lengths)
+        else:
+            writer.add(tokenized.examples)
+        result.lengths.extend(tokenized.lengths)
+        result.truncated += len(tokenized.truncated)
+        room = LINES_NAMED_IN_A_WARNING + 1 - len(result.truncated_named)
+        result.truncated_named += tokenized.truncated[: max(room, 0)]
+
+    records = data.iter_jsonl(checked.path, checked.file.uri, kind, ValidationErrors())
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenize") as pool:
+        pending: Future[tuple[Tokenized, ValidationErrors]] | None = None
+        for batch in _batched(records, TOKENIZE_BATCH_RECORDS):
+            submitted = pool.submit(tokenize, batch)
+            if pending is not None:
+                keep(pending)
+            pending = submitted
+        if pending is not None:
+            keep(pending)
+    return result
 
 
 # -- warnings ------------------------------------------------------------------------
 
 
-def _content(example: Example) -> tuple[Any, ...]:
-    """What makes two records the same record, whatever their JSON key order."""
-    return (example.prompt, example.completion, example.label, example.messages)
-
-
-def _lines(places: Sequence[str]) -> str:
+def _lines(count: int, places: Sequence[str]) -> str:
     named = ", ".join(places[:LINES_NAMED_IN_A_WARNING])
-    return named + (", ..." if len(places) > LINES_NAMED_IN_A_WARNING else "")
+    return named + (", ..." if count > LINES_NAMED_IN_A_WARNING else "")
 
 
 def find_warnings(
-    loaded: dict[str, list[Example]], truncated: Sequence[str], max_length: int
+    checked: CheckedRecords, truncated: int, truncated_named: Sequence[str], max_length: int
 ) -> list[str]:
+    """Records that will be truncated, duplicate records per split, validation records
+    also in the training data: each kind one warning naming the first lines."""
     warnings = []
     if truncated:
         warnings.append(
-            f"{len(truncated)} record{'s are' if len(truncated) != 1 else ' is'} longer than "
-            f"maxSequenceLength {max_length} tokens and will be truncated: {_lines(truncated)}"
+            f"{truncated} record{'s are' if truncated != 1 else ' is'} longer than "
+            f"maxSequenceLength {max_length} tokens and will be truncated: "
+            f"{_lines(truncated, truncated_named)}"
         )
-    for split, examples in loaded.items():
-        first_seen: dict[tuple[Any, ...], str] = {}
-        duplicates = []
-        for example in examples:
-            key = _content(example)
-            if key in first_seen:
-                duplicates.append(f"{example.where} (same as line {first_seen[key]})")
-            else:
-                first_seen[key] = example.where.rsplit(":", 1)[-1]
-        if duplicates:
+    for one in checked.files:
+        count, named = one.hashes.duplicates()
+        if count:
             warnings.append(
-                f"{len(duplicates)} duplicate {split} record"
-                f"{'s' if len(duplicates) != 1 else ''}: {_lines(duplicates)}"
+                f"{count} duplicate {one.file.split} record{'s' if count != 1 else ''}: "
+                f"{_lines(count, named)}"
             )
-    training = {_content(e) for e in loaded["training"]}
-    overlap = [e.where for e in loaded["validation"] if _content(e) in training]
-    if overlap:
-        warnings.append(
-            f"{len(overlap)} validation record{'s are' if len(overlap) != 1 else ' is'} also "
-            f"in the training data, so the validation loss overstates quality: {_lines(overlap)}"
-        )
+    training, validation = checked.split("training"), checked.split("validation")
+    if training is not None and validation is not None:
+        count, named = validation.hashes.also_in(training.hashes)
+        if count:
+            warnings.append(
+                f"{count} validation record{'s are' if count != 1 else ' is'} also in the "
+                "training data, so the validation loss overstates quality: "
+                f"{_lines(count, named)}"
+            )
     return warnings
 
 
 # -- the whole check -----------------------------------------------------------------
-
-
-def _label_distribution(examples: Sequence[Example], labels: list[str] | None) -> dict[str, int]:
-    """Training records per label, in class-id order; empty unless classification."""
-    if labels is None:
-        return {}
-    counts = Counter(e.label for e in examples)
-    return {label: counts[label] for label in labels}
-
-
-@dataclass(frozen=True)
-class CheckedRecords:
-    """Phase 1's result: every record parsed and schema-checked, no tokenizer needed."""
-
-    files: list[DataFile]
-    loaded: dict[str, list[Example]]
-    labels: list[str] | None
-
-
-def check_records(
-    spec: JobSpec, *, storage: ObjectStore, directory: Path, errors: ValidationErrors
-) -> CheckedRecords:
-    """Phase 1: the files exist and are within bounds, every record is well-formed, the
-    labels agree; raise DataValidationError listing the problems if there are any."""
-    data.check_customization_type(spec.customizationType)
-    kind = spec.customizationType
-    files = data_files(spec, storage, errors)
-    loaded = read_files(files, storage, kind, directory, errors)
-    labels = None
-    if kind == data.CLASSIFICATION and not errors.total:
-        labels = data.label_set(loaded["training"], loaded["validation"], errors)
-    if errors.total:
-        raise DataValidationError(errors.message())
-    return CheckedRecords(files, loaded, labels)
 
 
 def tokenize_checked(
@@ -344,39 +551,84 @@ def tokenize_checked(
     *,
     tokenizer: Any,
     max_length: int,
+    directory: Path,
     errors: ValidationErrors,
-) -> CachedData:
-    """Phase 2: tokenize every record with the base model's tokenizer, check the lengths
-    against maxSequenceLength, summarize and find the warnings."""
-    kind, loaded, labels = spec.customizationType, checked.loaded, checked.labels
-    tokenized: dict[str, Tokenized] = {}
-    for split, examples in loaded.items():
-        if kind == data.FINE_TUNING:
-            tokenized[split] = _tokenize_fine_tuning(examples, tokenizer, max_length, errors)
-        elif kind == data.CONTINUED_PRE_TRAINING:
-            tokenized[split] = _tokenize_documents(examples, tokenizer, max_length)
-        else:
-            assert labels is not None
-            tokenized[split] = _tokenize_classification(examples, tokenizer, max_length, labels)
+) -> TokenizedData:
+    """Phase 2: tokenize every record with the base model's tokenizer into the arrays of
+    `directory`, check the lengths against maxSequenceLength, summarize and find the
+    warnings; commit the directory (meta.json) once all of it passed."""
+    kind, labels = spec.customizationType, checked.labels
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(parents=True)
+    dtype = tokenized_data.token_dtype(len(tokenizer))
+    classification = kind == data.CLASSIFICATION
+    counts: dict[str, tuple[int, int]] = {}
+    results: dict[str, SplitTokens] = {}
+    for split in tokenized_data.SPLITS:
+        writer = SplitWriter(directory, split, dtype, classification=classification)
+        one = checked.split(split)
+        if one is not None:
+            results[split] = _tokenize_file(
+                one,
+                writer,
+                kind=kind,
+                tokenizer=tokenizer,
+                max_length=max_length,
+                labels=labels,
+                errors=errors,
+            )
+        counts[split] = writer.close()
     if errors.total:
         raise DataValidationError(errors.message())
-    if not tokenized["training"].examples:
+    if not counts["training"][0]:
         raise DataValidationError(f"{spec.trainingDataConfig.s3Uri}: no tokens to train on")
 
-    truncated = tokenized["training"].truncated + tokenized["validation"].truncated
+    training, validation = results["training"], results.get("validation", SplitTokens())
+    truncated = training.truncated + validation.truncated
+    named = (training.truncated_named + validation.truncated_named)[:LINES_NAMED_IN_A_WARNING]
+    training_file, validation_file = checked.split("training"), checked.split("validation")
     summary = DataSummary(
-        trainingRecords=len(loaded["training"]),
-        validationRecords=len(loaded["validation"]),
-        tokenLengths=percentiles(tokenized["training"].lengths),
-        truncatedRecords=len(truncated),
-        labelDistribution=_label_distribution(loaded["training"], labels),
+        trainingRecords=training_file.records if training_file else 0,
+        validationRecords=validation_file.records if validation_file else 0,
+        tokenLengths=percentiles(np.frombuffer(training.lengths, dtype=np.int64)),
+        truncatedRecords=truncated,
+        labelDistribution=(
+            {label: training_file.label_counts[label] for label in labels}
+            if labels is not None and training_file is not None
+            else {}
+        ),
     )
-    return CachedData(
-        splits={split: t.examples for split, t in tokenized.items()},
+    meta = TokenizedMeta(
+        token_dtype=str(dtype),
+        classification=classification,
+        counts=counts,
         labels=labels,
         summary=summary,
-        warnings=find_warnings(loaded, truncated, max_length),
+        warnings=find_warnings(checked, truncated, named, max_length),
     )
+    tokenized_data.write_meta(directory, meta)
+    opened = tokenized_data.open_tokenized(directory)
+    assert opened is not None  # just written
+    return opened
+
+
+def _upload_in_background(cache: DatasetCache, key: str, directory: Path) -> threading.Thread:
+    """Write the cache entry while training starts; `PreparedData.cache_upload` is
+    joined before the trainer exits."""
+
+    def upload() -> None:
+        try:
+            location = cache.put(key, directory)
+            log.info("tokenized data cached in %s", location.uri)
+        except (StorageError, StoreUnavailable) as error:
+            # The cache saves a later job time; this job has its data and goes on.
+            log.warning("could not cache the tokenized data: %s", error.message)
+        except Exception:
+            log.exception("could not cache the tokenized data")
+
+    thread = threading.Thread(target=upload, name="dataset-cache-upload", daemon=True)
+    thread.start()
+    return thread
 
 
 def run_preflight(
@@ -386,16 +638,18 @@ def run_preflight(
     reporter: Reporter,
     model_dir: Path,
     directory: Path,
+    wait_for_cache: bool = False,
 ) -> PreparedData:
     """Check and tokenize the job's data, record the summary in the job's status and the
-    warnings as events, and return the examples.
+    warnings as events, and return the examples (mapped from `directory`/tokenized-<key>).
 
     Phase 1 needs no model. Meanwhile a background thread imports transformers and
     downloads the base model into `model_dir` and checks it (model.check_model_directory):
     start latency is the longer of the two, not their sum. A data problem is reported
     first, whatever the model; a model problem only once the data passed phase 1. Then
     only the tokenizer and config.json are read; phase 2 tokenizes, unless the cache
-    holds this data tokenized the same way."""
+    holds this data tokenized the same way. The cache entry is written in the
+    background unless `wait_for_cache` (other hosts' ranks read it from the store)."""
     errors = ValidationErrors()
     model = ModelFetch(storage, spec.baseModelIdentifier, model_dir)
     model.start()
@@ -416,32 +670,36 @@ def run_preflight(
     )
     cache = DatasetCache(storage, reporter.store.bucket)
     key = cache_key(
-        datasets=[(f.split, f.uri, f.etag) for f in checked.files],
+        datasets=[(c.file.split, c.file.uri, c.file.etag) for c in checked.files],
         tokenizer_hash=tokenizer_files_hash(model_dir),
         chat_template=template,
         max_length=max_length,
         customization_type=spec.customizationType,
     )
-    prepared = cache.get(key)
+    tokenized_dir = tokenized_directory(directory, key)
+    prepared = tokenized_data.open_tokenized(tokenized_dir) or cache.get(key, tokenized_dir)
     from_cache = prepared is not None
+    upload: threading.Thread | None = None
     if prepared is not None:
         log.info("tokenized data from cache %s", cache.location(key).uri)
     else:
         prepared = tokenize_checked(
-            spec, checked, tokenizer=tokenizer, max_length=max_length, errors=errors
+            spec,
+            checked,
+            tokenizer=tokenization.fast_batch_tokenizer(tokenizer),
+            max_length=max_length,
+            directory=tokenized_dir,
+            errors=errors,
         )
-        try:
-            location = cache.put(
-                key, prepared, classification=spec.customizationType == data.CLASSIFICATION
-            )
-            log.info("tokenized data cached in %s", location.uri)
-        except (StorageError, StoreUnavailable) as error:
-            # The cache saves a later job time; this job has its data and goes on.
-            log.warning("could not cache the tokenized data: %s", error.message)
+        upload = _upload_in_background(cache, key, tokenized_dir)
+        if wait_for_cache:
+            upload.join()
+    for one in checked.files:  # the arrays hold everything training needs of them
+        one.path.unlink(missing_ok=True)
 
-    summary = prepared.summary
+    summary = prepared.meta.summary
     reporter.set_data_summary(summary)
-    for warning in prepared.warnings:
+    for warning in prepared.meta.warnings:
         log.warning("data: %s", warning)
         reporter.event(WARNING_EVENT, warning)
     reporter.event(
@@ -449,12 +707,56 @@ def run_preflight(
         f"{summary.trainingRecords} training and {summary.validationRecords} validation "
         f"records{' (tokenized data from cache)' if from_cache else ''}",
     )
+    return prepared_data(prepared, max_length, key, from_cache=from_cache, upload=upload)
+
+
+def tokenized_directory(data_directory: Path, key: str) -> Path:
+    """Where a job's tokenized data lives on its host, named by its cache key."""
+    return data_directory / f"tokenized-{key}"
+
+
+def prepared_data(
+    tokenized: TokenizedData,
+    max_length: int,
+    key: str,
+    *,
+    from_cache: bool,
+    upload: threading.Thread | None = None,
+) -> PreparedData:
     return PreparedData(
-        training=prepared.splits["training"],
-        validation=prepared.splits["validation"],
-        labels=prepared.labels,
+        training=tokenized.training,
+        validation=tokenized.validation,
+        labels=tokenized.meta.labels,
         max_length=max_length,
-        summary=summary,
-        warnings=prepared.warnings,
+        summary=tokenized.meta.summary,
+        warnings=tokenized.meta.warnings,
         from_cache=from_cache,
+        cache_key=key,
+        cache_upload=upload,
     )
+
+
+def shared_data(
+    key: str,
+    *,
+    cache: DatasetCache,
+    host_directory: Path,
+    own_directory: Path,
+    local_rank_zero: bool,
+    barrier: Callable[[], None],
+) -> TokenizedData | None:
+    """A rank's view of the tokenized data rank 0 prepared under `key`: the host's one
+    copy (`host_directory`, rank 0's data directory where rank 0 runs). On another host
+    its local rank 0 downloads the cache entry there first; every rank of the job calls
+    `barrier` once, as rank 0 does after its preflight. None if there is no copy and
+    the cache has none either."""
+    host_copy = tokenized_directory(host_directory, key)
+    if local_rank_zero and tokenized_data.open_tokenized(host_copy) is None:
+        cache.get(key, host_copy)
+    barrier()
+    mapped = tokenized_data.open_tokenized(host_copy)
+    if mapped is None:  # a host directory the ranks do not share: a copy of its own
+        mapped = cache.get(key, tokenized_directory(own_directory, key))
+    if mapped is not None:
+        log.info("mapped the tokenized data in %s", mapped.directory)
+    return mapped

@@ -38,6 +38,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,7 @@ from service.documents import JobSpec, JobState, TrainerExit, utc_now
 from service.storage import ObjectStore, S3Location, parse_s3_uri
 from trainer import checkpoint, checkpoint_state, data, lora, precision, preflight
 from trainer.data import Batch, TokenizedExample
+from trainer.dataset_cache import DatasetCache
 from trainer.distributed import (
     Distributed,
 )
@@ -78,8 +80,12 @@ class FullFineTuningRecipe:
         workdir: Path,
         preempted: threading.Event,
         distributed: Distributed | None = None,
+        host_workdir: Path | None = None,
     ) -> None:
         self.spec = spec
+        # The directory the ranks of this job on one host share (torchrun's working
+        # directory): rank 0's tokenized data there is mapped by every rank of the host.
+        self.host_workdir = host_workdir or workdir
         # This process's rank among the job's trainer processes (trainer/distributed.py);
         # one process alone is rank 0 of 1.
         self.distributed = distributed or Distributed()
@@ -108,8 +114,10 @@ class FullFineTuningRecipe:
         self.training_model: Any = None
         self.tokenizer: Any = None
         self.optimizer: torch.optim.Optimizer | None = None
-        self.train_set: list[TokenizedExample] = []
-        self.validation_set: list[TokenizedExample] = []
+        # The tokenized data, memory-mapped (trainer/tokenized_data.py).
+        self.train_set: Sequence[TokenizedExample] = []
+        self.validation_set: Sequence[TokenizedExample] = []
+        self.cache_upload: threading.Thread | None = None  # the data cache being written
         self.pad_id = 0
         self.max_length = self.hp.maxSequenceLength
         # Packs training and validation batches; None: padded batches.
@@ -207,20 +215,9 @@ class FullFineTuningRecipe:
         # Preflight (trainer/preflight.py): every record checked and tokenized with the
         # base model's tokenizer before its weights are loaded, or taken from the cache.
         model_dir = self.workdir / "base-model"
-        # Rank 0 checks (and caches) the data first and reports what is wrong; the other
-        # ranks then read it from the cache.
-        if not self.distributed.is_main:
-            self.distributed.barrier()
-        prepared = preflight.run_preflight(
-            spec,
-            storage=self.storage,
-            reporter=self.reporter,
-            model_dir=model_dir,
-            directory=self.workdir / "data",
-        )
-        if self.distributed.is_main:
-            self.distributed.barrier()
+        prepared = self.prepare_data(model_dir)
         self.labels = prepared.labels
+        self.cache_upload = prepared.cache_upload
 
         torch.manual_seed(self.hp.seed)
         if self.device.type == "cpu":
@@ -269,6 +266,51 @@ class FullFineTuningRecipe:
         batches = data.batches_per_epoch(len(self.train_set), self.global_batch_size)
         steps_per_epoch = -(-batches // self.hp.gradientAccumulationSteps)
         self.progress.total_steps = steps_per_epoch * self.hp.epochCount
+
+    def prepare_data(self, model_dir: Path) -> preflight.PreparedData:
+        """Rank 0 checks and tokenizes the data (or takes it from the cache) and reports
+        what is wrong; meanwhile the other ranks download the model. Then every rank maps
+        the one tokenized copy on its host: rank 0's own, or on a host without rank 0,
+        the copy its local rank 0 downloads from the cache. A rank that finds neither
+        runs preflight itself (from the cache when it can)."""
+        data_directory = self.workdir / "data"
+        distributed = self.distributed
+        if distributed.is_main:
+            prepared = preflight.run_preflight(
+                self.spec,
+                storage=self.storage,
+                reporter=self.reporter,
+                model_dir=model_dir,
+                directory=data_directory,
+                # Other hosts' ranks read it from the store; this host's map it here.
+                wait_for_cache=self.spec.resources.nodes > 1,
+            )
+            distributed.broadcast(prepared.cache_key)
+            distributed.barrier()
+            return prepared
+        model = preflight.ModelFetch(self.storage, self.spec.baseModelIdentifier, model_dir)
+        model.start()
+        key = str(distributed.broadcast(None))
+        model.result()
+        mapped = preflight.shared_data(
+            key,
+            cache=DatasetCache(self.storage, self.reporter.store.bucket),
+            host_directory=self.host_workdir / "data",
+            own_directory=data_directory,
+            local_rank_zero=distributed.local_rank == 0,
+            barrier=distributed.barrier,
+        )
+        if mapped is not None:
+            max_length = preflight.effective_max_length(model_dir, self.hp.maxSequenceLength)
+            return preflight.prepared_data(mapped, max_length, key, from_cache=True)
+        log.warning("rank %d found no tokenized data; running preflight", distributed.rank)
+        return preflight.run_preflight(
+            self.spec,
+            storage=self.storage,
+            reporter=self.reporter,
+            model_dir=model_dir,
+            directory=data_directory,
+        )
 
     @property
     def sharded(self) -> bool:
@@ -540,6 +582,8 @@ class FullFineTuningRecipe:
 
         The working directory stays: the launcher owns it and decides when it goes."""
         self.tracking.finish("FAILED")  # nothing if the job already finished its run
+        if self.cache_upload is not None:
+            self.cache_upload.join()  # a later job on the same data skips tokenizing
         if self.shard_uploader is not None:
             self.shard_uploader.close()  # rank 0 commits nothing without these shards
         try:

@@ -128,6 +128,10 @@ def test_a_two_rank_job_completes_and_rank_0_alone_writes(
     assert job["progress"]["step"] == 38
     attempt = cpu_ranks_server.home / "work" / job_id / "attempt-1"
     assert (attempt / "rank-1").is_dir()  # rank 1 worked beside rank 0
+    # One copy of the tokenized data on the host, rank 0's: rank 1 mapped it rather than
+    # tokenizing or downloading its own.
+    assert len(list(attempt.glob("data/tokenized-*/meta.json"))) == 1
+    assert list((attempt / "rank-1").rglob("tokenized-*")) == []
     committed = [e["message"] for e in events(cpu_ranks_server, job_id)]
     checkpoint_events = [m for m in committed if m.startswith("step ")]
     assert len(checkpoint_events) == len(set(checkpoint_events))

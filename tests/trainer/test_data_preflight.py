@@ -10,23 +10,18 @@ from typing import Any
 
 import pytest
 
-from service.documents import DataSummary, TokenLengths
+from service.documents import TokenLengths
 from trainer.conversations import Message
 from trainer.data import (
-    IGNORE_INDEX,
     Example,
-    TokenizedExample,
     ValidationErrors,
 )
-from trainer.dataset_cache import (
-    CachedData,
-    DatasetCache,
-    cache_key,
-    decode,
-    encode,
-    tokenizer_files_hash,
-)
+from trainer.dataset_cache import DatasetCache, cache_key, tokenizer_files_hash
 from trainer.preflight import (
+    CheckedFile,
+    CheckedRecords,
+    DataFile,
+    RecordHashes,
     _tokenize_classification,
     _tokenize_fine_tuning,
     find_warnings,
@@ -147,8 +142,21 @@ def test_classification_texts_are_tokenized_once_with_the_tokenizers_own_truncat
     assert result.truncated == where
     assert 100 < long_texts < len(examples)  # the test cuts many texts, not all
     assert [e.labels for e in result.examples] == [[int(e.label == "positive")] for e in examples]
-    warning = find_warnings({"training": examples, "validation": []}, result.truncated, 12)[0]
+    checked = checked_records({"training": examples})
+    warning = find_warnings(checked, len(result.truncated), result.truncated, 12)[0]
     assert warning.startswith(f"{long_texts} records are longer than maxSequenceLength 12")
+
+
+def checked_records(splits: dict[str, list[Example]]) -> CheckedRecords:
+    """Phase 1's result for examples already parsed: their hashes, no file."""
+    files = []
+    for split, examples in splits.items():
+        uri = examples[0].where.rsplit(":", 1)[0] if examples else URI
+        hashes = RecordHashes(uri)
+        for example in examples:
+            hashes.add(example)
+        files.append(CheckedFile(DataFile(split, uri, ""), Path("unused"), hashes))
+    return CheckedRecords(files, None)
 
 
 def test_warnings_name_truncated_duplicate_and_overlapping_records() -> None:
@@ -156,45 +164,36 @@ def test_warnings_name_truncated_duplicate_and_overlapping_records() -> None:
     b = Example("p", "b", where=f"{URI}:2")
     a_again = Example("p", "a", where=f"{URI}:3")
     validation = [Example("p", "b", where="s3://bucket/valid.jsonl:1")]
-    warnings = find_warnings(
-        {"training": [a, b, a_again], "validation": validation}, [f"{URI}:2"], 16
-    )
-    assert warnings == [
+    checked = checked_records({"training": [a, b, a_again], "validation": validation})
+    assert find_warnings(checked, 1, [f"{URI}:2"], 16) == [
         f"1 record is longer than maxSequenceLength 16 tokens and will be truncated: {URI}:2",
         f"1 duplicate training record: {URI}:3 (same as line 1)",
         "1 validation record is also in the training data, so the validation loss overstates "
         "quality: s3://bucket/valid.jsonl:1",
     ]
-    assert find_warnings({"training": [a, b], "validation": []}, [], 16) == []
+    assert find_warnings(checked_records({"training": [a, b]}), 0, [], 16) == []
 
 
-def test_the_cache_entry_gives_back_exactly_what_was_stored() -> None:
-    stored = CachedData(
-        splits={
-            "training": [
-                TokenizedExample([1, 2, 3], [IGNORE_INDEX, 2, 3]),
-                TokenizedExample([4], [4]),
-            ],
-            "validation": [],
-        },
-        labels=None,
-        summary=DataSummary(
-            trainingRecords=2,
-            tokenLengths=TokenLengths(p50=1, p90=3, p99=3, max=3),
-            truncatedRecords=1,
-        ),
-        warnings=["one warning"],
+def test_duplicates_are_found_by_content_in_file_order_and_counted_past_the_named() -> None:
+    """Hashes, not stored records: the conversation's turns and the label count as
+    content; the first ten repeats are named in file order with the line each
+    repeats, all are counted."""
+    records = [Example("p", f"c{n % 3}", where=f"{URI}:{n + 1}") for n in range(30)]
+    records.append(
+        Example(
+            "",
+            "",
+            where=f"{URI}:31",
+            messages=(Message("user", "p"), Message("assistant", "c0")),
+        )
     )
-    assert decode(encode(stored, classification=False)) == stored
-    classified = CachedData(
-        splits={"training": [TokenizedExample([5, 6], [1], classification=True)], "validation": []},
-        labels=["negative", "positive"],
-        summary=DataSummary(trainingRecords=1, labelDistribution={"negative": 0, "positive": 1}),
-        warnings=[],
-    )
-    assert decode(encode(classified, classification=True)) == classified
-    with pytest.raises(ValueError):
-        decode(b"not a safetensors file")
+    records.append(Example("", "t", label="1", where=f"{URI}:32"))
+    records.append(Example("", "t", label="2", where=f"{URI}:33"))
+    count, named = checked_records({"training": records}).files[0].hashes.duplicates()
+    assert count == 27  # lines 4..30 repeat lines 1..3; the rest are all distinct
+    assert named == [f"{URI}:{n} (same as line {(n - 1) % 3 + 1})" for n in range(4, 14)]
+    warning = find_warnings(checked_records({"training": records}), 0, [], 16)[0]
+    assert warning.startswith("27 duplicate training records: ") and warning.endswith(", ...")
 
 
 def test_the_cache_key_changes_with_each_input(demo_model_dir: Path, tmp_path: Path) -> None:
@@ -229,6 +228,6 @@ def test_the_cache_key_changes_with_each_input(demo_model_dir: Path, tmp_path: P
 
 def test_cache_keys_are_checked_before_they_name_an_object() -> None:
     cache = DatasetCache(storage=None, bucket="state")  # type: ignore[arg-type]
-    assert cache.location("a" * 64).key == f"cache/tokenized/{'a' * 64}/examples.safetensors"
+    assert cache.location("a" * 64).key == f"cache/tokenized/{'a' * 64}/"
     with pytest.raises(ValueError):
         cache.location("../jobs/x")
