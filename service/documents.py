@@ -377,6 +377,19 @@ class JobSpec(_Document):
 # -- status --------------------------------------------------------------------
 
 
+class DataCheck(_Document):
+    """VALIDATING: how far preflight is through the data (trainer/preflight.py). Phase
+    "checking" reads every record of the files; "tokenizing" reads them again and
+    tokenizes them. Bytes are of the data files, both splits together."""
+
+    phase: Literal["checking", "tokenizing"]
+    bytesDone: int = 0
+    bytesTotal: int = 0
+    recordsDone: int = 0
+    # Records of this phase per second so far; None until there is a rate.
+    recordsPerSecond: float | None = None
+
+
 class Progress(_Document):
     step: int = 0
     totalSteps: int | None = None
@@ -394,6 +407,8 @@ class Progress(_Document):
     learningRate: float | None = None
     tokensPerSecond: float | None = None
     gpuMemoryBytes: int | None = None
+    # While VALIDATING: the data checked so far; None once training reports.
+    dataCheck: DataCheck | None = None
 
 
 class TokenLengths(_Document):

@@ -58,6 +58,7 @@ from service.documents import (
 from service.errors import JobNotFound, LauncherFailed
 from service.launch.base import Launcher, Observed
 from service.launch.gpus import DeviceLease, GpuInventory
+from service.launch.memory import memory_failure_details
 from service.observability.metrics import Metrics, RunningJob, is_running
 from service.observability.request_context import bind_job
 from service.reconcile_faults import (
@@ -67,6 +68,7 @@ from service.reconcile_faults import (
     fail_given_up,
     fail_unreadable_status,
 )
+from service.storage import parse_s3_uri
 from service.store import Job, JobStore
 from service.webhooks import WebhookNotifier
 
@@ -634,8 +636,9 @@ class Reconciler:
         if observed.reason and observed.reason.startswith("out of memory"):
             # The same job would run out again: never retried (issue 6).
             message = (
-                f"the trainer process {how}; lower batchSize or maxSequenceLength, use "
-                f"method LORA, or give the trainer more memory. Its log is at {log_uri}"
+                f"the trainer process {how}{self._memory_details(job, status, observed)};"
+                " lower batchSize or maxSequenceLength, use method LORA, or ask the "
+                f"operator for more trainer memory. Its log is at {log_uri}"
             )
             self._finish(job, launch.attempt, JobState.FAILED, FailureReason.OUT_OF_MEMORY, message)
             return
@@ -674,6 +677,26 @@ class Reconciler:
             return
         message = f"the trainer process {how} before the job finished; its log is at {log_uri}"
         self._finish(job, launch.attempt, JobState.FAILED, FailureReason.TRAINER_CRASHED, message)
+
+    def _memory_details(self, job: Job, status: JobStatus, observed: Observed) -> str:
+        """What a user needs to size the job again: the peak memory the launcher saw,
+        the size of the data (read now; left out if the store cannot say)."""
+        data_bytes: int | None = 0
+        uris = [job.spec.trainingDataConfig.s3Uri]
+        if job.spec.validationDataConfig is not None:
+            uris.append(job.spec.validationDataConfig.s3Uri)
+        for uri in uris:
+            try:
+                head = self.store.storage.head(parse_s3_uri(uri, field="s3Uri"))
+            except Exception as error:  # only the message loses a detail
+                log.warning("could not read the size of %s: %s", uri, error)
+                head = None
+            if head is None or data_bytes is None:
+                data_bytes = None
+            else:
+                data_bytes += int(head.get("ContentLength", 0))
+        records = status.dataSummary.trainingRecords if status.dataSummary else None
+        return memory_failure_details(observed.peak_memory_bytes, data_bytes, records)
 
     def _finish(
         self,

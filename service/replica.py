@@ -157,6 +157,7 @@ def make_launcher(settings: Settings) -> Launcher:
             memory_bytes=settings.trainer_max_memory_bytes,
             processes=settings.trainer_max_processes,
             open_files=settings.trainer_max_open_files,
+            resident_bytes=settings.trainer_memory_limit_bytes,
         ),
         host=host,
     )

@@ -247,6 +247,9 @@ class Settings(BaseSettings):
     trainer_max_memory_bytes: int = Field(default=0, ge=0)
     trainer_max_processes: int = Field(default=0, ge=0)
     trainer_max_open_files: int = Field(default=4096, ge=0)
+    # Resident memory of a trainer (with its ranks): a memory cgroup of its own under the
+    # service's, where the host lets the service make one (service/launch/memory.py).
+    trainer_memory_limit_bytes: int = Field(default=0, ge=0)
 
     @field_validator("gpus")
     @classmethod

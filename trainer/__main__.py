@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import resource
 import signal
 import threading
 from collections.abc import Mapping
@@ -35,11 +36,11 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from service.documents import Failure, FailureReason, TrainerExit
-from service.errors import JobNotFound, StoreUnavailable
+from service.documents import Failure, FailureReason, JobSpec, TrainerExit
+from service.errors import InvalidArgument, JobNotFound, StoreUnavailable
 from service.observability.logging import bind_process_fields
 from service.observability.logging import configure_logging as configure_structured_logging
-from service.storage import ObjectStore, StorageError
+from service.storage import ObjectStore, StorageError, parse_s3_uri
 from service.store import JobStore
 from trainer.errors import BadInput, Fenced
 from trainer.reporting import Reporter
@@ -101,17 +102,56 @@ def configure_libraries() -> None:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
-def classify(error: Exception) -> tuple[FailureReason, str, TrainerExit]:
-    """The failure reason, the message for the user, and the exit code for an error."""
-    if isinstance(error, BadInput):
-        return error.reason, error.message, TrainerExit.BAD_INPUT
+def is_out_of_memory(error: Exception) -> bool:
+    """A GPU out of memory, Python's MemoryError, or PyTorch's CPU allocator failing."""
     import torch
 
     if isinstance(error, torch.OutOfMemoryError | MemoryError):
+        return True
+    return isinstance(error, RuntimeError) and "can't allocate memory" in str(error)
+
+
+def memory_details(spec: JobSpec | None, storage: ObjectStore) -> str:
+    """ ", at a peak of 3.10 GB of resident memory, with 92.0 MB of data": this process's
+    peak (getrusage), and the size of the job's data files (left out if unreadable)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+    text = f", at a peak of {_size_in_words(peak)} of resident memory"
+    if spec is None:
+        return text
+    uris = [spec.trainingDataConfig.s3Uri]
+    if spec.validationDataConfig is not None:
+        uris.append(spec.validationDataConfig.s3Uri)
+    try:
+        heads = [storage.head(parse_s3_uri(uri, field="s3Uri")) for uri in uris]
+    except (StorageError, StoreUnavailable, InvalidArgument) as error:
+        log.warning("could not read the size of the data: %s", error)
+        return text
+    if all(head is not None for head in heads):
+        size = sum(int(head.get("ContentLength", 0)) for head in heads if head is not None)
+        text += f", with {_size_in_words(size)} of data"
+    return text
+
+
+def _size_in_words(size: int) -> str:
+    """10.4 GB, 92.0 MB, 23.1 kB (as service/launch/memory.py writes them)."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if size >= scale:
+            return f"{size / scale:,.1f} {unit}"
+    return f"{size} bytes"
+
+
+def classify(error: Exception, details: str = "") -> tuple[FailureReason, str, TrainerExit]:
+    """The failure reason, the message for the user, and the exit code for an error;
+    `details` says more about an out-of-memory one (memory_details)."""
+    if isinstance(error, BadInput):
+        return error.reason, error.message, TrainerExit.BAD_INPUT
+
+    if is_out_of_memory(error):
         return (
             FailureReason.OUT_OF_MEMORY,
-            "the trainer ran out of memory; lower batchSize or maxSequenceLength "
-            "(raise gradientAccumulationSteps to keep the same effective batch size)",
+            f"the trainer ran out of memory{details}; lower batchSize or maxSequenceLength "
+            "(raise gradientAccumulationSteps to keep the same effective batch size), use "
+            "method LORA, or ask the operator for more trainer memory",
             TrainerExit.CRASHED,
         )
     if isinstance(error, StoreUnavailable | StorageError):
@@ -120,8 +160,8 @@ def classify(error: Exception) -> tuple[FailureReason, str, TrainerExit]:
     return FailureReason.INTERNAL, f"internal trainer error: {summary}", TrainerExit.CRASHED
 
 
-def record_failure(reporter: Reporter, error: Exception) -> TrainerExit:
-    reason, message, code = classify(error)
+def record_failure(reporter: Reporter, error: Exception, details: str = "") -> TrainerExit:
+    reason, message, code = classify(error, details)
     if isinstance(error, BadInput):
         log.error("job %s failed (%s): %s", reporter.job_id, reason, message)
     else:
@@ -159,6 +199,7 @@ def run(job_id: str, environment: TrainerEnvironment, preempted: threading.Event
         log_file=environment.log_file,
     )
     recipe: FullFineTuningRecipe | None = None
+    spec: JobSpec | None = None
     try:
         spec = store.get_spec(job_id)
         fields: dict[str, object] = {"job_id": job_id, "tenant": spec.tenant}
@@ -188,7 +229,8 @@ def run(job_id: str, environment: TrainerEnvironment, preempted: threading.Event
             log.error("job %s: rank %d lost a peer: %s", job_id, distributed.rank, error)
             code = TrainerExit.CRASHED
         else:
-            code = record_failure(reporter, error)
+            details = memory_details(spec, storage) if is_out_of_memory(error) else ""
+            code = record_failure(reporter, error, details)
     finally:
         reporter.stop_heartbeat()
         if recipe is not None:

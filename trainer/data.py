@@ -183,6 +183,13 @@ def fine_tuning_format(record: dict[str, Any]) -> str:
     return conversations.record_format(record) or PROMPT_COMPLETION
 
 
+@dataclass
+class ReadPosition:
+    """How far `iter_jsonl` has read its file, in bytes (for progress reports)."""
+
+    bytes_read: int = 0
+
+
 def read_jsonl(
     path: Path,
     uri: str,
@@ -202,9 +209,11 @@ def iter_jsonl(
     errors: ValidationErrors,
     *,
     max_records: int | None = None,
+    position: ReadPosition | None = None,
 ) -> Iterator[Example]:
     """Check every line of a JSONL file, reading it line by line: the well-formed records
-    as Examples, one at a time; blank lines are skipped, problems collected in `errors`.
+    as Examples, one at a time; blank lines are skipped, problems collected in `errors`,
+    the bytes read so far counted in `position`.
 
     A FINE_TUNING file takes its format from its first record; a record of another
     format is an error (one file, one format). Past `max_records` records, reading
@@ -215,6 +224,8 @@ def iter_jsonl(
     records = 0
     with path.open("rb") as lines:
         for number, raw in enumerate(lines, start=1):
+            if position is not None:
+                position.bytes_read += len(raw)
             where = f"{uri}:{number}"
             if max_records is not None and records >= max_records and raw.strip():
                 errors.add(

@@ -42,17 +42,18 @@ import json
 import logging
 import shutil
 import threading
+import time
 from array import array
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
-from service.documents import DataSummary, JobSpec, TokenLengths
+from service.documents import DataCheck, DataSummary, JobSpec, TokenLengths
 from service.errors import InvalidArgument, StoreUnavailable
 from service.storage import ObjectStore, StorageError, parse_s3_uri
 from trainer import conversations, data, tokenization, tokenized_data
@@ -72,6 +73,10 @@ LINES_NAMED_IN_A_WARNING = 10
 # Records tokenized per call of the tokenizer: large enough that its Rust threads stay
 # busy, small enough that a batch's Python objects (~40 bytes a token) stay megabytes.
 TOKENIZE_BATCH_RECORDS = 4096
+# Preflight's progress (progress.dataCheck) is published at most this often, looked at
+# every this many records of phase 1.
+PROGRESS_SECONDS = 1.0
+PROGRESS_RECORDS = 1024
 
 
 @dataclass(frozen=True)
@@ -92,6 +97,51 @@ class DataFile:
     split: str  # "training" or "validation"
     uri: str
     etag: str
+    size: int = 0  # bytes
+
+
+class CheckProgress:
+    """Preflight's progress as the job shows it (progress.dataCheck, written by the next
+    heartbeat): the phase, bytes and records done, the rate. Published at most every
+    PROGRESS_SECONDS, and at the start and end of each phase and file."""
+
+    def __init__(self, reporter: Reporter | None, bytes_total: int) -> None:
+        self.reporter = reporter
+        self.bytes_total = bytes_total
+        self.phase: Literal["checking", "tokenizing"] = "checking"
+        self._done_bytes = 0  # of the files this phase finished
+        self._done_records = 0
+        self._started = time.monotonic()
+        self._published = 0.0
+
+    def start(self, phase: Literal["checking", "tokenizing"]) -> None:
+        self.phase = phase
+        self._done_bytes = self._done_records = 0
+        self._started = time.monotonic()
+        self.update(0, 0, force=True)
+
+    def update(self, file_bytes: int, file_records: int, *, force: bool = False) -> None:
+        """Where this phase is in its current file: bytes read, records done."""
+        now = time.monotonic()
+        if self.reporter is None or (not force and now - self._published < PROGRESS_SECONDS):
+            return
+        self._published = now
+        records = self._done_records + file_records
+        elapsed = now - self._started
+        self.reporter.set_data_check(
+            DataCheck(
+                phase=self.phase,
+                bytesDone=self._done_bytes + file_bytes,
+                bytesTotal=self.bytes_total,
+                recordsDone=records,
+                recordsPerSecond=round(records / elapsed, 1) if records and elapsed else None,
+            )
+        )
+
+    def file_done(self, file_bytes: int, file_records: int) -> None:
+        self._done_bytes += file_bytes
+        self._done_records += file_records
+        self.update(0, 0, force=True)
 
 
 # -- the tokenizer and the sequence length -------------------------------------------
@@ -189,7 +239,7 @@ def data_files(spec: JobSpec, storage: ObjectStore, errors: ValidationErrors) ->
                 f"{MAX_DATASET_BYTES:,} bytes (1 GiB)",
             )
             continue
-        files.append(DataFile(split, uri, str(head.get("ETag", ""))))
+        files.append(DataFile(split, uri, str(head.get("ETag", "")), size))
     return files
 
 
@@ -275,15 +325,31 @@ class CheckedRecords:
         return next((checked for checked in self.files if checked.file.split == name), None)
 
 
-def _check_file(checked: CheckedFile, customization_type: str, errors: ValidationErrors) -> None:
+def _check_file(
+    checked: CheckedFile,
+    customization_type: str,
+    errors: ValidationErrors,
+    progress: CheckProgress | None = None,
+) -> None:
     """Read the file once, line by line: problems into `errors`, a hash of each record
     (and its label) into `checked`."""
-    for example in data.iter_jsonl(
-        checked.path, checked.file.uri, customization_type, errors, max_records=MAX_RECORDS
-    ):
+    progress = progress or CheckProgress(None, 0)
+    position = data.ReadPosition()
+    records = data.iter_jsonl(
+        checked.path,
+        checked.file.uri,
+        customization_type,
+        errors,
+        max_records=MAX_RECORDS,
+        position=position,
+    )
+    for example in records:
         checked.hashes.add(example)
         if example.label is not None:
             checked.label_counts[example.label] += 1
+        if len(checked.hashes) % PROGRESS_RECORDS == 0:
+            progress.update(position.bytes_read, len(checked.hashes))
+    progress.file_done(position.bytes_read, len(checked.hashes))
     log.info("checked %d %s records of %s", checked.records, checked.file.split, checked.file.uri)
 
 
@@ -316,25 +382,34 @@ def _check_labels(checked: list[CheckedFile], errors: ValidationErrors) -> list[
 
 
 def check_records(
-    spec: JobSpec, *, storage: ObjectStore, directory: Path, errors: ValidationErrors
-) -> CheckedRecords:
+    spec: JobSpec,
+    *,
+    storage: ObjectStore,
+    directory: Path,
+    errors: ValidationErrors,
+    reporter: Reporter | None = None,
+) -> tuple[CheckedRecords, CheckProgress]:
     """Phase 1: the files exist and are within bounds, every record is well-formed, the
-    labels agree; raise DataValidationError listing the problems if there are any."""
+    labels agree; raise DataValidationError listing the problems if there are any.
+    Progress goes to `reporter` (and on to phase 2 through the CheckProgress)."""
     data.check_customization_type(spec.customizationType)
     kind = spec.customizationType
+    files = data_files(spec, storage, errors)
+    progress = CheckProgress(reporter, sum(file.size for file in files))
+    progress.start("checking")
     checked = []
-    for file in data_files(spec, storage, errors):
+    for file in files:
         path = directory / f"{file.split}.jsonl"
         storage.download_file(parse_s3_uri(file.uri, field="s3Uri"), path)
         one = CheckedFile(file, path, RecordHashes(file.uri))
-        _check_file(one, kind, errors)
+        _check_file(one, kind, errors, progress)
         checked.append(one)
     labels = None
     if kind == data.CLASSIFICATION and not errors.total:
         labels = _check_labels(checked, errors)
     if errors.total:
         raise DataValidationError(errors.message())
-    return CheckedRecords(checked, labels)
+    return CheckedRecords(checked, labels), progress
 
 
 # -- phase 2: tokenized, batch by batch, into the arrays ------------------------------
@@ -457,6 +532,7 @@ def _tokenize_file(
     max_length: int,
     labels: list[str] | None,
     errors: ValidationErrors,
+    progress: CheckProgress,
 ) -> SplitTokens:
     """Read the checked file again, batch by batch: tokenize, check the lengths, append
     the examples to the split's arrays.
@@ -475,9 +551,14 @@ def _tokenize_file(
         return _tokenize_classification(batch, tokenizer, max_length, labels), found
 
     result = SplitTokens()
+    position = data.ReadPosition()
+    records_done = 0
 
-    def keep(done: Future[tuple[Tokenized, ValidationErrors]]) -> None:
+    def keep(done: Future[tuple[Tokenized, ValidationErrors]], bytes_read: int) -> None:
+        nonlocal records_done
         tokenized, found = done.result()
+        records_done += len(tokenized.lengths)
+        progress.update(bytes_read, records_done)
         errors.extend(found)
         if errors.total:
             pass  # past the first problem the arrays are discarded anyway
@@ -490,16 +571,19 @@ def _tokenize_file(
         room = LINES_NAMED_IN_A_WARNING + 1 - len(result.truncated_named)
         result.truncated_named += tokenized.truncated[: max(room, 0)]
 
-    records = data.iter_jsonl(checked.path, checked.file.uri, kind, ValidationErrors())
+    records = data.iter_jsonl(
+        checked.path, checked.file.uri, kind, ValidationErrors(), position=position
+    )
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenize") as pool:
-        pending: Future[tuple[Tokenized, ValidationErrors]] | None = None
+        pending: tuple[Future[tuple[Tokenized, ValidationErrors]], int] | None = None
         for batch in _batched(records, TOKENIZE_BATCH_RECORDS):
-            submitted = pool.submit(tokenize, batch)
+            submitted = (pool.submit(tokenize, batch), position.bytes_read)
             if pending is not None:
-                keep(pending)
+                keep(*pending)
             pending = submitted
         if pending is not None:
-            keep(pending)
+            keep(*pending)
+    progress.file_done(position.bytes_read, records_done)
     return result
 
 
@@ -553,6 +637,7 @@ def tokenize_checked(
     max_length: int,
     directory: Path,
     errors: ValidationErrors,
+    progress: CheckProgress | None = None,
 ) -> TokenizedData:
     """Phase 2: tokenize every record with the base model's tokenizer into the arrays of
     `directory`, check the lengths against maxSequenceLength, summarize and find the
@@ -564,6 +649,8 @@ def tokenize_checked(
     classification = kind == data.CLASSIFICATION
     counts: dict[str, tuple[int, int]] = {}
     results: dict[str, SplitTokens] = {}
+    progress = progress or CheckProgress(None, 0)
+    progress.start("tokenizing")
     for split in tokenized_data.SPLITS:
         writer = SplitWriter(directory, split, dtype, classification=classification)
         one = checked.split(split)
@@ -576,6 +663,7 @@ def tokenize_checked(
                 max_length=max_length,
                 labels=labels,
                 errors=errors,
+                progress=progress,
             )
         counts[split] = writer.close()
     if errors.total:
@@ -653,7 +741,9 @@ def run_preflight(
     errors = ValidationErrors()
     model = ModelFetch(storage, spec.baseModelIdentifier, model_dir)
     model.start()
-    checked = check_records(spec, storage=storage, directory=directory, errors=errors)
+    checked, progress = check_records(
+        spec, storage=storage, directory=directory, errors=errors, reporter=reporter
+    )
     log.info("every record is well-formed; counting tokens with the base model's tokenizer")
 
     model.result()
@@ -690,6 +780,7 @@ def run_preflight(
             max_length=max_length,
             directory=tokenized_dir,
             errors=errors,
+            progress=progress,
         )
         upload = _upload_in_background(cache, key, tokenized_dir)
         if wait_for_cache:

@@ -22,7 +22,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from service.documents import DataSummary, Failure, JobState, JobStatus, Progress, utc_now
+from service.documents import (
+    DataCheck,
+    DataSummary,
+    Failure,
+    JobState,
+    JobStatus,
+    Progress,
+    utc_now,
+)
 from service.errors import TuneforgeError
 from service.store import JobStore
 from trainer.errors import Fenced
@@ -120,6 +128,12 @@ class Reporter:
             if progress.gpuMemoryBytes is None:
                 progress.gpuMemoryBytes = _gpu_memory_bytes()
             self._progress = progress
+
+    def set_data_check(self, check: DataCheck) -> None:
+        """Publish how far preflight is through the data (progress.dataCheck); the next
+        heartbeat writes it. Training's first progress replaces it."""
+        with self._lock:
+            self._progress = self._progress.model_copy(update={"dataCheck": check})
 
     def observe_optimizer(self, optimizer: Any) -> None:
         """Report this optimizer's learning rate with every progress update."""

@@ -37,6 +37,8 @@ class Observed:
     alive: bool | None
     exit_code: int | None = None
     reason: str | None = None
+    # The ended trainer's peak resident memory, where the launcher measured it.
+    peak_memory_bytes: int | None = None
 
 
 class Launcher(Protocol):

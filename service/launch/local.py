@@ -35,6 +35,12 @@ from pathlib import Path
 from service.documents import JobSpec, LaunchRecord
 from service.launch.base import Observed, Started
 from service.launch.gpus import DeviceLease
+from service.launch.memory import (
+    MemoryCgroup,
+    make_trainer_cgroup,
+    memory_cgroup_of,
+    size_in_words,
+)
 
 log = logging.getLogger(__name__)
 
@@ -42,18 +48,22 @@ log = logging.getLogger(__name__)
 # launches it (a server run from a source checkout, not the installed copy).
 _PASSED_THROUGH = ("PATH", "LANG", "LC_ALL", "TZ", "TMPDIR", "PYTHONPATH")
 
-# Run as `python -c _WITH_LIMITS AS NPROC NOFILE -m trainer ...`: set each limit that is
-# not 0 (soft and hard, never above the current hard one), then become the trainer
-# (same pid, same process group).
+# Run as `python -c _WITH_LIMITS AS NPROC NOFILE CGROUP_PROCS -m trainer ...`: join the
+# trainer's memory cgroup (CGROUP_PROCS "-": none), set each limit that is not 0 (soft
+# and hard, never above the current hard one), then become the trainer (same pid, same
+# process group).
 _WITH_LIMITS = """
 import os, resource, sys
+if sys.argv[4] != "-":
+    with open(sys.argv[4], "w") as procs:
+        procs.write(str(os.getpid()))
 for name, value in zip(("RLIMIT_AS", "RLIMIT_NPROC", "RLIMIT_NOFILE"), sys.argv[1:4]):
     which, wanted = getattr(resource, name), int(value)
     if wanted > 0:
         hard = resource.getrlimit(which)[1]
         limit = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
         resource.setrlimit(which, (limit, limit))
-os.execv(sys.executable, [sys.executable, *sys.argv[4:]])
+os.execv(sys.executable, [sys.executable, *sys.argv[5:]])
 """
 
 
@@ -70,12 +80,18 @@ class ResourceLimits:
     memory_bytes: int = 0
     processes: int = 0
     open_files: int = 0
+    # Resident memory (and swap) of the trainer with its ranks, enforced by a memory
+    # cgroup of its own (service/launch/memory.py); 0: none, the service's cgroup.
+    resident_bytes: int = 0
 
-    def command(self, python: str, arguments: list[str]) -> list[str]:
-        if not (self.memory_bytes or self.processes or self.open_files):
+    def command(
+        self, python: str, arguments: list[str], cgroup_procs: Path | None = None
+    ) -> list[str]:
+        if not (self.memory_bytes or self.processes or self.open_files or cgroup_procs):
             return [python, *arguments]
         limits = [str(self.memory_bytes), str(self.processes), str(self.open_files)]
-        return [python, "-c", _WITH_LIMITS, *limits, *arguments]
+        cgroup = str(cgroup_procs) if cgroup_procs is not None else "-"
+        return [python, "-c", _WITH_LIMITS, *limits, cgroup, *arguments]
 
 
 def trainer_arguments(spec: JobSpec) -> list[str]:
@@ -126,6 +142,12 @@ class LocalLauncher:
         self.host = host or socket.gethostname()
         # Trainers this process started: kept so their exit codes can be reaped.
         self._children: dict[int, subprocess.Popen[bytes]] = {}
+        # Per trainer: the memory cgroup it runs in, whether it is its own, and the
+        # cgroup's OOM-kill count when it started (service/launch/memory.py).
+        self._memory: dict[int, tuple[MemoryCgroup | None, bool, int | None]] = {}
+        # Per exited trainer: its exit code and peak resident memory (bytes), reaped.
+        self._ended: dict[int, tuple[int, int | None]] = {}
+        self._cgroup_refused = False  # warned once that no cgroup could be made
 
     def _attempt_dir(self, job_id: str, attempt: int) -> Path:
         return self.work_root / job_id / f"attempt-{attempt}"
@@ -164,9 +186,15 @@ class LocalLauncher:
             # operator's TUNEFORGE_GPUS=""): it trains on the CPU and sees no GPU.
             env["CUDA_VISIBLE_DEVICES"] = ""
         locks = tuple(devices.file_descriptors) if devices is not None else ()
+        cgroup = self._trainer_cgroup(spec.jobId, attempt)
+        shared = memory_cgroup_of("self") if cgroup is None else None
         with open(log_path, "ab") as output:
             process = subprocess.Popen(
-                self.limits.command(self.python, trainer_arguments(spec)),
+                self.limits.command(
+                    self.python,
+                    trainer_arguments(spec),
+                    cgroup.add_process_file() if cgroup is not None else None,
+                ),
                 cwd=directory,
                 env=env,
                 stdin=subprocess.DEVNULL,
@@ -176,23 +204,80 @@ class LocalLauncher:
                 pass_fds=locks,
             )
         self._children[process.pid] = process
+        counted = cgroup or shared
+        self._memory[process.pid] = (
+            counted,
+            cgroup is not None,
+            counted.oom_kills() if counted is not None else None,
+        )
         log.info("started trainer for job %s attempt %d, pid %d", spec.jobId, attempt, process.pid)
         return Started(self.host, process.pid, process_start_ticks(process.pid))
 
+    def _trainer_cgroup(self, job_id: str, attempt: int) -> MemoryCgroup | None:
+        """A memory cgroup of the trainer's own when the operator set a limit; None
+        without one, or where the host refuses (warned once)."""
+        if not self.limits.resident_bytes:
+            return None
+        try:
+            return make_trainer_cgroup(f"tuneforge-{job_id}-{attempt}", self.limits.resident_bytes)
+        except OSError as error:
+            if not self._cgroup_refused:
+                log.warning(
+                    "TUNEFORGE_TRAINER_MEMORY_LIMIT_BYTES is set but no memory cgroup can be "
+                    "made for a trainer (%s): trainers run without a memory limit",
+                    error,
+                )
+                self._cgroup_refused = True
+            return None
+
+    def _reap(self, process: subprocess.Popen[bytes]) -> int | None:
+        """The exit code of a trainer that ended (None while it runs), reaped with its
+        peak resident memory (wait4's rusage: its own or its largest descendant's)."""
+        if process.returncode is not None:
+            return process.returncode
+        try:
+            pid, status, usage = os.wait4(process.pid, os.WNOHANG)
+        except ChildProcessError:
+            return process.poll()
+        if pid == 0:
+            return None
+        process.returncode = os.waitstatus_to_exitcode(status)
+        self._ended[process.pid] = (process.returncode, usage.ru_maxrss * 1024)
+        return process.returncode
+
+    def _memory_verdict(self, pid: int, exit_code: int) -> str | None:
+        """Why a trainer ended, if its memory cgroup says the OOM killer did it."""
+        cgroup, own, before = self._memory.pop(pid, (None, False, None))
+        if cgroup is None:
+            return None
+        after = cgroup.oom_kills()
+        if own:
+            cgroup.remove()
+        if exit_code == 0 or before is None or after is None or after <= before:
+            return None
+        limit = f" of {size_in_words(self.limits.resident_bytes)}" if own else ""
+        return f"out of memory (the kernel's OOM killer ended it at its memory limit{limit})"
+
     def observe(self, launch: LaunchRecord) -> Observed:
         # Reap children that exited unobserved (a killed attempt already replaced):
-        # poll() collects a zombie and keeps its exit code for a later observe().
+        # _reap collects a zombie and keeps its exit code for a later observe().
         for process in self._children.values():
-            process.poll()
+            self._reap(process)
         if launch.host != self.host or launch.pid is None:
             return Observed(alive=None)
         child = self._children.get(launch.pid)
         if child is not None:
-            code = child.poll()
+            code = self._reap(child)
             if code is None:
                 return Observed(alive=True)
             del self._children[launch.pid]
-            return Observed(alive=False, exit_code=code)
+            _, peak = self._ended.pop(launch.pid, (code, None))
+            return Observed(
+                alive=False,
+                exit_code=code,
+                reason=self._memory_verdict(launch.pid, code),
+                peak_memory_bytes=peak,
+            )
         ticks = process_start_ticks(launch.pid)
         alive = (
             ticks is not None and ticks == launch.processStartTicks and not _is_zombie(launch.pid)
@@ -219,7 +304,7 @@ class LocalLauncher:
 
     def shutdown(self, grace_seconds: float) -> None:
         """Terminate the trainers this process started (SIGTERM, grace, SIGKILL)."""
-        running = [p for p in self._children.values() if p.poll() is None]
+        running = [p for p in self._children.values() if self._reap(p) is None]
         for process in running:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGTERM)

@@ -167,6 +167,19 @@ _OUTPUT = {
 }
 
 
+def _data_check_dict(progress: pb.Progress) -> dict[str, Any] | None:
+    if not progress.HasField("data_check"):
+        return None
+    check = progress.data_check
+    return {
+        "phase": check.phase,
+        "bytesDone": check.bytes_done,
+        "bytesTotal": check.bytes_total,
+        "recordsDone": check.records_done,
+        "recordsPerSecond": _optional(check, "records_per_second"),
+    }
+
+
 def job_from_dict(data: Mapping[str, Any]) -> pb.Job:
     """A Job message from the REST API's job JSON (`GET /v1/jobs/{id}`)."""
     job = pb.Job(
@@ -207,6 +220,18 @@ def job_from_dict(data: Mapping[str, Any]) -> pb.Job:
             setattr(job.progress, name, progress[key])
     _set_time(job.progress, "first_step_at", progress.get("firstStepAt"))
     job.progress.validation_metrics.update(progress.get("validationMetrics") or {})
+    check = progress.get("dataCheck")
+    if check:
+        job.progress.data_check.CopyFrom(
+            pb.DataCheck(
+                phase=check["phase"],
+                bytes_done=check.get("bytesDone") or 0,
+                bytes_total=check.get("bytesTotal") or 0,
+                records_done=check.get("recordsDone") or 0,
+            )
+        )
+        if check.get("recordsPerSecond") is not None:
+            job.progress.data_check.records_per_second = check["recordsPerSecond"]
     if data.get("failure"):
         failure = data["failure"]
         job.failure.CopyFrom(pb.Failure(reason=failure["reason"], message=failure["message"]))
@@ -307,6 +332,7 @@ def job_to_dict(job: pb.Job) -> JobDict:
             "learningRate": _optional(progress, "learning_rate"),
             "tokensPerSecond": _optional(progress, "tokens_per_second"),
             "gpuMemoryBytes": _optional(progress, "gpu_memory_bytes"),
+            "dataCheck": _data_check_dict(progress),
         },
         "failure": (
             {

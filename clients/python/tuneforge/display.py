@@ -24,8 +24,20 @@ def format_loss(value: float | None) -> str:
     return "-" if value is None else f"{value:.4f}"
 
 
+def data_check_text(check: dict[str, Any]) -> str:
+    """VALIDATING: "checking 120,000 records, 41/105 MB, 24,000 records/s"."""
+    text = f"{check['phase']} {check['recordsDone']:,} records"
+    if check["bytesTotal"]:
+        text += f", {check['bytesDone'] / 1e6:.0f}/{check['bytesTotal'] / 1e6:.0f} MB"
+    if check["recordsPerSecond"] is not None:
+        text += f", {check['recordsPerSecond']:,.0f} records/s"
+    return text
+
+
 def progress_text(job: pb.Job) -> str:
     progress = convert.job_to_dict(job)["progress"]
+    if progress["dataCheck"] is not None and job.state == pb.VALIDATING:
+        return data_check_text(progress["dataCheck"])
     parts = []
     if progress["totalSteps"]:
         parts.append(f"step {progress['step']}/{progress['totalSteps']}")
@@ -91,7 +103,13 @@ class ProgressView:
         width = shutil.get_terminal_size((100, 20)).columns
         progress = job.progress
         text = f"{convert.state_name(job.state):<10}"
-        if progress.HasField("total_steps") and progress.total_steps > 0:
+        check = progress.data_check
+        if job.state == pb.VALIDATING and progress.HasField("data_check") and check.bytes_total:
+            fraction = min(1.0, check.bytes_done / check.bytes_total)
+            size = 24
+            filled = round(fraction * size)
+            text += f" [{'#' * filled}{'-' * (size - filled)}] {fraction:4.0%}"
+        elif progress.HasField("total_steps") and progress.total_steps > 0:
             fraction = min(1.0, progress.step / progress.total_steps)
             size = 24
             filled = round(fraction * size)

@@ -118,7 +118,7 @@ class HyperParameters(_message.Message):
     def __init__(self, epoch_count: _Optional[int] = ..., batch_size: _Optional[int] = ..., learning_rate: _Optional[float] = ..., learning_rate_warmup_steps: _Optional[int] = ..., gradient_accumulation_steps: _Optional[int] = ..., max_sequence_length: _Optional[int] = ..., weight_decay: _Optional[float] = ..., seed: _Optional[int] = ..., dropout: _Optional[float] = ..., lr_scheduler: _Optional[str] = ..., max_grad_norm: _Optional[float] = ..., eval_interval_steps: _Optional[int] = ..., checkpoint_interval_steps: _Optional[int] = ..., keep_checkpoints: _Optional[int] = ..., early_stopping_patience: _Optional[int] = ..., early_stopping_threshold: _Optional[float] = ..., precision: _Optional[str] = ..., method: _Optional[str] = ..., lora_rank: _Optional[int] = ..., lora_alpha: _Optional[float] = ..., lora_dropout: _Optional[float] = ..., lora_target_modules: _Optional[_Iterable[str]] = ..., packing: _Optional[bool] = ..., merge_adapter: _Optional[bool] = ...) -> None: ...
 
 class Progress(_message.Message):
-    __slots__ = ("step", "total_steps", "epoch", "total_epochs", "training_loss", "validation_loss", "tokens_seen", "eta_seconds", "first_step_at", "validation_metrics", "learning_rate", "tokens_per_second", "gpu_memory_bytes")
+    __slots__ = ("step", "total_steps", "epoch", "total_epochs", "training_loss", "validation_loss", "tokens_seen", "eta_seconds", "first_step_at", "validation_metrics", "learning_rate", "tokens_per_second", "gpu_memory_bytes", "data_check")
     class ValidationMetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -139,6 +139,7 @@ class Progress(_message.Message):
     LEARNING_RATE_FIELD_NUMBER: _ClassVar[int]
     TOKENS_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
     GPU_MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    DATA_CHECK_FIELD_NUMBER: _ClassVar[int]
     step: int
     total_steps: int
     epoch: int
@@ -152,7 +153,22 @@ class Progress(_message.Message):
     learning_rate: float
     tokens_per_second: float
     gpu_memory_bytes: int
-    def __init__(self, step: _Optional[int] = ..., total_steps: _Optional[int] = ..., epoch: _Optional[int] = ..., total_epochs: _Optional[int] = ..., training_loss: _Optional[float] = ..., validation_loss: _Optional[float] = ..., tokens_seen: _Optional[int] = ..., eta_seconds: _Optional[float] = ..., first_step_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., validation_metrics: _Optional[_Mapping[str, float]] = ..., learning_rate: _Optional[float] = ..., tokens_per_second: _Optional[float] = ..., gpu_memory_bytes: _Optional[int] = ...) -> None: ...
+    data_check: DataCheck
+    def __init__(self, step: _Optional[int] = ..., total_steps: _Optional[int] = ..., epoch: _Optional[int] = ..., total_epochs: _Optional[int] = ..., training_loss: _Optional[float] = ..., validation_loss: _Optional[float] = ..., tokens_seen: _Optional[int] = ..., eta_seconds: _Optional[float] = ..., first_step_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., validation_metrics: _Optional[_Mapping[str, float]] = ..., learning_rate: _Optional[float] = ..., tokens_per_second: _Optional[float] = ..., gpu_memory_bytes: _Optional[int] = ..., data_check: _Optional[_Union[DataCheck, _Mapping]] = ...) -> None: ...
+
+class DataCheck(_message.Message):
+    __slots__ = ("phase", "bytes_done", "bytes_total", "records_done", "records_per_second")
+    PHASE_FIELD_NUMBER: _ClassVar[int]
+    BYTES_DONE_FIELD_NUMBER: _ClassVar[int]
+    BYTES_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    RECORDS_DONE_FIELD_NUMBER: _ClassVar[int]
+    RECORDS_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
+    phase: str
+    bytes_done: int
+    bytes_total: int
+    records_done: int
+    records_per_second: float
+    def __init__(self, phase: _Optional[str] = ..., bytes_done: _Optional[int] = ..., bytes_total: _Optional[int] = ..., records_done: _Optional[int] = ..., records_per_second: _Optional[float] = ...) -> None: ...
 
 class Failure(_message.Message):
     __slots__ = ("reason", "message")
