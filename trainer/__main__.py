@@ -140,6 +140,21 @@ def _size_in_words(size: int) -> str:
     return f"{size} bytes"
 
 
+def failure_details(error: Exception, spec: JobSpec | None, storage: ObjectStore) -> str:
+    """memory_details for running out of host memory; nothing for anything else (a GPU
+    out of memory included: its resident memory says nothing of the GPU's). Never
+    raises: the failure is recorded whatever this finds."""
+    import torch
+
+    if not is_out_of_memory(error) or isinstance(error, torch.OutOfMemoryError):
+        return ""
+    try:
+        return memory_details(spec, storage)
+    except Exception:
+        log.exception("could not describe the memory of the failed trainer")
+        return ""
+
+
 def classify(error: Exception, details: str = "") -> tuple[FailureReason, str, TrainerExit]:
     """The failure reason, the message for the user, and the exit code for an error;
     `details` says more about an out-of-memory one (memory_details)."""
@@ -229,8 +244,7 @@ def run(job_id: str, environment: TrainerEnvironment, preempted: threading.Event
             log.error("job %s: rank %d lost a peer: %s", job_id, distributed.rank, error)
             code = TrainerExit.CRASHED
         else:
-            details = memory_details(spec, storage) if is_out_of_memory(error) else ""
-            code = record_failure(reporter, error, details)
+            code = record_failure(reporter, error, failure_details(error, spec, storage))
     finally:
         reporter.stop_heartbeat()
         if recipe is not None:

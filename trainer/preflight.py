@@ -73,9 +73,8 @@ LINES_NAMED_IN_A_WARNING = 10
 # Records tokenized per call of the tokenizer: large enough that its Rust threads stay
 # busy, small enough that a batch's Python objects (~40 bytes a token) stay megabytes.
 TOKENIZE_BATCH_RECORDS = 4096
-# Preflight's progress (progress.dataCheck) is published at most this often, looked at
-# every this many records of phase 1.
-PROGRESS_SECONDS = 1.0
+# Preflight's progress (progress.dataCheck) is published every this many records of
+# phase 1 and after every batch of phase 2: a change in memory the heartbeat writes.
 PROGRESS_RECORDS = 1024
 
 
@@ -102,8 +101,7 @@ class DataFile:
 
 class CheckProgress:
     """Preflight's progress as the job shows it (progress.dataCheck, written by the next
-    heartbeat): the phase, bytes and records done, the rate. Published at most every
-    PROGRESS_SECONDS, and at the start and end of each phase and file."""
+    heartbeat): the phase, bytes and records done, the rate."""
 
     def __init__(self, reporter: Reporter | None, bytes_total: int) -> None:
         self.reporter = reporter
@@ -112,20 +110,18 @@ class CheckProgress:
         self._done_bytes = 0  # of the files this phase finished
         self._done_records = 0
         self._started = time.monotonic()
-        self._published = 0.0
 
     def start(self, phase: Literal["checking", "tokenizing"]) -> None:
         self.phase = phase
         self._done_bytes = self._done_records = 0
         self._started = time.monotonic()
-        self.update(0, 0, force=True)
+        self.update(0, 0)
 
-    def update(self, file_bytes: int, file_records: int, *, force: bool = False) -> None:
+    def update(self, file_bytes: int, file_records: int) -> None:
         """Where this phase is in its current file: bytes read, records done."""
-        now = time.monotonic()
-        if self.reporter is None or (not force and now - self._published < PROGRESS_SECONDS):
+        if self.reporter is None:
             return
-        self._published = now
+        now = time.monotonic()
         records = self._done_records + file_records
         elapsed = now - self._started
         self.reporter.set_data_check(
@@ -141,7 +137,7 @@ class CheckProgress:
     def file_done(self, file_bytes: int, file_records: int) -> None:
         self._done_bytes += file_bytes
         self._done_records += file_records
-        self.update(0, 0, force=True)
+        self.update(0, 0)
 
 
 # -- the tokenizer and the sequence length -------------------------------------------
@@ -645,7 +641,7 @@ def tokenize_checked(
     kind, labels = spec.customizationType, checked.labels
     shutil.rmtree(directory, ignore_errors=True)
     directory.mkdir(parents=True)
-    dtype = tokenized_data.token_dtype(len(tokenizer))
+    dtype = tokenized_data.token_dtype(vocabulary_size(tokenizer))
     classification = kind == data.CLASSIFICATION
     counts: dict[str, tuple[int, int]] = {}
     results: dict[str, SplitTokens] = {}
@@ -653,19 +649,21 @@ def tokenize_checked(
     progress.start("tokenizing")
     for split in tokenized_data.SPLITS:
         writer = SplitWriter(directory, split, dtype, classification=classification)
-        one = checked.split(split)
-        if one is not None:
-            results[split] = _tokenize_file(
-                one,
-                writer,
-                kind=kind,
-                tokenizer=tokenizer,
-                max_length=max_length,
-                labels=labels,
-                errors=errors,
-                progress=progress,
-            )
-        counts[split] = writer.close()
+        try:
+            one = checked.split(split)
+            if one is not None:
+                results[split] = _tokenize_file(
+                    one,
+                    writer,
+                    kind=kind,
+                    tokenizer=tokenizer,
+                    max_length=max_length,
+                    labels=labels,
+                    errors=errors,
+                    progress=progress,
+                )
+        finally:
+            counts[split] = writer.close()
     if errors.total:
         raise DataValidationError(errors.message())
     if not counts["training"][0]:
@@ -698,6 +696,13 @@ def tokenize_checked(
     opened = tokenized_data.open_tokenized(directory)
     assert opened is not None  # just written
     return opened
+
+
+def vocabulary_size(tokenizer: Any) -> int:
+    """One more than the largest token id the tokenizer can give (added tokens' ids may
+    leave gaps past len(tokenizer))."""
+    ids = [len(tokenizer), *(tokenizer.get_vocab() or {}).values()]
+    return max(ids) + 1 if ids else 0
 
 
 def _upload_in_background(cache: DatasetCache, key: str, directory: Path) -> threading.Thread:
@@ -767,12 +772,16 @@ def run_preflight(
         customization_type=spec.customizationType,
     )
     tokenized_dir = tokenized_directory(directory, key)
-    prepared = tokenized_data.open_tokenized(tokenized_dir) or cache.get(key, tokenized_dir)
+    prepared = tokenized_data.open_tokenized(tokenized_dir)
+    if prepared is not None:
+        log.info("tokenized data already in %s", tokenized_dir)
+    else:
+        prepared = cache.get(key, tokenized_dir)
+        if prepared is not None:
+            log.info("tokenized data from cache %s", cache.location(key).uri)
     from_cache = prepared is not None
     upload: threading.Thread | None = None
-    if prepared is not None:
-        log.info("tokenized data from cache %s", cache.location(key).uri)
-    else:
+    if prepared is None:
         prepared = tokenize_checked(
             spec,
             checked,
@@ -841,6 +850,7 @@ def shared_data(
     its local rank 0 downloads the cache entry there first; every rank of the job calls
     `barrier` once, as rank 0 does after its preflight. None if there is no copy and
     the cache has none either."""
+    cache.location(key)  # raises ValueError unless a cache key (a sha256 hex digest)
     host_copy = tokenized_directory(host_directory, key)
     if local_rank_zero and tokenized_data.open_tokenized(host_copy) is None:
         cache.get(key, host_copy)

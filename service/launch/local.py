@@ -39,7 +39,7 @@ from service.launch.memory import (
     MemoryCgroup,
     make_trainer_cgroup,
     memory_cgroup_of,
-    size_in_words,
+    oom_verdict,
 )
 
 log = logging.getLogger(__name__)
@@ -55,8 +55,11 @@ _PASSED_THROUGH = ("PATH", "LANG", "LC_ALL", "TZ", "TMPDIR", "PYTHONPATH")
 _WITH_LIMITS = """
 import os, resource, sys
 if sys.argv[4] != "-":
-    with open(sys.argv[4], "w") as procs:
-        procs.write(str(os.getpid()))
+    try:
+        with open(sys.argv[4], "w") as procs:
+            procs.write(str(os.getpid()))
+    except OSError as error:
+        print(f"tuneforge: runs without its memory cgroup: {error}", file=sys.stderr)
 for name, value in zip(("RLIMIT_AS", "RLIMIT_NPROC", "RLIMIT_NOFILE"), sys.argv[1:4]):
     which, wanted = getattr(resource, name), int(value)
     if wanted > 0:
@@ -145,8 +148,9 @@ class LocalLauncher:
         # Per trainer: the memory cgroup it runs in, whether it is its own, and the
         # cgroup's OOM-kill count when it started (service/launch/memory.py).
         self._memory: dict[int, tuple[MemoryCgroup | None, bool, int | None]] = {}
-        # Per exited trainer: its exit code and peak resident memory (bytes), reaped.
-        self._ended: dict[int, tuple[int, int | None]] = {}
+        # Per exited trainer not yet observed: its peak resident memory (bytes) and what
+        # its memory cgroup says of its end.
+        self._ended: dict[int, tuple[int | None, str | None]] = {}
         self._cgroup_refused = False  # warned once that no cgroup could be made
 
     def _attempt_dir(self, job_id: str, attempt: int) -> Path:
@@ -187,29 +191,31 @@ class LocalLauncher:
             env["CUDA_VISIBLE_DEVICES"] = ""
         locks = tuple(devices.file_descriptors) if devices is not None else ()
         cgroup = self._trainer_cgroup(spec.jobId, attempt)
-        shared = memory_cgroup_of("self") if cgroup is None else None
-        with open(log_path, "ab") as output:
-            process = subprocess.Popen(
-                self.limits.command(
-                    self.python,
-                    trainer_arguments(spec),
-                    cgroup.add_process_file() if cgroup is not None else None,
-                ),
-                cwd=directory,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=output,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                pass_fds=locks,
-            )
+        counted = cgroup or memory_cgroup_of("self")
+        # Counted before the trainer starts, so a kill in its first moments is seen.
+        kills_before = counted.oom_kills() if counted is not None else None
+        try:
+            with open(log_path, "ab") as output:
+                process = subprocess.Popen(
+                    self.limits.command(
+                        self.python,
+                        trainer_arguments(spec),
+                        cgroup.add_process_file() if cgroup is not None else None,
+                    ),
+                    cwd=directory,
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=output,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                    pass_fds=locks,
+                )
+        except BaseException:
+            if cgroup is not None:
+                cgroup.remove()
+            raise
         self._children[process.pid] = process
-        counted = cgroup or shared
-        self._memory[process.pid] = (
-            counted,
-            cgroup is not None,
-            counted.oom_kills() if counted is not None else None,
-        )
+        self._memory[process.pid] = (counted, cgroup is not None, kills_before)
         log.info("started trainer for job %s attempt %d, pid %d", spec.jobId, attempt, process.pid)
         return Started(self.host, process.pid, process_start_ticks(process.pid))
 
@@ -232,7 +238,8 @@ class LocalLauncher:
 
     def _reap(self, process: subprocess.Popen[bytes]) -> int | None:
         """The exit code of a trainer that ended (None while it runs), reaped with its
-        peak resident memory (wait4's rusage: its own or its largest descendant's)."""
+        peak resident memory (wait4's rusage: its own or its largest descendant's) and
+        what its memory cgroup says of its end; its own cgroup is removed then."""
         if process.returncode is not None:
             return process.returncode
         try:
@@ -241,22 +248,21 @@ class LocalLauncher:
             return process.poll()
         if pid == 0:
             return None
-        process.returncode = os.waitstatus_to_exitcode(status)
-        self._ended[process.pid] = (process.returncode, usage.ru_maxrss * 1024)
-        return process.returncode
+        process.returncode = code = os.waitstatus_to_exitcode(status)
+        self._ended[process.pid] = (usage.ru_maxrss * 1024, self._memory_verdict(pid, code))
+        return code
 
     def _memory_verdict(self, pid: int, exit_code: int) -> str | None:
-        """Why a trainer ended, if its memory cgroup says the OOM killer did it."""
+        """What the trainer's memory cgroup says of its end (memory.oom_verdict); its
+        own cgroup is removed."""
         cgroup, own, before = self._memory.pop(pid, (None, False, None))
         if cgroup is None:
             return None
         after = cgroup.oom_kills()
         if own:
             cgroup.remove()
-        if exit_code == 0 or before is None or after is None or after <= before:
-            return None
-        limit = f" of {size_in_words(self.limits.resident_bytes)}" if own else ""
-        return f"out of memory (the kernel's OOM killer ended it at its memory limit{limit})"
+        limit = self.limits.resident_bytes if own else None
+        return oom_verdict(exit_code, kills_before=before, kills_after=after, own_limit=limit)
 
     def observe(self, launch: LaunchRecord) -> Observed:
         # Reap children that exited unobserved (a killed attempt already replaced):
@@ -271,13 +277,8 @@ class LocalLauncher:
             if code is None:
                 return Observed(alive=True)
             del self._children[launch.pid]
-            _, peak = self._ended.pop(launch.pid, (code, None))
-            return Observed(
-                alive=False,
-                exit_code=code,
-                reason=self._memory_verdict(launch.pid, code),
-                peak_memory_bytes=peak,
-            )
+            peak, verdict = self._ended.pop(launch.pid, (None, None))
+            return Observed(alive=False, exit_code=code, reason=verdict, peak_memory_bytes=peak)
         ticks = process_start_ticks(launch.pid)
         alive = (
             ticks is not None and ticks == launch.processStartTicks and not _is_zombie(launch.pid)
@@ -316,6 +317,7 @@ class LocalLauncher:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
+            self._memory_verdict(process.pid, process.returncode)  # removes its cgroup
 
 
 def _is_zombie(pid: int) -> bool:

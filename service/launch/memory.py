@@ -21,8 +21,11 @@ from __future__ import annotations
 
 import logging
 import re
+import signal
 from dataclasses import dataclass
 from pathlib import Path
+
+from service.documents import TrainerExit
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +104,14 @@ def make_trainer_cgroup(name: str, limit_bytes: int) -> MemoryCgroup:
     try:
         if cgroup.version == 1:
             (cgroup.directory / "memory.limit_in_bytes").write_text(str(limit_bytes))
+            # Memory and swap together, where the kernel accounts swap; and no swapping
+            # anyway, so the limit ends the trainer instead of slowing it to a crawl.
+            with_swap = cgroup.directory / "memory.memsw.limit_in_bytes"
+            if with_swap.exists():
+                with_swap.write_text(str(limit_bytes))
+            swappiness = cgroup.directory / "memory.swappiness"
+            if swappiness.exists():
+                swappiness.write_text("0")
         else:
             (cgroup.directory / "memory.max").write_text(str(limit_bytes))
             swap = cgroup.directory / "memory.swap.max"
@@ -112,6 +123,34 @@ def make_trainer_cgroup(name: str, limit_bytes: int) -> MemoryCgroup:
         cgroup.remove()
         raise
     return cgroup
+
+
+def oom_verdict(
+    exit_code: int,
+    *,
+    kills_before: int | None,
+    kills_after: int | None,
+    own_limit: int | None,
+) -> str | None:
+    """ "out of memory (...)" if a trainer's end was the OOM killer's, else None.
+
+    Only if its cgroup counted a kill while it ran; never for a clean exit, a preemption
+    (SIGTERM) or bad input. In a cgroup of its own (`own_limit` bytes) any other failed
+    exit counts: torchrun exits with an error when the OOM killer ends one of its ranks.
+    In the service's shared cgroup, where the kill may have been another process's, only
+    the trainer's own SIGKILL does."""
+    if kills_before is None or kills_after is None or kills_after <= kills_before:
+        return None
+    if exit_code in (0, TrainerExit.PREEMPTED, TrainerExit.BAD_INPUT, -signal.SIGTERM):
+        return None
+    if own_limit is None:
+        if exit_code != -signal.SIGKILL:
+            return None
+        return "out of memory (the kernel's OOM killer ended it)"
+    return (
+        "out of memory (the kernel's OOM killer ended it at its memory limit of "
+        f"{size_in_words(own_limit)})"
+    )
 
 
 def memory_failure_details(

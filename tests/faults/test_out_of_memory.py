@@ -21,11 +21,13 @@ from typing import Any
 
 import pytest
 
+from service.documents import TrainerExit
 from service.embedded_s3 import EmbeddedS3
 from service.launch.memory import (
     make_trainer_cgroup,
     memory_cgroup_in,
     memory_failure_details,
+    oom_verdict,
 )
 from tests.servers import ApiServer, demo_job
 from trainer.__main__ import classify, is_out_of_memory
@@ -167,3 +169,25 @@ def test_memory_messages_name_the_peak_the_data_and_what_to_do() -> None:
             "the trainer ran out of memory, at a peak of 3.1 GB of resident memory; lower "
         )
     assert not is_out_of_memory(RuntimeError("shapes do not match"))
+
+
+def test_only_an_end_that_can_be_the_oom_killers_is_taken_for_one() -> None:
+    kill, term = -signal.SIGKILL, -signal.SIGTERM
+    own = 200 * 1024 * 1024
+
+    def verdict(code: int, before: int | None, after: int | None, limit: int | None) -> bool:
+        found = oom_verdict(code, kills_before=before, kills_after=after, own_limit=limit)
+        return found is not None and found.startswith("out of memory")
+
+    # Its own cgroup: a grown count and any failed exit (torchrun's error when a rank
+    # was killed included), but a clean exit, a preemption or bad input.
+    assert verdict(kill, 0, 1, own) and verdict(1, 0, 1, own)
+    for code in (0, TrainerExit.PREEMPTED, TrainerExit.BAD_INPUT, term):
+        assert not verdict(code, 0, 1, own)
+    # The service's shared cgroup: only its own SIGKILL.
+    assert verdict(kill, 4, 5, None) and not verdict(1, 4, 5, None)
+    # No kill counted, or no count to read: never memory.
+    assert not verdict(kill, 1, 1, own) and not verdict(kill, None, 1, None)
+    assert not verdict(kill, 0, None, own)
+    limited = oom_verdict(kill, kills_before=0, kills_after=1, own_limit=own)
+    assert limited is not None and limited.endswith("at its memory limit of 209.7 MB)")

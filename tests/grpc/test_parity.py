@@ -257,6 +257,9 @@ def test_list_with_paging(
 
 def test_stop(rest: httpx.Client, stub: pb_grpc.FineTuningServiceStub, server: ApiServer) -> None:
     job_id = rest.post("/v1/jobs", json=demo_job("parity-stop", epochCount=100)).json()["jobId"]
+    # Stop a RUNNING job: its trainer takes a checkpoint's time to stop, so the second stop
+    # finds it STOPPING. (A job stopped while QUEUED can be STOPPED before the second call.)
+    server.wait_for(job_id, {"RUNNING"})
     over_rest = rest.post(f"/v1/jobs/{job_id}/stop")
     over_grpc = stub.StopJob(pb.StopJobRequest(job_id=job_id), timeout=30)  # again: no error
     assert over_rest.status_code == 202

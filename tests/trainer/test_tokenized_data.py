@@ -5,6 +5,7 @@ not grow with the number of records."""
 from __future__ import annotations
 
 import json
+import os
 import tracemalloc
 import uuid
 from pathlib import Path
@@ -21,7 +22,7 @@ from trainer.preflight import CheckedFile, CheckedRecords, DataFile, RecordHashe
 from trainer.tokenized_data import SplitWriter, TokenizedMeta, open_tokenized
 
 URI = "s3://bucket/train.jsonl"
-SST2_TRAIN = Path("/work/shared/data/sst2/train.jsonl")
+SST2_TRAIN = Path(os.environ.get("TUNEFORGE_SST2_DIR", "/work/shared/data/sst2")) / "train.jsonl"
 
 
 @pytest.fixture(scope="module")
