@@ -37,9 +37,11 @@ run: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m service.main
 
 lint: $(STAMP) proto-check
-	$(PY) -m ruff check service trainer tests bench clients proto
-	$(PY) -m ruff format --check service trainer tests bench clients proto
+	$(PY) -m ruff check jobstore service trainer tests bench clients proto
+	$(PY) -m ruff format --check jobstore service trainer tests bench clients proto
 	$(PY) -m mypy
+	# The layers (pyproject.toml [tool.importlinter], docs/architecture.md).
+	$(VENV)/bin/lint-imports --no-cache
 
 # The gRPC code in clients/python/tuneforge/v1/ is generated from proto/ and committed.
 proto: $(STAMP)

@@ -50,8 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from concurrent.futures import ThreadPoolExecutor
 
 from bench.http_load import Operation, Results, run_load
-from service.demo import seed_demo
-from service.documents import (
+from jobstore.documents import (
     DataLocation,
     HyperParameters,
     JobSpec,
@@ -60,8 +59,9 @@ from service.documents import (
     new_job_id,
     utc_now,
 )
+from jobstore.storage import ObjectStore, S3Location
+from service.demo import seed_demo
 from service.embedded_s3 import EmbeddedS3, free_port
-from service.storage import ObjectStore, S3Location
 from tests.servers import ApiServer, demo_job
 
 Latencies = dict[str, list[float]]

@@ -40,10 +40,10 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
+from jobstore.storage import ObjectStore, S3Location  # noqa: E402
+from jobstore.store import JobStore  # noqa: E402
 from service.demo import build_demo_model, demo_datasets  # noqa: E402
 from service.embedded_s3 import EmbeddedS3, free_port  # noqa: E402
-from service.storage import ObjectStore, S3Location  # noqa: E402
-from service.store import JobStore  # noqa: E402
 from tests.faults.replicas import events  # noqa: E402
 from tests.servers import ApiServer  # noqa: E402
 

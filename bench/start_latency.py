@@ -24,10 +24,10 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from jobstore.storage import ObjectStore
+from jobstore.store import JobStore
 from service.demo import seed_demo
 from service.embedded_s3 import EmbeddedS3, free_port
-from service.storage import ObjectStore
-from service.store import JobStore
 from tests.servers import ApiServer, demo_job
 
 

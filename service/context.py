@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from jobstore.store import JobStore
 from service.auth.tenants import Access
 from service.observability.metrics import Metrics
 from service.reconciler import Reconciler
 from service.settings import Settings
-from service.store import JobStore
 from service.webhook_secrets import WebhookSecrets
 
 

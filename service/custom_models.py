@@ -17,10 +17,10 @@ import re
 
 from pydantic import BaseModel
 
-from service.documents import JobState
+from jobstore.documents import JobState
+from jobstore.storage import PreconditionFailed, S3Location, parse_s3_uri
+from jobstore.store import Job, JobStore
 from service.errors import TuneforgeError
-from service.storage import PreconditionFailed, S3Location, parse_s3_uri
-from service.store import Job, JobStore
 
 MODEL_NAME_PATTERN = r"^([0-9a-zA-Z][_-]?){1,63}$"
 _MODEL_NAME = re.compile(MODEL_NAME_PATTERN)

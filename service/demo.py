@@ -21,7 +21,7 @@ import random
 import tempfile
 from pathlib import Path
 
-from service.storage import ObjectStore, S3Location
+from jobstore.storage import ObjectStore, S3Location
 
 log = logging.getLogger(__name__)
 

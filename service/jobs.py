@@ -18,8 +18,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from service.auth.limits import TenantPolicy
-from service.documents import (
+from jobstore.documents import (
     JOB_ID_PATTERN,
     DataLocation,
     Integrations,
@@ -33,6 +32,10 @@ from service.documents import (
     new_job_id,
     utc_now,
 )
+from jobstore.queue_ledger import QueueFull
+from jobstore.storage import ObjectMissing, S3Location, parse_s3_uri
+from jobstore.store import Job, JobStore
+from service.auth.limits import TenantPolicy
 from service.errors import (
     CorruptDocument,
     FailedPrecondition,
@@ -42,10 +45,7 @@ from service.errors import (
     TooManyRequests,
 )
 from service.integrations import check_mlflow_tracking_uri
-from service.queue_ledger import QueueFull
 from service.schemas import JobCreate, JobPublic
-from service.storage import ObjectMissing, S3Location, parse_s3_uri
-from service.store import Job, JobStore
 from service.webhooks import check_webhook_url
 
 log = logging.getLogger(__name__)
@@ -74,7 +74,7 @@ def check_buckets(request: JobCreate, policy: TenantPolicy) -> None:
 
 def _reserve_queue_place(store: JobStore, policy: TenantPolicy, job_id: str) -> None:
     """Give the new job one of the tenant's `max_queued_jobs` places in the queue, or
-    refuse the create. A compare-and-swap on the tenant's ledger (service/queue_ledger.py):
+    refuse the create. A compare-and-swap on the tenant's ledger (jobstore/queue_ledger.py):
     exact across replicas, and one or two store calls whatever the number of jobs."""
     if policy.max_queued_jobs <= 0:
         return
@@ -198,7 +198,7 @@ def get_job(store: JobStore, job_id: str, *, tenant: str) -> Job:
 
 def _with_queue_position(store: JobStore, job: Job) -> Job:
     """A waiting job's place in line, from the queue order the reconciler publishes
-    (read, not stored in the job's status: service/queue_order.py)."""
+    (read, not stored in the job's status: jobstore/queue_order.py)."""
     if job.status.state == JobState.QUEUED and job.status.launch is None:
         job.status.queuePosition = store.queue_order.position(job.spec.jobId)
     else:

@@ -19,12 +19,12 @@ from pathlib import Path
 
 import uvicorn
 
-from service.api.app import create_app
+from jobstore.structured_logging import configure_logging
 from service.embedded_s3 import EmbeddedS3
 from service.errors import TuneforgeError
 from service.grpc_api.server import grpc_address
+from service.http_app import create_app
 from service.launch.base import Launcher
-from service.observability.logging import configure_logging
 from service.observability.metrics import Metrics
 from service.replica import (
     StoreAccess,

@@ -34,7 +34,8 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from service.documents import Failure, FailureReason, JobState, JobStatus, LaunchRecord, utc_now
+from jobstore.documents import Failure, FailureReason, JobState, JobStatus, LaunchRecord, utc_now
+from jobstore.store import JobStore
 from service.errors import (
     CorruptDocument,
     LauncherFailed,
@@ -42,7 +43,6 @@ from service.errors import (
     StoreUnavailable,
     TuneforgeError,
 )
-from service.store import JobStore
 
 # The `reason` label of tuneforge_reconcile_errors_total, one per kind of fault.
 REASONS = (

@@ -45,7 +45,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TypeVar
 
-from service.documents import (
+from jobstore.documents import (
     Failure,
     FailureReason,
     JobState,
@@ -55,6 +55,8 @@ from service.documents import (
     job_id_created_ms,
     utc_now,
 )
+from jobstore.storage import parse_s3_uri
+from jobstore.store import Job, JobStore
 from service.errors import JobNotFound, LauncherFailed
 from service.launch.base import Launcher, Observed
 from service.launch.gpus import DeviceLease, GpuInventory
@@ -68,8 +70,6 @@ from service.reconcile_faults import (
     fail_given_up,
     fail_unreadable_status,
 )
-from service.storage import parse_s3_uri
-from service.store import Job, JobStore
 from service.webhooks import WebhookNotifier
 
 log = logging.getLogger(__name__)
@@ -294,7 +294,7 @@ class Reconciler:
             self.store.queue_order.publish(in_line)
         except Exception as error:  # tried again next pass; launches do not depend on it
             self._pass_step_failed("publishing the queue order", error)
-        try:  # jobs that left the queue give their place back (service/queue_ledger.py)
+        try:  # jobs that left the queue give their place back (jobstore/queue_ledger.py)
             self.store.queue_ledger.settle(
                 read, still_waiting, abandoned_seconds=_ABANDONED_CREATE_SECONDS
             )

@@ -18,10 +18,12 @@ from dataclasses import dataclass
 
 import boto3
 
+from jobstore.documents import JobResources
+from jobstore.storage import ObjectStore
+from jobstore.store import JobStore
 from service.auth.keys import KeyStore
 from service.auth.tenants import Access, AuthConfigurationError
 from service.context import ServiceContext
-from service.documents import JobResources
 from service.errors import InvalidArgument, TuneforgeError
 from service.grpc_api.server import GrpcServer, create_server, grpc_address
 from service.launch.base import Launcher
@@ -32,8 +34,6 @@ from service.observability.metrics import Metrics
 from service.reconcile_faults import FaultTracker
 from service.reconciler import Reconciler
 from service.settings import Settings
-from service.storage import ObjectStore
-from service.store import JobStore
 from service.store_identities import TenantStoreIdentities
 from service.trainer_credentials import TrainerCredentials
 from service.webhook_secrets import WebhookSecrets
@@ -80,7 +80,7 @@ class Replica:
         return port
 
     def _complete_tenant_index(self) -> None:
-        """Put the jobs created before the per-tenant index into it (service/store.py);
+        """Put the jobs created before the per-tenant index into it (jobstore/store.py);
         until then listings walk every job. Tried again at the next start if it fails."""
         try:
             written = self.context.store.backfill_tenant_index()

@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from service.documents import (
+from jobstore.documents import (
     DataSummary,
     FailureReason,
     HyperParameters,
@@ -21,9 +21,9 @@ from service.documents import (
     JobState,
     Progress,
 )
+from jobstore.storage import parse_s3_uri
+from jobstore.store import Job
 from service.errors import InvalidArgument
-from service.storage import parse_s3_uri
-from service.store import Job
 
 _NAME_PATTERN = r"^[a-zA-Z0-9](-*[a-zA-Z0-9+.])*$"
 _TOKEN_PATTERN = r"^[a-zA-Z0-9](-*[a-zA-Z0-9])*$"

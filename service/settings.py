@@ -13,9 +13,9 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from jobstore.storage import parse_s3_uri
 from service.errors import InvalidArgument
 from service.launch.gpus import host_gpus
-from service.storage import parse_s3_uri
 
 
 class TenantLimitOverrides(BaseModel):

@@ -26,8 +26,8 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from jobstore.storage import ObjectStore, PreconditionFailed, S3Location
 from service.auth.limits import ANY_BUCKET, Grant
-from service.storage import ObjectStore, PreconditionFailed, S3Location
 
 log = logging.getLogger(__name__)
 

@@ -28,9 +28,9 @@ import math
 
 from pydantic import BaseModel, Field
 
+from jobstore.storage import ObjectMissing, parse_s3_uri
+from jobstore.store import JobStore
 from service.errors import JobNotFound
-from service.storage import ObjectMissing, parse_s3_uri
-from service.store import JobStore
 
 TRAINING_CSV = "training_artifacts/step_wise_training_metrics.csv"
 VALIDATION_CSV = "validation_artifacts/post_fine_tuning_validation/validation_metrics.csv"

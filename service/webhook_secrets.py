@@ -23,9 +23,9 @@ import threading
 import time
 from dataclasses import dataclass
 
-from service.documents import utc_now
+from jobstore.documents import utc_now
+from jobstore.storage import ObjectStore, PreconditionFailed, S3Location
 from service.errors import InvalidArgument
-from service.storage import ObjectStore, PreconditionFailed, S3Location
 
 _TENANT = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 _PREFIX = "whsec_"

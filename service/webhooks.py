@@ -36,12 +36,12 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
-from service.documents import JobSpec, JobStatus, utc_now
+from jobstore.documents import JobSpec, JobStatus, utc_now
+from jobstore.storage import PreconditionFailed, S3Location
+from jobstore.store import Job, JobStore
 from service.errors import InvalidArgument
 from service.observability.metrics import Metrics
 from service.observability.request_context import bind_job
-from service.storage import PreconditionFailed, S3Location
-from service.store import Job, JobStore
 from service.webhook_secrets import WebhookSecrets
 
 log = logging.getLogger(__name__)

@@ -31,18 +31,18 @@ from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 from uvicorn.supervisors import Multiprocess
 
-from service.api.app import create_app
+from jobstore.conformance import check_conditional_writes
+from jobstore.storage import ObjectStore
+from jobstore.structured_logging import configure_logging
 from service.auth.keys import KeyStore
 from service.auth.tenants import Access
 from service.embedded_s3 import EmbeddedS3
 from service.errors import TuneforgeError
 from service.grpc_api.server import grpc_address
-from service.observability.logging import configure_logging
+from service.http_app import create_app
 from service.observability.metrics import MULTIPROCESS_DIRECTORY_ENV, Metrics
-from service.probe import check_conditional_writes
 from service.replica import StoreAccess, build_replica, make_launcher, open_storage
 from service.settings import Settings
-from service.storage import ObjectStore
 
 log = logging.getLogger("tuneforge")
 

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
+from jobstore.storage import ObjectStore, parse_s3_uri
 from service.embedded_s3 import EmbeddedS3, free_port
-from service.storage import ObjectStore, parse_s3_uri
 from tests.servers import ApiServer
 
 ACCESS_KEY = "test-access-key"

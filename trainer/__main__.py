@@ -36,12 +36,12 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from service.documents import Failure, FailureReason, JobSpec, TrainerExit
-from service.errors import InvalidArgument, JobNotFound, StoreUnavailable
-from service.observability.logging import bind_process_fields
-from service.observability.logging import configure_logging as configure_structured_logging
-from service.storage import ObjectStore, StorageError, parse_s3_uri
-from service.store import JobStore
+from jobstore.documents import Failure, FailureReason, JobSpec, TrainerExit
+from jobstore.errors import InvalidArgument, JobNotFound, StoreUnavailable
+from jobstore.storage import ObjectStore, StorageError, parse_s3_uri
+from jobstore.store import JobStore
+from jobstore.structured_logging import bind_process_fields
+from jobstore.structured_logging import configure_logging as configure_structured_logging
 from trainer.errors import BadInput, Fenced
 from trainer.reporting import Reporter
 
@@ -84,7 +84,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def configure_logging() -> None:
-    # Structured lines (service/observability/logging.py); readable by default, as the
+    # Structured lines (jobstore/structured_logging.py); readable by default, as the
     # log is the job's own (GET /v1/jobs/{id}/logs). boto's debug output (request
     # signatures) stays quiet.
     configure_structured_logging(os.environ.get("TUNEFORGE_LOG_FORMAT") or "console")

@@ -55,8 +55,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from service.documents import utc_now
-from service.storage import ObjectStore, S3Location
+from jobstore.documents import utc_now
+from jobstore.storage import ObjectStore, S3Location
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from service.documents import utc_now
+from jobstore.documents import utc_now
 from trainer import checkpoint, lora
 from trainer.distributed import load_full_state, load_sharded_state, save_sharded_state
 from trainer.resume import capture_rng_state, restore_rng_state

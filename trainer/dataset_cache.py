@@ -31,8 +31,8 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
-from service.errors import StoreUnavailable
-from service.storage import ObjectStore, PreconditionFailed, S3Location, StorageError
+from jobstore.errors import StoreUnavailable
+from jobstore.storage import ObjectStore, PreconditionFailed, S3Location, StorageError
 from trainer import tokenized_data
 from trainer.tokenized_data import META, TokenizedData, open_tokenized
 

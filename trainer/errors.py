@@ -7,7 +7,7 @@ the job: this process must stop at once and write nothing more.
 
 from __future__ import annotations
 
-from service.documents import FailureReason
+from jobstore.documents import FailureReason
 
 
 class BadInput(Exception):

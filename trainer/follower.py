@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from service.documents import DataSummary, Failure, JobState
+from jobstore.documents import DataSummary, Failure, JobState
 from trainer.reporting import Reporter
 
 

@@ -29,9 +29,9 @@ import sys
 from pathlib import Path
 from types import FrameType
 
-from service.documents import TrainerExit
-from service.storage import ObjectStore
-from service.store import JobStore
+from jobstore.documents import TrainerExit
+from jobstore.storage import ObjectStore
+from jobstore.store import JobStore
 
 log = logging.getLogger("trainer.log_keeper")
 

@@ -37,7 +37,7 @@ from typing import Any
 
 import torch
 
-from service.documents import HyperParameters
+from jobstore.documents import HyperParameters
 from trainer.errors import ModelLoadError
 
 log = logging.getLogger(__name__)

@@ -11,7 +11,7 @@ import shutil
 import threading
 from pathlib import Path
 
-from service.storage import ObjectStore, S3Location
+from jobstore.storage import ObjectStore, S3Location
 
 TRAINING_CSV = "training_artifacts/step_wise_training_metrics.csv"
 VALIDATION_CSV = "validation_artifacts/post_fine_tuning_validation/validation_metrics.csv"

@@ -37,7 +37,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from service.documents import JobSpec
+from jobstore.documents import JobSpec
 
 log = logging.getLogger(__name__)
 

@@ -17,8 +17,8 @@ from typing import Any
 
 import torch
 
-from service.errors import InvalidArgument
-from service.storage import ObjectStore, parse_s3_uri
+from jobstore.errors import InvalidArgument
+from jobstore.storage import ObjectStore, parse_s3_uri
 from trainer.errors import ModelLoadError
 
 log = logging.getLogger(__name__)

@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from service.documents import JobState, TrainerExit
-from service.storage import S3Location
+from jobstore.documents import JobState, TrainerExit
+from jobstore.storage import S3Location
 from trainer import checkpoint, lora
 from trainer.distributed import full_model_state
 from trainer.model import load_model

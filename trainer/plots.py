@@ -19,7 +19,7 @@ import logging
 import math
 from pathlib import Path
 
-from service.storage import ObjectStore, S3Location
+from jobstore.storage import ObjectStore, S3Location
 from trainer.metrics import MetricsLog
 
 log = logging.getLogger(__name__)

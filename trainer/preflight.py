@@ -53,9 +53,9 @@ from typing import Any, Literal
 
 import numpy as np
 
-from service.documents import DataCheck, DataSummary, JobSpec, TokenLengths
-from service.errors import InvalidArgument, StoreUnavailable
-from service.storage import ObjectStore, StorageError, parse_s3_uri
+from jobstore.documents import DataCheck, DataSummary, JobSpec, TokenLengths
+from jobstore.errors import InvalidArgument, StoreUnavailable
+from jobstore.storage import ObjectStore, StorageError, parse_s3_uri
 from trainer import conversations, data, tokenization, tokenized_data
 from trainer.data import IGNORE_INDEX, Example, TokenizedExample, ValidationErrors
 from trainer.dataset_cache import DatasetCache, cache_key, tokenizer_files_hash

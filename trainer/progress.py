@@ -13,7 +13,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from service.documents import Progress
+from jobstore.documents import Progress
 
 
 @dataclass

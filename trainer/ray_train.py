@@ -53,7 +53,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from service.documents import TrainerExit
+from jobstore.documents import TrainerExit
 from trainer.torchrun import exit_code_for
 
 log = logging.getLogger("trainer.ray_train")

@@ -45,8 +45,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
-from service.documents import JobSpec, JobState, TrainerExit, utc_now
-from service.storage import ObjectStore, S3Location, parse_s3_uri
+from jobstore.documents import JobSpec, JobState, TrainerExit, utc_now
+from jobstore.storage import ObjectStore, S3Location, parse_s3_uri
 from trainer import checkpoint, checkpoint_state, data, lora, precision, preflight
 from trainer.data import Batch, TokenizedExample
 from trainer.dataset_cache import DatasetCache

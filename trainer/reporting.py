@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from service.documents import (
+from jobstore.documents import (
     DataCheck,
     DataSummary,
     Failure,
@@ -31,8 +31,8 @@ from service.documents import (
     Progress,
     utc_now,
 )
-from service.errors import TuneforgeError
-from service.store import JobStore
+from jobstore.errors import TuneforgeError
+from jobstore.store import JobStore
 from trainer.errors import Fenced
 
 log = logging.getLogger(__name__)

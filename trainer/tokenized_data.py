@@ -35,7 +35,7 @@ from typing import Any, overload
 
 import numpy as np
 
-from service.documents import DataSummary
+from jobstore.documents import DataSummary
 from trainer.data import IGNORE_INDEX, TokenizedExample
 
 FORMAT_VERSION = 2

@@ -30,7 +30,7 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
-from service.documents import TrainerExit
+from jobstore.documents import TrainerExit
 
 log = logging.getLogger("trainer.torchrun")
 

@@ -10,6 +10,7 @@ RUN python -m venv /opt/tuneforge
 COPY deploy/docker/api-requirements.txt /src/deploy/docker/api-requirements.txt
 RUN /opt/tuneforge/bin/pip install --requirement deploy/docker/api-requirements.txt
 COPY pyproject.toml README.md /src/
+COPY jobstore /src/jobstore
 COPY service /src/service
 COPY trainer /src/trainer
 COPY clients/python /src/clients/python

@@ -17,6 +17,7 @@ COPY deploy/docker/trainer-constraints.txt /src/deploy/docker/trainer-constraint
 RUN /opt/tuneforge/bin/pip install --constraint deploy/docker/trainer-constraints.txt \
         torch transformers tokenizers safetensors peft accelerate
 COPY pyproject.toml README.md /src/
+COPY jobstore /src/jobstore
 COPY service /src/service
 COPY trainer /src/trainer
 COPY clients/python /src/clients/python

@@ -18,11 +18,11 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 
+from jobstore.store import JobStore
 from service.auth.limits import TenantPolicy
 from service.auth.tenants import DEFAULT_TENANT
 from service.context import ServiceContext
 from service.errors import Unauthenticated
-from service.store import JobStore
 
 # Declares the scheme in /openapi.json; the header itself is read below, so that a
 # missing or malformed one gets the service's own 401 body rather than FastAPI's 403.

@@ -32,9 +32,9 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel, Field
 
-from service.documents import utc_now
+from jobstore.documents import utc_now
+from jobstore.storage import ObjectStore, PreconditionFailed, S3Location
 from service.errors import InvalidArgument, TuneforgeError
-from service.storage import ObjectStore, PreconditionFailed, S3Location
 
 KEY_PREFIX = "tfk"
 TENANT_PATTERN = r"^[a-zA-Z0-9_-]{1,64}$"

@@ -22,9 +22,9 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
+from jobstore.storage import S3Location, parse_s3_uri
 from service.errors import InvalidArgument, PermissionDenied, TooManyRequests
 from service.settings import Settings, TenantLimitOverrides
-from service.storage import S3Location, parse_s3_uri
 
 ANY_BUCKET = "*"
 

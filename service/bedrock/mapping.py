@@ -13,10 +13,10 @@ import annotated_types
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.fields import FieldInfo
 
+from jobstore.documents import HyperParameters, JobState
 from service.bedrock.errors import ValidationException, validation_message
 from service.bedrock.registry import NameRecord
 from service.custom_models import MODEL_NAME_PATTERN
-from service.documents import HyperParameters, JobState
 from service.schemas import JobCreate, JobPublic
 from service.settings import Settings
 

@@ -84,7 +84,7 @@ def error_responses(*extra: type[BedrockError]) -> dict[int | str, dict[str, Any
         status: _error_response(errors) for status, errors in sorted(by_status.items())
     }
     # Before the route runs: a body over TUNEFORGE_MAX_REQUEST_BYTES is a 413 in the
-    # native error shape (service/api/app.py). A range entry also keeps FastAPI from
+    # native error shape (service/http_app.py). A range entry also keeps FastAPI from
     # listing a 422 this face never sends.
     responses["4XX"] = {
         "description": "413: the request body is too large (the native error shape).",

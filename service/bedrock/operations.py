@@ -9,6 +9,8 @@ import re
 from datetime import datetime
 from typing import Any
 
+from jobstore.documents import JOB_ID_PATTERN, JobState, job_id_created_ms, utc_now
+from jobstore.store import Job, JobStore
 from service import custom_models, jobs
 from service.auth.limits import TenantPolicy
 from service.bedrock import registry
@@ -28,10 +30,8 @@ from service.bedrock.mapping import (
 )
 from service.bedrock.registry import NameRecord
 from service.custom_models import CustomModelRecord
-from service.documents import JOB_ID_PATTERN, JobState, job_id_created_ms, utc_now
 from service.errors import CorruptDocument, FailedPrecondition, JobNotFound
 from service.schemas import JobPublic
-from service.store import Job, JobStore
 
 log = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ import re
 
 from pydantic import BaseModel
 
-from service.storage import PreconditionFailed, S3Location
-from service.store import JobStore
+from jobstore.storage import PreconditionFailed, S3Location
+from jobstore.store import JobStore
 
 _JOB_NAME = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9+\-.])*$")
 _TENANT = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")

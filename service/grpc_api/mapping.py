@@ -11,11 +11,11 @@ from __future__ import annotations
 from tuneforge import convert
 from tuneforge.v1 import fine_tuning_pb2 as pb
 
-from service.documents import JobEvent, JobState
+from jobstore.documents import JobEvent, JobState
+from jobstore.store import Job
 from service.errors import InvalidArgument
 from service.jobs import Checkpoint
 from service.schemas import JobCreate, JobPublic
-from service.store import Job
 
 
 def job_create(request: pb.CreateJobRequest) -> JobCreate:

@@ -27,12 +27,12 @@ from grpc_reflection.v1alpha import reflection
 from tuneforge.v1 import fine_tuning_pb2 as pb
 from tuneforge.v1 import fine_tuning_pb2_grpc as pb_grpc
 
+from jobstore.storage import S3Location
 from service.context import ServiceContext
 from service.errors import TuneforgeError
 from service.grpc_api.auth import AuthInterceptor
 from service.grpc_api.servicer import FineTuningServicer
 from service.observability.grpc import ObservationInterceptor
-from service.storage import S3Location
 
 log = logging.getLogger(__name__)
 

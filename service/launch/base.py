@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from service.documents import JobSpec, LaunchRecord
+from jobstore.documents import JobSpec, LaunchRecord
 from service.launch.gpus import DeviceLease
 
 

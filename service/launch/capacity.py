@@ -18,7 +18,7 @@ import functools
 import os
 from dataclasses import dataclass
 
-from service.documents import JobResources
+from jobstore.documents import JobResources
 from service.errors import InvalidArgument
 from service.launch.gpus import host_gpus
 from service.settings import Settings

@@ -54,7 +54,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from service.documents import JOB_ID_PATTERN, JobSpec, LaunchRecord, TrainerExit
+from jobstore.documents import JOB_ID_PATTERN, JobSpec, LaunchRecord, TrainerExit
 from service.launch.base import Observed, Started
 from service.launch.gpus import DeviceLease
 from service.launch.kubernetes_status import observed_from_status, true_condition

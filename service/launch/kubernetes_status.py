@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from service.documents import TrainerExit
+from jobstore.documents import TrainerExit
 from service.launch.base import Observed
 
 

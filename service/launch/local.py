@@ -32,7 +32,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from service.documents import JobSpec, LaunchRecord
+from jobstore.documents import JobSpec, LaunchRecord
 from service.launch.base import Observed, Started
 from service.launch.gpus import DeviceLease
 from service.launch.memory import (

@@ -25,7 +25,7 @@ import signal
 from dataclasses import dataclass
 from pathlib import Path
 
-from service.documents import TrainerExit
+from jobstore.documents import TrainerExit
 
 log = logging.getLogger(__name__)
 

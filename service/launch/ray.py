@@ -41,7 +41,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from service.documents import JOB_ID_PATTERN, JobResources, JobSpec, LaunchRecord, TrainerExit
+from jobstore.documents import JOB_ID_PATTERN, JobResources, JobSpec, LaunchRecord, TrainerExit
 from service.launch.base import Observed, Started
 from service.launch.gpus import DeviceLease
 

@@ -41,7 +41,7 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from service.documents import JobState, Progress
+from jobstore.documents import JobState, Progress
 
 store_log = logging.getLogger("tuneforge.store")
 

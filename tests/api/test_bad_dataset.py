@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import uuid
 
-from service.storage import ObjectStore, S3Location
+from jobstore.storage import ObjectStore, S3Location
 from tests.servers import ApiServer, demo_job
 
 

@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
+from jobstore.storage import ObjectStore, S3Location
 from service.embedded_s3 import EmbeddedS3
-from service.storage import ObjectStore, S3Location
 from tests.servers import ApiServer, demo_job
 
 CORPUS = Path(__file__).resolve().parents[1] / "data" / "bad_datasets"

@@ -22,9 +22,9 @@ import pytest
 from tuneforge.v1 import fine_tuning_pb2 as pb
 from tuneforge.v1 import fine_tuning_pb2_grpc as pb_grpc
 
+from jobstore.storage import ObjectStore, S3Location, parse_s3_uri
 from service.demo import demo_datasets
 from service.embedded_s3 import EmbeddedS3
-from service.storage import ObjectStore, S3Location, parse_s3_uri
 from tests.servers import ApiServer, demo_job
 
 SYSTEM = "Answer with the answer only."

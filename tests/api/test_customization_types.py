@@ -22,8 +22,8 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from tuneforge.v1 import fine_tuning_pb2 as pb
 from tuneforge.v1 import fine_tuning_pb2_grpc as pb_grpc
 
+from jobstore.storage import ObjectStore, S3Location, parse_s3_uri
 from service.demo import TRAIN_KEY
-from service.storage import ObjectStore, S3Location, parse_s3_uri
 from tests.servers import ApiServer
 
 SST2 = Path(os.environ.get("TUNEFORGE_SST2_DIR", "/work/shared/data/sst2"))

@@ -18,8 +18,8 @@ from tuneforge import Client, convert
 from tuneforge.display import ProgressView, progress_text
 from tuneforge.v1 import fine_tuning_pb2 as pb
 
+from jobstore.storage import ObjectStore, S3Location
 from service.embedded_s3 import EmbeddedS3
-from service.storage import ObjectStore, S3Location
 from tests.servers import ApiServer
 
 RECORDS = 100_000

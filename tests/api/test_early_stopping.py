@@ -4,7 +4,7 @@ an event says where and why."""
 
 from __future__ import annotations
 
-from service.storage import ObjectStore, parse_s3_uri
+from jobstore.storage import ObjectStore, parse_s3_uri
 from tests.servers import ApiServer, demo_job
 
 

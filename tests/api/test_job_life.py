@@ -16,8 +16,8 @@ import httpx
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from service.storage import ObjectStore, S3Location, parse_s3_uri
-from service.store import JobStore
+from jobstore.storage import ObjectStore, S3Location, parse_s3_uri
+from jobstore.store import JobStore
 from tests.servers import ApiServer, demo_job, process_alive
 
 

@@ -32,8 +32,8 @@ from transformers import (
     AutoTokenizer,
 )
 
+from jobstore.storage import ObjectStore, S3Location, parse_s3_uri
 from service.embedded_s3 import EmbeddedS3
-from service.storage import ObjectStore, S3Location, parse_s3_uri
 from tests.servers import ApiServer, demo_job
 
 TINY_LLAMA = "s3://demo/models/tiny-llama/"

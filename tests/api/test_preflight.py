@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
+from jobstore.storage import ObjectStore, S3Location
 from service.demo import demo_datasets
 from service.embedded_s3 import EmbeddedS3
-from service.storage import ObjectStore, S3Location
 from tests.servers import ApiServer, demo_job
 
 MAX_LENGTH = 64

@@ -11,8 +11,8 @@ import time
 import pytest
 from tuneforge import Client
 
-from service.storage import ObjectStore
-from service.store import JobStore
+from jobstore.storage import ObjectStore
+from jobstore.store import JobStore
 from tests.servers import ApiServer, demo_job
 
 # The demo data in batches of 8: 38 steps an epoch, 114 in all; a checkpoint every 5.

@@ -13,9 +13,9 @@ import grpc
 from tuneforge.v1 import fine_tuning_pb2 as pb
 from tuneforge.v1 import fine_tuning_pb2_grpc as pb_grpc
 
+from jobstore.storage import ObjectStore
+from jobstore.store import JobStore
 from service.embedded_s3 import EmbeddedS3
-from service.storage import ObjectStore
-from service.store import JobStore
 from tests.servers import ApiServer, demo_job
 
 TUNEFORGE = [sys.executable, "-m", "tuneforge"]

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import httpx
 
+from jobstore.storage import ObjectStore
+from jobstore.store import JobStore
 from service.embedded_s3 import EmbeddedS3
-from service.storage import ObjectStore
-from service.store import JobStore
 from tests.prometheus_text import samples
 from tests.servers import ApiServer, demo_job
 

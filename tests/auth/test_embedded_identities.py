@@ -18,8 +18,7 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError
 
-from service.demo import DEMO_BUCKET, TRAIN_KEY
-from service.documents import (
+from jobstore.documents import (
     DataLocation,
     FailureReason,
     HyperParameters,
@@ -28,9 +27,10 @@ from service.documents import (
     new_job_id,
     utc_now,
 )
+from jobstore.storage import ObjectStore, S3Location
+from jobstore.store import JobStore
+from service.demo import DEMO_BUCKET, TRAIN_KEY
 from service.embedded_s3 import EmbeddedS3
-from service.storage import ObjectStore, S3Location
-from service.store import JobStore
 from tests.servers import ApiServer, demo_job
 
 ADMIN_KEY = "admin-key-for-the-identities-test-0123456789"

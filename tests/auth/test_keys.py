@@ -15,7 +15,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tuneforge import Client, RestClient
 from tuneforge.errors import Unauthenticated
 
-from service.storage import ObjectStore, S3Location
+from jobstore.storage import ObjectStore, S3Location
 from tests.auth.conftest import ADMIN_KEY, bedrock_client, unique, unsigned_bedrock_client
 from tests.servers import ApiServer
 

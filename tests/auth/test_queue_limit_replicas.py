@@ -1,5 +1,5 @@
 """The per-tenant queued-jobs limit is exact under concurrent creates through two
-replicas over one store (service/queue_ledger.py), and places are given back when
+replicas over one store (jobstore/queue_ledger.py), and places are given back when
 jobs leave the queue.
 
 Tenant "crowd" may run 1 trainer and have 4 jobs waiting. Its 'trainer' sleeps until

@@ -25,10 +25,10 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError
 
+from jobstore.storage import ObjectStore, S3Location
 from service.demo import DEMO_BUCKET, TRAIN_KEY, seed_demo
 from service.embedded_s3 import EmbeddedS3, free_port
 from service.errors import InvalidArgument
-from service.storage import ObjectStore, S3Location
 from service.trainer_credentials import TrainerCredentials
 from tests.servers import ApiServer, demo_job
 

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
+from jobstore.storage import ObjectStore
 from service.auth.keys import KeyStore
 from service.auth.tenants import Access
 from service.embedded_s3 import EmbeddedS3
 from service.errors import TooManyRequests, Unauthenticated
 from service.settings import Settings
-from service.storage import ObjectStore
 from tests.servers import ApiServer
 
 ADMIN_KEY = "admin-key-for-the-unknown-keys-test-0123"

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from service.storage import ObjectStore, S3Location
+from jobstore.storage import ObjectStore, S3Location
 from tests.bedrock.conftest import ACCOUNT, REGION, create_body, make_client, wait_status
 from tests.servers import ApiServer, demo_job
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from tuneforge import Client, pb
 
-from service.storage import ObjectStore, parse_s3_uri
+from jobstore.storage import ObjectStore, parse_s3_uri
 from tests.bedrock.conftest import (
     ACCOUNT,
     REGION,

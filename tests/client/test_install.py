@@ -15,7 +15,7 @@ import importlib.util, json
 import tuneforge
 from tuneforge import Client, RestClient, pb
 from tuneforge.v1 import fine_tuning_pb2_grpc
-heavy = ["torch", "transformers", "fastapi", "boto3", "service", "trainer"]
+heavy = ["torch", "transformers", "fastapi", "boto3", "jobstore", "service", "trainer"]
 print(json.dumps({
     "version": tuneforge.__version__,
     "present": [name for name in heavy if importlib.util.find_spec(name) is not None],

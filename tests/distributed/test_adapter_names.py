@@ -13,8 +13,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from jobstore.documents import HyperParameters
 from service.demo import build_demo_model
-from service.documents import HyperParameters
 from tests.conftest import minilm_model_dir
 from trainer import lora
 from trainer.model import load_model

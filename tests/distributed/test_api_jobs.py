@@ -17,8 +17,8 @@ import pytest
 from tuneforge import Client
 from tuneforge import errors as client_errors
 
+from jobstore.storage import ObjectStore, S3Location, parse_s3_uri
 from service.embedded_s3 import EmbeddedS3
-from service.storage import ObjectStore, S3Location, parse_s3_uri
 from tests.servers import ApiServer, demo_job
 from tests.trainer.jobs import wait_for
 

@@ -22,9 +22,9 @@ import pytest
 import torch
 from safetensors.torch import load
 
-from service.documents import JobSpec, JobState, TrainerExit
-from service.storage import ObjectStore
-from service.store import JobStore
+from jobstore.documents import JobSpec, JobState, TrainerExit
+from jobstore.storage import ObjectStore
+from jobstore.store import JobStore
 from tests.trainer.jobs import FAST_HYPERPARAMETERS, Demo, TrainerRun, create_job, output_location
 
 pytestmark = pytest.mark.timeout(900)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from service.documents import TrainerExit
+from jobstore.documents import TrainerExit
 from trainer import data
 from trainer.data import TokenizedExample
 from trainer.sharding import rank_batches, rank_share

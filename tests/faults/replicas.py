@@ -20,9 +20,9 @@ from typing import Any
 
 import httpx
 
+from jobstore.storage import ObjectStore, S3Location
 from service.demo import DEMO_BUCKET, TRAIN_KEY
 from service.embedded_s3 import EmbeddedS3
-from service.storage import ObjectStore, S3Location
 from tests.servers import TERMINAL, ApiServer, demo_job
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from service.documents import (
+from jobstore.documents import (
     DataLocation,
     FailureReason,
     HyperParameters,
@@ -29,6 +29,8 @@ from service.documents import (
     new_job_id,
     utc_now,
 )
+from jobstore.storage import ObjectStore, S3Location, StorageError
+from jobstore.store import JobStore
 from service.embedded_s3 import EmbeddedS3
 from service.errors import CorruptDocument
 from service.launch.base import Observed, Started
@@ -36,8 +38,6 @@ from service.launch.local import LocalLauncher
 from service.observability.metrics import Metrics
 from service.reconcile_faults import FaultTracker
 from service.reconciler import Reconciler
-from service.storage import ObjectStore, S3Location, StorageError
-from service.store import JobStore
 from tests.faults.replicas import new_state_bucket, serving
 from tests.prometheus_text import samples
 from tests.servers import ApiServer, demo_job, process_alive

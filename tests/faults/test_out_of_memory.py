@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from service.documents import TrainerExit
+from jobstore.documents import TrainerExit
 from service.embedded_s3 import EmbeddedS3
 from service.launch.memory import (
     make_trainer_cgroup,

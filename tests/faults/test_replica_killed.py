@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from jobstore.storage import ObjectStore
 from service.embedded_s3 import EmbeddedS3
-from service.storage import ObjectStore
 from tests.faults.replicas import (
     attempt_directories,
     create,

@@ -30,8 +30,8 @@ from botocore.exceptions import ClientError
 from tuneforge.v1 import fine_tuning_pb2 as pb
 from tuneforge.v1 import fine_tuning_pb2_grpc as pb_grpc
 
+from jobstore.storage import ObjectStore
 from service.embedded_s3 import EmbeddedS3
-from service.storage import ObjectStore
 from tests.bedrock.conftest import ACCESS_KEY, REGION, SECRET_KEY, create_body, make_client
 from tests.faults.replicas import (
     events,

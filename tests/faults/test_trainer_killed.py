@@ -24,9 +24,9 @@ from typing import Any
 
 import pytest
 
+from jobstore.storage import ObjectStore, parse_s3_uri
+from jobstore.store import JobStore
 from service.embedded_s3 import EmbeddedS3
-from service.storage import ObjectStore, parse_s3_uri
-from service.store import JobStore
 from tests.faults.replicas import (
     create,
     events,

@@ -10,7 +10,7 @@ from tuneforge import Client, convert
 from tuneforge.v1 import fine_tuning_pb2 as pb
 from tuneforge.v1 import fine_tuning_pb2_grpc as pb_grpc
 
-from service.storage import ObjectStore, parse_s3_uri
+from jobstore.storage import ObjectStore, parse_s3_uri
 from tests.servers import ApiServer, demo_job
 
 ORDER = [pb.QUEUED, pb.VALIDATING, pb.RUNNING, pb.STOPPING, pb.COMPLETED, pb.STOPPED]

@@ -18,8 +18,8 @@ from tuneforge import convert
 from tuneforge.v1 import fine_tuning_pb2 as pb
 from tuneforge.v1 import fine_tuning_pb2_grpc as pb_grpc
 
-from service.storage import ObjectStore
-from service.store import JobStore
+from jobstore.storage import ObjectStore
+from jobstore.store import JobStore
 from tests.servers import ApiServer, demo_job
 
 SERVICE = "tuneforge.v1.FineTuningService"

@@ -20,9 +20,9 @@ from typing import Any
 
 import pytest
 
+from jobstore.storage import ObjectStore
+from jobstore.store import JobStore
 from service.embedded_s3 import EmbeddedS3
-from service.storage import ObjectStore
-from service.store import JobStore
 from tests.faults.replicas import events
 from tests.prometheus_text import samples
 from tests.servers import ApiServer, demo_job

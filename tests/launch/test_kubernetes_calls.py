@@ -23,7 +23,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from kubernetes import client
 
-from service.documents import (
+from jobstore.documents import (
     DataLocation,
     FailureReason,
     HyperParameters,
@@ -33,12 +33,12 @@ from service.documents import (
     new_job_id,
     utc_now,
 )
+from jobstore.storage import ObjectStore
+from jobstore.store import JobStore
 from service.launch.kubernetes import KubernetesConfig, KubernetesLauncher, job_name
 from service.observability.metrics import Metrics
 from service.reconcile_faults import FaultTracker
 from service.reconciler import Reconciler
-from service.storage import ObjectStore
-from service.store import JobStore
 from tests.prometheus_text import samples
 
 NAMESPACE = "training"

@@ -16,7 +16,7 @@ import kubernetes_validate
 import pytest
 from kubernetes import client
 
-from service.documents import DataLocation, HyperParameters, JobResources, JobSpec, new_job_id
+from jobstore.documents import DataLocation, HyperParameters, JobResources, JobSpec, new_job_id
 from service.launch.kubernetes import (
     KubernetesConfig,
     job_name,

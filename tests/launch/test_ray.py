@@ -15,15 +15,15 @@ from typing import Any
 
 import pytest
 
-from service.documents import TrainerExit
+from jobstore.documents import TrainerExit
+from jobstore.storage import ObjectStore
+from jobstore.store import JobStore
 from service.launch.ray import (
     RayLauncher,
     entrypoint,
     observed_from_job_info,
     submission_id,
 )
-from service.storage import ObjectStore
-from service.store import JobStore
 from tests.launch.ray_cluster import ray_job_status, trainer_pids
 from tests.servers import ApiServer, demo_job
 

@@ -16,11 +16,11 @@ from typing import Any
 
 import pytest
 
-from service.documents import JobResources, TrainerExit
+from jobstore.documents import JobResources, TrainerExit
+from jobstore.storage import ObjectStore, S3Location, parse_s3_uri
+from jobstore.store import JobStore
 from service.embedded_s3 import EmbeddedS3
 from service.launch.ray import RayPlan, entrypoint, submission_id
-from service.storage import ObjectStore, S3Location, parse_s3_uri
-from service.store import JobStore
 from tests.launch.ray_cluster import ray_api_server_with, ray_job_status, trainer_pids
 from tests.servers import ApiServer, demo_job
 from tests.trainer.jobs import wait_for

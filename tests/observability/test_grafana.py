@@ -8,7 +8,7 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.documents import JobState, Progress
+from jobstore.documents import JobState, Progress
 from service.observability.metrics import Metrics, RunningJob
 
 DASHBOARD = Path(__file__).parents[2] / "deploy" / "grafana" / "tuneforge.json"

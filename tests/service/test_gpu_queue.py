@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from service.documents import (
+from jobstore.documents import (
     DataLocation,
     FailureReason,
     HyperParameters,
@@ -29,11 +29,11 @@ from service.documents import (
     new_job_id,
     utc_now,
 )
+from jobstore.storage import ObjectStore
+from jobstore.store import JobStore
 from service.launch.base import Observed, Started
 from service.launch.gpus import DeviceLease, GpuInventory
 from service.reconciler import Reconciler
-from service.storage import ObjectStore
-from service.store import JobStore
 
 
 class SleepingTrainers:

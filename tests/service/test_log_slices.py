@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from service import jobs
-from service.documents import (
+from jobstore.documents import (
     DataLocation,
     HyperParameters,
     JobSpec,
@@ -20,9 +19,10 @@ from service.documents import (
     new_job_id,
     utc_now,
 )
+from jobstore.storage import ObjectStore
+from jobstore.store import JobStore
+from service import jobs
 from service.embedded_s3 import EmbeddedS3
-from service.storage import ObjectStore
-from service.store import JobStore
 from tests.tcp_proxy import TcpProxy
 
 TENANT = "default"

@@ -11,14 +11,14 @@ from pathlib import Path
 
 import pytest
 
+from jobstore.documents import JobState, JobStatus
+from jobstore.storage import ObjectStore, S3Location
+from jobstore.store import JobStore
 from service import jobs
 from service.auth.limits import TenantPolicy
-from service.documents import JobState, JobStatus
 from service.launch.local import LocalLauncher
 from service.reconciler import Reconciler
 from service.schemas import JobCreate
-from service.storage import ObjectStore, S3Location
-from service.store import JobStore
 from tests.servers import demo_job
 
 

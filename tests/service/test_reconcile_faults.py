@@ -4,6 +4,7 @@ set aside is skipped until its next try is due."""
 
 from __future__ import annotations
 
+from jobstore.storage import StorageError
 from service.errors import (
     CorruptDocument,
     LauncherFailed,
@@ -11,7 +12,6 @@ from service.errors import (
     StoreUnavailable,
 )
 from service.reconcile_faults import FaultTracker, classify
-from service.storage import StorageError
 
 
 class Clock:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
-from service.storage import ObjectStore
+from jobstore.storage import ObjectStore
 from service.webhook_secrets import WebhookSecrets
 
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from jobstore.storage import ObjectStore
+from jobstore.store import JobStore
 from service.demo import build_demo_model, seed_demo
-from service.storage import ObjectStore
-from service.store import JobStore
 from tests.trainer.jobs import (
     DATA_BUCKET,
     DEMO_BUCKET,

@@ -12,8 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from service.demo import MODEL_PREFIX, TRAIN_KEY, VALIDATION_KEY
-from service.documents import (
+from jobstore.documents import (
     DataLocation,
     HyperParameters,
     JobResources,
@@ -23,8 +22,9 @@ from service.documents import (
     new_job_id,
     utc_now,
 )
-from service.storage import ObjectStore, S3Location, parse_s3_uri
-from service.store import JobStore
+from jobstore.storage import ObjectStore, S3Location, parse_s3_uri
+from jobstore.store import JobStore
+from service.demo import MODEL_PREFIX, TRAIN_KEY, VALIDATION_KEY
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 STATE_BUCKET = "trainer-state"

@@ -135,7 +135,7 @@ def test_classification_metrics_are_accuracy_and_macro_averages() -> None:
 def test_classification_csv_appends_metric_columns_after_the_design_columns(
     tmp_path: Path, object_store: Any
 ) -> None:
-    from service.storage import S3Location
+    from jobstore.storage import S3Location
 
     output = S3Location("unused", "prefix/")
     plain = MetricsLog(object_store, output, tmp_path / "plain")

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from service.documents import TokenLengths
+from jobstore.documents import TokenLengths
 from trainer.conversations import Message
 from trainer.data import (
     Example,

@@ -6,6 +6,7 @@ import hashlib
 import json
 from pathlib import Path
 
+from jobstore.storage import ObjectStore, S3Location
 from service.demo import (
     MODEL_PREFIX,
     TRAIN_KEY,
@@ -14,7 +15,6 @@ from service.demo import (
     demo_datasets,
     seed_demo,
 )
-from service.storage import ObjectStore, S3Location
 
 
 def digests(directory: Path) -> dict[str, str]:

@@ -7,9 +7,9 @@ import signal
 import time
 from collections.abc import Callable
 
-from service.documents import JobControl, JobState, JobStatus, TrainerExit, utc_now
-from service.storage import ObjectStore
-from service.store import JobStore
+from jobstore.documents import JobControl, JobState, JobStatus, TrainerExit, utc_now
+from jobstore.storage import ObjectStore
+from jobstore.store import JobStore
 from tests.trainer.jobs import (
     LONG_HYPERPARAMETERS,
     Demo,

@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from service.documents import FailureReason, JobState, TrainerExit, new_job_id
-from service.storage import ObjectStore, S3Location
-from service.store import JobStore
+from jobstore.documents import FailureReason, JobState, TrainerExit, new_job_id
+from jobstore.storage import ObjectStore, S3Location
+from jobstore.store import JobStore
 from tests.trainer.jobs import DATA_BUCKET, Demo, TrainerRun, create_job, output_location
 
 TRAINING_CSV = "training_artifacts/step_wise_training_metrics.csv"

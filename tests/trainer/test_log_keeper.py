@@ -9,8 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from service.documents import JobState, TrainerExit
-from service.store import JobStore
+from jobstore.documents import JobState, TrainerExit
+from jobstore.store import JobStore
 from tests.trainer.jobs import Demo, create_job, trainer_environment, wait_for
 
 

@@ -11,8 +11,8 @@ import pytest
 import torch
 from peft import PeftModel
 
+from jobstore.documents import HyperParameters
 from service.demo import build_demo_model
-from service.documents import HyperParameters
 from tests.conftest import minilm_model_dir
 from trainer import lora
 from trainer.errors import ModelLoadError

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from service.documents import FailureReason, TrainerExit
+from jobstore.documents import FailureReason, TrainerExit
+from jobstore.storage import StorageError
 from service.errors import StoreUnavailable
-from service.storage import StorageError
 from trainer.__main__ import TrainerEnvironment, classify
 from trainer.errors import DataValidationError, ModelLoadError
 

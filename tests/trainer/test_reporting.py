@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from service.documents import Failure, FailureReason, JobState, JobStatus
-from service.store import JobStore
+from jobstore.documents import Failure, FailureReason, JobState, JobStatus
+from jobstore.store import JobStore
 from tests.trainer.jobs import Demo, create_job, set_launch_attempt
 from trainer.errors import Fenced
 from trainer.reporting import Reporter

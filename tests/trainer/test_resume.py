@@ -15,11 +15,11 @@ from typing import Any
 
 import pytest
 
+from jobstore.documents import JobSpec, JobState, TrainerExit
+from jobstore.storage import ObjectStore
+from jobstore.store import JobStore
 from service import jobs
-from service.documents import JobSpec, JobState, TrainerExit
 from service.embedded_s3 import EmbeddedS3
-from service.storage import ObjectStore
-from service.store import JobStore
 from tests.conftest import ACCESS_KEY, SECRET_KEY
 from tests.trainer.jobs import (
     FAST_HYPERPARAMETERS,

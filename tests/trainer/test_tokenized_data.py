@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from service.storage import ObjectStore
+from jobstore.storage import ObjectStore
 from trainer import preflight, tokenization, tokenized_data
 from trainer.data import IGNORE_INDEX, Example, TokenizedExample, ValidationErrors
 from trainer.dataset_cache import DatasetCache

@@ -6,7 +6,7 @@ import io
 
 from PIL import Image
 
-from service.storage import ObjectStore, parse_s3_uri
+from jobstore.storage import ObjectStore, parse_s3_uri
 
 
 def check_loss_plot(store: ObjectStore, output_uri: str) -> Image.Image:

@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 from playwright.sync_api import expect
 
-from service.documents import (
+from jobstore.documents import (
     DataLocation,
     HyperParameters,
     JobControl,
@@ -20,8 +20,8 @@ from service.documents import (
     new_job_id,
     utc_now,
 )
-from service.storage import ObjectStore
-from service.store import JobStore
+from jobstore.storage import ObjectStore
+from jobstore.store import JobStore
 from tests.servers import TERMINAL, ApiServer, demo_job
 from tests.ui.artifacts import check_loss_plot
 

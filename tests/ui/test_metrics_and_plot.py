@@ -6,7 +6,7 @@ from __future__ import annotations
 import csv
 import io
 
-from service.storage import ObjectStore, parse_s3_uri
+from jobstore.storage import ObjectStore, parse_s3_uri
 from tests.servers import ApiServer, demo_job
 from tests.ui.artifacts import check_loss_plot
 

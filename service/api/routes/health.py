@@ -5,9 +5,9 @@ from __future__ import annotations
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
+from jobstore.storage import S3Location
 from service.api.deps import ContextDep
 from service.errors import TuneforgeError
-from service.storage import S3Location
 
 router = APIRouter(tags=["health"])
 

@@ -7,10 +7,10 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query, Response, status
 from pydantic import BaseModel, Field
 
+from jobstore.documents import JobEvent, JobState
 from service import jobs
 from service.api.deps import ContextDep, CurrentTenant, StoreDep
 from service.api.errors import ERROR_RESPONSES
-from service.documents import JobEvent, JobState
 from service.launch.capacity import launch_capacity
 from service.schemas import JobCreate, JobList, JobPublic
 

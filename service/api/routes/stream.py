@@ -25,11 +25,11 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Path
 from fastapi.responses import StreamingResponse
 
+from jobstore.store import Job
 from service import jobs
 from service.api.deps import ContextDep, CurrentTenant
 from service.api.errors import ERROR_RESPONSES
 from service.schemas import JobPublic
-from service.store import Job
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=ERROR_RESPONSES)
 

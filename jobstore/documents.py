@@ -21,7 +21,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from service.errors import IllegalTransition
+from jobstore.errors import IllegalTransition
 
 # -- job ids -------------------------------------------------------------------
 

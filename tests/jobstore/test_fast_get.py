@@ -1,5 +1,5 @@
 """Whole-object reads and writes through ObjectStore's direct SigV4 requests
-(service/s3_direct.py) against a real SeaweedFS that enforces credentials: the same
+(jobstore/s3_direct.py) against a real SeaweedFS that enforces credentials: the same
 answers as botocore's path, with no fall-back to it for the common cases (each call is
 one store call), and a refusal or an unreachable store still mapped to the same errors."""
 
@@ -10,15 +10,15 @@ from collections import Counter
 
 import pytest
 
-from service.embedded_s3 import EmbeddedS3, free_port
-from service.errors import StoreUnavailable
-from service.storage import (
+from jobstore.errors import StoreUnavailable
+from jobstore.storage import (
     ObjectMissing,
     ObjectStore,
     PreconditionFailed,
     S3Location,
     StorageError,
 )
+from service.embedded_s3 import EmbeddedS3, free_port
 
 
 @pytest.fixture

@@ -24,8 +24,8 @@ import time
 from collections.abc import Callable, Collection
 from typing import Any
 
-from service.documents import job_id_created_ms
-from service.storage import ObjectStore, PreconditionFailed, S3Location
+from jobstore.documents import job_id_created_ms
+from jobstore.storage import ObjectStore, PreconditionFailed, S3Location
 
 _PREFIX = "queues/"
 _TENANT = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")

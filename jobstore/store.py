@@ -32,7 +32,7 @@ from typing import TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from service.documents import (
+from jobstore.documents import (
     JOB_ID_PATTERN,
     JobControl,
     JobEvent,
@@ -41,10 +41,10 @@ from service.documents import (
     JobStatus,
     utc_now,
 )
-from service.errors import CorruptDocument, JobNotFound, StatusContention
-from service.queue_ledger import QueueLedger
-from service.queue_order import QueueOrder
-from service.storage import ObjectStore, PreconditionFailed, S3Location
+from jobstore.errors import CorruptDocument, JobNotFound, StatusContention
+from jobstore.queue_ledger import QueueLedger
+from jobstore.queue_order import QueueOrder
+from jobstore.storage import ObjectStore, PreconditionFailed, S3Location
 
 log = logging.getLogger(__name__)
 
@@ -98,9 +98,9 @@ class JobStore:
         self._specs: OrderedDict[str, JobSpec] = OrderedDict()
         self._specs_lock = threading.Lock()
         self._spec_cache_size = spec_cache_size
-        # Which jobs hold a place in each tenant's queue (service/queue_ledger.py).
+        # Which jobs hold a place in each tenant's queue (jobstore/queue_ledger.py).
         self.queue_ledger = QueueLedger(storage, bucket)
-        # Where waiting jobs stand in line (service/queue_order.py).
+        # Where waiting jobs stand in line (jobstore/queue_order.py).
         self.queue_order = QueueOrder(storage, bucket)
         # Jobs read in a terminal state: describe and list of a finished job (most jobs,
         # in a history that grows) then cost no store reads.

@@ -24,8 +24,8 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from service.errors import InvalidArgument, StoreUnavailable, TuneforgeError
-from service.s3_direct import ConditionFailed, DirectS3, NotHandled
+from jobstore.errors import InvalidArgument, StoreUnavailable, TuneforgeError
+from jobstore.s3_direct import ConditionFailed, DirectS3, NotHandled
 
 
 class StorageError(TuneforgeError):

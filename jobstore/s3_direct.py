@@ -1,7 +1,7 @@
 """Whole-object GETs and PUTs without botocore's per-call machinery, for `ObjectStore`
-only (service/storage.py stays the one entry point to the store).
+only (jobstore/storage.py stays the one entry point to the store).
 
-Each botocore call costs 1.5-3.5 ms of CPU; these are signed by service/sigv4.py and
+Each botocore call costs 1.5-3.5 ms of CPU; these are signed by jobstore/sigv4.py and
 sent over a pooled urllib3 connection. Only the common answers are handled here: a GET's
 200 (the object) and 404 NoSuchKey (None), a PUT's 200 (the new ETag) and, for a
 conditional PUT, 412/409 (`ConditionFailed`). Anything else - a transport error, 5xx,
@@ -26,7 +26,7 @@ from urllib.parse import unquote_plus, urlsplit
 import urllib3
 from botocore.httpsession import DEFAULT_CA_BUNDLE
 
-from service.sigv4 import Credentials, Signer, canonical_path, canonical_query
+from jobstore.sigv4 import Credentials, Signer, canonical_path, canonical_query
 
 Observer = Callable[[str, float, str | None], None]
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import threading
 import time
 
-from service.storage import ObjectStore, S3Location
+from jobstore.storage import ObjectStore, S3Location
 
 _KEY = "queue.json"
 

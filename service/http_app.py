@@ -1,4 +1,5 @@
-"""The REST application: routes, error mapping, request size limit."""
+"""The one HTTP application: the REST face and the Bedrock face on one port, error mapping,
+the request size limit. Assembles the faces; no face imports another."""
 
 from __future__ import annotations
 

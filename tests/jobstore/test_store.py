@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from service.documents import (
+from jobstore.documents import (
     DataLocation,
     HyperParameters,
     JobSpec,
@@ -18,9 +18,9 @@ from service.documents import (
     transition,
     utc_now,
 )
-from service.errors import IllegalTransition, JobNotFound
-from service.storage import ObjectStore
-from service.store import JobStore
+from jobstore.errors import IllegalTransition, JobNotFound
+from jobstore.storage import ObjectStore
+from jobstore.store import JobStore
 
 
 @pytest.fixture
@@ -114,7 +114,7 @@ def test_transitions() -> None:
 def test_status_keeps_fields_a_newer_writer_added(
     store: JobStore, object_store: ObjectStore
 ) -> None:
-    from service.storage import S3Location
+    from jobstore.storage import S3Location
 
     spec = _spec()
     store.create(spec)

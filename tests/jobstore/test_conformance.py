@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
+from jobstore.conformance import check_conditional_writes
+from jobstore.errors import StoreNotConformant
+from jobstore.storage import ObjectStore
 from service.embedded_s3 import EmbeddedS3, free_port
-from service.errors import StoreNotConformant
-from service.probe import check_conditional_writes
-from service.storage import ObjectStore
 
 _DROPPED = {"if-none-match", "if-match"}
 

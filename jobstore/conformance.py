@@ -10,8 +10,8 @@ from __future__ import annotations
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
-from service.errors import StoreNotConformant
-from service.storage import ObjectStore, PreconditionFailed, S3Location
+from jobstore.errors import StoreNotConformant
+from jobstore.storage import ObjectStore, PreconditionFailed, S3Location
 
 PARALLEL_WRITERS = 16
 
