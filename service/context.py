@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from jobstore.store import JobStore
 from service.auth.tenants import Access
+from service.core.job_service import JobService
 from service.observability.metrics import Metrics
 from service.reconciler import Reconciler
 from service.settings import Settings
@@ -25,3 +26,9 @@ class ServiceContext:
     metrics: Metrics = field(default_factory=Metrics)
     # Each tenant's webhook signing secret; None: no TUNEFORGE_WEBHOOK_SECRET, no webhooks.
     webhook_secrets: WebhookSecrets | None = None
+    # The core every face calls; built from the fields above unless given.
+    jobs: JobService = field(init=False)
+
+    def __post_init__(self) -> None:
+        notify = self.reconciler.kick if self.reconciler is not None else None
+        self.jobs = JobService(self.store, self.settings, notify=notify)

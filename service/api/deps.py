@@ -22,6 +22,7 @@ from jobstore.store import JobStore
 from service.auth.limits import TenantPolicy
 from service.auth.tenants import DEFAULT_TENANT
 from service.context import ServiceContext
+from service.core.job_service import JobService
 from service.errors import Unauthenticated
 
 # Declares the scheme in /openapi.json; the header itself is read below, so that a
@@ -37,6 +38,11 @@ async def get_context(request: Request) -> ServiceContext:
 async def get_store(request: Request) -> JobStore:
     context: ServiceContext = request.app.state.context
     return context.store
+
+
+async def get_job_service(request: Request) -> JobService:
+    context: ServiceContext = request.app.state.context
+    return context.jobs
 
 
 async def current_tenant(
@@ -65,5 +71,6 @@ async def require_admin(
 
 ContextDep = Annotated[ServiceContext, Depends(get_context)]
 StoreDep = Annotated[JobStore, Depends(get_store)]
+JobsDep = Annotated[JobService, Depends(get_job_service)]
 CurrentTenant = Annotated[TenantPolicy, Depends(current_tenant)]
 AdminDep = Annotated[None, Depends(require_admin)]

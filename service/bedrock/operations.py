@@ -1,17 +1,20 @@
-"""What each Bedrock operation does, over the core. No HTTP here."""
+"""What each Bedrock operation does, over the core (`JobService`). No HTTP here.
+
+What is Bedrock's alone lives here: job and custom-model names (registry.py,
+service/custom_models.py), ARNs, and the shapes of its answers. Creating, reading,
+listing and stopping jobs, and their paging tokens, are the core's.
+"""
 
 from __future__ import annotations
 
-import base64
-import binascii
 import logging
 import re
 from datetime import datetime
 from typing import Any
 
-from jobstore.documents import JOB_ID_PATTERN, JobState, job_id_created_ms, utc_now
+from jobstore.documents import JOB_ID_PATTERN, utc_now
 from jobstore.store import Job, JobStore
-from service import custom_models, jobs
+from service import custom_models
 from service.auth.limits import TenantPolicy
 from service.bedrock import registry
 from service.bedrock.errors import (
@@ -29,8 +32,11 @@ from service.bedrock.mapping import (
     to_native,
 )
 from service.bedrock.registry import NameRecord
+from service.core import paging
+from service.core.job_service import JobService
+from service.core.jobs import JobFilter
 from service.custom_models import CustomModelRecord
-from service.errors import CorruptDocument, FailedPrecondition, JobNotFound
+from service.errors import FailedPrecondition, JobNotFound
 from service.schemas import JobPublic
 
 log = logging.getLogger(__name__)
@@ -44,24 +50,24 @@ _JOB_ID = re.compile(JOB_ID_PATTERN)
 # -- lookups ---------------------------------------------------------------------
 
 
-def find_job(store: JobStore, arns: Arns, identifier: str, *, tenant: str) -> Job:
+def find_job(service: JobService, arns: Arns, identifier: str, *, tenant: str) -> Job:
     """One of the tenant's jobs by its ARN, its Bedrock name, or its native id."""
     if identifier.startswith("arn:"):
         job_id = arns.resource_id(identifier, "model-customization-job")
         if job_id is None:
             raise ResourceNotFoundException(f"no model customization job with ARN {identifier}")
-        return _job_or_not_found(store, job_id, identifier, tenant)
-    record = registry.get(store, tenant, identifier)
+        return _job_or_not_found(service, job_id, identifier, tenant)
+    record = registry.get(service.store, tenant, identifier)
     if record is not None and record.jobId is not None:
-        return _job_or_not_found(store, record.jobId, identifier, tenant)
+        return _job_or_not_found(service, record.jobId, identifier, tenant)
     if _JOB_ID.match(identifier):
-        return _job_or_not_found(store, identifier, identifier, tenant)
+        return _job_or_not_found(service, identifier, identifier, tenant)
     raise ResourceNotFoundException(f"no model customization job named '{identifier}'")
 
 
-def _job_or_not_found(store: JobStore, job_id: str, identifier: str, tenant: str) -> Job:
+def _job_or_not_found(service: JobService, job_id: str, identifier: str, tenant: str) -> Job:
     try:
-        return jobs.get_job(store, job_id, tenant=tenant)
+        return service.get(job_id, tenant=tenant)
     except JobNotFound:
         raise ResourceNotFoundException(f"no model customization job '{identifier}'") from None
 
@@ -73,26 +79,26 @@ def names_of(store: JobStore, job: Job) -> NameRecord | None:
 
 
 def find_model(
-    store: JobStore, arns: Arns, identifier: str, *, tenant: str
+    service: JobService, arns: Arns, identifier: str, *, tenant: str
 ) -> tuple[CustomModelRecord, Job]:
     name = identifier
     if identifier.startswith("arn:"):
         job_id = arns.resource_id(identifier, "custom-model")
         if job_id is None or not _JOB_ID.match(job_id):
             raise ResourceNotFoundException(f"no custom model with ARN {identifier}")
-        job = _job_or_not_found(store, job_id, identifier, tenant)
-        names = names_of(store, job)
+        job = _job_or_not_found(service, job_id, identifier, tenant)
+        names = names_of(service.store, job)
         if names is None:
             raise ResourceNotFoundException(f"no custom model with ARN {identifier}")
         name = names.customModelName
     try:
-        record, job = custom_models.get_model(store, tenant, name)
+        record, job = custom_models.get_model(service.store, tenant, name)
     except custom_models.ModelNotFound:
         raise ResourceNotFoundException(f"no custom model '{identifier}'") from None
     return record, job
 
 
-def resolve_base_model(store: JobStore, arns: Arns, identifier: str, *, tenant: str) -> str:
+def resolve_base_model(service: JobService, arns: Arns, identifier: str, *, tenant: str) -> str:
     """An s3:// model folder as given, or the artifacts of a custom model (name or ARN)."""
     if identifier.startswith("s3://"):
         return identifier
@@ -102,7 +108,7 @@ def resolve_base_model(store: JobStore, arns: Arns, identifier: str, *, tenant: 
             "s3:// model folder, or a custom model's name or ARN"
         )
     try:
-        _, job = find_model(store, arns, identifier, tenant=tenant)
+        _, job = find_model(service, arns, identifier, tenant=tenant)
     except ResourceNotFoundException:
         raise ValidationException(
             f"baseModelIdentifier {identifier!r} is neither an s3:// model folder nor an "
@@ -115,13 +121,14 @@ def resolve_base_model(store: JobStore, arns: Arns, identifier: str, *, tenant: 
 
 
 def create_job(
-    store: JobStore, arns: Arns, request: CreateJobIn, policy: TenantPolicy, gpus: int = 0
+    service: JobService, arns: Arns, request: CreateJobIn, policy: TenantPolicy, gpus: int = 0
 ) -> Job:
     tenant = policy.tenant
-    base_uri = resolve_base_model(store, arns, request.baseModelIdentifier, tenant=tenant)
-    # Everything validated before anything is written.
+    store = service.store
+    base_uri = resolve_base_model(service, arns, request.baseModelIdentifier, tenant=tenant)
+    # Everything validated before anything is written (names are claimed below).
     native = to_native(request, base_uri, gpus)
-    jobs.check_buckets(native, policy)
+    service.check_create(native, policy)
     now = utc_now()
     record = NameRecord(
         jobName=request.jobName,
@@ -163,7 +170,7 @@ def create_job(
                 f"a custom model named '{request.customModelName}' already exists (made by job "
                 f"'{model.jobName}'); custom model names are unique"
             )
-        job, _ = jobs.create_job(store, native, policy)
+        job, _ = service.create(native, policy)
     except Exception:
         if ours:
             registry.release(store, tenant, request.jobName)
@@ -175,13 +182,13 @@ def create_job(
     return job
 
 
-def get_job(store: JobStore, arns: Arns, identifier: str, *, tenant: str) -> dict[str, Any]:
-    job = find_job(store, arns, identifier, tenant=tenant)
-    return job_response(JobPublic.from_job(job), names_of(store, job), arns)
+def get_job(service: JobService, arns: Arns, identifier: str, *, tenant: str) -> dict[str, Any]:
+    job = find_job(service, arns, identifier, tenant=tenant)
+    return job_response(JobPublic.from_job(job), names_of(service.store, job), arns)
 
 
-def stop_job(store: JobStore, arns: Arns, identifier: str, *, tenant: str) -> None:
-    job = find_job(store, arns, identifier, tenant=tenant)
+def stop_job(service: JobService, arns: Arns, identifier: str, *, tenant: str) -> None:
+    job = find_job(service, arns, identifier, tenant=tenant)
     status = STATUS[JobPublic.from_job(job).state]
     if status == "Stopping":
         raise ConflictException(f"job {identifier} is already Stopping")
@@ -190,20 +197,9 @@ def stop_job(store: JobStore, arns: Arns, identifier: str, *, tenant: str) -> No
             f"job {identifier} is {status}; only an InProgress job can be stopped"
         )
     try:
-        jobs.stop_job(store, job.spec.jobId, tenant=tenant)
+        service.stop(job.spec.jobId, tenant=tenant)
     except FailedPrecondition as error:  # it ended in between
         raise ValidationException(error.message) from None
-
-
-def encode_token(value: str) -> str:
-    return base64.urlsafe_b64encode(value.encode()).decode().rstrip("=")
-
-
-def decode_token(token: str) -> str:
-    try:
-        return base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
-    except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise ValidationException("nextToken is not a token this service issued") from None
 
 
 def _ms(moment: datetime | None) -> int | None:
@@ -225,24 +221,8 @@ def _check_paging(max_results: int | None, sort_by: str | None, sort_order: str 
     return size
 
 
-def _all_ids(store: JobStore, tenant: str) -> list[str]:
-    """The tenant's job ids, newest first: from its own index once every job is in it
-    (other tenants' jobs cost nothing), else every job's."""
-    own_index = store.tenant_index_complete()
-    ids: list[str] = []
-    while True:
-        after = ids[-1] if ids else None
-        if own_index:
-            page = store.list_tenant_job_ids(tenant, after=after, limit=1000)
-        else:
-            page = store.list_job_ids(after=after, limit=1000)
-        if not page:
-            return ids
-        ids.extend(page)
-
-
 def list_jobs(
-    store: JobStore,
+    service: JobService,
     arns: Arns,
     *,
     tenant: str,
@@ -258,51 +238,27 @@ def list_jobs(
     size = _check_paging(max_results, sort_by, sort_order)
     if status_equals is not None and status_equals not in NATIVE_STATES:
         raise ValidationException("statusEquals must be one of " + ", ".join(sorted(NATIVE_STATES)))
-    after_ms, before_ms = _ms(creation_time_after), _ms(creation_time_before)
-    after_id = decode_token(next_token) if next_token else None
-    if after_id is not None and not _JOB_ID.match(after_id):
-        raise ValidationException("nextToken is not a token this service issued")
-    ascending = sort_order == "Ascending"
-    # Ids sort newest first; both orders read every id of the tenant's (one LIST per 1000
-    # jobs), then read only the jobs they need. Fine for thousands of a tenant's jobs.
-    ids = _all_ids(store, tenant)
-    if ascending:
-        ids.reverse()
-    if after_id is not None:
-        ids = ids[ids.index(after_id) + 1 :] if after_id in ids else []
-    wanted: set[JobState] | None = NATIVE_STATES[status_equals] if status_equals else None
-    summaries: list[dict[str, Any]] = []
-    last: str | None = None
-    scanned = 0
-    for position, job_id in enumerate(ids):
-        created = job_id_created_ms(job_id)
-        if (after_ms is not None and created <= after_ms) or (
-            before_ms is not None and created >= before_ms
-        ):
-            continue
-        scanned += 1
-        last = job_id
-        try:
-            job = store.get(job_id)
-        except JobNotFound:
-            continue
-        except CorruptDocument as error:  # the reconcile loop fails it (or reports it)
-            log.error("job %s left out of a listing: %s", job_id, error.message)
-            continue
-        if job.spec.tenant != tenant:
-            continue
-        public = JobPublic.from_job(job)
-        state_matches = wanted is None or public.state in wanted
-        name_matches = not name_contains or name_contains.lower() in public.jobName.lower()
-        if state_matches and name_matches:
-            summaries.append(job_summary(public, names_of(store, job), arns))
-        more = position + 1 < len(ids)
-        if len(summaries) == size or scanned >= _MAX_SCANNED:
-            response: dict[str, Any] = {"modelCustomizationJobSummaries": summaries}
-            if more:
-                response["nextToken"] = encode_token(last)
-            return response
-    return {"modelCustomizationJobSummaries": summaries}
+    where = JobFilter(
+        states=frozenset(NATIVE_STATES[status_equals]) if status_equals else None,
+        created_after_ms=_ms(creation_time_after),
+        created_before_ms=_ms(creation_time_before),
+        name_contains=name_contains,
+    )
+    found, token = service.list_jobs(
+        tenant=tenant,
+        limit=size,
+        page_token=next_token,
+        where=where,
+        ascending=sort_order == "Ascending",
+        token_field="nextToken",
+    )
+    summaries = [
+        job_summary(JobPublic.from_job(job), names_of(service.store, job), arns) for job in found
+    ]
+    response: dict[str, Any] = {"modelCustomizationJobSummaries": summaries}
+    if token is not None:
+        response["nextToken"] = token
+    return response
 
 
 # -- custom models -------------------------------------------------------------------
@@ -335,15 +291,15 @@ def model_response(
     return response
 
 
-def get_model(store: JobStore, arns: Arns, identifier: str, *, tenant: str) -> dict[str, Any]:
-    record, job = find_model(store, arns, identifier, tenant=tenant)
-    return model_response(store, record, job, arns)
+def get_model(service: JobService, arns: Arns, identifier: str, *, tenant: str) -> dict[str, Any]:
+    record, job = find_model(service, arns, identifier, tenant=tenant)
+    return model_response(service.store, record, job, arns)
 
 
-def delete_model(store: JobStore, arns: Arns, identifier: str, *, tenant: str) -> None:
-    record, _ = find_model(store, arns, identifier, tenant=tenant)
+def delete_model(service: JobService, arns: Arns, identifier: str, *, tenant: str) -> None:
+    record, _ = find_model(service, arns, identifier, tenant=tenant)
     try:
-        custom_models.delete_model(store, tenant, record.modelName)
+        custom_models.delete_model(service.store, tenant, record.modelName)
     except custom_models.ModelConflict as error:
         raise ConflictException(error.message) from None
     except custom_models.ModelNotFound:
@@ -367,10 +323,7 @@ def list_models(
     size = _check_paging(max_results, sort_by, sort_order)
     offset = 0
     if next_token:
-        decoded = decode_token(next_token)
-        if not decoded.isdigit():
-            raise ValidationException("nextToken is not a token this service issued")
-        offset = int(decoded)
+        offset = paging.offset_after(next_token, field="nextToken")
     after = creation_time_after.isoformat() if creation_time_after else None
     before = creation_time_before.isoformat() if creation_time_before else None
     summaries: list[dict[str, Any]] = []
@@ -407,5 +360,5 @@ def list_models(
     page = summaries[offset : offset + size]
     response: dict[str, Any] = {"modelSummaries": page}
     if offset + size < len(summaries):
-        response["nextToken"] = encode_token(str(offset + size))
+        response["nextToken"] = paging.offset_token(offset + size)
     return response

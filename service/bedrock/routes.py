@@ -86,14 +86,12 @@ async def create_model_customization_job(request: Request) -> JSONResponse:
     context = _context(request)
     job = await run_in_threadpool(
         operations.create_job,
-        context.store,
+        context.jobs,
         _arns(request),
         parsed,
         tenant_policy(request),
         bedrock_job_gpus(context.settings),
     )
-    if context.reconciler is not None:
-        context.reconciler.kick()
     return JSONResponse({"jobArn": _arns(request).job(job.spec.jobId)}, status_code=201)
 
 
@@ -118,7 +116,7 @@ def list_model_customization_jobs(
     next_token: Annotated[Text, Query(alias="nextToken")] = None,
 ) -> dict[str, Any]:
     return operations.list_jobs(
-        _context(request).store,
+        _context(request).jobs,
         _arns(request),
         tenant=tenant_policy(request).tenant,
         creation_time_after=creation_time_after,
@@ -143,8 +141,8 @@ def list_model_customization_jobs(
 )
 def get_model_customization_job(request: Request, job_identifier: str) -> dict[str, Any]:
     tenant = tenant_policy(request).tenant
-    store = _context(request).store
-    return operations.get_job(store, _arns(request), job_identifier, tenant=tenant)
+    service = _context(request).jobs
+    return operations.get_job(service, _arns(request), job_identifier, tenant=tenant)
 
 
 @router.post(
@@ -159,10 +157,8 @@ def get_model_customization_job(request: Request, job_identifier: str) -> dict[s
 def stop_model_customization_job(request: Request, job_identifier: str) -> dict[str, Any]:
     context = _context(request)
     operations.stop_job(
-        context.store, _arns(request), job_identifier, tenant=tenant_policy(request).tenant
+        context.jobs, _arns(request), job_identifier, tenant=tenant_policy(request).tenant
     )
-    if context.reconciler is not None:
-        context.reconciler.kick()
     return {}
 
 
@@ -212,7 +208,7 @@ def list_custom_models(
 )
 def get_custom_model(request: Request, model_identifier: str) -> dict[str, Any]:
     return operations.get_model(
-        _context(request).store,
+        _context(request).jobs,
         _arns(request),
         model_identifier,
         tenant=tenant_policy(request).tenant,
@@ -230,7 +226,7 @@ def get_custom_model(request: Request, model_identifier: str) -> dict[str, Any]:
 )
 def delete_custom_model(request: Request, model_identifier: str) -> dict[str, Any]:
     operations.delete_model(
-        _context(request).store,
+        _context(request).jobs,
         _arns(request),
         model_identifier,
         tenant=tenant_policy(request).tenant,

@@ -13,8 +13,8 @@ from tuneforge.v1 import fine_tuning_pb2 as pb
 
 from jobstore.documents import JobEvent, JobState
 from jobstore.store import Job
+from service.core.jobs import Checkpoint
 from service.errors import InvalidArgument
-from service.jobs import Checkpoint
 from service.schemas import JobCreate, JobPublic
 
 

@@ -1,4 +1,5 @@
-"""FineTuningService: parse, call the core (service/jobs.py), map. Nothing else.
+"""FineTuningService: parse, call the core (`JobService`, service/core/job_service.py),
+map. Nothing else.
 
 The core is synchronous (it talks to S3 through boto3); each call runs it in a worker
 thread, so a watch that waits between polls holds no thread while it waits.
@@ -16,13 +17,12 @@ import grpc
 from tuneforge.v1 import fine_tuning_pb2 as pb
 from tuneforge.v1 import fine_tuning_pb2_grpc as pb_grpc
 
-from service import jobs
 from service.context import ServiceContext
+from service.core import jobs
 from service.errors import InvalidArgument
 from service.grpc_api import mapping
 from service.grpc_api.auth import current_policy
 from service.grpc_api.errors import ShuttingDown, abort
-from service.launch.capacity import launch_capacity
 
 Response = TypeVar("Response")
 DEFAULT_PAGE_SIZE = 20
@@ -61,17 +61,13 @@ def mapped(method: Callable[..., Any]) -> Callable[..., Any]:
 class FineTuningServicer(pb_grpc.FineTuningServiceServicer):
     def __init__(self, context: ServiceContext, *, watch_poll_seconds: float = 0.5) -> None:
         self.context = context
-        self.store = context.store
+        self.jobs = context.jobs
         self.watch_poll_seconds = watch_poll_seconds
         self._shutdown = asyncio.Event()
 
     def shut_down(self) -> None:
         """End every watch (UNAVAILABLE: call again elsewhere); called on the server's loop."""
         self._shutdown.set()
-
-    def _kick(self) -> None:
-        if self.context.reconciler is not None:
-            self.context.reconciler.kick()
 
     @staticmethod
     def _run(
@@ -84,24 +80,12 @@ class FineTuningServicer(pb_grpc.FineTuningServiceServicer):
         self, request: pb.CreateJobRequest, context: grpc.aio.ServicerContext
     ) -> pb.CreateJobResponse:
         job_create = mapping.job_create(request)
-        job, created = await self._run(
-            jobs.create_job,
-            self.store,
-            job_create,
-            current_policy(),
-            webhook_hosts=self.context.settings.webhook_allowed_hosts,
-            mlflow_hosts=self.context.settings.mlflow_allowed_hosts,
-            check_resources=launch_capacity(self.context.settings).check,
-        )
-        if created:
-            self._kick()
+        job, created = await self._run(self.jobs.create, job_create, current_policy())
         return pb.CreateJobResponse(job=mapping.job_message(job), created=created)
 
     @mapped
     async def GetJob(self, request: pb.GetJobRequest, context: grpc.aio.ServicerContext) -> pb.Job:
-        job = await self._run(
-            jobs.get_job, self.store, request.job_id, tenant=current_policy().tenant
-        )
+        job = await self._run(self.jobs.get, request.job_id, tenant=current_policy().tenant)
         return mapping.job_message(job)
 
     @mapped
@@ -115,8 +99,7 @@ class FineTuningServicer(pb_grpc.FineTuningServiceServicer):
                 field="pageSize",
             )
         found, next_token = await self._run(
-            jobs.list_jobs,
-            self.store,
+            self.jobs.list_jobs,
             tenant=current_policy().tenant,
             state=mapping.state_filter(request.state),
             limit=page_size,
@@ -130,17 +113,14 @@ class FineTuningServicer(pb_grpc.FineTuningServiceServicer):
     async def StopJob(
         self, request: pb.StopJobRequest, context: grpc.aio.ServicerContext
     ) -> pb.Job:
-        job = await self._run(
-            jobs.stop_job, self.store, request.job_id, tenant=current_policy().tenant
-        )
-        self._kick()
+        job = await self._run(self.jobs.stop, request.job_id, tenant=current_policy().tenant)
         return mapping.job_message(job)
 
     @mapped
     async def WatchJob(
         self, request: pb.WatchJobRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.WatchJobResponse]:
-        watch = jobs.JobWatch(self.store, request.job_id, tenant=current_policy().tenant)
+        watch = self.jobs.watch(request.job_id, tenant=current_policy().tenant)
         while True:
             if self._shutdown.is_set():
                 raise ShuttingDown("the server is shutting down; watch the job again")
@@ -159,8 +139,7 @@ class FineTuningServicer(pb_grpc.FineTuningServiceServicer):
         self, request: pb.ListJobEventsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListJobEventsResponse:
         events, next_token = await self._run(
-            jobs.list_job_events_page,
-            self.store,
+            self.jobs.events,
             request.job_id,
             tenant=current_policy().tenant,
             page_size=request.page_size or jobs.DEFAULT_EVENTS_PAGE_SIZE,
@@ -175,7 +154,7 @@ class FineTuningServicer(pb_grpc.FineTuningServiceServicer):
         self, request: pb.ListCheckpointsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListCheckpointsResponse:
         found = await self._run(
-            jobs.list_checkpoints, self.store, request.job_id, tenant=current_policy().tenant
+            self.jobs.checkpoints, request.job_id, tenant=current_policy().tenant
         )
         return pb.ListCheckpointsResponse(
             checkpoints=[mapping.checkpoint_message(c) for c in found]
@@ -186,8 +165,7 @@ class FineTuningServicer(pb_grpc.FineTuningServiceServicer):
         self, request: pb.ReadJobLogRequest, context: grpc.aio.ServicerContext
     ) -> pb.ReadJobLogResponse:
         piece = await self._run(
-            jobs.read_job_log,
-            self.store,
+            self.jobs.read_log,
             request.job_id,
             tenant=current_policy().tenant,
             offset=request.offset,

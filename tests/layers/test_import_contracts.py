@@ -16,6 +16,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 LINT_IMPORTS = Path(sys.executable).parent / "lint-imports"
+CORE_NEVER_IMPORTS_A_FACE = (
+    "the core (service.core, reconciler, launchers, auth, webhooks, ...) never imports a face"
+)
 
 
 def _lint_imports(tree: Path) -> subprocess.CompletedProcess[str]:
@@ -84,9 +87,14 @@ def test_the_tree_keeps_every_contract() -> None:
             "the client SDK imports neither the service, the trainer nor jobstore",
         ),
         (
+            "service/core/job_service.py",
+            "from service.api import deps",
+            CORE_NEVER_IMPORTS_A_FACE,
+        ),
+        (
             "service/reconciler.py",
             "from service.grpc_api import mapping",
-            "the core (jobs, reconciler, launchers, auth, webhooks, ...) never imports a face",
+            CORE_NEVER_IMPORTS_A_FACE,
         ),
         (
             "service/bedrock/planted.py",
@@ -102,6 +110,7 @@ def test_the_tree_keeps_every_contract() -> None:
         "grpc-face->client",
         "client->jobstore",
         "core->face",
+        "reconciler->face",
         "face->face",
     ],
 )

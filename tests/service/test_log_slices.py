@@ -21,7 +21,7 @@ from jobstore.documents import (
 )
 from jobstore.storage import ObjectStore
 from jobstore.store import JobStore
-from service import jobs
+from service.core import jobs
 from service.embedded_s3 import EmbeddedS3
 from tests.tcp_proxy import TcpProxy
 

@@ -14,8 +14,8 @@ import pytest
 from jobstore.documents import JobState, JobStatus
 from jobstore.storage import ObjectStore, S3Location
 from jobstore.store import JobStore
-from service import jobs
 from service.auth.limits import TenantPolicy
+from service.core import jobs
 from service.launch.local import LocalLauncher
 from service.reconciler import Reconciler
 from service.schemas import JobCreate

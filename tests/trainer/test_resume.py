@@ -18,7 +18,7 @@ import pytest
 from jobstore.documents import JobSpec, JobState, TrainerExit
 from jobstore.storage import ObjectStore
 from jobstore.store import JobStore
-from service import jobs
+from service.core import jobs
 from service.embedded_s3 import EmbeddedS3
 from tests.conftest import ACCESS_KEY, SECRET_KEY
 from tests.trainer.jobs import (

@@ -8,10 +8,9 @@ from fastapi import APIRouter, Path, Query, Response, status
 from pydantic import BaseModel, Field
 
 from jobstore.documents import JobEvent, JobState
-from service import jobs
-from service.api.deps import ContextDep, CurrentTenant, StoreDep
+from service.api.deps import CurrentTenant, JobsDep
 from service.api.errors import ERROR_RESPONSES
-from service.launch.capacity import launch_capacity
+from service.core import jobs
 from service.schemas import JobCreate, JobList, JobPublic
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=ERROR_RESPONSES)
@@ -27,18 +26,9 @@ JobId = Annotated[str, Path(description="The job's id.", examples=["0p5v2m8x3k7q
     summary="Create a fine-tuning job",
 )
 def create_job(
-    request: JobCreate, context: ContextDep, caller: CurrentTenant, response: Response
+    request: JobCreate, service: JobsDep, caller: CurrentTenant, response: Response
 ) -> JobPublic:
-    job, created = jobs.create_job(
-        context.store,
-        request,
-        caller,
-        webhook_hosts=context.settings.webhook_allowed_hosts,
-        mlflow_hosts=context.settings.mlflow_allowed_hosts,
-        check_resources=launch_capacity(context.settings).check,
-    )
-    if created and context.reconciler is not None:
-        context.reconciler.kick()
+    job, created = service.create(request, caller)
     if not created:
         response.status_code = status.HTTP_200_OK
     response.headers["Location"] = f"/v1/jobs/{job.spec.jobId}"
@@ -46,13 +36,13 @@ def create_job(
 
 
 @router.get("/{job_id}", response_model=JobPublic, summary="Describe a job")
-def get_job(job_id: JobId, store: StoreDep, caller: CurrentTenant) -> JobPublic:
-    return JobPublic.from_job(jobs.get_job(store, job_id, tenant=caller.tenant))
+def get_job(job_id: JobId, service: JobsDep, caller: CurrentTenant) -> JobPublic:
+    return JobPublic.from_job(service.get(job_id, tenant=caller.tenant))
 
 
 @router.get("", response_model=JobList, summary="List jobs, newest first")
 def list_jobs(
-    store: StoreDep,
+    service: JobsDep,
     caller: CurrentTenant,
     state: Annotated[
         JobState | None, Query(alias="status", description="Only jobs in this state.")
@@ -62,8 +52,8 @@ def list_jobs(
         str | None, Query(alias="pageToken", max_length=64, description="From nextPageToken.")
     ] = None,
 ) -> JobList:
-    found, next_token = jobs.list_jobs(
-        store, tenant=caller.tenant, state=state, limit=limit, page_token=page_token
+    found, next_token = service.list_jobs(
+        tenant=caller.tenant, state=state, limit=limit, page_token=page_token
     )
     return JobList(jobs=[JobPublic.from_job(job) for job in found], nextPageToken=next_token)
 
@@ -74,11 +64,8 @@ def list_jobs(
     response_model=JobPublic,
     summary="Ask a job to stop",
 )
-def stop_job(job_id: JobId, context: ContextDep, caller: CurrentTenant) -> JobPublic:
-    job = jobs.stop_job(context.store, job_id, tenant=caller.tenant)
-    if context.reconciler is not None:
-        context.reconciler.kick()
-    return JobPublic.from_job(job)
+def stop_job(job_id: JobId, service: JobsDep, caller: CurrentTenant) -> JobPublic:
+    return JobPublic.from_job(service.stop(job_id, tenant=caller.tenant))
 
 
 # -- events, checkpoints, logs (the gRPC face has the same: ListJobEvents, ...) --------
@@ -98,7 +85,7 @@ class CheckpointList(BaseModel):
 @router.get("/{job_id}/events", response_model=JobEventList, summary="A job's events, oldest first")
 def list_job_events(
     job_id: JobId,
-    store: StoreDep,
+    service: JobsDep,
     caller: CurrentTenant,
     page_size: Annotated[
         int,
@@ -108,8 +95,8 @@ def list_job_events(
         str | None, Query(alias="pageToken", max_length=64, description="From nextPageToken.")
     ] = None,
 ) -> JobEventList:
-    events, next_token = jobs.list_job_events_page(
-        store, job_id, tenant=caller.tenant, page_size=page_size, page_token=page_token
+    events, next_token = service.events(
+        job_id, tenant=caller.tenant, page_size=page_size, page_token=page_token
     )
     return JobEventList(events=events, nextPageToken=next_token)
 
@@ -119,8 +106,8 @@ def list_job_events(
     response_model=CheckpointList,
     summary="A job's committed checkpoints, by step",
 )
-def list_checkpoints(job_id: JobId, store: StoreDep, caller: CurrentTenant) -> CheckpointList:
-    return CheckpointList(checkpoints=jobs.list_checkpoints(store, job_id, tenant=caller.tenant))
+def list_checkpoints(job_id: JobId, service: JobsDep, caller: CurrentTenant) -> CheckpointList:
+    return CheckpointList(checkpoints=service.checkpoints(job_id, tenant=caller.tenant))
 
 
 @router.get(
@@ -137,7 +124,7 @@ def list_checkpoints(job_id: JobId, store: StoreDep, caller: CurrentTenant) -> C
 )
 def read_job_log(
     job_id: JobId,
-    store: StoreDep,
+    service: JobsDep,
     caller: CurrentTenant,
     offset: Annotated[
         int, Query(description="Byte to start at; negative counts from the end.")
@@ -151,8 +138,8 @@ def read_job_log(
         Query(ge=1, description="Whose log: an attempt number; the current attempt's if unset."),
     ] = None,
 ) -> Response:
-    piece = jobs.read_job_log(
-        store, job_id, tenant=caller.tenant, offset=offset, max_bytes=max_bytes, attempt=attempt
+    piece = service.read_log(
+        job_id, tenant=caller.tenant, offset=offset, max_bytes=max_bytes, attempt=attempt
     )
     headers = {"X-Next-Offset": str(piece.next_offset), "X-Log-Size": str(piece.size)}
     if piece.attempt is not None:

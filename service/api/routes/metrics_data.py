@@ -1,7 +1,7 @@
 """REST v1: a job's training and validation metric rows (`GET /v1/jobs/{id}/metrics`).
 
 The dashboard draws its loss curves from this; scripts can too. The rows come from the
-CSV files in the job's output (service/training_metrics.py), so they are as fresh as the
+CSV files in the job's output (service/core/training_metrics.py), so they are as fresh as the
 trainer's last upload (every ~10 s while it runs, and at the end).
 """
 
@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from service.api.deps import CurrentTenant, StoreDep
+from service.api.deps import CurrentTenant, JobsDep
 from service.api.errors import ERROR_RESPONSES
 from service.api.routes.jobs import JobId
-from service.training_metrics import JobMetrics, read_job_metrics
+from service.core.training_metrics import JobMetrics
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=ERROR_RESPONSES)
 
@@ -26,5 +26,5 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=ERROR_RESPONSES)
     "perplexity (classification scores, or any the trainer adds) are in `metrics`; values "
     "that are not finite numbers are null. Empty lists before the first step.",
 )
-def get_job_metrics(job_id: JobId, store: StoreDep, caller: CurrentTenant) -> JobMetrics:
-    return read_job_metrics(store, job_id, tenant=caller.tenant)
+def get_job_metrics(job_id: JobId, service: JobsDep, caller: CurrentTenant) -> JobMetrics:
+    return service.metrics(job_id, tenant=caller.tenant)

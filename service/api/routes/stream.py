@@ -1,6 +1,6 @@
 """`GET /v1/jobs/{id}/stream`: a job's live progress as Server-Sent Events.
 
-The same source as gRPC's WatchJob (`service.jobs.JobWatch`): the current job first,
+The same source as gRPC's WatchJob (`service.core.jobs.JobWatch`): the current job first,
 then the job again each time what a reader sees of it changes (state, progress,
 failure), ending after a terminal state. Every message is a whole `JobPublic`, so a
 client that reconnects misses nothing it needs: it gets the current job at once.
@@ -26,7 +26,6 @@ from fastapi import APIRouter, Header, Path
 from fastapi.responses import StreamingResponse
 
 from jobstore.store import Job
-from service import jobs
 from service.api.deps import ContextDep, CurrentTenant
 from service.api.errors import ERROR_RESPONSES
 from service.schemas import JobPublic
@@ -60,7 +59,7 @@ async def stream_job(
         str | None, Header(alias="Last-Event-ID", description="Resume numbering after this id.")
     ] = None,
 ) -> StreamingResponse:
-    watch = jobs.JobWatch(context.store, job_id, tenant=caller.tenant)
+    watch = context.jobs.watch(job_id, tenant=caller.tenant)
     # Read once before answering, so an unknown job is a 404, not an empty stream.
     first = await asyncio.to_thread(watch.poll)
     assert first is not None  # the first poll always returns the job

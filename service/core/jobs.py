@@ -1,25 +1,26 @@
-"""The core: create, get, list and stop jobs. Transport-free.
+"""The core's rules: create, get, list and stop jobs, their events, checkpoints and logs.
+Transport-free.
 
-Every edge (REST now; gRPC and the Bedrock face later) calls these functions and maps
-`service.errors` to its own status codes. The core writes only the spec, the control
-document and events; launching is the reconciler's, observed state the trainer's.
+Faces never call these directly: they call `JobService` (service/core/job_service.py),
+which adds what every face needs around them (the operator's settings, waking the
+reconciler). The core writes only the spec, the control document and events; launching
+is the reconciler's, observed state the trainer's. Another tenant's job is answered as
+not found, the same as no job at all (`owned_spec`), so that nobody learns which ids exist.
 """
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import logging
 import re
 from collections.abc import Callable, Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from pydantic import BaseModel, Field
 
 from jobstore.documents import (
-    JOB_ID_PATTERN,
     DataLocation,
     Integrations,
     JobControl,
@@ -29,6 +30,7 @@ from jobstore.documents import (
     JobState,
     MlflowIntegration,
     Notifications,
+    job_id_created_ms,
     new_job_id,
     utc_now,
 )
@@ -36,6 +38,7 @@ from jobstore.queue_ledger import QueueFull
 from jobstore.storage import ObjectMissing, S3Location, parse_s3_uri
 from jobstore.store import Job, JobStore
 from service.auth.limits import TenantPolicy
+from service.core import paging
 from service.errors import (
     CorruptDocument,
     FailedPrecondition,
@@ -50,7 +53,9 @@ from service.webhooks import check_webhook_url
 
 log = logging.getLogger(__name__)
 
+# REST and gRPC pages hold at most this many jobs; Bedrock's up to MAX_LIST_LIMIT.
 MAX_PAGE_SIZE = 100
+MAX_LIST_LIMIT = 1000
 # List with a state filter reads each job's status; bound the work per request and
 # hand back a page token to go on from where the scan stopped.
 _MAX_SCANNED_PER_PAGE = 1000
@@ -89,6 +94,26 @@ def _reserve_queue_place(store: JobStore, policy: TenantPolicy, job_id: str) -> 
         ) from full
 
 
+def check_create(
+    request: JobCreate,
+    policy: TenantPolicy,
+    *,
+    webhook_hosts: Collection[str] = (),
+    mlflow_hosts: Collection[str] = (),
+    check_resources: Callable[[JobResources], None] | None = None,
+) -> None:
+    """Every check of a create that needs no store write: the webhook and MLflow hosts
+    the operator allows, the tenant's grants, and what the launcher can ever run."""
+    if request.notifications is not None:
+        check_webhook_url(request.notifications.webhookUrl, webhook_hosts)
+    mlflow = request.integrations.mlflow if request.integrations is not None else None
+    if mlflow is not None:  # the trainer will connect there: only to allowed hosts
+        check_mlflow_tracking_uri(mlflow.trackingUri, mlflow_hosts)
+    check_buckets(request, policy)
+    if check_resources is not None:  # more GPUs / nodes than the launcher can ever give
+        check_resources(request.resources)
+
+
 def create_job(
     store: JobStore,
     request: JobCreate,
@@ -102,14 +127,14 @@ def create_job(
     idempotent repeat). Refused before anything is written when a URI is outside the
     tenant's buckets, its queue is full, or its webhook host is not in `webhook_hosts`."""
     tenant = policy.tenant
-    if request.notifications is not None:
-        check_webhook_url(request.notifications.webhookUrl, webhook_hosts)
+    check_create(
+        request,
+        policy,
+        webhook_hosts=webhook_hosts,
+        mlflow_hosts=mlflow_hosts,
+        check_resources=check_resources,
+    )
     mlflow = request.integrations.mlflow if request.integrations is not None else None
-    if mlflow is not None:  # the trainer will connect there: only to allowed hosts
-        check_mlflow_tracking_uri(mlflow.trackingUri, mlflow_hosts)
-    check_buckets(request, policy)
-    if check_resources is not None:  # more GPUs / nodes than the launcher can ever give
-        check_resources(request.resources)
     token = request.clientRequestToken
     repeat = token is not None and store.find_idempotency_token(tenant, token) is not None
     spec = JobSpec(
@@ -181,7 +206,7 @@ def _finish_create(store: JobStore, spec: JobSpec, *, first_writer: bool) -> Job
     return store.get(spec.jobId)
 
 
-def _owned_spec(store: JobStore, job_id: str, tenant: str) -> JobSpec:
+def owned_spec(store: JobStore, job_id: str, tenant: str) -> JobSpec:
     """The job's spec if it belongs to `tenant`; another tenant's job is JobNotFound, the
     same answer as no job at all, so that nobody learns which ids exist."""
     spec = store.get_spec(job_id)
@@ -192,7 +217,7 @@ def _owned_spec(store: JobStore, job_id: str, tenant: str) -> JobSpec:
 
 def get_job(store: JobStore, job_id: str, *, tenant: str) -> Job:
     # The owner check first, on the (cached) spec: another tenant's id costs no more reads.
-    _owned_spec(store, job_id, tenant)
+    owned_spec(store, job_id, tenant)
     return _with_queue_position(store, store.get(job_id))
 
 
@@ -206,18 +231,28 @@ def _with_queue_position(store: JobStore, job: Job) -> Job:
     return job
 
 
-def encode_page_token(job_id: str) -> str:
-    return base64.urlsafe_b64encode(job_id.encode()).decode().rstrip("=")
+@dataclass(frozen=True)
+class JobFilter:
+    """Which of a tenant's jobs a listing shows. Every face's filters are one of these."""
 
+    # The state a reader sees (STOPPING while a stop request is pending); None: any.
+    states: frozenset[JobState] | None = None
+    # Creation time bounds, exclusive, in ms since the epoch (job ids carry it).
+    created_after_ms: int | None = None
+    created_before_ms: int | None = None
+    # A case-insensitive part of the job's name.
+    name_contains: str | None = None
 
-def decode_page_token(token: str) -> str:
-    try:
-        job_id = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
-    except (ValueError, UnicodeDecodeError):
-        job_id = ""
-    if not re.match(JOB_ID_PATTERN, job_id):
-        raise InvalidArgument("pageToken is not a token this service issued", field="pageToken")
-    return job_id
+    def in_window(self, job_id: str) -> bool:
+        created = job_id_created_ms(job_id)
+        if self.created_after_ms is not None and created <= self.created_after_ms:
+            return False
+        return self.created_before_ms is None or created < self.created_before_ms
+
+    def matches(self, job: Job) -> bool:
+        if self.states is not None and _visible_state(job) not in self.states:
+            return False
+        return not self.name_contains or (self.name_contains.lower() in job.spec.jobName.lower())
 
 
 def list_jobs(
@@ -227,11 +262,23 @@ def list_jobs(
     state: JobState | None,
     limit: int,
     page_token: str | None,
+    where: JobFilter | None = None,
+    ascending: bool = False,
+    token_field: str = "pageToken",
 ) -> tuple[list[Job], str | None]:
-    """The tenant's jobs newest first; returns (jobs, next page token or None)."""
-    if not 1 <= limit <= MAX_PAGE_SIZE:
-        raise InvalidArgument(f"limit must be between 1 and {MAX_PAGE_SIZE}", field="limit")
-    after = decode_page_token(page_token) if page_token else None
+    """The tenant's jobs, newest first (oldest first when `ascending`), those that `state`
+    and `where` let through; returns (jobs, the next page's token or None). A page ends
+    after `limit` jobs or `_MAX_SCANNED_PER_PAGE` jobs looked at, whichever comes first:
+    a page may hold fewer jobs and still have a token. `token_field` is what the face
+    calls the token, for the error when it is not one of ours."""
+    if not 1 <= limit <= MAX_LIST_LIMIT:
+        raise InvalidArgument(f"limit must be between 1 and {MAX_LIST_LIMIT}", field="limit")
+    where = where or JobFilter()
+    if state is not None:
+        where = replace(where, states=frozenset({state}))
+    after = paging.job_after(page_token, field=token_field) if page_token else None
+    if ascending:
+        return _list_oldest_first(store, tenant, where, limit, after)
     jobs: list[Job] = []
     scanned = 0
     # The tenant's own index when every job is in it: other tenants' jobs cost nothing.
@@ -254,18 +301,9 @@ def list_jobs(
                 scanned += 1
                 looked_at += 1
                 after = job_id  # the page goes on after the last id looked at
-                if own_index:  # all the tenant's (get_many checks the spec it reads)
+                # In the tenant's own index every id is theirs (get_many reads the spec).
+                if where.in_window(job_id) and (own_index or _is_tenants(store, job_id, tenant)):
                     wanted.append(job_id)
-                    if len(wanted) == limit - len(jobs):
-                        break
-                    continue
-                try:
-                    if store.get_spec(job_id).tenant == tenant:
-                        wanted.append(job_id)
-                except JobNotFound:
-                    pass  # a create in flight: its spec is not written yet
-                except CorruptDocument as error:  # no tenant can be shown it; the loop fails it
-                    log.error("job %s left out of a listing: %s", job_id, error.message)
                 if len(wanted) == limit - len(jobs) or scanned >= _MAX_SCANNED_PER_PAGE:
                     break
             if not wanted:
@@ -276,18 +314,64 @@ def list_jobs(
             for job in store.get_many(wanted, stopped=stopped):
                 if job is None or job.spec.tenant != tenant:
                     continue
-                if state is None or _visible_state(job) == state:
+                if where.matches(job):
                     jobs.append(_with_queue_position(store, job))
         if looked_at < len(batch):
             # The page ended inside this batch: there is more after it, no listing needed.
-            return jobs, (encode_page_token(after) if after else None)
+            return jobs, (paging.job_token(after) if after else None)
     if not after:
         more = False
     elif own_index:
         more = bool(store.list_tenant_job_ids(tenant, after=after, limit=1))
     else:
         more = bool(store.list_job_ids(after=after, limit=1))
-    return jobs, (encode_page_token(after) if more and after else None)
+    return jobs, (paging.job_token(after) if more and after else None)
+
+
+def _is_tenants(store: JobStore, job_id: str, tenant: str) -> bool:
+    try:
+        return store.get_spec(job_id).tenant == tenant
+    except JobNotFound:
+        return False  # a create in flight: its spec is not written yet
+    except CorruptDocument as error:  # no tenant can be shown it; the loop fails it
+        log.error("job %s left out of a listing: %s", job_id, error.message)
+        return False
+
+
+def _list_oldest_first(
+    store: JobStore, tenant: str, where: JobFilter, limit: int, after: str | None
+) -> tuple[list[Job], str | None]:
+    """Oldest first: ids are listed newest first, so this reads every id of the tenant's
+    (one LIST per 1,000 jobs; every job's before the tenant index is complete), then only
+    the jobs the page needs."""
+    own_index = store.tenant_index_complete()
+    ids: list[str] = []
+    while True:
+        last = ids[-1] if ids else None
+        if own_index:
+            listed = store.list_tenant_job_ids(tenant, after=last, limit=1000)
+        else:
+            listed = store.list_job_ids(after=last, limit=1000)
+        if not listed:
+            break
+        ids.extend(listed)
+    ids.reverse()
+    if after is not None:
+        ids = ids[ids.index(after) + 1 :] if after in ids else []
+    jobs: list[Job] = []
+    scanned = 0
+    for position, job_id in enumerate(ids):
+        if not where.in_window(job_id):
+            continue
+        scanned += 1
+        if own_index or _is_tenants(store, job_id, tenant):
+            found = store.get_many([job_id], stopped={job_id})[0]  # control read too
+            if found is not None and found.spec.tenant == tenant and where.matches(found):
+                jobs.append(_with_queue_position(store, found))
+        if len(jobs) == limit or scanned >= _MAX_SCANNED_PER_PAGE:
+            more = position + 1 < len(ids)
+            return jobs, (paging.job_token(job_id) if more else None)
+    return jobs, None
 
 
 def _visible_state(job: Job) -> JobState:
@@ -315,7 +399,7 @@ def stop_job(store: JobStore, job_id: str, *, tenant: str) -> Job:
 
 def list_job_events(store: JobStore, job_id: str, *, tenant: str) -> list[JobEvent]:
     """The job's lifecycle events, oldest first."""
-    _owned_spec(store, job_id, tenant)  # JobNotFound for an unknown job, not an empty list
+    owned_spec(store, job_id, tenant)  # JobNotFound for an unknown job, not an empty list
     return sorted(store.list_events(job_id), key=lambda event: event.sequence)
 
 
@@ -333,24 +417,12 @@ def list_job_events_page(
         raise InvalidArgument(
             f"pageSize must be between 1 and {MAX_EVENTS_PAGE_SIZE}", field="pageSize"
         )
-    after = _decode_event_token(page_token) if page_token else None
-    _owned_spec(store, job_id, tenant)
+    after = paging.event_after(page_token) if page_token else None
+    owned_spec(store, job_id, tenant)
     events, more = store.list_events_page(job_id, after=after, limit=page_size)
     if not more or not events:
         return events, None
-    token = base64.urlsafe_b64encode(f"event:{events[-1].sequence}".encode()).decode()
-    return events, token.rstrip("=")
-
-
-def _decode_event_token(token: str) -> int:
-    try:
-        text = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
-    except (ValueError, UnicodeDecodeError):
-        text = ""
-    kind, _, number = text.partition(":")
-    if kind != "event" or not number.isdigit() or len(number) > 12:
-        raise InvalidArgument("pageToken is not a token this service issued", field="pageToken")
-    return int(number)
+    return events, paging.event_token(events[-1].sequence)
 
 
 class Checkpoint(BaseModel):
@@ -381,7 +453,7 @@ def list_checkpoints(store: JobStore, job_id: str, *, tenant: str) -> list[Check
     A folder without its COMMITTED marker (an upload cut short) is not listed: readers
     trust only committed checkpoints (DESIGN.md, output layout).
     """
-    spec = _owned_spec(store, job_id, tenant)
+    spec = owned_spec(store, job_id, tenant)
     prefix = parse_s3_uri(spec.output_prefix + "checkpoints/", field="outputDataConfig.s3Uri")
     found: list[Checkpoint] = []
     try:

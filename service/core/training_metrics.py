@@ -30,7 +30,7 @@ from pydantic import BaseModel, Field
 
 from jobstore.storage import ObjectMissing, parse_s3_uri
 from jobstore.store import JobStore
-from service.errors import JobNotFound
+from service.core.jobs import owned_spec
 
 TRAINING_CSV = "training_artifacts/step_wise_training_metrics.csv"
 VALIDATION_CSV = "validation_artifacts/post_fine_tuning_validation/validation_metrics.csv"
@@ -91,9 +91,7 @@ def _extra(row: dict[str, str]) -> dict[str, float | None]:
 def read_job_metrics(store: JobStore, job_id: str, *, tenant: str) -> JobMetrics:
     """The job's metric rows; JobNotFound for an unknown job or another tenant's (the
     same answer, so that nobody learns which ids exist)."""
-    spec = store.get_spec(job_id)
-    if spec.tenant != tenant:
-        raise JobNotFound(job_id)
+    spec = owned_spec(store, job_id, tenant)
     training_text = _read_text(store, spec.output_prefix + TRAINING_CSV)
     validation_text = _read_text(store, spec.output_prefix + VALIDATION_CSV)
     training = [

@@ -1,0 +1,125 @@
+"""JobService: the one object every face calls. Faces parse, call it, and map its answer.
+
+It owns what each face would otherwise repeat: the operator's checks on a create (webhook
+and MLflow hosts, what the launcher can ever run, the tenant's grants and queue limit),
+idempotency, ownership (another tenant's job is not found), paging tokens, and waking
+this replica's reconciler after a change it should act on now rather than on its next
+pass. The rules themselves are service/core/jobs.py's; this adds the replica's settings
+and notifications around them. Nothing here knows about HTTP or gRPC.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from jobstore.documents import JobEvent, JobState
+from jobstore.store import Job, JobStore
+from service.auth.limits import TenantPolicy
+from service.core import jobs
+from service.core.jobs import Checkpoint, JobFilter, JobWatch, LogSlice
+from service.core.training_metrics import JobMetrics, read_job_metrics
+from service.launch.capacity import launch_capacity
+from service.schemas import JobCreate
+from service.settings import Settings
+
+
+class JobService:
+    def __init__(
+        self, store: JobStore, settings: Settings, *, notify: Callable[[], None] | None = None
+    ) -> None:
+        """`notify` wakes the replica's reconciler (None: a replica without one)."""
+        self.store = store
+        self.settings = settings
+        self._notify = notify
+
+    def _wake_reconciler(self) -> None:
+        if self._notify is not None:
+            self._notify()
+
+    def check_create(self, request: JobCreate, policy: TenantPolicy) -> None:
+        """Refuse a create that would be refused, writing nothing (the store-free checks;
+        the queue limit and idempotency need the store and are the create's)."""
+        jobs.check_create(
+            request,
+            policy,
+            webhook_hosts=self.settings.webhook_allowed_hosts,
+            mlflow_hosts=self.settings.mlflow_allowed_hosts,
+            check_resources=launch_capacity(self.settings).check,
+        )
+
+    def create(self, request: JobCreate, policy: TenantPolicy) -> tuple[Job, bool]:
+        """Create a job for `policy.tenant`: the job, and whether it is new (False: an
+        idempotent repeat of an earlier create). Refused before anything is written."""
+        job, created = jobs.create_job(
+            self.store,
+            request,
+            policy,
+            webhook_hosts=self.settings.webhook_allowed_hosts,
+            mlflow_hosts=self.settings.mlflow_allowed_hosts,
+            check_resources=launch_capacity(self.settings).check,
+        )
+        if created:
+            self._wake_reconciler()
+        return job, created
+
+    def get(self, job_id: str, *, tenant: str) -> Job:
+        return jobs.get_job(self.store, job_id, tenant=tenant)
+
+    def list_jobs(
+        self,
+        *,
+        tenant: str,
+        limit: int,
+        page_token: str | None,
+        state: JobState | None = None,
+        where: JobFilter | None = None,
+        ascending: bool = False,
+        token_field: str = "pageToken",
+    ) -> tuple[list[Job], str | None]:
+        """A page of the tenant's jobs (newest first unless `ascending`) and the next
+        page's token, None on the last."""
+        return jobs.list_jobs(
+            self.store,
+            tenant=tenant,
+            state=state,
+            limit=limit,
+            page_token=page_token,
+            where=where,
+            ascending=ascending,
+            token_field=token_field,
+        )
+
+    def stop(self, job_id: str, *, tenant: str) -> Job:
+        job = jobs.stop_job(self.store, job_id, tenant=tenant)
+        self._wake_reconciler()  # so that it escalates (or ends a queued job) at once
+        return job
+
+    def events(
+        self, job_id: str, *, tenant: str, page_size: int, page_token: str | None
+    ) -> tuple[list[JobEvent], str | None]:
+        return jobs.list_job_events_page(
+            self.store, job_id, tenant=tenant, page_size=page_size, page_token=page_token
+        )
+
+    def checkpoints(self, job_id: str, *, tenant: str) -> list[Checkpoint]:
+        return jobs.list_checkpoints(self.store, job_id, tenant=tenant)
+
+    def read_log(
+        self,
+        job_id: str,
+        *,
+        tenant: str,
+        offset: int = 0,
+        max_bytes: int = jobs.DEFAULT_LOG_BYTES,
+        attempt: int | None = None,
+    ) -> LogSlice:
+        return jobs.read_job_log(
+            self.store, job_id, tenant=tenant, offset=offset, max_bytes=max_bytes, attempt=attempt
+        )
+
+    def metrics(self, job_id: str, *, tenant: str) -> JobMetrics:
+        return read_job_metrics(self.store, job_id, tenant=tenant)
+
+    def watch(self, job_id: str, *, tenant: str) -> JobWatch:
+        """A follower of one job for a face that streams it (it polls; the face waits)."""
+        return JobWatch(self.store, job_id, tenant=tenant)
