@@ -104,7 +104,7 @@ class Replica:
 
 
 def cluster_launcher(settings: Settings) -> Launcher:
-    """The Ray or Kubernetes launcher the settings name (README, "Scaling out")."""
+    """The Ray or Kubernetes launcher the settings name (docs/scaling.md)."""
     if settings.launcher == "ray":
         from service.launch.ray import RayLauncher
 

@@ -90,7 +90,7 @@ class NotificationsConfig(_Request):
             max_length=2048,
             description="http(s) URL that gets a signed JSON POST when the job ends "
             "(COMPLETED, FAILED or STOPPED); its host must be one the operator allowed "
-            "(TUNEFORGE_WEBHOOK_ALLOWED_HOSTS). Signature: README, Monitoring.",
+            "(TUNEFORGE_WEBHOOK_ALLOWED_HOSTS). Signature: docs/operating.md, Monitoring.",
             examples=["https://hooks.example.com/tuneforge"],
         ),
     ]

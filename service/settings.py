@@ -76,7 +76,7 @@ class Settings(BaseSettings):
     seed_demo: bool = True
 
     # Where trainers run: `local` subprocesses, jobs on a `ray` cluster (ray_address),
-    # or `kubernetes` Jobs (kubernetes_*). README, "Scaling out".
+    # or `kubernetes` Jobs (kubernetes_*). docs/scaling.md.
     launcher: str = Field(default="local", pattern="^(local|ray|kubernetes)$")
     # How often each replica looks at the store for work (queued jobs, stop
     # requests to escalate, dead trainers).
@@ -102,14 +102,14 @@ class Settings(BaseSettings):
     # The GPUs the local launcher gives trainers (service/launch/gpus.py), as
     # CUDA_VISIBLE_DEVICES names them: "0,1,2,3", or UUIDs; "" for none. Unset: the
     # server's own CUDA_VISIBLE_DEVICES, else every GPU nvidia-smi lists. A job with
-    # resources.gpus N >= 1 takes N free ones of these (README, "GPUs").
+    # resources.gpus N >= 1 takes N free ones of these (docs/gpus.md).
     gpus: str | None = None
     # Trainers without GPUs the local launcher runs at once (jobs with resources.gpus 0,
     # or every job on a host without GPUs); more wait QUEUED in creation order.
     local_slots: int = Field(default=1, ge=1, le=1024)
     # A job asking for resources.gpus N > 1 on a host with fewer GPUs runs as N CPU
     # processes under torchrun (gloo) instead of being refused at create: the
-    # multi-process path without GPUs (README, "Scaling out").
+    # multi-process path without GPUs (docs/scaling.md).
     local_cpu_ranks: bool = False
     max_attempts: int = Field(default=10, ge=1, le=1000)
     # Passed to the trainer: how often it writes its heartbeat and looks for a stop

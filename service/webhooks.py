@@ -17,7 +17,7 @@ Invariants:
 Signature: `X-Tuneforge-Signature: t=<unix seconds>,v1=<hex>` where hex is
 HMAC-SHA256(secret, f"{t}.".encode() + body) and `secret` is the job's tenant's own
 (service/webhook_secrets.py: `GET /v1/webhook-secret`); `verify_signature()` is the
-receiver's check (the README has the same snippet).
+receiver's check (docs/operating.md has the same snippet).
 """
 
 from __future__ import annotations

@@ -16,9 +16,9 @@ joined with a newline. OpenAI parts of any other type (image_url, input_audio, f
 are refused: the trainer trains text models only.
 
 Rendering: the base model tokenizer's own `chat_template` when it has one, otherwise
-`DEFAULT_CHAT_TEMPLATE` (documented in README.md, "Data formats"). Templates run in
-transformers' sandboxed Jinja environment (`apply_chat_template`); nothing else of a
-model's files is ever executed.
+`DEFAULT_CHAT_TEMPLATE` (documented in docs/data.md, "Data formats: conversations").
+Templates run in transformers' sandboxed Jinja environment (`apply_chat_template`);
+nothing else of a model's files is ever executed.
 
 Loss mask, by incremental rendering: for assistant turn i, the text of the conversation
 up to the turn with the generation prompt (what a model sees at inference) is a prefix

@@ -15,7 +15,7 @@ Target modules: `loraTargetModules` as given, else a default per architecture
 the output head. A requested name that matches no module of the model is the user's to
 fix: ModelLoadError, whose message lists the layer names LoRA can wrap in this model.
 
-Output layout of a LoRA job (README, "LoRA"):
+Output layout of a LoRA job (docs/hyperparameters.md, "LoRA"):
 
     checkpoints/step-<n>/  adapter_model.safetensors, adapter_config.json, tokenizer
                            files and the training state: the adapter only, never the

@@ -22,7 +22,7 @@ wrong`, with the total count. Warnings do not fail the job; each kind is one
 VALIDATION_WARNING job event: records that will be truncated, duplicate records,
 validation records that are also in the training data.
 
-Bounds (constants here; README.md, "Data formats"):
+Bounds (constants here; docs/data.md, "Data checks"):
 
     MAX_DATASET_BYTES  1 GiB per data file (checked before downloading it)
     MAX_RECORDS        1,000,000 records per data file

@@ -25,8 +25,10 @@ order, so on CPU the final weights equal bitwise those of an uninterrupted run.
 Under torchrun every rank runs this loop on its slice of each global batch
 (trainer/distributed.py, trainer/sharding.py); rank 0 alone writes to the job.
 
-Around the loop: trainer/checkpoint_state.py assembles a checkpoint and restores one
-(`save_checkpoint`, `resume`), trainer/outcome.py writes how the run ended (`finish`).
+The recipe owns every step of a run, checkpoints and the end included: `resume` and
+`save_checkpoint` (the files and their upload are trainer/checkpoint.py's), and `finish`,
+which writes what each `Outcome` (trainer/outcome.py) means for the job. It is longer
+than one screen on purpose: one recipe read top to bottom, as torchtune's are.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ import itertools
 import json
 import logging
 import os
+import shutil
 import threading
 import time
 from collections.abc import Sequence
@@ -47,11 +50,16 @@ from safetensors.torch import load_file
 
 from jobstore.documents import JobSpec, JobState, TrainerExit, utc_now
 from jobstore.storage import ObjectStore, S3Location, parse_s3_uri
-from trainer import checkpoint, checkpoint_state, data, lora, precision, preflight
+from trainer import checkpoint, data, lora, precision, preflight
+from trainer.checkpoint_state import RANK_PREFIX, checkpoint_manifest, rank_rng_state
 from trainer.data import Batch, TokenizedExample
 from trainer.dataset_cache import DatasetCache
 from trainer.distributed import (
     Distributed,
+    full_model_state,
+    load_full_state,
+    load_sharded_state,
+    save_sharded_state,
 )
 from trainer.errors import DataValidationError, Fenced
 from trainer.evaluation import classification_validation, validation_loss
@@ -60,11 +68,13 @@ from trainer.metrics import MetricsLog
 from trainer.mlflow_tracking import NoTracking, tracking_for
 from trainer.model import load_model, pad_token_id
 from trainer.optim import build_optimizer, clip_gradients, learning_rate_at, set_learning_rate
-from trainer.outcome import Outcome, finish_run
+from trainer.outcome import Outcome
 from trainer.packing import Packer
+from trainer.plots import publish_loss_plot
 from trainer.precision import Precision
 from trainer.progress import TrainingProgress
 from trainer.reporting import Reporter
+from trainer.resume import capture_rng_state, restore_rng_state
 from trainer.sharding import rank_batches, target_count
 
 log = logging.getLogger(__name__)
@@ -172,10 +182,109 @@ class FullFineTuningRecipe:
             f"torch sees {gpus} GPU(s)"
         )
 
-    def finish(self, ending: Outcome) -> TrainerExit:
-        """Write how the run ended: final model, stop or preemption checkpoint
-        (trainer/outcome.py)."""
-        return finish_run(self, ending)
+    def finish(self, outcome: Outcome) -> TrainerExit:
+        """Write what `outcome` means for the job (the module docstring); the exit code."""
+        if outcome is Outcome.PREEMPTED and self.distributed.broadcast(self.reporter.poll_stop()):
+            outcome = Outcome.STOPPED  # SIGTERM after a stop request is that stop
+        completed = outcome in (Outcome.COMPLETED, Outcome.EARLY_STOPPED)
+        # FSDP: every rank hands in its shards of the final weights.
+        final_state = full_model_state(self.model) if completed and self.sharded else None
+        if not self.distributed.is_main:
+            return self._finish_follower(outcome)
+        if completed:
+            self.reporter.read_status()  # still ours? (raises Fenced) before writing output
+            location = checkpoint.save_final_model(
+                self.model,
+                self.tokenizer,
+                storage=self.storage,
+                output=self.output,
+                directory=self.workdir,
+                state_dict=final_state,
+            )
+            if lora.is_lora(self.model) and self.hp.mergeAdapter:
+                self._save_merged_model(location, final_state)
+            self.checkpoints.flush()  # every checkpoint committed before the job ends
+            self.metrics.upload()
+            self._write_loss_plot()
+            self.tracking.finish("FINISHED", model_uri=location.uri)
+            self.reporter.stop_heartbeat()
+            self.reporter.move_to(JobState.COMPLETED, f"the model is in {location.uri}")
+            return TrainerExit.OK
+        # Earlier checkpoints' commits (and their events) come before the stop's own.
+        self.checkpoints.flush()
+        if outcome is Outcome.STOPPED:
+            self.reporter.move_to(JobState.STOPPING, "stop requested")
+            self.save_checkpoint()
+            self.checkpoints.flush()
+            self.metrics.upload()
+            self._write_loss_plot()
+            self.tracking.finish("KILLED")
+            self.reporter.stop_heartbeat()
+            self.reporter.move_to(JobState.STOPPED, f"stopped after step {self.progress.step}")
+            return TrainerExit.OK
+        self.save_checkpoint()
+        self.checkpoints.flush()
+        self.metrics.upload()
+        self.tracking.finish("KILLED")  # a resumed attempt logs to a new run
+        self.reporter.stop_heartbeat()
+        # The last heartbeat may be steps behind: show the step the checkpoint holds,
+        # the one a relaunch resumes at.
+        self.publish()
+        self.reporter.heartbeat()
+        self.reporter.event("PREEMPTED", f"SIGTERM after step {self.progress.step}")
+        return TrainerExit.PREEMPTED
+
+    def _finish_follower(self, outcome: Outcome) -> TrainerExit:
+        """Ranks 1..N-1: take part in the last checkpoint (its RNG states), write
+        nothing; rank 0 writes the job's outcome."""
+        if outcome in (Outcome.COMPLETED, Outcome.EARLY_STOPPED):
+            return TrainerExit.OK
+        self.save_checkpoint()
+        return TrainerExit.OK if outcome is Outcome.STOPPED else TrainerExit.PREEMPTED
+
+    def _write_loss_plot(self) -> None:
+        """training_artifacts/loss.png from the metrics files (trainer/plots.py)."""
+        title = f"{self.spec.jobName} ({self.spec.jobId})"
+        publish_loss_plot(self.storage, self.output, self.metrics, self.workdir, title=title)
+
+    def _save_merged_model(
+        self,
+        model_location: S3Location,
+        full_state: dict[str, Any] | None,
+    ) -> None:
+        """mergeAdapter: base + adapter as one plain model in `<output>model/merged/`,
+        next to the adapter in `model/` (trainer/lora.py). Consumes the peft model.
+
+        Under FSDP (`full_state`: the whole model gathered from the shards) the live model
+        holds shards, and merging them would need collectives the other ranks, done, no
+        longer answer: rank 0 merges an unsharded copy on the CPU instead."""
+        model = self.model if full_state is None else self._unsharded_copy(full_state)
+        local = lora.save_merged_model(model, self.tokenizer, self.workdir / "merged")
+        target = model_location.child("merged").as_prefix()
+        self.storage.upload_directory(local, target)
+        log.info("uploaded the merged model to %s", target.uri)
+
+    def _unsharded_copy(self, full_state: dict[str, Any]) -> Any:
+        """The job's peft model rebuilt on the CPU from the base model's files, holding the
+        gathered weights (base and adapter)."""
+        model, _ = load_model(
+            self.workdir / "base-model",
+            self.spec.baseModelIdentifier,
+            torch.device("cpu"),
+            labels=self.labels,
+            dropout=self.hp.dropout,
+            load_arguments=self.precision.model_load_arguments(),
+        )
+        model = lora.wrap(
+            model,
+            self.hp,
+            classification=self.classification,
+            base_model_uri=self.spec.baseModelIdentifier,
+        )
+        result = model.load_state_dict(full_state, strict=False)
+        if result.unexpected_keys:  # not this model's weights: a bug, not bad input
+            raise RuntimeError(f"gathered weights the model lacks: {result.unexpected_keys[:5]}")
+        return model
 
     def interruption(self) -> Outcome | None:
         """Checked between steps: lost the job, stop requested, or SIGTERM."""
@@ -324,8 +433,62 @@ class FullFineTuningRecipe:
         return self.hp.batchSize * self.distributed.world_size
 
     def resume(self) -> None:
-        """Continue from the newest committed checkpoint, if any (trainer/checkpoint_state.py)."""
-        checkpoint_state.resume(self)
+        """Continue from the newest committed checkpoint an earlier attempt left, if any.
+
+        Restores the weights, the optimizer (and scheduler) state, the progress with the
+        position in the epoch, the metrics files and every RNG stream, so training goes on
+        exactly as if it had never stopped. Uncommitted folders are never read.
+        """
+        steps = checkpoint.committed_steps(self.storage, self.output)
+        if not steps:
+            return
+        step = steps[-1]
+        assert self.optimizer is not None
+        local = checkpoint.download_checkpoint(
+            self.storage, self.output, step, self.workdir / "resume" / f"step-{step}"
+        )
+        state = checkpoint.read_training_state(local)
+        shards = local / checkpoint.SHARDED_FOLDER
+        if self.sharded and shards.is_dir():  # every rank reads the pieces of its shards
+            load_sharded_state(self.model, self.optimizer, shards)
+        elif state.optimizer is None:
+            raise ValueError(
+                f"checkpoint step {step} holds FSDP shards, which only an FSDP job with several "
+                "ranks can resume from"
+            )
+        elif self.sharded:  # a consolidated checkpoint (written before sharded ones existed)
+            weights = checkpoint.read_model_weights(local)
+            if lora.is_lora(self.model):  # the adapter alone, under peft's saved names
+                weights = lora.model_state_from_adapter(self.model, weights)
+            load_full_state(self.model, self.optimizer, weights, state.optimizer)
+        else:
+            self.load_weights(local)
+            self.optimizer.load_state_dict(state.optimizer)
+        self.load_scheduler_state(state.scheduler)
+        saved = state.trainer_state
+        total_steps = self.progress.total_steps
+        self.progress.load_state_dict(saved["progress"])
+        if (
+            saved.get("trainingExamples") != len(self.train_set)
+            or self.progress.total_steps != total_steps
+            or saved.get("worldSize", 1) != self.distributed.world_size
+        ):
+            self.reporter.event(
+                "RESUME_WARNING",
+                f"the training data changed since step {step} was saved "
+                f"({saved.get('trainingExamples')} examples then, {len(self.train_set)} now; "
+                f"{saved.get('worldSize', 1)} processes then, "
+                f"{self.distributed.world_size} now): "
+                "training goes on from its weights, but not in the same order",
+            )
+            self.progress.total_steps = total_steps
+        self.metrics.restore(local / checkpoint.METRICS_FOLDER)
+        restore_rng_state(*rank_rng_state(saved, state.rng_tensors, self.distributed.rank))
+        self.last_checkpoint_step = step
+        shutil.rmtree(local)
+        message = f"resumed from step {step} (epoch {self.progress.epoch})"
+        log.info("%s", message)
+        self.reporter.event("RESUMED", message)
 
     def load_weights(self, directory: Path) -> None:
         """Load a checkpoint's weights (for a LoRA job, its adapter) into the model."""
@@ -555,9 +718,74 @@ class FullFineTuningRecipe:
     # -- saving ------------------------------------------------------------------
 
     def save_checkpoint(self) -> None:
-        """Write a resumable checkpoint of this step, upload it in the background
-        (trainer/checkpoint_state.py)."""
-        checkpoint_state.save_checkpoint(self)
+        """Write a resumable checkpoint of the current step and queue its upload.
+
+        The files are written now (the tensors change at the next step); the upload and
+        the COMMITTED marker happen on the uploader's thread. Nothing before the first
+        step: the weights are still the base model's, already in object storage. A step
+        already checkpointed (an epoch end, or the checkpoint this attempt resumed from)
+        is not written again.
+        """
+        step = self.progress.step
+        if self.model is None or step == 0:
+            return
+        if step == self.last_checkpoint_step:
+            if self.distributed.is_main:
+                self.checkpoints.flush()
+                location = checkpoint.checkpoint_location(self.output, step)
+                self.reporter.event("CHECKPOINT_COMMITTED", f"step {step}: {location.uri}")
+            return
+        assert self.optimizer is not None
+        # Every rank's generators (a collective); rank 0 writes them all.
+        states = self.distributed.gather(capture_rng_state())
+        local = self.workdir / "checkpoints" / f"step-{step}"  # each rank's own workdir
+        if self.sharded:  # every rank writes its own shards, uploads them in parallel
+            if local.exists():
+                shutil.rmtree(local)
+            save_sharded_state(self.model, self.optimizer, local / checkpoint.SHARDED_FOLDER)
+            if not self.distributed.is_main:
+                if self.shard_uploader is None:
+                    self.shard_uploader = checkpoint.ShardUploader(
+                        self.storage, self.output, self.distributed.rank, self.reporter.attempt
+                    )
+                self.shard_uploader.submit(local / checkpoint.SHARDED_FOLDER, step)
+            else:  # commit only once the other ranks' shards of this attempt are in
+                ranks = range(1, self.distributed.world_size)
+                attempt = self.reporter.attempt
+                self.checkpoints.shards_ready = lambda _, location: checkpoint.wait_for_shards(
+                    self.storage, location, ranks, attempt
+                )
+        if not self.distributed.is_main:
+            self.last_checkpoint_step = step
+            return
+        rng_document, rng_tensors = states[0]
+        trainer_state: dict[str, Any] = {
+            "progress": self.progress.state_dict(),
+            "rng": rng_document,
+            "seed": self.hp.seed,  # with the epoch, it fixes the epoch's shuffled order
+            "trainingExamples": len(self.train_set),
+        }
+        if self.distributed.enabled:
+            trainer_state["worldSize"] = self.distributed.world_size
+            trainer_state["rankRng"] = {str(r): states[r][0] for r in range(1, len(states))}
+            for rank in range(1, len(states)):
+                for name, tensor in states[rank][1].items():
+                    rng_tensors[f"{RANK_PREFIX.format(rank)}{name}"] = tensor
+        checkpoint.write_checkpoint(
+            local,
+            # Sharded: the weights and optimizer state are in sharded/ already.
+            save_weights=(lambda directory: None) if self.sharded else self.save_weights,
+            state=checkpoint.TrainingState(
+                trainer_state=trainer_state,
+                optimizer=None if self.sharded else self.optimizer.state_dict(),
+                scheduler=self.scheduler_state(),
+                rng_tensors=rng_tensors,
+            ),
+            manifest=checkpoint_manifest(self.progress),
+            metrics_files=self.metrics.files(),
+        )
+        self.checkpoints.submit(local, step)
+        self.last_checkpoint_step = step
 
     def save_weights(self, directory: Path, state_dict: dict[str, Any] | None = None) -> None:
         """What a checkpoint holds of the model: all of it, or a LoRA job's adapter only

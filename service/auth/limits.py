@@ -4,10 +4,11 @@
 of its jobs may wait QUEUED, how many may run at once, and its grants: the buckets and
 folders its data, models and outputs may live in.
 
-Grants (README, "Tenants and buckets"): with authentication on, a tenant may use only
-what is granted to it: its own list (TUNEFORGE_TENANT_ALLOWED_BUCKETS), else the list for
-every tenant (TUNEFORGE_ALLOWED_BUCKETS, empty unless the operator sets it), plus its
-own folder `s3://<TUNEFORGE_TENANT_HOME_BUCKET>/<tenant>/` when that bucket is set.
+Grants (docs/auth.md, "Buckets: what each tenant may use"): with authentication on, a
+tenant may use only what is granted to it: its own list
+(TUNEFORGE_TENANT_ALLOWED_BUCKETS), else the list for every tenant
+(TUNEFORGE_ALLOWED_BUCKETS, empty unless the operator sets it), plus its own folder
+`s3://<TUNEFORGE_TENANT_HOME_BUCKET>/<tenant>/` when that bucket is set.
 Nothing is granted to everyone by default; "*" (any bucket) only when written out. With
 authentication off (development mode, one tenant) the default is "*". The state bucket
 is never usable, whatever is granted. `RequestRate` is a token bucket per tenant in this replica's
