@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench-data bench-start-latency bench-classification bench-trainer-throughput bench-gpu bench-api-load gpu-check gpu-wheels clean proto proto-check
+.PHONY: run test test-fast lint bench-data bench-start-latency bench-classification bench-trainer-throughput bench-gpu bench-api-load gpu-check gpu-wheels clean proto proto-check
 
 $(STAMP): pyproject.toml clients/python/pyproject.toml constraints/test.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -52,6 +52,18 @@ proto-check: $(STAMP)
 
 test: lint $(CHROMIUM_STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest $(PYTEST_ARGS)
+
+# The inner loop: lint and the tests that start no trainer, no API server and no cluster
+# (the store's, the reconciler's and launchers' logic over a real SeaweedFS, the import
+# contracts, manifests, token arrays, training maths): under a minute here.
+FAST_TESTS := tests/layers tests/jobstore tests/service tests/launch/test_gpu_inventory.py \
+	tests/launch/test_kubernetes_manifests.py tests/deploy/test_helm_chart.py \
+	tests/observability/test_grafana.py tests/bedrock/test_contract.py \
+	tests/grpc/test_generated_code.py tests/trainer/test_training_maths.py \
+	tests/trainer/test_tokenized_data.py
+
+test-fast: lint
+	HF_HUB_OFFLINE=1 $(PY) -m pytest $(FAST_TESTS) $(PYTEST_ARGS)
 
 bench-data: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) bench/data_scale.py $(BENCH_ARGS)

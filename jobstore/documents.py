@@ -1,6 +1,7 @@
 """The job documents in the state bucket: the one definition of the contract.
 
-Shared by the API server, the reconciler and the trainer (DESIGN.md, "Storage layout").
+Shared by the API server, the reconciler and the trainer (docs/architecture.md, "The
+state bucket").
 
     jobs/<job-id>/spec.json          JobSpec, written once at create (If-None-Match)
     jobs/<job-id>/status.json        JobStatus, observed state (If-Match compare-and-swap)
@@ -370,7 +371,8 @@ class JobSpec(_Document):
 
     @property
     def output_prefix(self) -> str:
-        """`<output>/model-customization-job-<job-id>/` (DESIGN.md, output layout)."""
+        """`<output>/model-customization-job-<job-id>/` (docs/architecture.md, "The state
+        bucket")."""
         return f"{self.outputDataConfig.s3Uri.rstrip('/')}/model-customization-job-{self.jobId}/"
 
 

@@ -26,7 +26,7 @@ class ServiceContext:
     metrics: Metrics = field(default_factory=Metrics)
     # Each tenant's webhook signing secret; None: no TUNEFORGE_WEBHOOK_SECRET, no webhooks.
     webhook_secrets: WebhookSecrets | None = None
-    # The core every face calls; built from the fields above unless given.
+    # The core every face calls, built from the fields above.
     jobs: JobService = field(init=False)
 
     def __post_init__(self) -> None:

@@ -183,7 +183,8 @@ class FullFineTuningRecipe:
         )
 
     def finish(self, outcome: Outcome) -> TrainerExit:
-        """Write what `outcome` means for the job (the module docstring); the exit code."""
+        """Write what `outcome` means for the job (as trainer/outcome.py lists); return the
+        exit code."""
         if outcome is Outcome.PREEMPTED and self.distributed.broadcast(self.reporter.poll_stop()):
             outcome = Outcome.STOPPED  # SIGTERM after a stop request is that stop
         completed = outcome in (Outcome.COMPLETED, Outcome.EARLY_STOPPED)

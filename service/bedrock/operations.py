@@ -128,7 +128,8 @@ def create_job(
     base_uri = resolve_base_model(service, arns, request.baseModelIdentifier, tenant=tenant)
     # Everything validated before anything is written (names are claimed below).
     native = to_native(request, base_uri, gpus)
-    service.check_create(native, policy)
+    # Its resources are the operator's (TUNEFORGE_BEDROCK_JOB_GPUS), not the caller's.
+    service.check_create(native, policy, caller_resources=False)
     now = utc_now()
     record = NameRecord(
         jobName=request.jobName,
@@ -170,7 +171,7 @@ def create_job(
                 f"a custom model named '{request.customModelName}' already exists (made by job "
                 f"'{model.jobName}'); custom model names are unique"
             )
-        job, _ = service.create(native, policy)
+        job, _ = service.create(native, policy, caller_resources=False)
     except Exception:
         if ours:
             registry.release(store, tenant, request.jobName)

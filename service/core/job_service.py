@@ -36,18 +36,25 @@ class JobService:
         if self._notify is not None:
             self._notify()
 
-    def check_create(self, request: JobCreate, policy: TenantPolicy) -> None:
+    def check_create(
+        self, request: JobCreate, policy: TenantPolicy, *, caller_resources: bool = True
+    ) -> None:
         """Refuse a create that would be refused, writing nothing (the store-free checks;
-        the queue limit and idempotency need the store and are the create's)."""
+        the queue limit and idempotency need the store and are the create's).
+        `caller_resources`: the request's `resources` are the caller's to choose, so
+        more than the launcher can ever run is the caller's error (not so for the
+        Bedrock face, whose jobs get the operator's setting)."""
         jobs.check_create(
             request,
             policy,
             webhook_hosts=self.settings.webhook_allowed_hosts,
             mlflow_hosts=self.settings.mlflow_allowed_hosts,
-            check_resources=launch_capacity(self.settings).check,
+            check_resources=launch_capacity(self.settings).check if caller_resources else None,
         )
 
-    def create(self, request: JobCreate, policy: TenantPolicy) -> tuple[Job, bool]:
+    def create(
+        self, request: JobCreate, policy: TenantPolicy, *, caller_resources: bool = True
+    ) -> tuple[Job, bool]:
         """Create a job for `policy.tenant`: the job, and whether it is new (False: an
         idempotent repeat of an earlier create). Refused before anything is written."""
         job, created = jobs.create_job(
@@ -56,7 +63,7 @@ class JobService:
             policy,
             webhook_hosts=self.settings.webhook_allowed_hosts,
             mlflow_hosts=self.settings.mlflow_allowed_hosts,
-            check_resources=launch_capacity(self.settings).check,
+            check_resources=launch_capacity(self.settings).check if caller_resources else None,
         )
         if created:
             self._wake_reconciler()

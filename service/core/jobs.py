@@ -243,11 +243,16 @@ class JobFilter:
     # A case-insensitive part of the job's name.
     name_contains: str | None = None
 
+    def older_than_the_window(self, job_id: str) -> bool:
+        after = self.created_after_ms
+        return after is not None and job_id_created_ms(job_id) <= after
+
+    def newer_than_the_window(self, job_id: str) -> bool:
+        before = self.created_before_ms
+        return before is not None and job_id_created_ms(job_id) >= before
+
     def in_window(self, job_id: str) -> bool:
-        created = job_id_created_ms(job_id)
-        if self.created_after_ms is not None and created <= self.created_after_ms:
-            return False
-        return self.created_before_ms is None or created < self.created_before_ms
+        return not self.older_than_the_window(job_id) and not self.newer_than_the_window(job_id)
 
     def matches(self, job: Job) -> bool:
         if self.states is not None and _visible_state(job) not in self.states:
@@ -293,20 +298,28 @@ def list_jobs(
         stopped: set[str] | None = None  # listed once per batch, when first needed
         unread = iter(batch)
         looked_at = 0
+        past_the_window = False
         while len(jobs) < limit and scanned < _MAX_SCANNED_PER_PAGE:
             # The caller's next jobs, as many as the page still needs. Specs are cached
             # (immutable), so skipping other tenants' jobs costs no store reads.
             wanted: list[str] = []
             for job_id in unread:
-                scanned += 1
+                if where.older_than_the_window(job_id):
+                    past_the_window = True  # ids go newest first: the rest are older still
+                    break
                 looked_at += 1
                 after = job_id  # the page goes on after the last id looked at
+                if where.newer_than_the_window(job_id):
+                    continue  # passed over, not counted against the page's scan
+                scanned += 1
                 # In the tenant's own index every id is theirs (get_many reads the spec).
-                if where.in_window(job_id) and (own_index or _is_tenants(store, job_id, tenant)):
+                if own_index or _is_tenants(store, job_id, tenant):
                     wanted.append(job_id)
                 if len(wanted) == limit - len(jobs) or scanned >= _MAX_SCANNED_PER_PAGE:
                     break
             if not wanted:
+                if past_the_window:
+                    return jobs, None
                 break  # the batch is used up
             if stopped is None:
                 stopped = store.stop_marked(batch[0], batch[-1])
@@ -316,6 +329,8 @@ def list_jobs(
                     continue
                 if where.matches(job):
                     jobs.append(_with_queue_position(store, job))
+            if past_the_window:
+                return jobs, None
         if looked_at < len(batch):
             # The page ended inside this batch: there is more after it, no listing needed.
             return jobs, (paging.job_token(after) if after else None)
@@ -356,8 +371,8 @@ def _list_oldest_first(
             break
         ids.extend(listed)
     ids.reverse()
-    if after is not None:
-        ids = ids[ids.index(after) + 1 :] if after in ids else []
+    if after is not None:  # newer than the token's job (smaller ids), whether it still exists
+        ids = [job_id for job_id in ids if job_id < after]
     jobs: list[Job] = []
     scanned = 0
     for position, job_id in enumerate(ids):
@@ -451,7 +466,7 @@ def list_checkpoints(store: JobStore, job_id: str, *, tenant: str) -> list[Check
     """Committed checkpoints under the job's output prefix, lowest step first.
 
     A folder without its COMMITTED marker (an upload cut short) is not listed: readers
-    trust only committed checkpoints (DESIGN.md, output layout).
+    trust only committed checkpoints (docs/architecture.md, "The state bucket").
     """
     spec = owned_spec(store, job_id, tenant)
     prefix = parse_s3_uri(spec.output_prefix + "checkpoints/", field="outputDataConfig.s3Uri")

@@ -54,7 +54,7 @@ def event_token(sequence: int) -> str:
 def event_after(token: str, *, field: str = "pageToken") -> int:
     """The event sequence number an events token goes on after."""
     kind, _, number = decode(token, field=field).partition(":")
-    if kind + ":" != _EVENT_PREFIX or not number.isdigit() or len(number) > 12:
+    if kind + ":" != _EVENT_PREFIX or not _is_number(number):
         raise _not_ours(field)
     return int(number)
 
@@ -65,6 +65,11 @@ def offset_token(offset: int) -> str:
 
 def offset_after(token: str, *, field: str) -> int:
     decoded = decode(token, field=field)
-    if not decoded.isdigit() or len(decoded) > 12:
+    if not _is_number(decoded):
         raise _not_ours(field)
     return int(decoded)
+
+
+def _is_number(text: str) -> bool:
+    """ASCII digits only (str.isdigit also takes '²', which int() refuses), 12 at most."""
+    return 0 < len(text) <= 12 and text.isascii() and text.isdigit()

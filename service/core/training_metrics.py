@@ -1,7 +1,7 @@
 """A job's training and validation metrics, read from the CSV files the trainer writes.
 
-Transport-free (the REST route and the dashboard use it). The files are the ones of
-DESIGN.md ("Output prefix"):
+Transport-free (the REST route and the dashboard use it). The files are the ones of the
+job's output folder (docs/architecture.md, "The state bucket"):
 
     <output>training_artifacts/step_wise_training_metrics.csv
         step_number,epoch_number,training_loss,perplexity[,more columns]

@@ -31,8 +31,8 @@ from jobstore.storage import S3Location
 from service.context import ServiceContext
 from service.errors import TuneforgeError
 from service.grpc_api.auth import AuthInterceptor
+from service.grpc_api.observation import ObservationInterceptor
 from service.grpc_api.servicer import FineTuningServicer
-from service.observability.grpc import ObservationInterceptor
 
 log = logging.getLogger(__name__)
 

@@ -67,3 +67,59 @@ def test_trainer_image_pins_torch_on_a_cuda_base() -> None:
     assert re.search(r"^FROM nvidia/cuda:\d+\.\d+\.\d+-", text, flags=re.MULTILINE)
     pins = (DOCKER / "trainer-constraints.txt").read_text()
     assert re.search(r"^torch==\d+\.\d+\.\d+$", pins, flags=re.MULTILINE)
+
+
+def _ignore_pattern(pattern: str) -> re.Pattern[str]:
+    regex = ""
+    index = 0
+    while index < len(pattern):
+        if pattern.startswith("**", index):
+            regex, index = regex + ".*", index + 2
+        elif pattern[index] == "*":
+            regex, index = regex + "[^/]*", index + 1
+        elif pattern[index] == "?":
+            regex, index = regex + "[^/]", index + 1
+        else:
+            regex, index = regex + re.escape(pattern[index]), index + 1
+    return re.compile(regex)
+
+
+def _sent_to_the_build(path: str, dockerignore: Path) -> bool:
+    """Whether BuildKit sends `path` of the context, by `dockerignore`'s rules: the last
+    pattern that matches the path or a folder above it decides; `!` re-includes."""
+    patterns = [
+        line.strip()
+        for line in dockerignore.read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    parts = path.split("/")
+    candidates = ["/".join(parts[: end + 1]) for end in range(len(parts))]
+    sent = True
+    for pattern in patterns:
+        negated = pattern.startswith("!")
+        matcher = _ignore_pattern(pattern.removeprefix("!"))
+        if any(matcher.fullmatch(candidate) for candidate in candidates):
+            sent = negated
+    return sent
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_every_copied_source_is_sent_by_the_dockerignore(dockerfile: Path) -> None:
+    root = DOCKER.parents[1]
+    dockerignore = dockerfile.with_name(dockerfile.name + ".dockerignore")
+    sources = []
+    for line in dockerfile.read_text().splitlines():
+        words = line.split()
+        if words[:1] == ["COPY"] and not any(w.startswith("--from") for w in words):
+            sources += [w for w in words[1:-1] if not w.startswith("--")]
+    assert sources
+    missing = []
+    for source in sources:
+        local = root / source
+        # A folder is sent when a file in it is (a .py file for a package).
+        files = sorted(local.rglob("*.py"))[:1] if local.is_dir() else [local]
+        assert files, f"{source} has no file to check"
+        relative = files[0].relative_to(root).as_posix()
+        if not _sent_to_the_build(relative, dockerignore):
+            missing.append(source)
+    assert not missing, f"{dockerignore.name} keeps {missing} out of the build context"

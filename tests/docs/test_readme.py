@@ -36,8 +36,8 @@ def test_the_first_job_block_talks_to_the_documented_address() -> None:
 
 def test_the_readmes_first_job_runs_as_written(s3_server: EmbeddedS3, tmp_path: Path) -> None:
     checkout = tmp_path / "checkout"  # where a newcomer runs it: .tuneforge/, .venv/
-    checkout.mkdir()
-    (checkout / ".venv").symlink_to(Path(sys.executable).parents[1])
+    (checkout / ".venv" / "bin").mkdir(parents=True)
+    (checkout / ".venv" / "bin" / "python").symlink_to(sys.executable)
     server = ApiServer(s3_server, checkout / ".tuneforge", embedded_store=True)
     server.start()
     try:
@@ -45,14 +45,19 @@ def test_the_readmes_first_job_runs_as_written(s3_server: EmbeddedS3, tmp_path: 
         environment = {
             k: v for k, v in os.environ.items() if not k.startswith(("TUNEFORGE_", "AWS_"))
         }
-        result = subprocess.run(
-            ["bash", "-c", script],
-            cwd=checkout,
-            env=environment,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
+        environment["AWS_CONFIG_FILE"] = os.devnull  # only .tuneforge/env's settings
+        try:
+            result = subprocess.run(
+                ["bash", "-c", script],
+                cwd=checkout,
+                env=environment,
+                capture_output=True,
+                text=True,
+                timeout=600,
+            )
+        except subprocess.TimeoutExpired as expired:
+            message = f"the README's first job ran over 600 s: {expired.stdout!r}"
+            raise AssertionError(message) from None
     finally:
         server.stop()
         server.kill_trainers()

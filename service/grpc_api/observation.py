@@ -1,4 +1,5 @@
-"""The gRPC edge's request observation: an interceptor, the gRPC twin of middleware.py.
+"""The gRPC face's request observation: an interceptor, the gRPC twin of
+service/observability/middleware.py.
 
 For every call: take the request id from the `x-request-id` metadata or make one, send
 it back in the initial metadata, bind it for the call's log lines (store calls in
