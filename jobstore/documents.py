@@ -1,4 +1,5 @@
 """The job documents in the state bucket: the one definition of the contract.
+Long because it is every stored document's one definition, with their ranges.
 
 Shared by the API server, the reconciler and the trainer (docs/architecture.md, "The
 state bucket").

@@ -1,4 +1,5 @@
 """The one module that talks to S3-compatible object storage.
+Long because every S3 call of the project and its error mapping live here, once.
 
 Everything else in the project (API server, reconciler, trainer) goes through
 `ObjectStore`. It owns the boto3 client (connection pool, retries with backoff,

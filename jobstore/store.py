@@ -1,4 +1,5 @@
 """Job documents in the state bucket, with conditional writes as the only lock.
+Long because every job-document key and compare-and-swap lives here, once.
 
 Invariants:
 - `spec.json` and the first `status.json` are created with `If-None-Match: *`; a job id

@@ -1,4 +1,5 @@
 """The reconcile loop: moves the store's desired state towards the observed one.
+Long because one pass over a job, launch to verdict, reads best in one place.
 
 Every replica runs one; there is no leader and nothing in memory that matters. Each
 pass walks `active/` (jobs not yet seen terminal) and, per job:

@@ -1,4 +1,5 @@
 """Checkpoints and the final model, written to the job's output prefix.
+Long because a checkpoint's layout, writing, upload and commit are one contract.
 
 A checkpoint is the folder `checkpoints/step-<n>/`:
 

@@ -1,5 +1,6 @@
 """Preflight: every record of the training and validation data checked, then tokenized,
 before any model weights are loaded (state VALIDATING, CPU only).
+Long because both phases and their progress share one stream of the data.
 
 Phase 1 needs no model: the files, JSON, schemas, empty fields, the order of conversation
 roles, one format per file, the label set (CLASSIFICATION). The base model is downloaded

@@ -1,5 +1,6 @@
 """The core's rules: create, get, list and stop jobs, their events, checkpoints and logs.
 Transport-free.
+Long because it is every rule of the core; the reads of a job's records end it.
 
 Faces never call these directly: they call `JobService` (service/core/job_service.py),
 which adds what every face needs around them (the operator's settings, waking the

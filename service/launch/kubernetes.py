@@ -1,4 +1,5 @@
 """The Kubernetes launcher: each trainer attempt is one `batch/v1` Job.
+Long because the manifest and the calls that use it read best side by side.
 
 `render_job_manifest()` is a pure function from a job's spec and attempt to the Job
 manifest (a plain dict); `KubernetesLauncher` creates, observes and deletes those Jobs
