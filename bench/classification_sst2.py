@@ -38,8 +38,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from jobstore.storage import ObjectStore, S3Location
-from service.demo import seed_demo
-from service.embedded_s3 import EmbeddedS3, free_port
+from service.server.demo import seed_demo
+from service.server.embedded_s3 import EmbeddedS3, free_port
 from tests.conftest import minilm_model_dir
 from tests.servers import ApiServer
 

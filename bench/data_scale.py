@@ -43,8 +43,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from jobstore.storage import ObjectStore, S3Location
-from service.demo import seed_demo
-from service.embedded_s3 import EmbeddedS3, free_port
+from service.server.demo import seed_demo
+from service.server.embedded_s3 import EmbeddedS3, free_port
 from tests.servers import ApiServer
 
 # fmt: off

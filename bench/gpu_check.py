@@ -1,4 +1,4 @@
-"""One GPU check, one command: `make gpu-check` (issue 14).
+"""One GPU check, one command: `make gpu-check`.
 
 On a host with a CUDA GPU, through the real service (embedded SeaweedFS, the REST API, the
 local launcher, real trainer processes):
@@ -42,9 +42,9 @@ import torch  # noqa: E402
 
 from jobstore.storage import ObjectStore, S3Location  # noqa: E402
 from jobstore.store import JobStore  # noqa: E402
-from service.demo import build_demo_model, demo_datasets  # noqa: E402
-from service.embedded_s3 import EmbeddedS3, free_port  # noqa: E402
-from tests.faults.replicas import events  # noqa: E402
+from service.server.demo import build_demo_model, demo_datasets  # noqa: E402
+from service.server.embedded_s3 import EmbeddedS3, free_port  # noqa: E402
+from tests.e2e.faults.replicas import events  # noqa: E402
 from tests.servers import ApiServer  # noqa: E402
 
 BUCKET = "gpu-check"

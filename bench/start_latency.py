@@ -26,8 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from jobstore.storage import ObjectStore
 from jobstore.store import JobStore
-from service.demo import seed_demo
-from service.embedded_s3 import EmbeddedS3, free_port
+from service.server.demo import seed_demo
+from service.server.embedded_s3 import EmbeddedS3, free_port
 from tests.servers import ApiServer, demo_job
 
 

@@ -1,6 +1,6 @@
 """Start-up check that the object store really honours conditional writes.
 
-Every guarantee in DESIGN.md ("no job lost or duplicated") rests on `If-None-Match: *`
+The guarantee that no job is lost or duplicated (docs/architecture.md) rests on `If-None-Match: *`
 and `If-Match` being enforced. Some S3-compatible stores accept the headers and ignore
 them; the service must refuse to run on such a store rather than corrupt jobs later.
 """

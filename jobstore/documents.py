@@ -21,7 +21,7 @@ import time
 from datetime import UTC, datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from jobstore.errors import IllegalTransition
 
@@ -304,7 +304,7 @@ class Integrations(_Document):
 
 
 class Notifications(_Document):
-    """Where to tell about the job's end (service/webhooks.py)."""
+    """Where to tell about the job's end (service/webhooks/delivery.py)."""
 
     webhookUrl: str | None = None
 
@@ -351,13 +351,12 @@ class JobResources(_Document):
     ] = "DDP"
 
 
-class JobSpec(_Document):
-    """What the user asked for. Written once; never changes."""
+class JobRequest(_Document):
+    """What the caller chose, as stored: the API's create request (`JobCreate`, validated
+    there) has exactly these fields, and a job's answer (`JobPublic`) shows them all;
+    tests/layers checks that the three name the same fields."""
 
-    jobId: str
     jobName: str
-    tenant: str = "default"
-    createdAt: str
     customizationType: str = "FINE_TUNING"
     baseModelIdentifier: str
     trainingDataConfig: DataLocation
@@ -369,6 +368,26 @@ class JobSpec(_Document):
     integrations: Integrations | None = None
     notifications: Notifications | None = None
     resources: JobResources = JobResources()
+
+    @field_validator("integrations")
+    @classmethod
+    def _no_empty_integrations(cls, value: Integrations | None) -> Integrations | None:
+        # `integrations: {}` asks for nothing: stored (and shown) as no integrations.
+        return value if value is not None and value.mlflow is not None else None
+
+    @field_validator("notifications")
+    @classmethod
+    def _no_empty_notifications(cls, value: Notifications | None) -> Notifications | None:
+        return value if value is not None and value.webhookUrl else None
+
+
+class JobSpec(JobRequest):
+    """What the user asked for, with what the server gave it (id, tenant, creation time).
+    Written once; never changes."""
+
+    jobId: str
+    tenant: str = "default"
+    createdAt: str
 
     @property
     def output_prefix(self) -> str:
@@ -452,7 +471,7 @@ class LaunchRecord(_Document):
     launchedAt: str
     launchedBy: str
     # The host GPUs the attempt was given (its CUDA_VISIBLE_DEVICES), local launcher with
-    # a GPU inventory only (service/launch/gpus.py); empty: none were assigned.
+    # a GPU inventory only (service/control/launch/gpus.py); empty: none were assigned.
     devices: list[str] = []
 
 

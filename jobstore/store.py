@@ -398,7 +398,7 @@ class JobStore:
         `stopped`: the ids with a stop marker (`stop_marked`), whose control is read too.
         None for an id whose spec is not written yet (a create in flight), or whose spec
         or status cannot be read (logged; the reconciler fails such a job, or reports it:
-        service/reconcile_faults.py), so one damaged record does not break every page."""
+        service/control/reconcile_faults.py), so one damaged record does not break every page."""
         context = contextvars.copy_context()  # the caller's request id, for store logs
 
         def read(job_id: str) -> Job | None:

@@ -2,8 +2,8 @@
 
 The job store's errors (jobstore/errors.py: not found, store unavailable, corrupt
 documents, ...) are the base of these and are re-exported here, so that an edge maps one
-module: REST in `service/api/errors.py`, gRPC in `service/grpc_api/errors.py`, Bedrock in
-`service/bedrock/errors.py`. Nothing here knows about HTTP or gRPC.
+module: REST in `service/faces/rest/errors.py`, gRPC in `service/faces/grpc/errors.py`, Bedrock in
+`service/faces/bedrock/errors.py`. Nothing here knows about HTTP or gRPC.
 """
 
 from __future__ import annotations
@@ -20,13 +20,18 @@ from jobstore.errors import (
 )
 
 __all__ = [
+    "AuthConfigurationError",
     "CorruptDocument",
     "FailedPrecondition",
+    "GrpcStartError",
     "IdempotencyConflict",
     "IllegalTransition",
     "InvalidArgument",
     "JobNotFound",
+    "KeyNotFound",
     "LauncherFailed",
+    "ModelNotFound",
+    "NameConflict",
     "PermissionDenied",
     "StatusContention",
     "StoreNotConformant",
@@ -81,3 +86,40 @@ class LauncherFailed(TuneforgeError):
     or the host refused (the local launcher). Says which call, for which job."""
 
     code = "INTERNAL"
+
+
+class KeyNotFound(TuneforgeError):
+    """No API key with this id (the admin routes)."""
+
+    code = "NOT_FOUND"
+
+    def __init__(self, key_id: str) -> None:
+        super().__init__(f"no API key with id '{key_id}'", field="keyId")
+
+
+class ModelNotFound(TuneforgeError):
+    """No usable custom model of the tenant's with this name."""
+
+    code = "NOT_FOUND"
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"no custom model named '{name}'", field="modelIdentifier")
+
+
+class NameConflict(TuneforgeError):
+    """A name is held: a custom model's name is taken, a custom model is the base model of
+    a job that has not ended, or other requests keep claiming and releasing the name."""
+
+    code = "CONFLICT"
+
+
+class AuthConfigurationError(TuneforgeError):
+    """Authentication is off but the service would listen beyond loopback."""
+
+    code = "AUTH_CONFIGURATION"
+
+
+class GrpcStartError(TuneforgeError):
+    """The gRPC server could not listen on its address."""
+
+    code = "GRPC_START"

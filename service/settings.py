@@ -7,6 +7,7 @@ the environment at import time.
 from __future__ import annotations
 
 import ipaddress
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -15,7 +16,23 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from jobstore.storage import parse_s3_uri
 from service.errors import InvalidArgument
-from service.launch.gpus import host_gpus
+
+_DEVICE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9:_.-]{0,127}$")
+
+
+def gpu_names(listed: str) -> list[str]:
+    """The devices a comma-separated list names (TUNEFORGE_GPUS, CUDA_VISIBLE_DEVICES), in
+    order. Raises ValueError for a name CUDA would not take or a device named twice."""
+    devices = [name.strip() for name in listed.split(",") if name.strip()]
+    # CUDA stops at the first invalid entry: "-1" hides every device after it.
+    if "-1" in devices:
+        devices = devices[: devices.index("-1")]
+    for name in devices:
+        if not _DEVICE_NAME.match(name):
+            raise ValueError(f"GPU {name!r} is not a device index or UUID")
+    if len(set(devices)) != len(devices):
+        raise ValueError(f"GPUs {listed!r} name a device twice")
+    return devices
 
 
 class TenantLimitOverrides(BaseModel):
@@ -52,7 +69,7 @@ class Settings(BaseSettings):
     # the side that closes a connection a client is about to reuse (uvicorn's 5 s made
     # busy clients see ReadError on a request sent into a just-closed connection).
     rest_keep_alive_seconds: int = Field(default=65, ge=1)
-    # Serving processes on the REST port (service/workers.py): each one a replica with
+    # Serving processes on the REST port (service/server/workers.py): each one a replica with
     # its own reconciler; for hosts with cores to spare (one Python process uses one).
     api_workers: int = Field(default=1, ge=1, le=64)
 
@@ -91,7 +108,7 @@ class Settings(BaseSettings):
     # A job whose reconcile fails (a record that does not parse, a launcher's API error)
     # this many passes in a row, over at least this long, is failed (INTERNAL, naming the
     # cause); one whose status cannot even be written is set aside and tried again every
-    # `reconcile_set_aside_seconds` (service/reconcile_faults.py). Store outages do not
+    # `reconcile_set_aside_seconds` (service/control/reconcile_faults.py). Store outages do not
     # count. Other jobs are never held up by it.
     reconcile_give_up_failures: int = Field(default=10, ge=1, le=100_000)
     reconcile_give_up_seconds: float = Field(default=300.0, ge=0)
@@ -99,7 +116,7 @@ class Settings(BaseSettings):
     # A crashed trainer is relaunched at most this many times; preemptions (SIGTERM)
     # and lost nodes do not count, but no job gets more than `max_attempts` trainers.
     crash_retry_budget: int = Field(default=2, ge=0, le=100)
-    # The GPUs the local launcher gives trainers (service/launch/gpus.py), as
+    # The GPUs the local launcher gives trainers (service/control/launch/gpus.py), as
     # CUDA_VISIBLE_DEVICES names them: "0,1,2,3", or UUIDs; "" for none. Unset: the
     # server's own CUDA_VISIBLE_DEVICES, else every GPU nvidia-smi lists. A job with
     # resources.gpus N >= 1 takes N free ones of these (docs/gpus.md).
@@ -120,7 +137,7 @@ class Settings(BaseSettings):
     # step and pays off on long runs only.
     trainer_torch_compile: bool = False
     trainer_python: str | None = None
-    # Store credentials per tenant for its trainers (service/trainer_credentials.py): a
+    # Store credentials per tenant for its trainers (service/control/trainer_credentials.py): a
     # JSON file {"<tenant>": {"access_key_id": ..., "secret_access_key": ...}}. Tenants
     # not in it (or no file) give their trainers the store's own credentials.
     trainer_credentials_file: Path | None = None
@@ -129,7 +146,7 @@ class Settings(BaseSettings):
     # true says every tenant's trainers may share the service's on purpose.
     trainer_shared_credentials: bool = False
 
-    # -- cluster launchers (service/launch/ray.py, service/launch/kubernetes.py) -------
+    # -- cluster launchers (service/control/launch/ray.py and kubernetes.py) ------------
     # Attempts a cluster launcher has submitted at once; the cluster queues the rest.
     cluster_slots: int = Field(default=100, ge=1, le=100_000)
     # The Ray dashboard's address (Jobs API), e.g. http://127.0.0.1:8265.
@@ -174,7 +191,7 @@ class Settings(BaseSettings):
 
     max_request_bytes: int = 1_048_576
 
-    # -- observability (service/observability/, service/webhooks.py) -------------------
+    # -- observability (service/observability/, service/webhooks/delivery.py) -------------------
     # Log lines: `json` (one JSON object a line) or `console` (readable, coloured on a
     # terminal); unset: console when stderr is a terminal, else json.
     log_format: Literal["json", "console"] | None = None
@@ -193,7 +210,7 @@ class Settings(BaseSettings):
     # IPs), e.g. TUNEFORGE_MLFLOW_ALLOWED_HOSTS='["mlflow.internal"]'; empty: a create
     # that asks for MLflow is refused. The trainer connects there from the cluster.
     mlflow_allowed_hosts: list[str] = []
-    # The Bedrock-compatible face (service/bedrock/): ARNs are built from these.
+    # The Bedrock-compatible face (service/faces/bedrock/): ARNs are built from these.
     bedrock_region: str = Field(default="us-east-1", pattern=r"^[a-z0-9-]{1,20}$")
     bedrock_account_id: str = Field(default="000000000000", pattern=r"^[0-9]{12}$")
     # SigV4 access key id -> secret key, or -> {"secret": ..., "tenant": ...} (a bare
@@ -243,19 +260,19 @@ class Settings(BaseSettings):
         default=None, pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$"
     )
 
-    # -- the trainer's resource limits (service/launch/local.py; 0: unlimited) ---------
+    # -- the trainer's resource limits (service/control/launch/local.py; 0: unlimited) ---------
     trainer_max_memory_bytes: int = Field(default=0, ge=0)
     trainer_max_processes: int = Field(default=0, ge=0)
     trainer_max_open_files: int = Field(default=4096, ge=0)
     # Resident memory of a trainer (with its ranks): a memory cgroup of its own under the
-    # service's, where the host lets the service make one (service/launch/memory.py).
+    # service's, where the host lets the service make one (service/control/launch/memory.py).
     trainer_memory_limit_bytes: int = Field(default=0, ge=0)
 
     @field_validator("gpus")
     @classmethod
     def _gpus_are_device_names(cls, value: str | None) -> str | None:
         if value is not None:
-            host_gpus(value, {})  # raises ValueError naming the bad entry
+            gpu_names(value)  # raises ValueError naming the bad entry
         return value
 
     @field_validator("allowed_buckets")

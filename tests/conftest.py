@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from jobstore.storage import ObjectStore, parse_s3_uri
-from service.embedded_s3 import EmbeddedS3, free_port
+from service.server.embedded_s3 import EmbeddedS3, free_port
 from tests.servers import ApiServer
 
 ACCESS_KEY = "test-access-key"
@@ -64,7 +64,7 @@ def work_dir(tmp_path: Path) -> Path:
 @pytest.fixture(scope="session")
 def demo_assets(object_store: ObjectStore) -> None:
     """The demo bucket, seeded the way `make run` seeds the embedded store."""
-    from service.demo import seed_demo
+    from service.server.demo import seed_demo
 
     seed_demo(object_store)
 

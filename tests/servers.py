@@ -1,4 +1,4 @@
-"""Run the real API server (`python -m service.main`) as a subprocess on a free port."""
+"""Run the real API server (`python -m service.server.main`) as a subprocess on a free port."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 
-from service.embedded_s3 import EmbeddedS3, free_port
+from service.server.embedded_s3 import EmbeddedS3, free_port
 
 TERMINAL = {"COMPLETED", "FAILED", "STOPPED"}
 
@@ -84,7 +84,7 @@ class ApiServer:
         self.home.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "service.main"],
+                [sys.executable, "-m", "service.server.main"],
                 env=self.environment(),
                 stdout=log,
                 stderr=subprocess.STDOUT,

@@ -13,7 +13,7 @@ from __future__ import annotations
 import socket
 import threading
 
-from service.embedded_s3 import free_port
+from service.server.embedded_s3 import free_port
 
 
 class TcpProxy:

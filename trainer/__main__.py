@@ -133,7 +133,7 @@ def memory_details(spec: JobSpec | None, storage: ObjectStore) -> str:
 
 
 def _size_in_words(size: int) -> str:
-    """10.4 GB, 92.0 MB, 23.1 kB (as service/launch/memory.py writes them)."""
+    """10.4 GB, 92.0 MB, 23.1 kB (as service/control/launch/memory.py writes them)."""
     for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
         if size >= scale:
             return f"{size / scale:,.1f} {unit}"

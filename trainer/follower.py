@@ -1,6 +1,6 @@
 """The reporter of ranks 1..N-1: reads like rank 0's, writes nothing.
 
-One writer per field (DESIGN.md): rank 0 alone writes the job's status, heartbeat,
+One writer per field (docs/architecture.md): rank 0 alone writes the job's status, heartbeat,
 events and log. The other ranks run the same recipe code, which reports as it goes;
 their reports go nowhere. What only rank 0 learns (a stop request, a fenced attempt)
 reaches them through the recipe's per-step collective (trainer/distributed.py), not

@@ -1,4 +1,5 @@
-"""The metrics CSV files of DESIGN.md ("Output prefix"), kept locally and uploaded whole.
+"""The metrics CSV files under the job's output prefix (docs/architecture.md), kept
+locally and uploaded whole.
 
 The files are small (a row per optimizer step), so each upload rewrites the object: no
 multipart or append logic, and a reader always sees a complete, parseable file.

@@ -18,7 +18,7 @@ Invariants:
   slow) becomes one MLFLOW_UNAVAILABLE warning event, and the job goes on without
   MLflow from then on.
 - The tracking URI was checked against the operator's allowed hosts at create
-  (service/integrations.py); nothing here follows redirects to other hosts.
+  (service/core/integrations.py); nothing here follows redirects to other hosts.
 - No threads start at import or construction: the thread starts on the first metric.
 """
 

@@ -1,5 +1,5 @@
 """`python -m trainer.ray_train --job-id ID --workers N ...`: one attempt of a job as a
-Ray Train group, the entrypoint of a multi-node Ray job (service/launch/ray.py).
+Ray Train group, the entrypoint of a multi-node Ray job (service/control/launch/ray.py).
 
 The driver runs a Ray Train `TorchTrainer` with one worker per job node, each asking
 for the node's GPUs, placed by `--placement` (STRICT_SPREAD: one a Ray node). Each

@@ -34,20 +34,13 @@ from pydantic import BaseModel, Field
 
 from jobstore.documents import utc_now
 from jobstore.storage import ObjectStore, PreconditionFailed, S3Location
-from service.errors import InvalidArgument, TuneforgeError
+from service.errors import InvalidArgument, KeyNotFound
 
 KEY_PREFIX = "tfk"
 TENANT_PATTERN = r"^[a-zA-Z0-9_-]{1,64}$"
 _KEY_ID = re.compile(r"^[0-9a-f]{12}$")
 _KEY = re.compile(r"^tfk_(?P<id>[0-9a-f]{12})_(?P<secret>[A-Za-z0-9_-]{32,128})$")
 _TENANT = re.compile(TENANT_PATTERN)
-
-
-class KeyNotFound(TuneforgeError):
-    code = "NOT_FOUND"
-
-    def __init__(self, key_id: str) -> None:
-        super().__init__(f"no API key with id '{key_id}'", field="keyId")
 
 
 class KeyRecord(BaseModel):

@@ -18,18 +18,12 @@ import math
 
 from service.auth.keys import KeyStore
 from service.auth.limits import RequestRate, TenantPolicy, TokenBuckets
-from service.errors import TooManyRequests, TuneforgeError, Unauthenticated
+from service.errors import AuthConfigurationError, TooManyRequests, Unauthenticated
 from service.settings import Settings, _is_loopback
 
 log = logging.getLogger(__name__)
 
 DEFAULT_TENANT = "default"
-
-
-class AuthConfigurationError(TuneforgeError):
-    """Authentication is off but the service would listen beyond loopback."""
-
-    code = "AUTH_CONFIGURATION"
 
 
 def bearer_token(authorization: str | None) -> str | None:

@@ -15,11 +15,11 @@ from collections.abc import Callable
 from jobstore.documents import JobEvent, JobState
 from jobstore.store import Job, JobStore
 from service.auth.limits import TenantPolicy
+from service.control.launch.capacity import launch_capacity
 from service.core import jobs
 from service.core.jobs import Checkpoint, JobFilter, JobWatch, LogSlice
+from service.core.schemas import JobCreate
 from service.core.training_metrics import JobMetrics, read_job_metrics
-from service.launch.capacity import launch_capacity
-from service.schemas import JobCreate
 from service.settings import Settings
 
 

@@ -22,15 +22,12 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from jobstore.documents import (
-    DataLocation,
-    Integrations,
     JobControl,
     JobEvent,
+    JobRequest,
     JobResources,
     JobSpec,
     JobState,
-    MlflowIntegration,
-    Notifications,
     job_id_created_ms,
     new_job_id,
     utc_now,
@@ -40,6 +37,8 @@ from jobstore.storage import ObjectMissing, S3Location, parse_s3_uri
 from jobstore.store import Job, JobStore
 from service.auth.limits import TenantPolicy
 from service.core import paging
+from service.core.integrations import check_mlflow_tracking_uri
+from service.core.schemas import JobCreate, JobPublic
 from service.errors import (
     CorruptDocument,
     FailedPrecondition,
@@ -48,9 +47,7 @@ from service.errors import (
     JobNotFound,
     TooManyRequests,
 )
-from service.integrations import check_mlflow_tracking_uri
-from service.schemas import JobCreate, JobPublic
-from service.webhooks import check_webhook_url
+from service.webhooks.delivery import check_webhook_url
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +63,16 @@ def request_fingerprint(request: JobCreate) -> str:
     """A hash of the request as it will be executed (defaults filled in), token aside."""
     body = request.model_dump(mode="json", exclude={"clientRequestToken"})
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def stored_request(request: JobCreate) -> dict[str, Any]:
+    """The create request's fields as the job spec stores them (`JobRequest`): the API's
+    nested shapes become plain data, the shared documents are kept as they are."""
+    shared = {"hyperParameters": request.hyperParameters, "resources": request.resources}
+    return {
+        **request.model_dump(include=set(JobRequest.model_fields), exclude=set(shared)),
+        **shared,
+    }
 
 
 def check_buckets(request: JobCreate, policy: TenantPolicy) -> None:
@@ -135,41 +142,10 @@ def create_job(
         mlflow_hosts=mlflow_hosts,
         check_resources=check_resources,
     )
-    mlflow = request.integrations.mlflow if request.integrations is not None else None
     token = request.clientRequestToken
     repeat = token is not None and store.find_idempotency_token(tenant, token) is not None
     spec = JobSpec(
-        jobId=new_job_id(),
-        jobName=request.jobName,
-        tenant=tenant,
-        createdAt=utc_now(),
-        customizationType=request.customizationType,
-        baseModelIdentifier=request.baseModelIdentifier,
-        trainingDataConfig=DataLocation(s3Uri=request.trainingDataConfig.s3Uri),
-        validationDataConfig=(
-            DataLocation(s3Uri=request.validationDataConfig.s3Uri)
-            if request.validationDataConfig
-            else None
-        ),
-        outputDataConfig=DataLocation(s3Uri=request.outputDataConfig.s3Uri),
-        hyperParameters=request.hyperParameters,
-        tags=request.tags,
-        clientRequestToken=request.clientRequestToken,
-        resources=request.resources,
-        integrations=(
-            Integrations(
-                mlflow=MlflowIntegration(
-                    trackingUri=mlflow.trackingUri, experimentName=mlflow.experimentName
-                )
-            )
-            if mlflow is not None
-            else None
-        ),
-        notifications=(
-            Notifications(webhookUrl=request.notifications.webhookUrl)
-            if request.notifications is not None
-            else None
-        ),
+        **stored_request(request), jobId=new_job_id(), tenant=tenant, createdAt=utc_now()
     )
     # A place in the queue before anything is written: a refused create leaves nothing.
     # (Should this create die half-way, the reconciler frees the place: queue_ledger.py.)

@@ -1,1 +1,1 @@
-"""Observability: Prometheus metrics, structured logs, request ids (issue 7)."""
+"""Observability: Prometheus metrics, structured logs, request ids."""

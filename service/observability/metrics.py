@@ -17,7 +17,7 @@ Every replica reports the jobs it sees; dashboards aggregate with `max by (job_i
 
 With TUNEFORGE_API_WORKERS > 1 a replica is several processes and a scrape reaches one of
 them: counters and histograms are then kept in prometheus_client's multiprocess files
-(PROMETHEUS_MULTIPROC_DIR, set by service/workers.py for its workers) and every scrape
+(PROMETHEUS_MULTIPROC_DIR, set by service/server/workers.py for its workers) and every scrape
 sums all workers'; the reconcile gauges are the answering worker's own snapshot, which is
 the replica's too (every worker reconciles the same store).
 """
@@ -57,7 +57,7 @@ _RECONCILE_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30
 # States a trainer works in: its job's gauges exist while the job is in one of them.
 _RUNNING_STATES = (JobState.RUNNING, JobState.STOPPING)
 # prometheus_client keeps every metric's values in files in this folder when it is set at
-# import: TUNEFORGE_API_WORKERS > 1 sets it for its workers (service/workers.py).
+# import: TUNEFORGE_API_WORKERS > 1 sets it for its workers (service/server/workers.py).
 MULTIPROCESS_DIRECTORY_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
@@ -107,7 +107,7 @@ class Metrics:
         self.reconcile_errors = Counter(
             "tuneforge_reconcile_errors",
             "Failures reading or acting on one job in a reconcile pass (or of a step of the "
-            "pass), by reason (service/reconcile_faults.py REASONS).",
+            "pass), by reason (service/control/reconcile_faults.py REASONS).",
             ["reason"],
             registry=registry,
         )

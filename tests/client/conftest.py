@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from service.embedded_s3 import EmbeddedS3
-from tests.grpc.conftest import LIVELY
+from service.server.embedded_s3 import EmbeddedS3
+from tests.faces.grpc.conftest import LIVELY
 from tests.servers import ApiServer
 
 
 @pytest.fixture
 def lively_server(s3_server: EmbeddedS3, demo_assets: None, tmp_path: Path) -> Iterator[ApiServer]:
-    """A server whose trainers report progress often (see tests/grpc/conftest.py)."""
+    """A server whose trainers report progress often (see tests/faces/grpc/conftest.py)."""
     server = ApiServer(
         s3_server,
         tmp_path / "home",

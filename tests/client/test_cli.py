@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from service.embedded_s3 import free_port
+from service.server.embedded_s3 import free_port
 from tests.servers import ApiServer, demo_job
 
 SCRIPT = Path(sys.executable).parent / "tuneforge"

@@ -22,7 +22,7 @@ from tuneforge import (
 )
 from tuneforge.v1 import fine_tuning_pb2 as pb
 
-from service.embedded_s3 import free_port
+from service.server.embedded_s3 import free_port
 from tests.servers import ApiServer, demo_job
 
 

@@ -14,7 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from service.embedded_s3 import EmbeddedS3
+from service.server.embedded_s3 import EmbeddedS3
 from tests.servers import ApiServer
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -20,7 +20,7 @@ import pytest
 from jobstore.conformance import check_conditional_writes
 from jobstore.errors import StoreNotConformant
 from jobstore.storage import ObjectStore
-from service.embedded_s3 import EmbeddedS3, free_port
+from service.server.embedded_s3 import EmbeddedS3, free_port
 
 _DROPPED = {"if-none-match", "if-match"}
 
@@ -88,7 +88,7 @@ def test_probe_refuses_a_store_that_ignores_if_none_match(ignoring_store: str) -
 
 def test_service_refuses_to_start_on_such_a_store(ignoring_store: str, tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "service.main"],
+        [sys.executable, "-m", "service.server.main"],
         env={
             "PATH": "/usr/bin:/bin",
             "TUNEFORGE_HOME": str(tmp_path),

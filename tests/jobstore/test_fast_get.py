@@ -18,7 +18,7 @@ from jobstore.storage import (
     S3Location,
     StorageError,
 )
-from service.embedded_s3 import EmbeddedS3, free_port
+from service.server.embedded_s3 import EmbeddedS3, free_port
 
 
 @pytest.fixture

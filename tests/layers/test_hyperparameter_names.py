@@ -18,7 +18,7 @@ from tuneforge.create_flags import CREATE_FLAGS
 from tuneforge.v1 import fine_tuning_pb2 as pb
 
 from jobstore.documents import HyperParameters
-from service.bedrock.mapping import hyper_parameter_strings
+from service.faces.bedrock.mapping import hyper_parameter_strings
 
 ROOT = Path(__file__).resolve().parents[2]
 NAMES = set(HyperParameters.model_fields)

@@ -16,8 +16,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 LINT_IMPORTS = Path(sys.executable).parent / "lint-imports"
-CORE_NEVER_IMPORTS_A_FACE = (
-    "the core (service.core, reconciler, launchers, auth, webhooks, ...) never imports a face"
+SERVICE_LAYERS = (
+    "the service's layers: server, faces, core, control, webhooks, auth and observability, "
+    "settings, errors"
 )
 
 
@@ -82,7 +83,7 @@ def test_the_tree_keeps_every_contract() -> None:
             "the service never imports the trainer or the client SDK",
         ),
         (
-            "service/grpc_api/planted.py",
+            "service/faces/grpc/planted.py",
             "from tuneforge import convert",
             "the service never imports the trainer or the client SDK",
         ),
@@ -93,17 +94,32 @@ def test_the_tree_keeps_every_contract() -> None:
         ),
         (
             "service/core/job_service.py",
-            "from service.api import deps",
-            CORE_NEVER_IMPORTS_A_FACE,
+            "from service.faces.rest import deps",
+            SERVICE_LAYERS,
         ),
         (
-            "service/reconciler.py",
-            "from service.grpc_api import mapping",
-            CORE_NEVER_IMPORTS_A_FACE,
+            "service/control/reconciler.py",
+            "from service.faces.grpc import mapping",
+            SERVICE_LAYERS,
         ),
         (
-            "service/bedrock/planted.py",
-            "from service.api import errors",
+            "service/control/reconciler.py",
+            "from service.core import jobs",  # the control plane never calls the core
+            SERVICE_LAYERS,
+        ),
+        (
+            "service/faces/rest/deps.py",
+            "from service.server import replica",
+            SERVICE_LAYERS,
+        ),
+        (
+            "service/settings.py",
+            "from service.control.launch import gpus",
+            SERVICE_LAYERS,
+        ),
+        (
+            "service/faces/bedrock/planted.py",
+            "from service.faces.rest import errors",
             "the faces (REST, gRPC, Bedrock) never import each other",
         ),
     ],
@@ -117,6 +133,9 @@ def test_the_tree_keeps_every_contract() -> None:
         "client->jobstore",
         "core->face",
         "reconciler->face",
+        "control->core",
+        "face->server",
+        "settings->control",
         "face->face",
     ],
 )

@@ -10,7 +10,7 @@ import pytest
 
 from jobstore.storage import ObjectStore
 from jobstore.store import JobStore
-from service.demo import build_demo_model, seed_demo
+from service.server.demo import build_demo_model, seed_demo
 from tests.trainer.jobs import (
     DATA_BUCKET,
     DEMO_BUCKET,

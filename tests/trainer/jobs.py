@@ -24,7 +24,7 @@ from jobstore.documents import (
 )
 from jobstore.storage import ObjectStore, S3Location, parse_s3_uri
 from jobstore.store import JobStore
-from service.demo import MODEL_PREFIX, TRAIN_KEY, VALIDATION_KEY
+from service.server.demo import MODEL_PREFIX, TRAIN_KEY, VALIDATION_KEY
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 STATE_BUCKET = "trainer-state"

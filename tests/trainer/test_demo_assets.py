@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from jobstore.storage import ObjectStore, S3Location
-from service.demo import (
+from service.server.demo import (
     MODEL_PREFIX,
     TRAIN_KEY,
     VALIDATION_KEY,

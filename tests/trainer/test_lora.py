@@ -12,7 +12,7 @@ import torch
 from peft import PeftModel
 
 from jobstore.documents import HyperParameters
-from service.demo import build_demo_model
+from service.server.demo import build_demo_model
 from tests.conftest import minilm_model_dir
 from trainer import lora
 from trainer.errors import ModelLoadError

@@ -19,7 +19,7 @@ from jobstore.documents import JobSpec, JobState, TrainerExit
 from jobstore.storage import ObjectStore
 from jobstore.store import JobStore
 from service.core import jobs
-from service.embedded_s3 import EmbeddedS3
+from service.server.embedded_s3 import EmbeddedS3
 from tests.conftest import ACCESS_KEY, SECRET_KEY
 from tests.trainer.jobs import (
     FAST_HYPERPARAMETERS,

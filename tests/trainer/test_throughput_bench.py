@@ -1,4 +1,4 @@
-"""bench/trainer_throughput.py's GPU path (issue 8), exercised on a CPU: the Qwen2-0.5B
+"""bench/trainer_throughput.py's GPU path, exercised on a CPU: the Qwen2-0.5B
 preset has the real shape, MFU is 6·N·tokens/s over the device's peak, and the whole
 benchmark (tuneforge beside both Trainers) runs at toy size with the MFU column filled."""
 

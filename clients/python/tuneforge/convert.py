@@ -3,8 +3,9 @@
 The REST API's JSON (`POST /v1/jobs` bodies, `GET /v1/jobs/{id}` answers) and the
 proto messages carry the same fields under the same names (proto JSON names). These
 functions are the one place that turns one into the other: the REST SDK uses them to
-give back the same messages as the gRPC client, the CLI to print the same JSON as
-`curl`, and the server's gRPC edge to build its messages from the REST shapes.
+give back the same messages as the gRPC client, and the CLI to print the same JSON as
+`curl`. (The server maps its own messages, service/faces/grpc/mapping.py; the parity
+tests hold both to the same values.)
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ from jobstore.store import JobStore
 from service.auth.limits import TenantPolicy
 from service.core import jobs, paging
 from service.core.jobs import JobFilter
-from service.schemas import JobCreate
+from service.core.schemas import JobCreate
 from tests.servers import demo_job
 
 

@@ -1,0 +1,147 @@
+"""REST v1 job routes: parse, call the core, shape the answer."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Query, Response, status
+from pydantic import BaseModel, Field
+
+from jobstore.documents import JobEvent, JobState
+from service.core import jobs
+from service.core.schemas import JobCreate, JobList, JobPublic
+from service.faces.rest.deps import CurrentTenant, JobsDep
+from service.faces.rest.errors import ERROR_RESPONSES
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=ERROR_RESPONSES)
+
+JobId = Annotated[str, Path(description="The job's id.", examples=["0p5v2m8x3k7qa1b2"])]
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=JobPublic,
+    responses={200: {"model": JobPublic, "description": "Idempotent repeat: the existing job."}},
+    summary="Create a fine-tuning job",
+)
+def create_job(
+    request: JobCreate, service: JobsDep, caller: CurrentTenant, response: Response
+) -> JobPublic:
+    job, created = service.create(request, caller)
+    if not created:
+        response.status_code = status.HTTP_200_OK
+    response.headers["Location"] = f"/v1/jobs/{job.spec.jobId}"
+    return JobPublic.from_job(job)
+
+
+@router.get("/{job_id}", response_model=JobPublic, summary="Describe a job")
+def get_job(job_id: JobId, service: JobsDep, caller: CurrentTenant) -> JobPublic:
+    return JobPublic.from_job(service.get(job_id, tenant=caller.tenant))
+
+
+@router.get("", response_model=JobList, summary="List jobs, newest first")
+def list_jobs(
+    service: JobsDep,
+    caller: CurrentTenant,
+    state: Annotated[
+        JobState | None, Query(alias="status", description="Only jobs in this state.")
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=jobs.MAX_PAGE_SIZE, description="Page size.")] = 20,
+    page_token: Annotated[
+        str | None, Query(alias="pageToken", max_length=64, description="From nextPageToken.")
+    ] = None,
+) -> JobList:
+    found, next_token = service.list_jobs(
+        tenant=caller.tenant, state=state, limit=limit, page_token=page_token
+    )
+    return JobList(jobs=[JobPublic.from_job(job) for job in found], nextPageToken=next_token)
+
+
+@router.post(
+    "/{job_id}/stop",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=JobPublic,
+    summary="Ask a job to stop",
+)
+def stop_job(job_id: JobId, service: JobsDep, caller: CurrentTenant) -> JobPublic:
+    return JobPublic.from_job(service.stop(job_id, tenant=caller.tenant))
+
+
+# -- events, checkpoints, logs (the gRPC face has the same: ListJobEvents, ...) --------
+
+
+class JobEventList(BaseModel):
+    events: list[JobEvent]
+    nextPageToken: str | None = Field(
+        default=None, description="Pass as pageToken for the next page; absent on the last."
+    )
+
+
+class CheckpointList(BaseModel):
+    checkpoints: list[jobs.Checkpoint]
+
+
+@router.get("/{job_id}/events", response_model=JobEventList, summary="A job's events, oldest first")
+def list_job_events(
+    job_id: JobId,
+    service: JobsDep,
+    caller: CurrentTenant,
+    page_size: Annotated[
+        int,
+        Query(alias="pageSize", ge=1, le=jobs.MAX_EVENTS_PAGE_SIZE, description="Page size."),
+    ] = jobs.DEFAULT_EVENTS_PAGE_SIZE,
+    page_token: Annotated[
+        str | None, Query(alias="pageToken", max_length=64, description="From nextPageToken.")
+    ] = None,
+) -> JobEventList:
+    events, next_token = service.events(
+        job_id, tenant=caller.tenant, page_size=page_size, page_token=page_token
+    )
+    return JobEventList(events=events, nextPageToken=next_token)
+
+
+@router.get(
+    "/{job_id}/checkpoints",
+    response_model=CheckpointList,
+    summary="A job's committed checkpoints, by step",
+)
+def list_checkpoints(job_id: JobId, service: JobsDep, caller: CurrentTenant) -> CheckpointList:
+    return CheckpointList(checkpoints=service.checkpoints(job_id, tenant=caller.tenant))
+
+
+@router.get(
+    "/{job_id}/logs",
+    response_class=Response,
+    summary="The trainer's log (one attempt's), or a slice of it",
+    responses={
+        200: {
+            "content": {"text/plain": {}},
+            "description": "Log bytes. X-Next-Offset: pass as offset to read on; "
+            "X-Log-Size: the whole log's size now; X-Log-Attempt: whose log it is.",
+        }
+    },
+)
+def read_job_log(
+    job_id: JobId,
+    service: JobsDep,
+    caller: CurrentTenant,
+    offset: Annotated[
+        int, Query(description="Byte to start at; negative counts from the end.")
+    ] = 0,
+    max_bytes: Annotated[
+        int,
+        Query(alias="maxBytes", ge=1, le=jobs.MAX_LOG_BYTES, description="Most bytes to return."),
+    ] = jobs.DEFAULT_LOG_BYTES,
+    attempt: Annotated[
+        int | None,
+        Query(ge=1, description="Whose log: an attempt number; the current attempt's if unset."),
+    ] = None,
+) -> Response:
+    piece = service.read_log(
+        job_id, tenant=caller.tenant, offset=offset, max_bytes=max_bytes, attempt=attempt
+    )
+    headers = {"X-Next-Offset": str(piece.next_offset), "X-Log-Size": str(piece.size)}
+    if piece.attempt is not None:
+        headers["X-Log-Attempt"] = str(piece.attempt)
+    return Response(piece.data, media_type="text/plain; charset=utf-8", headers=headers)

@@ -1,0 +1,143 @@
+"""Trainers killed -9 at random points: every job ends COMPLETED with the same model.
+
+An uninterrupted reference job runs first. Then ten seeded trials of the same job
+(same data, hyperparameters and seed): each trial's first trainer is SIGKILLed once it
+has reached a randomly drawn optimizer step (seeded), wherever it is in its loop at
+that moment: mid-step, mid-checkpoint-upload, mid-evaluation. The reconciler sees a
+crash (within the retry budget) and launches attempt 2, which resumes from the newest
+committed checkpoint.
+
+Asserted per trial: COMPLETED; one LAUNCHED event per attempt and one RETRY per
+relaunch (never a duplicate launch); the final weights equal the reference run's
+byte for byte (exact resume: same data order, RNG streams and optimizer state on CPU).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from jobstore.storage import ObjectStore, parse_s3_uri
+from jobstore.store import JobStore
+from service.server.embedded_s3 import EmbeddedS3
+from tests.e2e.faults.replicas import (
+    create,
+    events,
+    one_server,
+    serving,
+    tiny_dataset,
+    tiny_job,
+    wait_all_terminal,
+)
+from tests.servers import ApiServer
+
+TRIALS = 10
+SEED = 6
+# 48 records in batches of 4: 12 steps an epoch, 36 in all; a checkpoint every 5 steps
+# and at each epoch end, so kills land both between and right after checkpoints.
+HYPER: dict[str, Any] = {
+    "epochCount": 3,
+    "batchSize": 4,
+    "checkpointIntervalSteps": 5,
+    "keepCheckpoints": 2,
+}
+TOTAL_STEPS = 36
+
+
+def _trainer_pids(work: Path) -> list[int]:
+    """Processes whose working directory is `work` (one trainer attempt)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if os.readlink(entry / "cwd") == str(work.resolve()):
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+def _final_weights(object_store: ObjectStore, store: JobStore, job_id: str) -> bytes:
+    output = parse_s3_uri(store.get_spec(job_id).output_prefix, field="output")
+    found = object_store.get_bytes(output.child("model", "model.safetensors"))
+    assert found is not None, f"{job_id}: no final model"
+    return found[0]
+
+
+@pytest.fixture
+def server(s3_server: EmbeddedS3, demo_assets: None, tmp_path: Path) -> Iterator[ApiServer]:
+    # Two slots: trials overlap a little, without ten trainers fighting over two cores.
+    api = one_server(s3_server, tmp_path / "home", {"TUNEFORGE_LOCAL_SLOTS": "2"})
+    with serving(api):
+        yield api
+
+
+@pytest.mark.timeout(1500)
+def test_trainers_killed_at_random_points_all_jobs_complete_with_the_same_model(
+    server: ApiServer, object_store: ObjectStore
+) -> None:
+    store = JobStore(object_store, server.state_bucket)
+    chooser = random.Random(SEED)
+    dataset = tiny_dataset(object_store, records=48)
+    with server.client() as client:
+        reference = create(client, tiny_job("kill-reference", dataset, **HYPER))
+        job_ids = [
+            create(client, tiny_job(f"kill-{trial}", dataset, **HYPER)) for trial in range(TRIALS)
+        ]
+
+        kill_steps = {job_id: chooser.randint(1, TOTAL_STEPS - 1) for job_id in job_ids}
+        killed: dict[str, int] = {}
+        pending = set(job_ids)
+        deadline = time.monotonic() + 900
+        while pending and time.monotonic() < deadline:
+            for job_id in sorted(pending):
+                job = client.get(f"/v1/jobs/{job_id}").json()
+                if job["state"] in ("COMPLETED", "FAILED", "STOPPED"):
+                    pending.discard(job_id)
+                    continue
+                if job["attempt"] != 1 or job["progress"]["step"] < kill_steps[job_id]:
+                    continue
+                pids = _trainer_pids(server.home / "work" / job_id / "attempt-1")
+                for pid in pids:
+                    os.kill(pid, signal.SIGKILL)
+                killed[job_id] = job["progress"]["step"]
+                pending.discard(job_id)
+            time.sleep(0.05)
+
+    finished = wait_all_terminal(server, [reference, *job_ids], timeout=900)
+    expected = _final_weights(object_store, store, reference)
+    outcomes = {}
+    for job_id in job_ids:
+        kinds = [event["type"] for event in events(server, job_id)]
+        same = (
+            finished[job_id]["state"] == "COMPLETED"
+            and _final_weights(object_store, store, job_id) == expected
+        )
+        outcomes[job_id] = (
+            finished[job_id]["state"],
+            killed.get(job_id),
+            kinds.count("LAUNCHED"),
+            kinds.count("RETRY"),
+            kinds.count("RESUMED"),
+            same,
+        )
+    assert finished[reference]["state"] == "COMPLETED"
+    assert all(state == "COMPLETED" for state, *_ in outcomes.values()), outcomes
+    # Each relaunch follows exactly one RETRY: no attempt launched twice.
+    assert all(launched == 1 + retried for _, _, launched, retried, _, _ in outcomes.values()), (
+        outcomes
+    )
+    # The kills really interrupted training, and the relaunches resumed mid-job.
+    interrupted = sum(1 for _, _, _, retried, _, _ in outcomes.values() if retried)
+    assert interrupted >= TRIALS - 1, outcomes
+    assert sum(1 for *_, resumed, _ in outcomes.values() if resumed) >= TRIALS // 2, outcomes
+    # Exact resume: every trial's model is the uninterrupted run's, byte for byte.
+    assert all(same for *_, same in outcomes.values()), outcomes
