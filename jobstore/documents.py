@@ -372,13 +372,16 @@ class JobRequest(_Document):
     @field_validator("integrations")
     @classmethod
     def _no_empty_integrations(cls, value: Integrations | None) -> Integrations | None:
-        # `integrations: {}` asks for nothing: stored (and shown) as no integrations.
-        return value if value is not None and value.mlflow is not None else None
+        # `integrations: {}` asks for nothing: stored (and shown) as no integrations. One
+        # holding fields of a newer writer is kept as it is.
+        empty = value is not None and value.mlflow is None and not value.model_extra
+        return None if empty else value
 
     @field_validator("notifications")
     @classmethod
     def _no_empty_notifications(cls, value: Notifications | None) -> Notifications | None:
-        return value if value is not None and value.webhookUrl else None
+        empty = value is not None and not value.webhookUrl and not value.model_extra
+        return None if empty else value
 
 
 class JobSpec(JobRequest):

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import boto3
 from botocore.config import Config
@@ -418,6 +418,35 @@ class ObjectStore:
         except (ClientError, BotoCoreError) as error:
             raise _translate(error, f"uploading to {location.uri}") from error
 
+    def upload_stream(
+        self,
+        stream: BinaryIO,
+        location: S3Location,
+        *,
+        content_type: str = "application/octet-stream",
+    ) -> None:
+        """Write an object from a file object, read in parts (multipart when large): never
+        whole in memory."""
+        try:
+            self._client.upload_fileobj(
+                stream, location.bucket, location.key, ExtraArgs={"ContentType": content_type}
+            )
+        except (ClientError, BotoCoreError) as error:
+            raise _translate(error, f"uploading to {location.uri}") from error
+
+    def read_stream(self, location: S3Location, *, chunk_bytes: int = 1 << 20) -> Iterator[bytes]:
+        """An object's bytes in chunks, as they arrive. Raises ObjectMissing before the
+        first chunk when there is no such object."""
+        try:
+            body = self._client.get_object(Bucket=location.bucket, Key=location.key)["Body"]
+        except ClientError as error:
+            if _is_missing(error):
+                raise ObjectMissing(f"{location.uri} does not exist") from error
+            raise _translate(error, f"reading {location.uri}") from error
+        except BotoCoreError as error:
+            raise _translate(error, f"reading {location.uri}") from error
+        return _chunks(body, chunk_bytes, location)
+
     def download_file(self, location: S3Location, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -463,3 +492,12 @@ class ObjectStore:
             except (ClientError, BotoCoreError) as error:
                 raise _translate(error, f"deleting under {location.uri}") from error
         return len(keys)
+
+
+def _chunks(body: Any, chunk_bytes: int, location: S3Location) -> Iterator[bytes]:
+    try:
+        yield from body.iter_chunks(chunk_bytes)
+    except (ClientError, BotoCoreError) as error:
+        raise _translate(error, f"reading {location.uri}") from error
+    finally:
+        body.close()

@@ -23,6 +23,7 @@ __all__ = [
     "AuthConfigurationError",
     "CorruptDocument",
     "FailedPrecondition",
+    "FileNotFound",
     "GrpcStartError",
     "IdempotencyConflict",
     "IllegalTransition",
@@ -95,6 +96,15 @@ class KeyNotFound(TuneforgeError):
 
     def __init__(self, key_id: str) -> None:
         super().__init__(f"no API key with id '{key_id}'", field="keyId")
+
+
+class FileNotFound(TuneforgeError):
+    """No uploaded file of the tenant's with this id."""
+
+    code = "NOT_FOUND"
+
+    def __init__(self, file_id: str, field: str = "file_id") -> None:
+        super().__init__(f"no file with id '{file_id}'", field=field)
 
 
 class ModelNotFound(TuneforgeError):

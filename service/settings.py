@@ -17,6 +17,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from jobstore.storage import parse_s3_uri
 from service.errors import InvalidArgument
 
+_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+# A device as CUDA_VISIBLE_DEVICES names it: an index, a GPU-/MIG- UUID.
 _DEVICE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9:_.-]{0,127}$")
 
 
@@ -91,6 +93,19 @@ class Settings(BaseSettings):
     s3_region: str = "us-east-1"
     state_bucket: str = "tuneforge"
     seed_demo: bool = True
+    # Files uploaded through the OpenAI-compatible face (POST /v1/files): each tenant's
+    # under s3://<files_bucket>/<tenant>/, a folder every tenant is granted (its trainers
+    # read their data there). Created at start, like the state bucket.
+    files_bucket: str = Field(
+        default="tuneforge-files", pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$"
+    )
+    # The largest file an upload may be (413 beyond it); request bodies elsewhere keep
+    # max_request_bytes.
+    max_file_bytes: int = Field(default=1 << 30, ge=1)
+    # The base models the OpenAI face lists and takes by name (`model`), each an s3://
+    # folder: TUNEFORGE_BASE_MODELS='{"qwen2-0.5b": "s3://models/qwen2-0.5b/"}'. The demo's
+    # tiny model is listed as `tiny-llama` wherever the demo assets are in the store.
+    base_models: dict[str, str] = {}
 
     # Where trainers run: `local` subprocesses, jobs on a `ray` cluster (ray_address),
     # or `kubernetes` Jobs (kubernetes_*). docs/scaling.md.
@@ -273,6 +288,19 @@ class Settings(BaseSettings):
     def _gpus_are_device_names(cls, value: str | None) -> str | None:
         if value is not None:
             gpu_names(value)  # raises ValueError naming the bad entry
+        return value
+
+    @field_validator("base_models")
+    @classmethod
+    def _base_models_are_named_folders(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, uri in value.items():
+            if not _MODEL_NAME.match(name):
+                raise ValueError(
+                    f"base model name {name!r}: letters, digits, '.', '_' and '-', 1-64"
+                )
+            location = parse_s3_uri(uri, field=f"base_models.{name}")
+            if not location.key.endswith("/"):
+                raise ValueError(f"base model {name!r}: {uri} must be a folder (end with '/')")
         return value
 
     @field_validator("allowed_buckets")

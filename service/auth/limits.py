@@ -72,6 +72,9 @@ class TenantPolicy:
     burst: int
     allowed_buckets: tuple[str, ...]  # grants (`Grant.parse`); "*": any but the state bucket
     state_bucket: str
+    # "bucket/tenant/": the tenant's own folder of uploaded files (service/core/files.py)
+    # and of the outputs of jobs made from them; granted to every tenant.
+    files_folder: str | None = None
 
     @classmethod
     def of(cls, settings: Settings, tenant: str, *, authenticated: bool = True) -> TenantPolicy:
@@ -86,7 +89,13 @@ class TenantPolicy:
             burst=settings.tenant_burst if burst is None else burst,
             allowed_buckets=tenant_grants(settings, tenant, authenticated=authenticated),
             state_bucket=settings.state_bucket,
+            files_folder=f"{settings.files_bucket}/{tenant}/",
         )
+
+    @property
+    def trainer_grants(self) -> tuple[str, ...]:
+        """Where the tenant's trainers may read and write: its grants and its files."""
+        return self.allowed_buckets + ((self.files_folder,) if self.files_folder else ())
 
     @classmethod
     def unlimited(cls, tenant: str, state_bucket: str) -> TenantPolicy:
@@ -99,7 +108,7 @@ class TenantPolicy:
         (so no absolute-key tricks); here: an empty key and the state bucket (job
         documents and API keys live there) are invalid (InvalidArgument), and a URI
         outside the tenant's grants is not allowed (PermissionDenied, naming the field,
-        the URI and the grants).
+        the URI and the grants). The tenant's own files folder is always granted.
         """
         location = parse_s3_uri(uri, field=field)
         if not location.key.strip("/"):
@@ -116,15 +125,18 @@ class TenantPolicy:
             )
         if ANY_BUCKET in self.allowed_buckets:
             return
+        if self.files_folder and Grant.parse(self.files_folder).covers(location):
+            return
         grants = [Grant.parse(grant) for grant in self.allowed_buckets]
         if not any(grant.covers(location) for grant in grants):
             granted = ", ".join(sorted(str(grant) for grant in grants)) or (
                 "nothing: the operator grants buckets with TUNEFORGE_TENANT_ALLOWED_BUCKETS, "
                 "TUNEFORGE_ALLOWED_BUCKETS or TUNEFORGE_TENANT_HOME_BUCKET"
             )
+            own = f"; and its own files, s3://{self.files_folder}" if self.files_folder else ""
             raise PermissionDenied(
                 f"{field}: {uri} is outside what tenant '{self.tenant}' may use "
-                f"(granted: {granted})",
+                f"(granted: {granted}{own})",
                 field=field,
             )
 

@@ -219,6 +219,8 @@ class JobFilter:
     created_before_ms: int | None = None
     # A case-insensitive part of the job's name.
     name_contains: str | None = None
+    # Tags the job must have, with these values (OpenAI's metadata[key]=value).
+    tags: tuple[tuple[str, str], ...] = ()
 
     def older_than_the_window(self, job_id: str) -> bool:
         after = self.created_after_ms
@@ -233,6 +235,8 @@ class JobFilter:
 
     def matches(self, job: Job) -> bool:
         if self.states is not None and _visible_state(job) not in self.states:
+            return False
+        if any(job.spec.tags.get(key) != value for key, value in self.tags):
             return False
         return not self.name_contains or (self.name_contains.lower() in job.spec.jobName.lower())
 

@@ -25,7 +25,7 @@ from pydantic import BaseModel
 
 from jobstore.storage import PreconditionFailed, S3Location
 from jobstore.store import JobStore
-from service.errors import NameConflict
+from service.errors import InvalidArgument, NameConflict
 
 _TENANT = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 # How often a claim is tried again when the holder it lost to gave the name up before its
@@ -63,12 +63,13 @@ class NameClaims(Generic[RecordT]):
 
     def _valid_location(self, tenant: str, name: str) -> S3Location:
         location = self.location(tenant, name)
-        assert location is not None, "names are validated before they are claimed"
+        if location is None:  # callers validate names first: a bug, said plainly
+            raise InvalidArgument(f"'{name}' is not a name that can be claimed", field="name")
         return location
 
     def claim(self, tenant: str, name: str, record: RecordT) -> tuple[RecordT, bool]:
         """Create `record` for `name`; return the record that holds the name and whether
-        it is ours. Raises NameBusy if the name keeps changing hands while we try."""
+        it is ours. Raises NameConflict if the name keeps changing hands while we try."""
         location = self._valid_location(tenant, name)
         for _ in range(_CLAIM_ATTEMPTS):
             try:

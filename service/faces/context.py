@@ -7,7 +7,9 @@ from dataclasses import dataclass, field
 from jobstore.store import JobStore
 from service.auth.tenants import Access
 from service.control.reconciler import Reconciler
+from service.core.files import FileStore
 from service.core.job_service import JobService
+from service.core.model_catalog import ModelCatalog
 from service.observability.metrics import Metrics
 from service.settings import Settings
 from service.webhooks.secrets import WebhookSecrets
@@ -28,7 +30,12 @@ class ServiceContext:
     webhook_secrets: WebhookSecrets | None = None
     # The core every face calls, built from the fields above.
     jobs: JobService = field(init=False)
+    # Tenants' uploaded files and the models by name (the OpenAI face's Files and Models).
+    files: FileStore = field(init=False)
+    models: ModelCatalog = field(init=False)
 
     def __post_init__(self) -> None:
         notify = self.reconciler.kick if self.reconciler is not None else None
         self.jobs = JobService(self.store, self.settings, notify=notify)
+        self.files = FileStore(self.store, self.settings.files_bucket)
+        self.models = ModelCatalog(self.store, self.settings)

@@ -1,5 +1,5 @@
-"""The one HTTP application: the REST face and the Bedrock face on one port, error mapping,
-the request size limit. Assembles the faces; no face imports another."""
+"""The one HTTP application: the REST, Bedrock and OpenAI faces on one port, error mapping,
+the request size limits. Assembles the faces; no face imports another."""
 
 from __future__ import annotations
 
@@ -10,27 +10,36 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.faces.bedrock import routes as bedrock_routes
 from service.faces.context import ServiceContext
+from service.faces.openai import routes as openai_routes
+from service.faces.openai.errors import error_body as openai_error_body
 from service.faces.rest.errors import error_body, install_error_handlers
 from service.faces.rest.routes import admin, health, jobs, metrics_data, ui, webhook_secret
 from service.faces.rest.routes import metrics as prometheus_metrics
 from service.faces.rest.routes import stream as job_stream
 from service.observability.middleware import RequestObservation
 
+# File uploads (the OpenAI face's POST /v1/files) have a limit of their own.
+UPLOAD_PATH = "/v1/files"
+
 
 class BodySizeLimit:
-    """Refuse request bodies over `max_bytes` with 413, before they are read whole."""
+    """Refuse request bodies over their limit with 413, before they are read whole:
+    `max_bytes`, or `max_upload_bytes` for a file upload."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, max_upload_bytes: int) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.max_upload_bytes = max_upload_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        upload = scope["path"] == UPLOAD_PATH
+        limit = self.max_upload_bytes if upload else self.max_bytes
         declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await self._refuse(send)
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            await self._refuse(send, limit, upload=upload)
             return
         received = 0
 
@@ -38,21 +47,29 @@ class BodySizeLimit:
             nonlocal received
             message = await receive()
             received += len(message.get("body", b""))
-            if received > self.max_bytes:
+            if received > limit:
                 raise _TooLarge
             return message
 
         try:
             await self.app(scope, limited_receive, send)
         except _TooLarge:
-            await self._refuse(send)
+            await self._refuse(send, limit, upload=upload)
 
-    async def _refuse(self, send: Send) -> None:
-        body = json.dumps(
-            error_body(
-                "PAYLOAD_TOO_LARGE", f"the request body is larger than {self.max_bytes} bytes"
+    async def _refuse(self, send: Send, limit: int, *, upload: bool) -> None:
+        if upload:  # in the shape the OpenAI face answers in
+            answer = openai_error_body(
+                f"the file is larger than this service takes ({limit} bytes with the form; "
+                "TUNEFORGE_MAX_FILE_BYTES)",
+                kind="invalid_request_error",
+                param="file",
+                code="file_too_large",
             )
-        ).encode()
+        else:
+            answer = error_body(
+                "PAYLOAD_TOO_LARGE", f"the request body is larger than {limit} bytes"
+            )
+        body = json.dumps(answer).encode()
         await send(
             {
                 "type": "http.response.start",
@@ -84,7 +101,12 @@ def create_app(context: ServiceContext) -> FastAPI:
     app.include_router(prometheus_metrics.router)  # GET /metrics
     app.include_router(job_stream.router)  # GET /v1/jobs/{id}/stream (Server-Sent Events)
     app.include_router(bedrock_routes.router)  # Bedrock-compatible face (own error shape)
-    app.add_middleware(BodySizeLimit, max_bytes=context.settings.max_request_bytes)
+    app.include_router(openai_routes.router)  # OpenAI-compatible face (own error shape)
+    app.add_middleware(
+        BodySizeLimit,
+        max_bytes=context.settings.max_request_bytes,
+        max_upload_bytes=context.settings.max_file_bytes,
+    )
     # Outermost: every response, a refused one included, carries its request id.
     app.add_middleware(RequestObservation, metrics=context.metrics)
     return app

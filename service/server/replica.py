@@ -231,7 +231,7 @@ def _trainer_environment_of_tenants(
         storage,
         settings.state_bucket,
         iam,
-        lambda tenant: access.policy(tenant).allowed_buckets,
+        lambda tenant: access.policy(tenant).trainer_grants,
     )
     log.info("each tenant's trainers get a store identity of their own (embedded store)")
     return identities.environment_for

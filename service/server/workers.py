@@ -66,9 +66,10 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
 
 
 def prepare_store(settings: Settings, storage: ObjectStore, *, seed: bool) -> None:
-    """The state bucket, the conditional-write probe (refuses to start if it fails), and
-    the demo assets on the embedded store."""
+    """The state and files buckets, the conditional-write probe (refuses to start if it
+    fails), and the demo assets on the embedded store."""
     storage.ensure_bucket(settings.state_bucket)
+    storage.ensure_bucket(settings.files_bucket)
     check_conditional_writes(storage, settings.state_bucket)
     if seed:
         from service.server.demo import seed_demo

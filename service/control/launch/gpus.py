@@ -31,8 +31,6 @@ from pathlib import Path
 
 from service.settings import gpu_names
 
-# A device as CUDA_VISIBLE_DEVICES names it: an index, a GPU-/MIG- UUID.
-
 
 def host_gpus(configured: str | None, environ: Mapping[str, str]) -> list[str]:
     """The devices this host offers trainers, without importing torch into the server.

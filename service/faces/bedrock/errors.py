@@ -24,6 +24,7 @@ from fastapi.routing import APIRoute
 
 from service.errors import (
     FailedPrecondition,
+    FileNotFound,
     IdempotencyConflict,
     InvalidArgument,
     JobNotFound,
@@ -122,7 +123,7 @@ def to_bedrock(error: Exception) -> BedrockError:
         return AccessDeniedException(error.message)
     if isinstance(error, TooManyRequests):
         return ThrottlingException(error.message)
-    if isinstance(error, (JobNotFound, ModelNotFound)):
+    if isinstance(error, (JobNotFound, ModelNotFound, FileNotFound)):
         return ResourceNotFoundException(error.message)
     if isinstance(error, (IdempotencyConflict, FailedPrecondition, NameConflict)):
         return ConflictException(error.message)

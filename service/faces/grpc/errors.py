@@ -5,7 +5,7 @@
 | pydantic ValidationError (request)      | INVALID_ARGUMENT    | BadRequest: every field     |
 | InvalidArgument                         | INVALID_ARGUMENT    | BadRequest: its field       |
 | JobNotFound                             | NOT_FOUND           | ResourceInfo                |
-| ModelNotFound                           | NOT_FOUND           | (ErrorInfo: its field)      |
+| ModelNotFound, FileNotFound             | NOT_FOUND           | (ErrorInfo: its field)      |
 | NameConflict                            | ALREADY_EXISTS      | (ErrorInfo only)            |
 | FailedPrecondition                      | FAILED_PRECONDITION | PreconditionFailure         |
 | IdempotencyConflict                     | ALREADY_EXISTS      | (ErrorInfo only)            |
@@ -35,6 +35,7 @@ from pydantic import ValidationError
 
 from service.errors import (
     FailedPrecondition,
+    FileNotFound,
     IdempotencyConflict,
     InvalidArgument,
     JobNotFound,
@@ -57,6 +58,7 @@ _CODES: list[tuple[type[TuneforgeError], int]] = [
     (InvalidArgument, code_pb2.INVALID_ARGUMENT),
     (JobNotFound, code_pb2.NOT_FOUND),
     (ModelNotFound, code_pb2.NOT_FOUND),
+    (FileNotFound, code_pb2.NOT_FOUND),
     (NameConflict, code_pb2.ALREADY_EXISTS),
     (IdempotencyConflict, code_pb2.ALREADY_EXISTS),
     (FailedPrecondition, code_pb2.FAILED_PRECONDITION),

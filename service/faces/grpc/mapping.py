@@ -6,11 +6,14 @@ and name a bad field the same way. Answers are the core's models (`JobPublic`, e
 checkpoints) parsed into their messages by the same names; the one field whose shape
 differs is `state_times` (REST: a map from state to time; proto: a list in the order the
 job entered them). A field the message lacks is left out, so the face answers with what
-its contract has; tests/faces/grpc/test_parity.py holds both faces to the same values.
+its contract has; tests/faces/grpc/test_parity.py holds both faces to the same values, and
+tests/faces/grpc/test_mapping.py every enum value of the core to a name the proto knows
+(an unknown enum name would otherwise be sent as unspecified).
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from google.protobuf import json_format
@@ -32,18 +35,21 @@ def job_create(request: pb.CreateJobRequest) -> JobCreate:
     return JobCreate.model_validate(json_format.MessageToDict(request))
 
 
-def _without_nulls(value: Any) -> Any:
+def _for_proto(value: Any) -> Any:
     # Proto fields have no null: an unset field is left out (optional and message
-    # fields then read as absent, as REST's null does).
+    # fields then read as absent, as REST's null does). A loss that overflowed is a
+    # float the proto carries but proto JSON spells as a string.
     if isinstance(value, dict):
-        return {key: _without_nulls(item) for key, item in value.items() if item is not None}
+        return {key: _for_proto(item) for key, item in value.items() if item is not None}
     if isinstance(value, list):
-        return [_without_nulls(item) for item in value]
+        return [_for_proto(item) for item in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
     return value
 
 
 def _message(data: dict[str, Any], message: Any) -> Any:
-    json_format.ParseDict(_without_nulls(data), message, ignore_unknown_fields=True)
+    json_format.ParseDict(_for_proto(data), message, ignore_unknown_fields=True)
     return message
 
 

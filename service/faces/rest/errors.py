@@ -17,6 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from service.core.schemas import ErrorResponse
 from service.errors import (
     FailedPrecondition,
+    FileNotFound,
     IdempotencyConflict,
     InvalidArgument,
     JobNotFound,
@@ -40,6 +41,7 @@ _STATUS = {
     JobNotFound: 404,
     KeyNotFound: 404,
     ModelNotFound: 404,
+    FileNotFound: 404,
     TooManyRequests: 429,
     IdempotencyConflict: 409,
     FailedPrecondition: 409,

@@ -5,7 +5,9 @@ over a real SeaweedFS: no answer may be a 5xx, and every answer must be one the 
 documents (status code, content type, body and headers). At least 1000 requests are
 sent in all, with a bounded example count per operation so the run stays short.
 
-Scope: the REST face (/v1/..., /healthz, /readyz, /metrics), and in a second, smaller
+Scope: the REST face and the OpenAI face beside it (/v1/..., /healthz, /readyz,
+/metrics; the OpenAI face's errors are `{"error": {message, type, param, code}}`,
+service/faces/openai/errors.py), and in a second, smaller
 run the Bedrock face (/model-customization-jobs, /custom-models; development mode, so
 unsigned requests are served): its errors are AWS-shaped (`x-amzn-ErrorType`, a JSON
 `message`, service/faces/bedrock/openapi.py) and the only 5xx it may answer is a 503 (the

@@ -10,7 +10,8 @@ from pydantic import BaseModel, Field
 from jobstore.documents import JobEvent, JobState
 from service.core import jobs
 from service.core.schemas import JobCreate, JobList, JobPublic
-from service.faces.rest.deps import CurrentTenant, JobsDep
+from service.faces.http_auth import CurrentTenant
+from service.faces.rest.deps import JobsDep
 from service.faces.rest.errors import ERROR_RESPONSES
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=ERROR_RESPONSES)

@@ -10,7 +10,8 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from service.core.training_metrics import JobMetrics
-from service.faces.rest.deps import CurrentTenant, JobsDep
+from service.faces.http_auth import CurrentTenant
+from service.faces.rest.deps import JobsDep
 from service.faces.rest.errors import ERROR_RESPONSES
 from service.faces.rest.routes.jobs import JobId
 

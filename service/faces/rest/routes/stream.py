@@ -27,7 +27,8 @@ from fastapi.responses import StreamingResponse
 
 from jobstore.store import Job
 from service.core.schemas import JobPublic
-from service.faces.rest.deps import ContextDep, CurrentTenant
+from service.faces.http_auth import CurrentTenant
+from service.faces.rest.deps import ContextDep
 from service.faces.rest.errors import ERROR_RESPONSES
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=ERROR_RESPONSES)

@@ -10,7 +10,8 @@ from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
 from service.errors import FailedPrecondition
-from service.faces.rest.deps import ContextDep, CurrentTenant
+from service.faces.http_auth import CurrentTenant
+from service.faces.rest.deps import ContextDep
 from service.faces.rest.errors import ERROR_RESPONSES
 from service.webhooks.secrets import TenantWebhookSecret, WebhookSecrets
 
