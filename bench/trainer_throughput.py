@@ -271,7 +271,7 @@ def run_tuneforge(args: argparse.Namespace, device: torch.device) -> dict[str, A
             ),
         )
         model.train()
-        losses.append(backward_window(model, [packed], device, autocast))
+        losses.append(backward_window(model, [packed], device, autocast).loss)
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

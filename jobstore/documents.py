@@ -421,11 +421,14 @@ class Progress(_Document):
     epoch: int = 0
     totalEpochs: int | None = None
     trainingLoss: float | None = None
+    # Causal-LM jobs: share of the latest step's target tokens predicted right.
+    trainingTokenAccuracy: float | None = None
     validationLoss: float | None = None
     tokensSeen: int = 0
     etaSeconds: float | None = None
     firstStepAt: str | None = None
-    # Classification jobs: accuracy, precision, recall, f1 of the last evaluation.
+    # Of the last evaluation: a causal-LM job's token_accuracy; a classification job's
+    # accuracy, precision, recall, f1.
     validationMetrics: dict[str, float] = {}
     # Filled by the trainer's reporter (trainer/reporting.py) for /metrics: the learning
     # rate of the latest step, recent throughput, and peak GPU memory when there is a GPU.

@@ -99,6 +99,9 @@ class ApiServer:
             except httpx.HTTPError:
                 pass
             time.sleep(0.2)
+        # Not ready in time: stopped here (its embedded store with it), since the caller's
+        # clean-up never runs for a server whose start raised.
+        self.stop()
         raise RuntimeError(f"API server not ready: {self.log_path.read_text()[-3000:]}")
 
     def kill(self) -> None:

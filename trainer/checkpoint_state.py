@@ -37,6 +37,7 @@ def checkpoint_manifest(progress: TrainingProgress) -> dict[str, Any]:
         "step": progress.step,
         "epoch": progress.epoch,
         "trainingLoss": progress.training_loss,
+        "trainingTokenAccuracy": progress.training_token_accuracy,
         "validationLoss": progress.validation_loss if evaluated_now else None,
         "validationMetrics": progress.validation_metrics if evaluated_now else {},
         "bestValidationLoss": progress.best_validation_loss,

@@ -1,5 +1,6 @@
 """The validation loss of a causal LM: mean loss per target (completion) token over the
-whole validation set, in padded batches or, when training packs, in packed ones.
+whole validation set, in padded batches or, when training packs, in packed ones; and its
+token accuracy (the share of target tokens the model predicts right).
 
 Packing changes how the examples are laid out, not which tokens are targets nor what
 each one is predicted from (trainer/packing.py: positions restart per example, attention
@@ -22,7 +23,7 @@ import torch
 
 from trainer import data
 from trainer.data import TokenizedExample
-from trainer.loss import classification_loss_sum, token_loss_sum
+from trainer.loss import classification_loss_sum, token_sums
 from trainer.metrics import classification_metrics
 from trainer.packing import Packer
 
@@ -33,11 +34,17 @@ class ValidationLoss:
     target_tokens: int
     rows: int  # rows the model computed: fewer when packed
     packed: bool
+    correct_tokens: int = 0  # target tokens predicted right
 
     @property
     def mean(self) -> float:
         """Mean loss per target token (0 target tokens: 0, not a division error)."""
         return self.loss_sum / max(self.target_tokens, 1)
+
+    @property
+    def token_accuracy(self) -> float:
+        """Share of the target tokens predicted right (0 target tokens: 0)."""
+        return self.correct_tokens / max(self.target_tokens, 1)
 
 
 @torch.no_grad()
@@ -55,15 +62,17 @@ def validation_loss(
     forward (as in training, so evaluation needs no more memory than a training batch);
     packed by `packer` when there is one."""
     model.eval()
-    loss_sum, tokens, rows = 0.0, 0, 0
+    loss_sum, tokens, rows, correct = 0.0, 0, 0, 0
     for start in range(0, len(examples), batch_size):
         chunk = examples[start : start + batch_size]
         batch = packer.pack_examples(chunk) if packer else data.collate(chunk, pad_id)
         with autocast():
-            loss_sum += float(token_loss_sum(model, batch.to(device)))
+            sums = token_sums(model, batch.to(device))
+        loss_sum += float(sums.loss)
+        correct += int(sums.correct)
         tokens += batch.target_tokens
         rows += batch.input_ids.size(0)
-    return ValidationLoss(loss_sum, tokens, rows, packed=packer is not None)
+    return ValidationLoss(loss_sum, tokens, rows, packed=packer is not None, correct_tokens=correct)
 
 
 @dataclass(frozen=True)

@@ -3,12 +3,16 @@ locally and uploaded whole.
 
 The files are small (a row per optimizer step), so each upload rewrites the object: no
 multipart or append logic, and a reader always sees a complete, parseable file.
+
+Columns past Bedrock's four: a causal-LM job's `token_accuracy` in both files (the share
+of target tokens predicted right), a classification job's accuracy, precision, recall
+and F1 in the validation file. Readers find columns by name (service/core/training_metrics.py).
 """
 
 from __future__ import annotations
 
+import csv
 import math
-import shutil
 import threading
 from pathlib import Path
 
@@ -20,6 +24,8 @@ TRAINING_HEADER = "step_number,epoch_number,training_loss,perplexity"
 VALIDATION_HEADER = "step_number,epoch_number,validation_loss,perplexity"
 # Classification jobs append these columns to the validation file (same order).
 CLASSIFICATION_METRICS = ("accuracy", "precision", "recall", "f1")
+# Causal-LM jobs append this one to both files.
+TOKEN_ACCURACY = "token_accuracy"
 
 
 def perplexity(loss: float) -> float:
@@ -31,6 +37,7 @@ class _CsvFile:
     def __init__(self, path: Path, location: S3Location, header: str) -> None:
         self.path = path
         self.location = location
+        self.header = header
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(header + "\n")
         self.rows = 0
@@ -41,6 +48,21 @@ class _CsvFile:
         with self.path.open("a") as file:
             file.write(f"{step},{epoch},{loss:.6f},{perplexity(loss):.6f}{columns}\n")
         self.rows += 1
+
+    def restore(self, saved: Path) -> None:
+        """Go on from a checkpoint's copy of this file. A copy an older trainer wrote with
+        other columns is rewritten under this header: its values by column name, a column
+        it lacks left empty (read as no value)."""
+        with saved.open(newline="") as file:
+            rows = list(csv.DictReader(file))
+        names = self.header.split(",")
+        with self.path.open("w", newline="") as file:
+            file.write(self.header + "\n")
+            writer = csv.writer(file, lineterminator="\n")
+            for row in rows:
+                writer.writerow([row.get(name) or "" for name in names])
+        self.rows = len(rows)
+        self.uploaded_rows = -1
 
     def upload(self, storage: ObjectStore) -> None:
         storage.upload_file(self.path, self.location)
@@ -60,31 +82,36 @@ class MetricsLog:
     ) -> None:
         self._storage = storage
         self.classification = classification
-        header = VALIDATION_HEADER
-        if classification:
-            header += "".join(f",{name}" for name in CLASSIFICATION_METRICS)
+        self.training_columns = () if classification else (TOKEN_ACCURACY,)
+        self.validation_columns = CLASSIFICATION_METRICS if classification else (TOKEN_ACCURACY,)
         self._lock = threading.Lock()
         self.training = _CsvFile(
             directory / "step_wise_training_metrics.csv",
             output.child(TRAINING_CSV),
-            TRAINING_HEADER,
+            TRAINING_HEADER + "".join(f",{name}" for name in self.training_columns),
         )
         self.validation = _CsvFile(
-            directory / "validation_metrics.csv", output.child(VALIDATION_CSV), header
+            directory / "validation_metrics.csv",
+            output.child(VALIDATION_CSV),
+            VALIDATION_HEADER + "".join(f",{name}" for name in self.validation_columns),
         )
 
-    def add_training(self, step: int, epoch: int, loss: float) -> None:
+    def add_training(
+        self, step: int, epoch: int, loss: float, metrics: dict[str, float] | None = None
+    ) -> None:
+        """A training row, with the job's training columns from `metrics` (NaN if missing)."""
+        values = metrics or {}
+        extra = tuple(values.get(name, math.nan) for name in self.training_columns)
         with self._lock:
-            self.training.add(step, epoch, loss)
+            self.training.add(step, epoch, loss, extra)
 
     def add_validation(
         self, step: int, epoch: int, loss: float, metrics: dict[str, float] | None = None
     ) -> None:
-        """A validation row; a classification job's row carries its CLASSIFICATION_METRICS."""
-        extra: tuple[float, ...] = ()
-        if self.classification:
-            values = metrics or {}
-            extra = tuple(values.get(name, math.nan) for name in CLASSIFICATION_METRICS)
+        """A validation row, with the job's validation columns from `metrics`: a
+        classification job's CLASSIFICATION_METRICS, a causal-LM job's token accuracy."""
+        values = metrics or {}
+        extra = tuple(values.get(name, math.nan) for name in self.validation_columns)
         with self._lock:
             self.validation.add(step, epoch, loss, extra)
 
@@ -96,12 +123,10 @@ class MetricsLog:
         """Go on from the files a checkpoint saved (`directory` holds copies of `files()`):
         a resumed job's metrics keep the rows up to its checkpoint's step, no later."""
         with self._lock:
-            for csv in (self.training, self.validation):
-                saved = directory / csv.path.name
+            for file in (self.training, self.validation):
+                saved = directory / file.path.name
                 if saved.is_file():
-                    shutil.copyfile(saved, csv.path)
-                    csv.rows = len(saved.read_text().splitlines()) - 1  # the header aside
-                    csv.uploaded_rows = -1
+                    file.restore(saved)
 
     def upload(self) -> None:
         """Upload each file that changed since its last upload.
@@ -110,9 +135,9 @@ class MetricsLog:
         there is an evaluation, so a job without validation data has no empty one.
         """
         with self._lock:
-            for csv in (self.training, self.validation):
-                if csv.rows > 0 and csv.rows != csv.uploaded_rows:
-                    csv.upload(self._storage)
+            for file in (self.training, self.validation):
+                if file.rows > 0 and file.rows != file.uploaded_rows:
+                    file.upload(self._storage)
 
 
 def classification_metrics(predictions: list[int], targets: list[int]) -> dict[str, float]:

@@ -7,8 +7,9 @@ trainer image and to its start-up time.
 
 What goes to MLflow, in one run named after the job (run id in a MLFLOW_RUN event):
 - params: the hyperparameters, the customization type, base model and data locations;
-- metrics by step: training_loss and learning_rate every step, validation_loss (and the
-  classification scores) at each evaluation;
+- metrics by step: training_loss and learning_rate every step (and a causal LM's
+  training_token_accuracy), validation_loss (and a causal LM's validation_token_accuracy,
+  or the classification scores) at each evaluation;
 - at the end: the final model's location (param and tag `tuneforge.modelS3Uri`) and the
   run's status (FINISHED, KILLED for a stop, FAILED).
 

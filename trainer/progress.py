@@ -26,8 +26,11 @@ class TrainingProgress:
     epoch: int = 0  # 1-based epoch in progress
     total_epochs: int = 0
     training_loss: float | None = None  # of the latest step
+    # Causal LM: share of the latest step's target tokens predicted right.
+    training_token_accuracy: float | None = None
     validation_loss: float | None = None  # of the latest evaluation
-    # Classification: accuracy, precision, recall, f1 of the latest evaluation.
+    # Of the latest evaluation: a causal LM's token_accuracy; a classifier's accuracy,
+    # precision, recall, f1.
     validation_metrics: dict[str, float] = dataclasses.field(default_factory=dict)
     tokens_seen: int = 0  # non-padding tokens through the model in training
     first_step_at: str | None = None
@@ -71,6 +74,7 @@ class TrainingProgress:
             epoch=self.epoch,
             totalEpochs=self.total_epochs,
             trainingLoss=self.training_loss,
+            trainingTokenAccuracy=self.training_token_accuracy,
             validationLoss=self.validation_loss,
             tokensSeen=self.tokens_seen,
             etaSeconds=self.eta_seconds,

@@ -64,7 +64,7 @@ from trainer.distributed import (
 from trainer.errors import DataValidationError, Fenced
 from trainer.evaluation import classification_validation, validation_loss
 from trainer.loss import backward_window
-from trainer.metrics import MetricsLog
+from trainer.metrics import TOKEN_ACCURACY, MetricsLog
 from trainer.mlflow_tracking import NoTracking, tracking_for
 from trainer.model import load_model, pad_token_id
 from trainer.optim import build_optimizer, clip_gradients, learning_rate_at, set_learning_rate
@@ -622,7 +622,7 @@ class FullFineTuningRecipe:
         distributed = self.distributed
         # Every token of the global window weighs the same, whichever rank has it.
         (target_tokens,) = distributed.sum([sum(target_count(b) for b in window)], self.device)
-        loss = backward_window(
+        window_loss = backward_window(
             self.training_model,
             window,
             self.device,
@@ -636,19 +636,31 @@ class FullFineTuningRecipe:
         self.optimizer.zero_grad(set_to_none=True)
 
         tokens = sum(int(b.attention_mask.sum()) for b in window)
-        loss, tokens_everywhere = distributed.sum([loss, float(tokens)], self.device)
+        loss, tokens_everywhere, correct = distributed.sum(
+            [window_loss.loss, float(tokens), float(window_loss.correct_tokens)], self.device
+        )
         self.progress.tokens_seen += int(tokens_everywhere)
         self.progress.step = step
         self.progress.training_loss = loss
+        step_metrics: dict[str, float] = {}
+        if not self.classification:
+            # Of the global window's target tokens, as the loss is.
+            accuracy = correct / max(target_tokens, 1)
+            self.progress.training_token_accuracy = accuracy
+            step_metrics[TOKEN_ACCURACY] = accuracy
         if self.progress.first_step_at is None:
             self.progress.first_step_at = utc_now()
         steps_this_run = step - self._steps_before_start
         seconds_per_step = (time.monotonic() - self._training_started) / steps_this_run
         self.progress.eta_seconds = round(seconds_per_step * (self.progress.total_steps - step), 1)
-        self.metrics.add_training(step, self.progress.epoch, self.progress.training_loss)
+        self.metrics.add_training(step, self.progress.epoch, loss, step_metrics)
         self.tracking.log_metrics(
             step,
-            {"training_loss": loss, "learning_rate": self.optimizer.param_groups[0]["lr"]},
+            {
+                "training_loss": loss,
+                "learning_rate": self.optimizer.param_groups[0]["lr"],
+                **{f"training_{name}": value for name, value in step_metrics.items()},
+            },
         )
         self.publish()
         if step == 1 or step % 10 == 0 or step == self.progress.total_steps:
@@ -677,14 +689,20 @@ class FullFineTuningRecipe:
             autocast=self.autocast,
         )
         loss = result.mean
+        scores = {TOKEN_ACCURACY: result.token_accuracy}
         self.progress.validation_loss = loss
-        self.metrics.add_validation(self.progress.step, self.progress.epoch, loss)
-        self.tracking.log_metrics(self.progress.step, {"validation_loss": loss})
+        self.progress.validation_metrics = scores
+        self.metrics.add_validation(self.progress.step, self.progress.epoch, loss, scores)
+        self.tracking.log_metrics(
+            self.progress.step,
+            {"validation_loss": loss, f"validation_{TOKEN_ACCURACY}": result.token_accuracy},
+        )
         self.publish()
         log.info(
-            "epoch %d validation loss %.4f (%d target tokens, %d %s rows)",
+            "epoch %d validation loss %.4f token accuracy %.4f (%d target tokens, %d %s rows)",
             self.progress.epoch,
             loss,
+            result.token_accuracy,
             result.target_tokens,
             result.rows,
             "packed" if result.packed else "padded",

@@ -436,7 +436,12 @@ class Checkpoint(BaseModel):
     )
     validationMetrics: dict[str, float] = Field(
         default={},
-        description="Classification: accuracy, precision, recall, f1 of that evaluation.",
+        description="Of that evaluation: a classifier's accuracy, precision, recall, f1; "
+        "another job's token_accuracy.",
+    )
+    trainingTokenAccuracy: float | None = Field(
+        default=None,
+        description="Share of its step's target tokens predicted right (not classification).",
     )
 
 
@@ -491,7 +496,7 @@ def _manifest_fields(store: JobStore, folder: S3Location) -> dict[str, Any]:
     fields: dict[str, Any] = {}
     if isinstance(manifest.get("epoch"), int):
         fields["epoch"] = manifest["epoch"]
-    for name in ("trainingLoss", "validationLoss"):
+    for name in ("trainingLoss", "validationLoss", "trainingTokenAccuracy"):
         if isinstance(manifest.get(name), int | float):
             fields[name] = float(manifest[name])
     metrics = manifest.get("validationMetrics")

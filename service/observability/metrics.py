@@ -278,6 +278,16 @@ _JOB_GAUGES: tuple[tuple[str, str, Callable[[Progress], float | None]], ...] = (
         lambda progress: progress.validationLoss,
     ),
     (
+        "tuneforge_job_training_token_accuracy",
+        "Share of the latest step's target tokens predicted right (causal-LM jobs).",
+        lambda progress: progress.trainingTokenAccuracy,
+    ),
+    (
+        "tuneforge_job_validation_token_accuracy",
+        "Share of the validation target tokens predicted right at the latest evaluation.",
+        lambda progress: progress.validationMetrics.get("token_accuracy"),
+    ),
+    (
         "tuneforge_job_learning_rate",
         "Learning rate of the latest step.",
         lambda progress: progress.learningRate,

@@ -54,6 +54,7 @@ def test_cli_creates_and_watches_a_job(lively_server: ApiServer, tmp_path: Path)
     running = [line for line in lines if "  RUNNING " in line]
     assert running and any(" step " in line and " loss " in line for line in running), lines
     assert any("eta " in line for line in running), lines
+    assert any(" token_accuracy 0." in line or " token_accuracy 1." in line for line in running)
     assert (
         lines[-1].startswith(f"job {job_id} COMPLETED") and "model: s3://demo/output/" in lines[-1]
     )

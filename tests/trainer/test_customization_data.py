@@ -140,12 +140,16 @@ def test_classification_csv_appends_metric_columns_after_the_design_columns(
     output = S3Location("unused", "prefix/")
     plain = MetricsLog(object_store, output, tmp_path / "plain")
     classified = MetricsLog(object_store, output, tmp_path / "cls", classification=True)
-    plain.add_validation(5, 1, 0.5)
+    plain.add_validation(5, 1, 0.5, {"token_accuracy": 0.25})
     classified.add_validation(
         5, 1, 0.5, {"accuracy": 0.9, "precision": 0.8, "recall": 0.7, "f1": 0.6}
     )
-    assert plain.validation.path.read_text().splitlines()[0] == (
-        "step_number,epoch_number,validation_loss,perplexity"
+    assert plain.validation.path.read_text().splitlines() == [
+        "step_number,epoch_number,validation_loss,perplexity,token_accuracy",
+        "5,1,0.500000,1.648721,0.250000",
+    ]
+    assert classified.training.path.read_text().splitlines()[0] == (
+        "step_number,epoch_number,training_loss,perplexity"
     )
     lines = classified.validation.path.read_text().splitlines()
     assert (
@@ -153,6 +157,29 @@ def test_classification_csv_appends_metric_columns_after_the_design_columns(
         == "step_number,epoch_number,validation_loss,perplexity,accuracy,precision,recall,f1"
     )
     assert lines[1].split(",")[4:] == ["0.900000", "0.800000", "0.700000", "0.600000"]
+
+
+def test_metrics_a_checkpoint_of_an_older_trainer_saved_go_on_under_the_new_header(
+    tmp_path: Path, object_store: Any
+) -> None:
+    """A job resumed from a checkpoint whose CSVs lack a column keeps its rows (the
+    missing value empty, read as none) and writes new rows with every column."""
+    from jobstore.storage import S3Location
+
+    saved = tmp_path / "saved"
+    saved.mkdir()
+    (saved / "step_wise_training_metrics.csv").write_text(
+        "step_number,epoch_number,training_loss,perplexity\n1,1,2.000000,7.389056\n"
+    )
+    metrics = MetricsLog(object_store, S3Location("unused", "prefix/"), tmp_path / "live")
+    metrics.restore(saved)
+    metrics.add_training(2, 1, 1.0, {"token_accuracy": 0.5})
+    assert metrics.training.path.read_text().splitlines() == [
+        "step_number,epoch_number,training_loss,perplexity,token_accuracy",
+        "1,1,2.000000,7.389056,",
+        "2,1,1.000000,2.718282,0.500000",
+    ]
+    assert metrics.training.rows == 2
 
 
 def test_the_minilm_test_model_is_a_safe_loadable_directory() -> None:

@@ -60,16 +60,24 @@ def test_demo_job_completes_with_metrics_and_a_loadable_model(
     assert {"VALIDATING", "RUNNING", "COMPLETED"} <= set(status.stateTimes)
 
     header, rows = read_csv(object_store, output_location(spec, TRAINING_CSV))
-    assert header == "step_number,epoch_number,training_loss,perplexity"
+    assert header == "step_number,epoch_number,training_loss,perplexity,token_accuracy"
     assert [int(r["step_number"]) for r in rows] == list(range(1, 77))
     assert [int(r["epoch_number"]) for r in rows] == [1] * 38 + [2] * 38
     losses = [float(r["training_loss"]) for r in rows]
     assert sum(losses[-5:]) / 5 < 0.6 * losses[0], losses
     assert float(rows[-1]["training_loss"]) == pytest.approx(progress.trainingLoss, abs=1e-5)
+    # As the loss falls, more of the completion tokens are predicted right.
+    accuracies = [float(r["token_accuracy"]) for r in rows]
+    assert all(0.0 <= value <= 1.0 for value in accuracies)
+    assert sum(accuracies[-5:]) / 5 > accuracies[0], accuracies
+    assert progress.trainingTokenAccuracy == pytest.approx(accuracies[-1], abs=1e-5)
 
     header, rows = read_csv(object_store, output_location(spec, VALIDATION_CSV))
-    assert header == "step_number,epoch_number,validation_loss,perplexity"
+    assert header == "step_number,epoch_number,validation_loss,perplexity,token_accuracy"
     assert [(r["step_number"], r["epoch_number"]) for r in rows] == [("38", "1"), ("76", "2")]
+    assert progress.validationMetrics["token_accuracy"] == pytest.approx(
+        float(rows[-1]["token_accuracy"]), abs=1e-5
+    )
     # Training packs (the default), so evaluation packs too (trainer/evaluation.py).
     assert run.log().count("packed rows)") == 2, run.log()
 

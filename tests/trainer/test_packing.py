@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from trainer.data import IGNORE_INDEX, TokenizedExample, collate
 from trainer.evaluation import ValidationLoss, validation_loss
-from trainer.loss import backward_window, token_loss_sum
+from trainer.loss import WindowLoss, backward_window, token_loss_sum
 from trainer.packing import PACKABLE_MODEL_TYPES, PackedBatch, Packer
 
 VOCAB = 96
@@ -86,6 +86,18 @@ def alone_losses(model: Any, batch_examples: list[TokenizedExample]) -> list[flo
     return [float(token_loss_sum(model, collate([e], PAD))) for e in batch_examples]
 
 
+def alone_correct(model: Any, batch_examples: list[TokenizedExample]) -> int:
+    """Target tokens predicted right (the most likely next token is the label), counted
+    example by example with no batching at all."""
+    correct = 0
+    for example in batch_examples:
+        logits = model(input_ids=torch.tensor([example.input_ids])).logits[0]
+        for position, label in enumerate(example.labels[1:]):
+            if label != IGNORE_INDEX and int(logits[position].argmax()) == label:
+                correct += 1
+    return correct
+
+
 @pytest.mark.parametrize("attention", ["sdpa", "eager"])
 @pytest.mark.parametrize("model_type", sorted(PACKABLE_MODEL_TYPES))
 def test_per_example_losses_of_a_packed_batch_equal_those_run_one_at_a_time(
@@ -137,14 +149,17 @@ def test_gradients_of_a_packed_window_equal_those_of_padded_batches(model_type: 
     window_examples = [examples(LENGTHS, seed=2), examples([5, 25, 11], seed=3)]
     packer = Packer(row_length=32, pad_id=PAD, attention="sdpa")
 
-    def gradients(batches: list[Any]) -> tuple[float, list[torch.Tensor]]:
+    def gradients(batches: list[Any]) -> tuple[WindowLoss, list[torch.Tensor]]:
         model.zero_grad(set_to_none=True)
         loss = backward_window(model, batches, torch.device("cpu"), contextlib.nullcontext)
         return loss, [p.grad.clone() for p in model.parameters()]
 
     padded_loss, padded = gradients([collate(part, PAD) for part in window_examples])
     packed_loss, packed = gradients([packer.pack_examples(part) for part in window_examples])
-    assert packed_loss == pytest.approx(padded_loss, rel=1e-5)
+    assert packed_loss.loss == pytest.approx(padded_loss.loss, rel=1e-5)
+    with torch.no_grad():
+        alone = sum(alone_correct(model, part) for part in window_examples)
+    assert packed_loss.correct_tokens == padded_loss.correct_tokens == alone
     for padded_grad, packed_grad in zip(padded, packed, strict=True):
         torch.testing.assert_close(packed_grad, padded_grad, rtol=1e-4, atol=1e-6)
 
@@ -184,7 +199,11 @@ def test_packed_evaluation_gives_the_padded_validation_loss_in_fewer_rows(
     assert packed.mean == pytest.approx(padded.mean, rel=1e-5)
     with torch.no_grad():  # and both are the mean over the examples run one at a time
         alone = sum(alone_losses(model, validation))
+        right = alone_correct(model, validation)
     assert padded.mean == pytest.approx(alone / padded.target_tokens, rel=1e-5)
+    # Token accuracy, the same way: the share of all target tokens predicted right.
+    assert packed.correct_tokens == padded.correct_tokens == right
+    assert padded.token_accuracy == right / padded.target_tokens
 
 
 def test_position_ids_restart_at_zero_for_every_example() -> None:

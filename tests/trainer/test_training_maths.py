@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from trainer.data import TokenizedExample, collate
-from trainer.loss import backward_window
+from trainer.loss import WindowLoss, backward_window
 from trainer.optim import build_optimizer, learning_rate_at
 
 
@@ -64,7 +64,7 @@ def test_gradient_accumulation_equals_one_larger_batch(demo_model_dir: Path) -> 
 
     def gradients(
         window_examples: list[list[TokenizedExample]],
-    ) -> tuple[float, list[torch.Tensor]]:
+    ) -> tuple[WindowLoss, list[torch.Tensor]]:
         model.zero_grad(set_to_none=True)
         window = [collate(e, pad_id=3) for e in window_examples]
         loss = backward_window(model, window, torch.device("cpu"), contextlib.nullcontext)
@@ -72,7 +72,8 @@ def test_gradient_accumulation_equals_one_larger_batch(demo_model_dir: Path) -> 
 
     big_loss, big = gradients([examples])
     accumulated_loss, accumulated = gradients([examples[:1], examples[1:2], examples[2:]])
-    assert accumulated_loss == pytest.approx(big_loss, rel=1e-5)
+    assert accumulated_loss.loss == pytest.approx(big_loss.loss, rel=1e-5)
+    assert accumulated_loss.correct_tokens == big_loss.correct_tokens
     assert len(big) == len(accumulated) > 0
     for one, other in zip(big, accumulated, strict=True):
         torch.testing.assert_close(one, other, rtol=1e-4, atol=1e-6)

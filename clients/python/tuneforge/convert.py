@@ -325,6 +325,7 @@ def job_to_dict(job: pb.Job) -> JobDict:
             "epoch": progress.epoch,
             "totalEpochs": _optional(progress, "total_epochs"),
             "trainingLoss": _optional(progress, "training_loss"),
+            "trainingTokenAccuracy": _optional(progress, "training_token_accuracy"),
             "validationLoss": _optional(progress, "validation_loss"),
             "tokensSeen": progress.tokens_seen,
             "etaSeconds": _optional(progress, "eta_seconds"),
@@ -424,7 +425,11 @@ def checkpoint_from_dict(data: Mapping[str, Any]) -> pb.Checkpoint:
         validation_metrics=data.get("validationMetrics") or {},
     )
     _set_time(checkpoint, "committed_at", data.get("committedAt"))
-    for key, name in (("trainingLoss", "training_loss"), ("validationLoss", "validation_loss")):
+    for key, name in (
+        ("trainingLoss", "training_loss"),
+        ("validationLoss", "validation_loss"),
+        ("trainingTokenAccuracy", "training_token_accuracy"),
+    ):
         if data.get(key) is not None:
             setattr(checkpoint, name, float(data[key]))
     return checkpoint
@@ -439,4 +444,5 @@ def checkpoint_to_dict(checkpoint: pb.Checkpoint) -> dict[str, Any]:
         "trainingLoss": _optional(checkpoint, "training_loss"),
         "validationLoss": _optional(checkpoint, "validation_loss"),
         "validationMetrics": dict(checkpoint.validation_metrics),
+        "trainingTokenAccuracy": _optional(checkpoint, "training_token_accuracy"),
     }

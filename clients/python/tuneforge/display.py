@@ -47,6 +47,8 @@ def progress_text(job: pb.Job) -> str:
         parts.append(f"epoch {progress['epoch']}/{progress['totalEpochs']}")
     if progress["trainingLoss"] is not None:
         parts.append(f"loss {format_loss(progress['trainingLoss'])}")
+    if progress["trainingTokenAccuracy"] is not None:
+        parts.append(f"token_accuracy {progress['trainingTokenAccuracy']:.3f}")
     if progress["validationLoss"] is not None:
         parts.append(f"val_loss {format_loss(progress['validationLoss'])}")
     if progress["etaSeconds"] is not None and not convert.is_terminal(job):

@@ -41,6 +41,9 @@ from service.faces.openai.schemas import (
 DEFAULT_LEARNING_RATE = HyperParameters.model_fields["learningRate"].default
 DEFAULT_SUFFIX = "ft"
 RESULT_FILE_PREFIX = "file-result-"
+# The trainer's name for the share of target tokens predicted right (OpenAI's
+# `mean_token_accuracy`), in its metrics columns and validationMetrics.
+TOKEN_ACCURACY = "token_accuracy"
 
 STATUS = {
     JobState.QUEUED: "queued",
@@ -215,7 +218,7 @@ def metrics_events(job: Job, metrics: JobMetrics) -> list[FineTuningJobEvent]:
     first = unix_seconds(job.status.progress.firstStepAt)
     last = unix_seconds(job.status.endedAt or job.status.updatedAt) or first
     total = job.status.progress.totalSteps or max((r.step for r in metrics.training), default=1)
-    validation = {row.step: row.validationLoss for row in metrics.validation}
+    validation = {row.step: row for row in metrics.validation}
     events = []
     for row in metrics.training:
         when = (
@@ -228,8 +231,13 @@ def metrics_events(job: Job, metrics: JobMetrics) -> list[FineTuningJobEvent]:
             "total_steps": total,
             "train_loss": row.trainingLoss,
         }
-        if row.step in validation:
-            data["valid_loss"] = validation[row.step]
+        if row.metrics.get(TOKEN_ACCURACY) is not None:
+            data["train_mean_token_accuracy"] = row.metrics[TOKEN_ACCURACY]
+        evaluated = validation.get(row.step)
+        if evaluated is not None:
+            data["valid_loss"] = evaluated.validationLoss
+            if evaluated.metrics.get(TOKEN_ACCURACY) is not None:
+                data["valid_mean_token_accuracy"] = evaluated.metrics[TOKEN_ACCURACY]
         loss = "n/a" if row.trainingLoss is None else f"{row.trainingLoss:.4f}"
         events.append(
             FineTuningJobEvent(
@@ -251,7 +259,11 @@ def checkpoint(job: Job, found: Checkpoint, fine_tuned_name: str) -> FineTuningJ
         fine_tuned_model_checkpoint=f"{fine_tuned_name}:ckpt-step-{found.step}",
         fine_tuning_job_id=job.spec.jobId,
         metrics=CheckpointMetrics(
-            step=found.step, train_loss=found.trainingLoss, valid_loss=found.validationLoss
+            step=found.step,
+            train_loss=found.trainingLoss,
+            train_mean_token_accuracy=found.trainingTokenAccuracy,
+            valid_loss=found.validationLoss,
+            valid_mean_token_accuracy=found.validationMetrics.get(TOKEN_ACCURACY),
         ),
         step_number=found.step,
     )

@@ -118,3 +118,8 @@ def test_job_logs_params_metrics_and_model_location_to_mlflow(
     validation = _history(mlflow_server, run_id, "validation_loss")
     # Every 10 steps and at the epoch's end.
     assert [p["step"] for p in validation] == [*range(10, total_steps, 10), total_steps]
+    # Token accuracy beside each loss: a share of the target tokens.
+    for name, losses in (("training", training), ("validation", validation)):
+        accuracies = _history(mlflow_server, run_id, f"{name}_token_accuracy")
+        assert [p["step"] for p in accuracies] == [p["step"] for p in losses]
+        assert all(0.0 <= p["value"] <= 1.0 for p in accuracies)

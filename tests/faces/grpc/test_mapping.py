@@ -54,6 +54,24 @@ def test_a_loss_that_is_not_finite_is_sent_as_it_is(value: float) -> None:
     assert (math.isnan(sent) and math.isnan(value)) or sent == value
 
 
+def test_token_accuracy_goes_out_beside_the_losses() -> None:
+    job = _job(
+        progress={
+            "step": 3,
+            "trainingTokenAccuracy": 0.25,
+            "validationMetrics": {"token_accuracy": 0.5},
+        }
+    )
+    progress = job_message(job).progress
+    assert progress.training_token_accuracy == 0.25
+    assert dict(progress.validation_metrics) == {"token_accuracy": 0.5}
+
+    checkpoint = Checkpoint(
+        step=3, s3Uri="s3://out/checkpoints/step-3/", trainingTokenAccuracy=0.75
+    )
+    assert checkpoint_message(checkpoint).training_token_accuracy == 0.75
+
+
 def test_every_job_state_has_its_proto_value() -> None:
     for state in JobState:
         assert job_message(_job(state=state)).state == pb.JobState.Value(state.value)

@@ -121,6 +121,13 @@ def test_a_supervised_job_from_uploaded_files(
     events = list(client.fine_tuning.jobs.list_events(job.id, limit=100))
     metrics = [event for event in events if event.type == "metrics"]
     assert metrics and all(event.data and "train_loss" in event.data for event in metrics)
+    # Token accuracy beside each loss, a share of the completion tokens.
+    for event in metrics:
+        assert event.data is not None
+        assert 0.0 <= event.data["train_mean_token_accuracy"] <= 1.0
+        if "valid_loss" in event.data:
+            assert 0.0 <= event.data["valid_mean_token_accuracy"] <= 1.0
+    assert any("valid_mean_token_accuracy" in (event.data or {}) for event in metrics)
     assert any(event.type == "message" for event in events)
     # Auto-pagination (after = the last id of each page) walks the same events in order.
     assert [e.id for e in client.fine_tuning.jobs.list_events(job.id, limit=3)] == [
@@ -131,6 +138,7 @@ def test_a_supervised_job_from_uploaded_files(
     for checkpoint in checkpoints:
         assert checkpoint.fine_tuned_model_checkpoint.startswith(job.fine_tuned_model + ":ckpt-")
         assert checkpoint.fine_tuning_job_id == job.id
+        assert checkpoint.metrics.train_mean_token_accuracy is not None
 
     filtered = client.fine_tuning.jobs.list(metadata={"team": "search"})
     assert [listed.id for listed in filtered] == [job.id]

@@ -118,7 +118,7 @@ class HyperParameters(_message.Message):
     def __init__(self, epoch_count: _Optional[int] = ..., batch_size: _Optional[int] = ..., learning_rate: _Optional[float] = ..., learning_rate_warmup_steps: _Optional[int] = ..., gradient_accumulation_steps: _Optional[int] = ..., max_sequence_length: _Optional[int] = ..., weight_decay: _Optional[float] = ..., seed: _Optional[int] = ..., dropout: _Optional[float] = ..., lr_scheduler: _Optional[str] = ..., max_grad_norm: _Optional[float] = ..., eval_interval_steps: _Optional[int] = ..., checkpoint_interval_steps: _Optional[int] = ..., keep_checkpoints: _Optional[int] = ..., early_stopping_patience: _Optional[int] = ..., early_stopping_threshold: _Optional[float] = ..., precision: _Optional[str] = ..., method: _Optional[str] = ..., lora_rank: _Optional[int] = ..., lora_alpha: _Optional[float] = ..., lora_dropout: _Optional[float] = ..., lora_target_modules: _Optional[_Iterable[str]] = ..., packing: _Optional[bool] = ..., merge_adapter: _Optional[bool] = ...) -> None: ...
 
 class Progress(_message.Message):
-    __slots__ = ("step", "total_steps", "epoch", "total_epochs", "training_loss", "validation_loss", "tokens_seen", "eta_seconds", "first_step_at", "validation_metrics", "learning_rate", "tokens_per_second", "gpu_memory_bytes", "data_check")
+    __slots__ = ("step", "total_steps", "epoch", "total_epochs", "training_loss", "validation_loss", "tokens_seen", "eta_seconds", "first_step_at", "validation_metrics", "training_token_accuracy", "learning_rate", "tokens_per_second", "gpu_memory_bytes", "data_check")
     class ValidationMetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -136,6 +136,7 @@ class Progress(_message.Message):
     ETA_SECONDS_FIELD_NUMBER: _ClassVar[int]
     FIRST_STEP_AT_FIELD_NUMBER: _ClassVar[int]
     VALIDATION_METRICS_FIELD_NUMBER: _ClassVar[int]
+    TRAINING_TOKEN_ACCURACY_FIELD_NUMBER: _ClassVar[int]
     LEARNING_RATE_FIELD_NUMBER: _ClassVar[int]
     TOKENS_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
     GPU_MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
@@ -150,11 +151,12 @@ class Progress(_message.Message):
     eta_seconds: float
     first_step_at: _timestamp_pb2.Timestamp
     validation_metrics: _containers.ScalarMap[str, float]
+    training_token_accuracy: float
     learning_rate: float
     tokens_per_second: float
     gpu_memory_bytes: int
     data_check: DataCheck
-    def __init__(self, step: _Optional[int] = ..., total_steps: _Optional[int] = ..., epoch: _Optional[int] = ..., total_epochs: _Optional[int] = ..., training_loss: _Optional[float] = ..., validation_loss: _Optional[float] = ..., tokens_seen: _Optional[int] = ..., eta_seconds: _Optional[float] = ..., first_step_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., validation_metrics: _Optional[_Mapping[str, float]] = ..., learning_rate: _Optional[float] = ..., tokens_per_second: _Optional[float] = ..., gpu_memory_bytes: _Optional[int] = ..., data_check: _Optional[_Union[DataCheck, _Mapping]] = ...) -> None: ...
+    def __init__(self, step: _Optional[int] = ..., total_steps: _Optional[int] = ..., epoch: _Optional[int] = ..., total_epochs: _Optional[int] = ..., training_loss: _Optional[float] = ..., validation_loss: _Optional[float] = ..., tokens_seen: _Optional[int] = ..., eta_seconds: _Optional[float] = ..., first_step_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., validation_metrics: _Optional[_Mapping[str, float]] = ..., training_token_accuracy: _Optional[float] = ..., learning_rate: _Optional[float] = ..., tokens_per_second: _Optional[float] = ..., gpu_memory_bytes: _Optional[int] = ..., data_check: _Optional[_Union[DataCheck, _Mapping]] = ...) -> None: ...
 
 class DataCheck(_message.Message):
     __slots__ = ("phase", "bytes_done", "bytes_total", "records_done", "records_per_second")
@@ -444,7 +446,7 @@ class ListJobEventsResponse(_message.Message):
     def __init__(self, events: _Optional[_Iterable[_Union[JobEvent, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class Checkpoint(_message.Message):
-    __slots__ = ("step", "s3_uri", "committed_at", "epoch", "training_loss", "validation_loss", "validation_metrics")
+    __slots__ = ("step", "s3_uri", "committed_at", "epoch", "training_loss", "validation_loss", "validation_metrics", "training_token_accuracy")
     class ValidationMetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -459,6 +461,7 @@ class Checkpoint(_message.Message):
     TRAINING_LOSS_FIELD_NUMBER: _ClassVar[int]
     VALIDATION_LOSS_FIELD_NUMBER: _ClassVar[int]
     VALIDATION_METRICS_FIELD_NUMBER: _ClassVar[int]
+    TRAINING_TOKEN_ACCURACY_FIELD_NUMBER: _ClassVar[int]
     step: int
     s3_uri: str
     committed_at: _timestamp_pb2.Timestamp
@@ -466,7 +469,8 @@ class Checkpoint(_message.Message):
     training_loss: float
     validation_loss: float
     validation_metrics: _containers.ScalarMap[str, float]
-    def __init__(self, step: _Optional[int] = ..., s3_uri: _Optional[str] = ..., committed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., epoch: _Optional[int] = ..., training_loss: _Optional[float] = ..., validation_loss: _Optional[float] = ..., validation_metrics: _Optional[_Mapping[str, float]] = ...) -> None: ...
+    training_token_accuracy: float
+    def __init__(self, step: _Optional[int] = ..., s3_uri: _Optional[str] = ..., committed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., epoch: _Optional[int] = ..., training_loss: _Optional[float] = ..., validation_loss: _Optional[float] = ..., validation_metrics: _Optional[_Mapping[str, float]] = ..., training_token_accuracy: _Optional[float] = ...) -> None: ...
 
 class ListCheckpointsRequest(_message.Message):
     __slots__ = ("job_id",)

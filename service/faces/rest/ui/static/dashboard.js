@@ -192,6 +192,9 @@
       ["Base model", job.baseModelIdentifier],
       ["Training loss", progress.trainingLoss],
       ["Validation loss", progress.validationLoss],
+      // Causal-LM jobs: the share of target tokens predicted right (none for a classifier).
+      ["Training token accuracy", progress.trainingTokenAccuracy ?? undefined],
+      ["Validation token accuracy", (progress.validationMetrics || {}).token_accuracy],
       ["Created", formatTime(job.createdAt)],
       ["Started", formatTime(job.startedAt)],
       ["Ended", formatTime(job.endedAt)],
