@@ -74,16 +74,25 @@ class JobState(enum.StrEnum):
     STOPPED = "STOPPED"
     COMPLETED = "COMPLETED"
     FAILED = "FAILED"
+    # Not ended: no trainer, its newest checkpoint committed; a resume queues it again.
+    PAUSED = "PAUSED"
 
     def is_terminal(self) -> bool:
         return self in (JobState.COMPLETED, JobState.FAILED, JobState.STOPPED)
 
 
 _LEGAL_MOVES: dict[JobState, set[JobState]] = {
-    JobState.QUEUED: {JobState.VALIDATING, JobState.STOPPING, JobState.STOPPED, JobState.FAILED},
-    JobState.VALIDATING: {JobState.RUNNING, JobState.STOPPING, JobState.FAILED},
-    JobState.RUNNING: {JobState.COMPLETED, JobState.STOPPING, JobState.FAILED},
+    JobState.QUEUED: {
+        JobState.VALIDATING,
+        JobState.STOPPING,
+        JobState.STOPPED,
+        JobState.FAILED,
+        JobState.PAUSED,
+    },
+    JobState.VALIDATING: {JobState.RUNNING, JobState.STOPPING, JobState.FAILED, JobState.PAUSED},
+    JobState.RUNNING: {JobState.COMPLETED, JobState.STOPPING, JobState.FAILED, JobState.PAUSED},
     JobState.STOPPING: {JobState.STOPPED, JobState.FAILED},
+    JobState.PAUSED: {JobState.QUEUED, JobState.STOPPED, JobState.FAILED},
     JobState.STOPPED: set(),
     JobState.COMPLETED: set(),
     JobState.FAILED: set(),
@@ -501,6 +510,9 @@ class JobStatus(_Document):
     queuePosition: int | None = None
     # What preflight validation found; written by the trainer once the data is checked.
     dataSummary: DataSummary | None = None
+    # Attempts launched before the job was last resumed from PAUSED (its next attempt is
+    # the one after them); written by the reconciler.
+    previousAttempts: int = 0
 
     def moved_to(self, new: JobState) -> JobStatus:
         """A copy in state `new`, with its time recorded; raises on an illegal move."""
@@ -517,10 +529,15 @@ class JobStatus(_Document):
 
 
 class JobControl(_Document):
-    """What the user wants, beyond the spec. Written by the API only."""
+    """What the user wants, beyond the spec. Written by the API only (compare-and-swap,
+    so a pause and a stop never overwrite each other)."""
 
     stopRequested: bool = False
     stopRequestedAt: str | None = None
+    # Paused: its trainer commits a checkpoint and leaves, the job PAUSED until resumed
+    # (pauseRequested back to False).
+    pauseRequested: bool = False
+    pauseRequestedAt: str | None = None
 
 
 class JobEvent(_Document):
@@ -534,7 +551,7 @@ class JobEvent(_Document):
 class TrainerExit(enum.IntEnum):
     """Exit codes of `python -m trainer`, read by launchers.
 
-    OK: COMPLETED or STOPPED written (or the job was already terminal).
+    OK: COMPLETED, STOPPED or PAUSED written (or the job was already terminal).
     BAD_INPUT: FAILED for bad data or a refused model; never retried.
     CRASHED: FAILED (OUT_OF_MEMORY / STORAGE / INTERNAL) written, or nothing could be
     written: read status.state; only a non-terminal state is a crash to handle.

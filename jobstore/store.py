@@ -129,13 +129,15 @@ class JobStore:
         ]
         return sorted((i for i in ids if _JOB_ID.match(i)), reverse=True)
 
-    def _stop_marker(self, job_id: str) -> S3Location:
+    def _control_marker(self, job_id: str) -> S3Location:
+        # `stops/`: named when a stop was the only request a job could have; a pause
+        # writes the same marker, and stores written before keep theirs.
         return S3Location(self.bucket, f"stops/{check_job_id(job_id)}")
 
-    def stop_marked(self, first: str, last: str) -> set[str]:
-        """Ids from `first` to `last` (in key order, i.e. newest to oldest) whose stop
-        was requested: one listing of `stops/`, so a list page reads `control.json` only
-        for those jobs. Markers are sparse (only stopped jobs have one)."""
+    def control_marked(self, first: str, last: str) -> set[str]:
+        """Ids from `first` to `last` (in key order, i.e. newest to oldest) that have a
+        `control.json` (a stop or a pause was requested): one listing of `stops/`, so a
+        list page reads `control.json` only for those jobs. Markers are sparse."""
         prefix = S3Location(self.bucket, "stops/")
         marked: set[str] = set()
         # StartAfter is exclusive: start after a key just below `first`.
@@ -361,7 +363,7 @@ class JobStore:
 
     def get(self, job_id: str, *, read_control: bool = True) -> Job:
         """The job; `read_control=False` when the caller knows no stop was requested (no
-        stop marker: `stop_marked`), saving the GET of an absent control document.
+        control marker: `control_marked`), saving the GET of an absent control document.
 
         A job this process has read finished comes from memory (it never changes again:
         see the invariants). Callers may set top-level fields of the returned status
@@ -395,7 +397,7 @@ class JobStore:
     def get_many(self, job_ids: Sequence[str], *, stopped: Set[str]) -> list[Job | None]:
         """The jobs, in the order given, read concurrently: a page of a listing is one
         status GET per job, and one after the other those add up to its latency.
-        `stopped`: the ids with a stop marker (`stop_marked`), whose control is read too.
+        `stopped`: the ids with a control marker (`control_marked`), whose control is read too.
         None for an id whose spec is not written yet (a create in flight), or whose spec
         or status cannot be read (logged; the reconciler fails such a job, or reports it:
         service/control/reconcile_faults.py), so one damaged record does not break every page."""
@@ -484,11 +486,34 @@ class JobStore:
         )
 
     def put_control(self, job_id: str, control: JobControl) -> None:
-        if control.stopRequested:
-            # The marker first: a reader that sees no marker has not missed a stop that
-            # was answered; one that sees it reads control.json, absent until written.
-            self.storage.put_bytes(self._stop_marker(job_id), b"")
+        # The marker first: a reader that sees no marker has not missed a request that
+        # was answered; one that sees it reads control.json, absent until written.
+        self.storage.put_bytes(self._control_marker(job_id), b"")
         self.storage.put_json(self._job(job_id, "control.json"), control.model_dump(mode="json"))
+
+    def update_control(
+        self, job_id: str, change: Callable[[JobControl], JobControl | None], *, tries: int = 20
+    ) -> JobControl:
+        """Compare-and-swap `control.json`: `change` gets the current control and returns
+        the new one, or None to leave it (the current one is returned). A stop and a pause
+        requested at once both land: neither overwrites the other."""
+        location = self._job(job_id, "control.json")
+        self.storage.put_bytes(self._control_marker(job_id), b"")  # first, as above
+        for _ in range(tries):
+            found = self._read(location, JobControl)
+            current, etag = found if found is not None else (JobControl(), None)
+            new = change(current)
+            if new is None:
+                return current
+            try:
+                if etag is None:
+                    self.storage.put_json(location, new.model_dump(mode="json"), if_none_match=True)
+                else:
+                    self.storage.put_json(location, new.model_dump(mode="json"), if_match=etag)
+                return new
+            except PreconditionFailed:
+                continue
+        raise StatusContention(f"the control of job {job_id} kept changing under {tries} tries")
 
     def append_event(
         self,

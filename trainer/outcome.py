@@ -7,6 +7,8 @@ writes for each (trainer/recipe.py).
     STOPPED                     STOPPING, a committed checkpoint, STOPPED
     PREEMPTED (SIGTERM)         a committed checkpoint, progress at its step, exit
                                 PREEMPTED; the reconciler decides what comes next
+    PAUSED                      a committed checkpoint, progress at its step, PAUSED
+                                (not ended: a resume launches the next attempt from it)
 
 With several ranks rank 0 writes all of it; the others take part in the collectives
 (the checkpoint's RNG states, FSDP's gathered weights) and exit with the same code.
@@ -22,3 +24,4 @@ class Outcome(enum.Enum):
     EARLY_STOPPED = "early stopped"  # ends COMPLETED, before the last step
     STOPPED = "stopped"
     PREEMPTED = "preempted"
+    PAUSED = "paused"

@@ -13,6 +13,7 @@ The customization type picks the data format, the model head and the loss:
            -> RUNNING      AdamW, warm-up + linear decay, gradient accumulation, clipping
            -> COMPLETED    final model in <output>model/
     a stop request         -> STOPPING -> committed checkpoint -> STOPPED
+    a pause request        -> committed checkpoint -> PAUSED (a resume is the next attempt)
     SIGTERM                -> committed checkpoint, exit PREEMPTED; the reconciler decides
     early stopping         -> COMPLETED with the last weights (event EARLY_STOPPED)
 
@@ -223,6 +224,17 @@ class FullFineTuningRecipe:
             self.reporter.stop_heartbeat()
             self.reporter.move_to(JobState.STOPPED, f"stopped after step {self.progress.step}")
             return TrainerExit.OK
+        if outcome is Outcome.PAUSED:
+            self.save_checkpoint()
+            self.checkpoints.flush()  # committed before PAUSED says it is there
+            self.metrics.upload()
+            self._write_loss_plot()
+            self.tracking.finish("KILLED")  # the resumed attempt logs to a new run
+            self.reporter.stop_heartbeat()
+            self.publish()  # the progress of the checkpoint a resume goes on from
+            self.reporter.upload_all()
+            self.reporter.move_to(JobState.PAUSED, f"paused after step {self.progress.step}")
+            return TrainerExit.OK
         self.save_checkpoint()
         self.checkpoints.flush()
         self.metrics.upload()
@@ -241,7 +253,9 @@ class FullFineTuningRecipe:
         if outcome in (Outcome.COMPLETED, Outcome.EARLY_STOPPED):
             return TrainerExit.OK
         self.save_checkpoint()
-        return TrainerExit.OK if outcome is Outcome.STOPPED else TrainerExit.PREEMPTED
+        if outcome in (Outcome.STOPPED, Outcome.PAUSED):
+            return TrainerExit.OK
+        return TrainerExit.PREEMPTED
 
     def _write_loss_plot(self) -> None:
         """training_artifacts/loss.png from the metrics files (trainer/plots.py)."""
@@ -288,14 +302,15 @@ class FullFineTuningRecipe:
         return model
 
     def interruption(self) -> Outcome | None:
-        """Checked between steps: lost the job, stop requested, or SIGTERM."""
+        """Checked between steps: lost the job, stop requested, SIGTERM, or pause requested."""
         # One collective for all ranks: rank 0 alone sees the stop request and the
         # fencing, any rank may have had the SIGTERM; every rank acts on the same answer.
-        fenced, stopped, preempted = self.distributed.any(
+        fenced, stopped, preempted, paused = self.distributed.any(
             [
                 self.reporter.fenced.is_set(),
                 self.reporter.stop_requested.is_set(),
                 self.preempted.is_set(),
+                self.reporter.pause_requested.is_set(),
             ],
             self.device,
         )
@@ -305,6 +320,8 @@ class FullFineTuningRecipe:
             return Outcome.STOPPED
         if preempted:
             return Outcome.PREEMPTED
+        if paused:
+            return Outcome.PAUSED
         return None
 
     def publish(self) -> None:

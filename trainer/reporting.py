@@ -73,6 +73,7 @@ class Reporter:
         self.upload_seconds = upload_seconds
         # Set by the heartbeat thread, read by the training loop between steps.
         self.stop_requested = threading.Event()
+        self.pause_requested = threading.Event()
         self.fenced = threading.Event()
         self._progress = Progress()
         self._lock = threading.Lock()
@@ -224,12 +225,19 @@ class Reporter:
             return
         self.store.append_event(self.job_id, event_type, message, state)
 
-    # -- stop requests -----------------------------------------------------------
+    # -- stop and pause requests -----------------------------------------------------------
 
     def poll_stop(self) -> bool:
-        """Read control.json now; True (and the flag set) if a stop was requested."""
-        if self.store.get_control(self.job_id).stopRequested:
+        """Read control.json now; True (and the flag set) if a stop was requested. The
+        pause flag follows the pause request (a resume before the pause is carried out
+        withdraws it)."""
+        control = self.store.get_control(self.job_id)
+        if control.stopRequested:
             self.stop_requested.set()
+        if control.pauseRequested:
+            self.pause_requested.set()
+        else:
+            self.pause_requested.clear()
         return self.stop_requested.is_set()
 
     # -- uploads -----------------------------------------------------------------

@@ -14,11 +14,16 @@ pass walks `active/` (jobs not yet seen terminal) and, per job:
   starved by a stream of 1-GPU jobs; devices may idle meanwhile). The launch is claimed
   by writing `status.launch` with compare-and-swap, so of all replicas exactly one
   starts the attempt.
-- stop requested, not launched: STOPPED.
+- stop requested, not launched: STOPPED. Pause requested, not launched: PAUSED.
+- PAUSED (its trainer committed a checkpoint and wrote it, or it had no trainer): holds
+  no slot; STOPPED on a stop request; once resumed, back to QUEUED with `launch` cleared
+  and `previousAttempts` set, so the next attempt (numbered after the earlier ones) starts
+  in queue order and goes on from the newest checkpoint.
 - stop requested, trainer alive: after `stop_grace_seconds` SIGTERM its process group,
   after `kill_grace_seconds` more SIGKILL it.
 - trainer dead (process gone, or no heartbeat for `heartbeat_timeout_seconds`) and the
-  job not terminal: STOPPED if a stop was requested; else relaunched as the next
+  job not terminal: STOPPED if a stop was requested, PAUSED if a pause was; else
+  relaunched as the next
   attempt (the trainer resumes from the job's state), within a budget per cause: a
   preempted trainer (SIGTERM, exit 143) or a lost one (no heartbeat, exit unknown:
   node loss) does not count against `crash_retry_budget`, a crash does; no job gets
@@ -194,7 +199,7 @@ class Reconciler:
         self.faults.forget_all_but(active)
         # control.json only for jobs with a stop marker (one listing; the marker is
         # written before control.json, so a stop missed here is seen next pass).
-        stopped = self.store.stop_marked(active[-1], active[0]) if active else set()
+        stopped = self.store.control_marked(active[-1], active[0]) if active else set()
         launched_seen = 0  # jobs read with a launch record, live or not
         launcher_faults: list[tuple[str, Exception, int]] = []  # judged after the loop
         for job_id in active:
@@ -213,6 +218,10 @@ class Reconciler:
                 if waits:
                     waiting.append(job)  # its run of faults ends if its launch goes well
                     continue
+                if _resumed(job):
+                    # Queued again by this pass (or the next): it keeps the place in its
+                    # tenant's queue that the resume took.
+                    still_waiting.add(job_id)
                 self.faults.succeeded(job_id)
             except JobNotFound:
                 if _age_seconds_ms(job_id_created_ms(job_id)) > _ABANDONED_CREATE_SECONDS:
@@ -225,7 +234,12 @@ class Reconciler:
             # A launched job holds its slot (and its tenant's count) whatever happened to
             # it this pass: one whose reconcile failed may well be running.
             launch = job.status.launch if job is not None else None
-            if job is not None and launch is not None and not job.status.state.is_terminal():
+            if (
+                job is not None
+                and launch is not None
+                and not job.status.state.is_terminal()
+                and job.status.state != JobState.PAUSED  # its trainer has left
+            ):
                 occupied += 0 if launch.devices else 1
                 unleased_gpu_jobs += int(self._holds_unknown_devices(job))
                 tenant = job.spec.tenant
@@ -438,9 +452,15 @@ class Reconciler:
         if status.state.is_terminal():
             self._retire(job.spec.jobId)
             return False
+        if status.state == JobState.PAUSED:
+            self._reconcile_paused(job)
+            return False
         if status.launch is None:
             if job.control.stopRequested:
                 self._finish(job, None, JobState.STOPPED, None, "stopped before it was launched")
+                return False
+            if job.control.pauseRequested:
+                self._pause(job, None, "paused before it was launched")
                 return False
             return True
 
@@ -472,6 +492,62 @@ class Reconciler:
         self._handle_dead_trainer(job, observed)
         return False
 
+    def _reconcile_paused(self, job: Job) -> None:
+        """A PAUSED job: STOPPED if a stop came; queued again once resumed (its trainer,
+        if one is still on its way out, gone first); otherwise left as it is."""
+        launch = job.status.launch
+        attempt = launch.attempt if launch is not None else None
+        if job.control.stopRequested:
+            if launch is not None:
+                self._upload_log(job.spec.jobId, launch.attempt)
+            self._finish(job, attempt, JobState.STOPPED, None, "stopped while paused")
+            return
+        if job.control.pauseRequested:
+            return
+        if launch is not None:
+            observed = self._ask_launcher("observe", lambda: self.launcher.observe(launch))
+            if observed.alive:
+                return  # the paused trainer is still exiting: next pass
+            self._upload_log(job.spec.jobId, launch.attempt)
+
+        def requeue(status: JobStatus) -> JobStatus | None:
+            if status.state != JobState.PAUSED:
+                return None
+            current = status.launch.attempt if status.launch else None
+            if current != attempt:
+                return None  # changed meanwhile: the next pass looks again
+            queued = status.moved_to(JobState.QUEUED)
+            if status.launch is not None:
+                queued.previousAttempts = status.launch.attempt
+            queued.launch = None  # the next launch is a fresh claim, numbered after them
+            return queued
+
+        if self.store.update_status(job.spec.jobId, requeue) is not None:
+            self.store.append_event(
+                job.spec.jobId,
+                "STATE_CHANGED",
+                "resumed: queued for its next attempt, which goes on from the newest checkpoint",
+                JobState.QUEUED,
+            )
+            log.info("job %s is QUEUED again after a resume", job.spec.jobId)
+            self.kick()
+
+    def _pause(self, job: Job, attempt: int | None, message: str) -> None:
+        """PAUSED, for a job with no live trainer: not launched yet (`attempt` None), or
+        the trainer of `attempt` gone. Left alone if another attempt was launched
+        meanwhile (its trainer sees the pause request itself)."""
+
+        def pause(status: JobStatus) -> JobStatus | None:
+            if status.state.is_terminal() or status.state == JobState.PAUSED:
+                return None
+            if (status.launch.attempt if status.launch else None) != attempt:
+                return None
+            return status.moved_to(JobState.PAUSED)
+
+        if self.store.update_status(job.spec.jobId, pause) is not None:
+            self.store.append_event(job.spec.jobId, "STATE_CHANGED", message, JobState.PAUSED)
+            log.info("job %s is PAUSED: %s", job.spec.jobId, message)
+
     def _heartbeat_silence(self, status: JobStatus) -> float | None:
         """Seconds since this attempt's last heartbeat when past the timeout, else None.
 
@@ -500,7 +576,8 @@ class Reconciler:
         The claim is a compare-and-swap of `status.launch`: of all replicas reconciling
         this job, exactly one wins it and starts a trainer.
         """
-        attempt = 1 if after is None else after.attempt + 1
+        # A resumed job's attempts go on from those it had before its pause.
+        attempt = (job.status.previousAttempts if after is None else after.attempt) + 1
         claim = LaunchRecord(
             attempt=attempt,
             launcher=self.launcher.name,
@@ -611,9 +688,18 @@ class Reconciler:
             self._upload_log(job.spec.jobId, launch.attempt)
             self._retire(job.spec.jobId)
             return
+        if status.state == JobState.PAUSED:
+            return  # its trainer paused it on the way out: the next pass sees PAUSED
         self._upload_log(job.spec.jobId, launch.attempt)
         if job.control.stopRequested:
             self._finish(job, launch.attempt, JobState.STOPPED, None, "stopped")
+            return
+        if job.control.pauseRequested:
+            # Gone before it could pause (a crash, a lost node): paused all the same; the
+            # resumed attempt goes on from the newest committed checkpoint.
+            self._pause(
+                job, launch.attempt, f"paused (the trainer of attempt {launch.attempt} had ended)"
+            )
             return
         exit_code = observed.exit_code
         if exit_code is None and observed.alive is False:
@@ -714,7 +800,10 @@ class Reconciler:
             if current_attempt != attempt:
                 return None  # launched meanwhile, or a newer attempt owns the job
             finished = status
-            if state == JobState.STOPPED and status.state != JobState.STOPPING:
+            if state == JobState.STOPPED and status.state not in (
+                JobState.STOPPING,
+                JobState.PAUSED,  # no trainer to stop: straight to STOPPED
+            ):
                 finished = finished.moved_to(JobState.STOPPING)
             finished = finished.moved_to(state)
             if reason is not None:
@@ -748,6 +837,16 @@ class Reconciler:
         path = self._ask_launcher("local_log", lambda: self.launcher.local_log(job_id, attempt))
         if path is not None:
             self.store.upload_log(job_id, attempt, path)
+
+
+def _resumed(job: Job) -> bool:
+    """PAUSED, and resumed since: on its way back to the queue."""
+    control = job.control
+    return (
+        job.status.state == JobState.PAUSED
+        and not control.pauseRequested
+        and not control.stopRequested
+    )
 
 
 def _in_one_line(error: Exception) -> str:

@@ -101,6 +101,16 @@ class JobService:
         self._wake_reconciler()  # so that it escalates (or ends a queued job) at once
         return job
 
+    def pause(self, job_id: str, *, tenant: str) -> Job:
+        job = jobs.pause_job(self.store, job_id, tenant=tenant)
+        self._wake_reconciler()  # a job not launched yet is paused at once
+        return job
+
+    def resume(self, job_id: str, policy: TenantPolicy) -> Job:
+        job = jobs.resume_job(self.store, job_id, policy=policy)
+        self._wake_reconciler()  # queued again at once
+        return job
+
     def events(
         self, job_id: str, *, tenant: str, page_size: int, page_token: str | None
     ) -> tuple[list[JobEvent], str | None]:

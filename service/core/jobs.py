@@ -303,7 +303,7 @@ def list_jobs(
                     return jobs, None
                 break  # the batch is used up
             if stopped is None:
-                stopped = store.stop_marked(batch[0], batch[-1])
+                stopped = store.control_marked(batch[0], batch[-1])
             # Their statuses at once; control only for those with a stop marker.
             for job in store.get_many(wanted, stopped=stopped):
                 if job is None or job.spec.tenant != tenant:
@@ -385,8 +385,59 @@ def stop_job(store: JobStore, job_id: str, *, tenant: str) -> Job:
             "RUNNING jobs can be stopped"
         )
     if not job.control.stopRequested:
-        store.put_control(job_id, JobControl(stopRequested=True, stopRequestedAt=utc_now()))
+
+        def request_stop(control: JobControl) -> JobControl | None:
+            if control.stopRequested:
+                return None
+            return control.model_copy(update={"stopRequested": True, "stopRequestedAt": utc_now()})
+
+        store.update_control(job_id, request_stop)
         store.append_event(job_id, "STOP_REQUESTED", "stop requested")
+    return store.get(job_id)
+
+
+def pause_job(store: JobStore, job_id: str, *, tenant: str) -> Job:
+    """Record a pause request. A running trainer commits a checkpoint and leaves, and
+    writes PAUSED; a job not launched yet is PAUSED by the reconciler. Pausing a job
+    that is already paused (or pausing) changes nothing."""
+    job = get_job(store, job_id, tenant=tenant)
+    if job.status.state.is_terminal() or job.control.stopRequested:
+        state = _visible_state(job).value
+        raise FailedPrecondition(
+            f"job {job_id} is {state}; only QUEUED, VALIDATING or RUNNING jobs can be paused"
+        )
+    if job.control.pauseRequested:
+        return job  # already paused, or pausing (a PAUSED job resumed since is paused again)
+
+    def request_pause(control: JobControl) -> JobControl | None:
+        if control.pauseRequested or control.stopRequested:
+            return None
+        return control.model_copy(update={"pauseRequested": True, "pauseRequestedAt": utc_now()})
+
+    store.update_control(job_id, request_pause)
+    store.append_event(job_id, "PAUSE_REQUESTED", "pause requested")
+    return store.get(job_id)
+
+
+def resume_job(store: JobStore, job_id: str, *, policy: TenantPolicy) -> Job:
+    """Take back a pause: a PAUSED job is queued again (the reconciler moves it to QUEUED,
+    and its next attempt resumes from its newest checkpoint, exactly as after a crash); a
+    pause not yet carried out is simply withdrawn. It takes a place in the tenant's queue
+    like a create (refused when the queue is full)."""
+    job = get_job(store, job_id, tenant=policy.tenant)
+    if not job.control.pauseRequested or job.control.stopRequested:
+        state = _visible_state(job).value
+        raise FailedPrecondition(f"job {job_id} is {state}, not paused; only a paused job resumes")
+    if job.status.state == JobState.PAUSED:
+        _reserve_queue_place(store, policy, job_id)
+
+    def withdraw_pause(control: JobControl) -> JobControl | None:
+        if not control.pauseRequested:
+            return None
+        return control.model_copy(update={"pauseRequested": False, "pauseRequestedAt": None})
+
+    store.update_control(job_id, withdraw_pause)
+    store.append_event(job_id, "RESUME_REQUESTED", "resume requested")
     return store.get(job_id)
 
 
@@ -538,7 +589,9 @@ def read_job_log(
     if not 1 <= max_bytes <= MAX_LOG_BYTES:
         raise InvalidArgument(f"maxBytes must be between 1 and {MAX_LOG_BYTES}", field="maxBytes")
     job = get_job(store, job_id, tenant=tenant)
-    current = job.status.launch.attempt if job.status.launch is not None else None
+    launch = job.status.launch
+    # A job queued again after a resume: its last attempt until the next is launched.
+    current = launch.attempt if launch is not None else (job.status.previousAttempts or None)
     if attempt is not None and (current is None or not 1 <= attempt <= current):
         launched = "has not been launched yet" if current is None else f"has attempts 1-{current}"
         raise InvalidArgument(f"attempt {attempt}: job {job_id} {launched}", field="attempt")

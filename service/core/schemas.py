@@ -293,9 +293,15 @@ class JobPublic(BaseModel):
     jobId: str
     jobName: str
     state: JobState = Field(
-        description="QUEUED, VALIDATING, RUNNING, STOPPING, then COMPLETED, FAILED or STOPPED."
+        description="QUEUED, VALIDATING, RUNNING, STOPPING, then COMPLETED, FAILED or STOPPED; "
+        "PAUSED (not ended) between a pause and a resume."
     )
     stopRequested: bool
+    pauseRequested: bool = Field(
+        default=False,
+        description="A pause was asked for and not taken back: the job is PAUSED, or will "
+        "be once its trainer has committed a checkpoint.",
+    )
     createdAt: str
     updatedAt: str
     startedAt: str | None = None
@@ -312,7 +318,10 @@ class JobPublic(BaseModel):
     progress: Progress
     failure: FailurePublic | None = None
     output: OutputLocations
-    attempt: int = Field(description="Launch attempt of the trainer; 0 while not launched.")
+    attempt: int = Field(
+        description="Launch attempt of the trainer (the last one while queued after a "
+        "resume); 0 while never launched."
+    )
     queuePosition: int | None = Field(
         default=None, description="While QUEUED for a free trainer slot: 1 starts next."
     )
@@ -345,6 +354,7 @@ class JobPublic(BaseModel):
             jobId=spec.jobId,
             state=state,
             stopRequested=job.control.stopRequested,
+            pauseRequested=job.control.pauseRequested,
             createdAt=spec.createdAt,
             updatedAt=status.updatedAt,
             startedAt=status.startedAt,
@@ -363,7 +373,7 @@ class JobPublic(BaseModel):
                 + "validation_artifacts/post_fine_tuning_validation/validation_metrics.csv",
                 checkpointsS3Uri=prefix + "checkpoints/",
             ),
-            attempt=status.launch.attempt if status.launch else 0,
+            attempt=status.launch.attempt if status.launch else status.previousAttempts,
             stateTimes=status.stateTimes,
             queuePosition=status.queuePosition,
             dataSummary=status.dataSummary,

@@ -142,6 +142,13 @@ def test_cli_exit_codes(api_server: ApiServer, tmp_path: Path) -> None:
         "jobs", "create", *flags, "--epochs", "100", "-q", endpoint=target
     ).stdout.strip()
     assert len(job_id) == 16
+    # A pause taken back at once, through each transport: the job goes on.
+    paused = _tuneforge("jobs", "pause", job_id, endpoint=target)
+    assert paused.returncode == 0 and "(pause requested)" in paused.stdout, paused.stderr
+    resumed = _tuneforge("--rest", api_server.url, "jobs", "resume", job_id)
+    assert resumed.returncode == 0 and "(resume requested)" in resumed.stdout, resumed.stderr
+    again = _tuneforge("jobs", "resume", job_id, endpoint=target)
+    assert again.returncode == 1 and "FAILED_PRECONDITION" in again.stderr  # not paused
     stopped = _tuneforge("--rest", api_server.url, "jobs", "stop", job_id)
     assert stopped.returncode == 0 and stopped.stdout == f"job {job_id}: STOPPING\n"
     started = time.monotonic()

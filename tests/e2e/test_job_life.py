@@ -45,14 +45,26 @@ def test_demo_job_runs_end_to_end(
     assert progress["tokensSeen"] > 0 and progress["validationLoss"] is not None
 
     training = _read_csv(object_store, job["output"]["trainingMetricsS3Uri"])
-    assert list(training[0]) == ["step_number", "epoch_number", "training_loss", "perplexity"]
+    assert list(training[0]) == [
+        "step_number",
+        "epoch_number",
+        "training_loss",
+        "perplexity",
+        "token_accuracy",
+    ]
     assert len(training) == progress["totalSteps"]
     losses = [float(row["training_loss"]) for row in training]
     start, end = sum(losses[:3]) / 3, sum(losses[-3:]) / 3
     assert end < 0.7 * start, f"training loss did not fall: {start:.3f} -> {end:.3f}"
 
     validation = _read_csv(object_store, job["output"]["validationMetricsS3Uri"])
-    assert list(validation[0]) == ["step_number", "epoch_number", "validation_loss", "perplexity"]
+    assert list(validation[0]) == [
+        "step_number",
+        "epoch_number",
+        "validation_loss",
+        "perplexity",
+        "token_accuracy",
+    ]
     assert len(validation) == 3  # one evaluation per epoch
 
     model_dir = tmp_path / "model"

@@ -10,6 +10,7 @@ import pytest
 from jobstore.documents import (
     DataLocation,
     HyperParameters,
+    JobControl,
     JobSpec,
     JobState,
     JobStatus,
@@ -109,6 +110,50 @@ def test_transitions() -> None:
         transition(JobState.QUEUED, JobState.COMPLETED)
     with pytest.raises(IllegalTransition):
         transition(JobState.RUNNING, JobState.STOPPED)
+
+
+def test_a_pause_is_not_an_end() -> None:
+    assert not JobState.PAUSED.is_terminal()
+    for live in (JobState.QUEUED, JobState.VALIDATING, JobState.RUNNING):
+        assert transition(live, JobState.PAUSED) == JobState.PAUSED
+    for after in (JobState.QUEUED, JobState.STOPPED, JobState.FAILED):
+        assert transition(JobState.PAUSED, after) == after
+    for never in (JobState.RUNNING, JobState.COMPLETED, JobState.STOPPING):
+        with pytest.raises(IllegalTransition):
+            transition(JobState.PAUSED, never)
+    with pytest.raises(IllegalTransition):
+        transition(JobState.STOPPING, JobState.PAUSED)  # a stop outranks a pause
+
+
+def test_a_stop_and_a_pause_requested_together_both_land(store: JobStore) -> None:
+    """Control changes are compare-and-swaps: two requests racing never lose one, and
+    each leaves the marker that tells readers the job has a control document."""
+    import threading
+
+    spec = _spec()
+    store.create(spec)
+    assert spec.jobId not in store.control_marked(spec.jobId, spec.jobId)
+    requests = [
+        ("stopRequested", "stopRequestedAt"),
+        ("pauseRequested", "pauseRequestedAt"),
+    ]
+
+    def ask(flag: str, when: str) -> None:
+        store.update_control(
+            spec.jobId,
+            lambda control: control.model_copy(update={flag: True, when: "2026-01-01T00:00:00Z"}),
+        )
+
+    for _ in range(5):
+        threads = [threading.Thread(target=ask, args=request) for request in requests]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        control = store.get_control(spec.jobId)
+        assert control.stopRequested and control.pauseRequested
+        store.put_control(spec.jobId, JobControl())  # again, from nothing
+    assert spec.jobId in store.control_marked(spec.jobId, spec.jobId)
 
 
 def test_status_keeps_fields_a_newer_writer_added(

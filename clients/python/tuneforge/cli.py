@@ -9,6 +9,7 @@
     tuneforge jobs logs JOB_ID --follow
     tuneforge jobs logs JOB_ID --attempt 1
     tuneforge jobs stop JOB_ID
+    tuneforge jobs pause JOB_ID      (then: tuneforge jobs resume JOB_ID)
 
 Talks gRPC to --endpoint (default 127.0.0.1:50051, or $TUNEFORGE_ENDPOINT), or REST to
 --rest URL (or $TUNEFORGE_REST_URL).
@@ -52,6 +53,10 @@ class JobsApi(Protocol):
         self, *, state: str | int | None = ..., page_size: int = ..., page_token: str = ...
     ) -> pb.ListJobsResponse: ...
     def stop_job(self, job_id: str) -> pb.Job: ...
+
+    def pause_job(self, job_id: str) -> pb.Job: ...
+
+    def resume_job(self, job_id: str) -> pb.Job: ...
     def watch(self, job_id: str) -> Iterator[pb.Job]: ...
     def list_job_events(self, job_id: str, *, page_size: int = ...) -> list[pb.JobEvent]: ...
     def list_checkpoints(self, job_id: str) -> list[pb.Checkpoint]: ...
@@ -129,6 +134,24 @@ def cmd_stop(api: JobsApi, args: argparse.Namespace, out: TextIO) -> int:
         print_json(convert.job_to_dict(job), out)
     else:
         out.write(f"job {job.job_id}: {convert.state_name(job.state)}\n")
+    return EXIT_OK
+
+
+def cmd_pause(api: JobsApi, args: argparse.Namespace, out: TextIO) -> int:
+    job = api.pause_job(args.job_id)
+    if args.output == "json":
+        print_json(convert.job_to_dict(job), out)
+    else:
+        out.write(f"job {job.job_id}: {convert.state_name(job.state)} (pause requested)\n")
+    return EXIT_OK
+
+
+def cmd_resume(api: JobsApi, args: argparse.Namespace, out: TextIO) -> int:
+    job = api.resume_job(args.job_id)
+    if args.output == "json":
+        print_json(convert.job_to_dict(job), out)
+    else:
+        out.write(f"job {job.job_id}: {convert.state_name(job.state)} (resume requested)\n")
     return EXIT_OK
 
 
@@ -253,6 +276,12 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--all", action="store_true", help="every page")
 
     command("stop", cmd_stop, "ask a job to stop").add_argument("job_id")
+    command(
+        "pause", cmd_pause, "ask a job to pause (a committed checkpoint, then PAUSED)"
+    ).add_argument("job_id")
+    command("resume", cmd_resume, "resume a paused job from its newest checkpoint").add_argument(
+        "job_id"
+    )
     command("watch", cmd_watch, "follow a job's state and progress until it ends").add_argument(
         "job_id"
     )

@@ -151,6 +151,16 @@ class Client:
         job: pb.Job = self._call(self._stub.StopJob, pb.StopJobRequest(job_id=job_id), timeout)
         return job
 
+    def pause_job(self, job_id: str, *, timeout: float | None = None) -> pb.Job:
+        """Ask the job to pause: a committed checkpoint, then PAUSED until resumed."""
+        job: pb.Job = self._call(self._stub.PauseJob, pb.PauseJobRequest(job_id=job_id), timeout)
+        return job
+
+    def resume_job(self, job_id: str, *, timeout: float | None = None) -> pb.Job:
+        """Queue a paused job again; it goes on from its newest checkpoint."""
+        job: pb.Job = self._call(self._stub.ResumeJob, pb.ResumeJobRequest(job_id=job_id), timeout)
+        return job
+
     def list_job_events(
         self, job_id: str, *, page_size: int = 100, timeout: float | None = None
     ) -> list[pb.JobEvent]:

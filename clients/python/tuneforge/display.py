@@ -125,7 +125,7 @@ def print_job(job: pb.Job, out: TextIO) -> None:
     data = convert.job_to_dict(job)
     rows: list[tuple[str, str]] = [
         ("job", f"{data['jobId']}  ({data['jobName']})"),
-        ("state", data["state"] + ("  (stop requested)" if data["stopRequested"] else "")),
+        ("state", data["state"] + _requested(data)),
         ("progress", progress_text(job) or "-"),
         ("created", data["createdAt"] or "-"),
         ("started", data["startedAt"] or "-"),
@@ -172,3 +172,12 @@ def print_checkpoints(checkpoints: list[dict[str, Any]], out: TextIO) -> None:
             f"{_number(data['validationLoss']):>10}  {data['committedAt'] or '-':<24}  "
             f"{metrics + '  ' if metrics else ''}{data['s3Uri']}\n"
         )
+
+
+def _requested(data: dict[str, Any]) -> str:
+    """What was asked of a job and is not carried out yet (or stands: a pause)."""
+    if data["stopRequested"]:
+        return "  (stop requested)"
+    if data["pauseRequested"] and data["state"] != "PAUSED":
+        return "  (pause requested)"
+    return ""

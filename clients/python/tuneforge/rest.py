@@ -136,6 +136,14 @@ class RestClient:
         response = self._request("POST", f"/v1/jobs/{_segment(job_id)}/stop", timeout)
         return convert.job_from_dict(response.json())
 
+    def pause_job(self, job_id: str, *, timeout: float | None = None) -> pb.Job:
+        response = self._request("POST", f"/v1/jobs/{_segment(job_id)}/pause", timeout)
+        return convert.job_from_dict(response.json())
+
+    def resume_job(self, job_id: str, *, timeout: float | None = None) -> pb.Job:
+        response = self._request("POST", f"/v1/jobs/{_segment(job_id)}/resume", timeout)
+        return convert.job_from_dict(response.json())
+
     def list_job_events(
         self, job_id: str, *, page_size: int = 100, timeout: float | None = None
     ) -> list[pb.JobEvent]:

@@ -286,6 +286,8 @@ STATUS = {
     JobState.STOPPED: "Stopped",
     JobState.COMPLETED: "Completed",
     JobState.FAILED: "Failed",
+    # Bedrock has no pause: a paused job has not ended.
+    JobState.PAUSED: "InProgress",
 }
 NATIVE_STATES = {
     bedrock: {native for native, mapped in STATUS.items() if mapped == bedrock}

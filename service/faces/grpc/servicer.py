@@ -117,6 +117,20 @@ class FineTuningServicer(pb_grpc.FineTuningServiceServicer):
         return mapping.job_message(job)
 
     @mapped
+    async def PauseJob(
+        self, request: pb.PauseJobRequest, context: grpc.aio.ServicerContext
+    ) -> pb.Job:
+        job = await self._run(self.jobs.pause, request.job_id, tenant=current_policy().tenant)
+        return mapping.job_message(job)
+
+    @mapped
+    async def ResumeJob(
+        self, request: pb.ResumeJobRequest, context: grpc.aio.ServicerContext
+    ) -> pb.Job:
+        job = await self._run(self.jobs.resume, request.job_id, current_policy())
+        return mapping.job_message(job)
+
+    @mapped
     async def WatchJob(
         self, request: pb.WatchJobRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.WatchJobResponse]:

@@ -54,6 +54,7 @@ STATUS = {
     JobState.STOPPED: "cancelled",
     JobState.COMPLETED: "succeeded",
     JobState.FAILED: "failed",
+    JobState.PAUSED: "paused",
 }
 
 

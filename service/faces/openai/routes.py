@@ -285,6 +285,22 @@ def cancel_job(job_id: str, request: Request, caller: CurrentTenant) -> FineTuni
     return _job(context, context.jobs.stop(job_id, tenant=caller.tenant))
 
 
+@router.post(
+    "/fine_tuning/jobs/{job_id}/pause", response_model=FineTuningJob, summary="Pause a job"
+)
+def pause_job(job_id: str, request: Request, caller: CurrentTenant) -> FineTuningJob:
+    context = _context(request)
+    return _job(context, context.jobs.pause(job_id, tenant=caller.tenant))
+
+
+@router.post(
+    "/fine_tuning/jobs/{job_id}/resume", response_model=FineTuningJob, summary="Resume a job"
+)
+def resume_job(job_id: str, request: Request, caller: CurrentTenant) -> FineTuningJob:
+    context = _context(request)
+    return _job(context, context.jobs.resume(job_id, caller))
+
+
 @router.get(
     "/fine_tuning/jobs/{job_id}/events", response_model=Page, summary="A job's events, newest first"
 )

@@ -145,6 +145,8 @@ def test_bad_read_arguments_are_invalid_argument(
     [
         ("GetJob", pb.GetJobRequest),
         ("StopJob", pb.StopJobRequest),
+        ("PauseJob", pb.PauseJobRequest),
+        ("ResumeJob", pb.ResumeJobRequest),
         ("WatchJob", pb.WatchJobRequest),
         ("ListJobEvents", pb.ListJobEventsRequest),
         ("ListCheckpoints", pb.ListCheckpointsRequest),

@@ -48,6 +48,8 @@ def test_reflection_describes_the_service(channel: grpc.Channel) -> None:
         "GetJob",
         "ListJobs",
         "StopJob",
+        "PauseJob",
+        "ResumeJob",
         "WatchJob",
         "ListJobEvents",
         "ListCheckpoints",

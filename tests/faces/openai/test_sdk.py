@@ -297,3 +297,23 @@ def test_errors_are_openais_json_shape(api_server: ApiServer) -> None:
     )
     assert answer.status_code == 400
     assert answer.json()["error"]["param"] == "body"
+
+
+def test_pause_and_resume(client: OpenAI, object_store: ObjectStore) -> None:
+    training = client.files.create(
+        file=("train.jsonl", _demo_file(object_store, "sample-train.jsonl")), purpose="fine-tune"
+    )
+    created = client.fine_tuning.jobs.create(
+        model=DEMO_MODEL_NAME, training_file=training.id, hyperparameters={"n_epochs": 30}
+    )
+    with pytest.raises(openai.ConflictError):
+        client.fine_tuning.jobs.resume(created.id)  # not paused
+    _wait(client, created.id, {"running"})
+
+    client.fine_tuning.jobs.pause(created.id)
+    paused = _wait(client, created.id, {"paused"})
+    assert paused.status == "paused" and paused.finished_at is None
+
+    assert client.fine_tuning.jobs.resume(created.id).status in ("paused", "queued")
+    _wait(client, created.id, {"queued", "validating_files", "running"})
+    assert client.fine_tuning.jobs.cancel(created.id).status == "cancelled"

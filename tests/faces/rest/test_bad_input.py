@@ -187,8 +187,9 @@ def test_reads_reject(server: ApiServer, path: str, status: int, field: str | No
         assert response.json()["error"]["field"] == field
 
 
-def test_stop_unknown_job(server: ApiServer) -> None:
-    response = httpx.post(server.url + "/v1/jobs/0000000000000000/stop", timeout=10)
+@pytest.mark.parametrize("action", ["stop", "pause", "resume"])
+def test_stop_pause_or_resume_of_an_unknown_job(server: ApiServer, action: str) -> None:
+    response = httpx.post(server.url + f"/v1/jobs/0000000000000000/{action}", timeout=10)
     _assert_error(response, 404, "jobId")
 
 

@@ -55,6 +55,16 @@ class FineTuningServiceStub:
                 request_serializer=tuneforge_dot_v1_dot_fine__tuning__pb2.StopJobRequest.SerializeToString,
                 response_deserializer=tuneforge_dot_v1_dot_fine__tuning__pb2.Job.FromString,
                 _registered_method=True)
+        self.PauseJob = channel.unary_unary(
+                '/tuneforge.v1.FineTuningService/PauseJob',
+                request_serializer=tuneforge_dot_v1_dot_fine__tuning__pb2.PauseJobRequest.SerializeToString,
+                response_deserializer=tuneforge_dot_v1_dot_fine__tuning__pb2.Job.FromString,
+                _registered_method=True)
+        self.ResumeJob = channel.unary_unary(
+                '/tuneforge.v1.FineTuningService/ResumeJob',
+                request_serializer=tuneforge_dot_v1_dot_fine__tuning__pb2.ResumeJobRequest.SerializeToString,
+                response_deserializer=tuneforge_dot_v1_dot_fine__tuning__pb2.Job.FromString,
+                _registered_method=True)
         self.WatchJob = channel.unary_stream(
                 '/tuneforge.v1.FineTuningService/WatchJob',
                 request_serializer=tuneforge_dot_v1_dot_fine__tuning__pb2.WatchJobRequest.SerializeToString,
@@ -108,6 +118,25 @@ class FineTuningServiceServicer:
         """Ask a job to stop. The job shows STOPPING at once; the trainer writes a final
         checkpoint and the job ends STOPPED. Stopping a job that is already STOPPING is
         not an error; stopping a finished one is FAILED_PRECONDITION.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PauseJob(self, request, context):
+        """Ask a job to pause: its trainer commits a checkpoint and leaves, and the job is
+        PAUSED (not ended) until resumed; a job not launched yet is PAUSED at once. Pausing
+        a paused (or pausing) job is not an error; pausing one that ended or is stopping is
+        FAILED_PRECONDITION.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResumeJob(self, request, context):
+        """Take back a pause: a PAUSED job is queued again, and its next attempt goes on from
+        its newest checkpoint. FAILED_PRECONDITION for a job that is not paused;
+        RESOURCE_EXHAUSTED when the tenant's queue is full.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -168,6 +197,16 @@ def add_FineTuningServiceServicer_to_server(servicer, server):
             'StopJob': grpc.unary_unary_rpc_method_handler(
                     servicer.StopJob,
                     request_deserializer=tuneforge_dot_v1_dot_fine__tuning__pb2.StopJobRequest.FromString,
+                    response_serializer=tuneforge_dot_v1_dot_fine__tuning__pb2.Job.SerializeToString,
+            ),
+            'PauseJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.PauseJob,
+                    request_deserializer=tuneforge_dot_v1_dot_fine__tuning__pb2.PauseJobRequest.FromString,
+                    response_serializer=tuneforge_dot_v1_dot_fine__tuning__pb2.Job.SerializeToString,
+            ),
+            'ResumeJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResumeJob,
+                    request_deserializer=tuneforge_dot_v1_dot_fine__tuning__pb2.ResumeJobRequest.FromString,
                     response_serializer=tuneforge_dot_v1_dot_fine__tuning__pb2.Job.SerializeToString,
             ),
             'WatchJob': grpc.unary_stream_rpc_method_handler(
@@ -299,6 +338,60 @@ class FineTuningService:
             target,
             '/tuneforge.v1.FineTuningService/StopJob',
             tuneforge_dot_v1_dot_fine__tuning__pb2.StopJobRequest.SerializeToString,
+            tuneforge_dot_v1_dot_fine__tuning__pb2.Job.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PauseJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tuneforge.v1.FineTuningService/PauseJob',
+            tuneforge_dot_v1_dot_fine__tuning__pb2.PauseJobRequest.SerializeToString,
+            tuneforge_dot_v1_dot_fine__tuning__pb2.Job.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResumeJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tuneforge.v1.FineTuningService/ResumeJob',
+            tuneforge_dot_v1_dot_fine__tuning__pb2.ResumeJobRequest.SerializeToString,
             tuneforge_dot_v1_dot_fine__tuning__pb2.Job.FromString,
             options,
             channel_credentials,

@@ -69,6 +69,26 @@ def stop_job(job_id: JobId, service: JobsDep, caller: CurrentTenant) -> JobPubli
     return JobPublic.from_job(service.stop(job_id, tenant=caller.tenant))
 
 
+@router.post(
+    "/{job_id}/pause",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=JobPublic,
+    summary="Ask a job to pause: a committed checkpoint, then PAUSED until resumed",
+)
+def pause_job(job_id: JobId, service: JobsDep, caller: CurrentTenant) -> JobPublic:
+    return JobPublic.from_job(service.pause(job_id, tenant=caller.tenant))
+
+
+@router.post(
+    "/{job_id}/resume",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=JobPublic,
+    summary="Resume a paused job: queued again, it goes on from its newest checkpoint",
+)
+def resume_job(job_id: JobId, service: JobsDep, caller: CurrentTenant) -> JobPublic:
+    return JobPublic.from_job(service.resume(job_id, caller))
+
+
 # -- events, checkpoints, logs (the gRPC face has the same: ListJobEvents, ...) --------
 
 

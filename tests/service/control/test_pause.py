@@ -1,0 +1,165 @@
+"""The reconciler's part in pause and resume, on a real store: a job paused before its
+launch is PAUSED with no trainer; a PAUSED job holds no slot; a resumed job is QUEUED
+again and its next attempt is numbered after the earlier ones; a trainer that died with
+a pause pending leaves the job PAUSED (not relaunched); a paused job stops STOPPED.
+
+The trainers are `sleep` processes (tests/service/control/test_gpu_queue.py); what a
+real trainer does on a pause (a committed checkpoint, then PAUSED) is in
+tests/e2e/test_pause_resume.py.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import pytest
+
+from jobstore.documents import (
+    DataLocation,
+    HyperParameters,
+    JobControl,
+    JobSpec,
+    JobState,
+    JobStatus,
+    new_job_id,
+    utc_now,
+)
+from jobstore.storage import ObjectStore
+from jobstore.store import JobStore
+from service.control.reconciler import Reconciler
+from tests.service.control.test_gpu_queue import SleepingTrainers
+
+
+@pytest.fixture
+def store(object_store: ObjectStore) -> JobStore:
+    bucket = f"pause-{uuid.uuid4().hex[:10]}"
+    object_store.ensure_bucket(bucket)
+    return JobStore(object_store, bucket)
+
+
+def _create(store: JobStore, name: str, created_ms: int) -> str:
+    spec = JobSpec(
+        jobId=new_job_id(created_ms),
+        jobName=name,
+        createdAt=utc_now(),
+        baseModelIdentifier="s3://demo/models/tiny-llama/",
+        trainingDataConfig=DataLocation(s3Uri="s3://demo/datasets/sample-train.jsonl"),
+        outputDataConfig=DataLocation(s3Uri="s3://demo/output/"),
+        hyperParameters=HyperParameters(),
+    )
+    store.create(spec)
+    return spec.jobId
+
+
+def _pause(store: JobStore, job_id: str) -> None:
+    store.put_control(job_id, JobControl(pauseRequested=True, pauseRequestedAt=utc_now()))
+
+
+def _resume(store: JobStore, job_id: str) -> None:
+    store.put_control(job_id, JobControl())
+
+
+def _paused_by_its_trainer(store: JobStore, job_id: str) -> None:
+    """What a trainer writes on its way out after a pause."""
+
+    def pause(status: JobStatus) -> JobStatus:
+        return status.moved_to(JobState.PAUSED)
+
+    store.update_status(job_id, pause)
+
+
+def _state(store: JobStore, job_id: str) -> JobState:
+    return store.get_status(job_id)[0].state
+
+
+def test_paused_before_launch_then_resumed(store: JobStore) -> None:
+    trainers = SleepingTrainers()
+    reconciler = Reconciler(store, trainers, {}, slots=0)  # nothing launches yet
+    job_id = _create(store, "early", int(time.time() * 1000))
+    try:
+        _pause(store, job_id)
+        reconciler.run_once()
+        status, _ = store.get_status(job_id)
+        assert status.state == JobState.PAUSED and status.launch is None
+        assert store.queue_order.position(job_id) is None  # not in the queue
+
+        _resume(store, job_id)
+        tenant = store.get_spec(job_id).tenant
+        store.queue_ledger.reserve(tenant, job_id, 10)  # as the resume does
+        reconciler.run_once()
+        assert _state(store, job_id) == JobState.QUEUED
+        reconciler.run_once()
+        assert job_id in store.queue_ledger.read(tenant)[0]  # kept its place while queued
+        reconciler.slots = 1
+        reconciler.run_once()
+        status, _ = store.get_status(job_id)
+        assert status.launch is not None and status.launch.attempt == 1
+    finally:
+        trainers.shutdown(0)
+
+
+def test_a_paused_job_frees_its_slot_and_resumes_as_its_next_attempt(store: JobStore) -> None:
+    trainers = SleepingTrainers()
+    reconciler = Reconciler(store, trainers, {}, slots=1)
+    now = int(time.time() * 1000)
+    first = _create(store, "first", now)
+    second = _create(store, "second", now + 1)
+    try:
+        reconciler.run_once()
+        assert set(trainers.processes) == {first}  # one slot
+
+        _pause(store, first)
+        _paused_by_its_trainer(store, first)
+        trainers.end(first)  # the trainer leaves
+        reconciler.run_once()
+        assert _state(store, first) == JobState.PAUSED  # not relaunched
+        assert second in trainers.processes  # the paused job's slot went to the next
+
+        _resume(store, first)
+        reconciler.run_once()
+        status, _ = store.get_status(first)
+        assert (status.state, status.launch, status.previousAttempts) == (
+            JobState.QUEUED,
+            None,
+            1,
+        )
+        trainers.end(second)  # a crash: relaunched (its attempt 2) ahead of nothing else
+        reconciler.slots = 2
+        reconciler.run_once()
+        reconciler.run_once()
+        status, _ = store.get_status(first)
+        assert status.launch is not None and status.launch.attempt == 2
+        events = [event.message for event in store.list_events(first)]
+        assert any("trainer attempt 2 launched" in message for message in events), events
+    finally:
+        trainers.shutdown(0)
+
+
+def test_a_trainer_gone_with_a_pause_pending_leaves_the_job_paused(store: JobStore) -> None:
+    trainers = SleepingTrainers()
+    reconciler = Reconciler(store, trainers, {}, slots=1)
+    job_id = _create(store, "crashed", int(time.time() * 1000))
+    try:
+        reconciler.run_once()
+        _pause(store, job_id)
+        trainers.end(job_id)  # died before it could pause
+        reconciler.run_once()
+        status, _ = store.get_status(job_id)
+        assert status.state == JobState.PAUSED
+        assert status.launch is not None and status.launch.attempt == 1  # no relaunch
+
+        store.put_control(
+            job_id,
+            JobControl(
+                pauseRequested=True,
+                pauseRequestedAt=utc_now(),
+                stopRequested=True,
+                stopRequestedAt=utc_now(),
+            ),
+        )
+        reconciler.run_once()
+        assert _state(store, job_id) == JobState.STOPPED
+        assert job_id not in store.list_active_job_ids()
+    finally:
+        trainers.shutdown(0)
