@@ -108,7 +108,8 @@ class TenantPolicy:
         (so no absolute-key tricks); here: an empty key and the state bucket (job
         documents and API keys live there) are invalid (InvalidArgument), and a URI
         outside the tenant's grants is not allowed (PermissionDenied, naming the field,
-        the URI and the grants). The tenant's own files folder is always granted.
+        the URI and the grants). The tenant's own files folder is always granted, and
+        the rest of the files bucket never is unless a grant names it ("*" does not).
         """
         location = parse_s3_uri(uri, field=field)
         if not location.key.strip("/"):
@@ -123,11 +124,21 @@ class TenantPolicy:
                 "cannot be used for job data, models or outputs",
                 field=field,
             )
-        if ANY_BUCKET in self.allowed_buckets:
-            return
         if self.files_folder and Grant.parse(self.files_folder).covers(location):
             return
-        grants = [Grant.parse(grant) for grant in self.allowed_buckets]
+        grants = [Grant.parse(grant) for grant in self.allowed_buckets if grant != ANY_BUCKET]
+        if any(grant.covers(location) for grant in grants):
+            return
+        files_bucket = self.files_folder.split("/", 1)[0] if self.files_folder else None
+        if location.bucket == files_bucket:
+            # Every tenant's uploads live there: "*" does not reach another's folder.
+            raise PermissionDenied(
+                f"{field}: {uri} is in the service's files bucket, outside the files of "
+                f"tenant '{self.tenant}' (s3://{self.files_folder})",
+                field=field,
+            )
+        if ANY_BUCKET in self.allowed_buckets:
+            return
         if not any(grant.covers(location) for grant in grants):
             granted = ", ".join(sorted(str(grant) for grant in grants)) or (
                 "nothing: the operator grants buckets with TUNEFORGE_TENANT_ALLOWED_BUCKETS, "

@@ -468,9 +468,11 @@ class Reconciler:
         launch = status.launch
         observed = awaited or self._ask_launcher("observe", lambda: self.launcher.observe(launch))
         alive = observed.alive
-        if alive is None:  # another host's trainer: judge by its heartbeat
-            last_sign = status.heartbeatAt or status.launch.launchedAt
-            alive = _age_seconds(last_sign) < self.heartbeat_timeout_seconds
+        if alive is None:  # another host's trainer: judge by its latest sign of life
+            # The launch counts as one: a heartbeat older than it is an earlier attempt's
+            # (before a crash, or a pause), and says nothing of this one.
+            quiet = min(_age_seconds(status.heartbeatAt), _age_seconds(status.launch.launchedAt))
+            alive = quiet < self.heartbeat_timeout_seconds
         elif alive and (silence := self._heartbeat_silence(status)) is not None:
             # Its process lives but its heartbeat thread has not written for longer
             # than the timeout: frozen (SIGSTOP, a paused VM) or hung. Left alone it

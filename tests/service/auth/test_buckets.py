@@ -160,6 +160,18 @@ def test_a_folder_grant_ends_at_a_slash() -> None:
     anything.check_uri("s3://shared/team2/data.jsonl", "trainingDataConfig.s3Uri")
 
 
+def test_any_bucket_does_not_reach_another_tenants_files() -> None:
+    """Pure logic: the files bucket holds every tenant's uploads; a tenant has its own
+    folder there whatever its grants, and "*" reaches no other's."""
+    anything = TenantPolicy("team", 0, 0, 0.0, 1, ("*",), "state", "files/team/")
+    anything.check_uri("s3://files/team/file-0.jsonl", "trainingDataConfig.s3Uri")
+    anything.check_uri("s3://elsewhere/data.jsonl", "trainingDataConfig.s3Uri")
+    with pytest.raises(DomainPermissionDenied, match="outside the files of tenant 'team'"):
+        anything.check_uri("s3://files/other/file-0.jsonl", "trainingDataConfig.s3Uri")
+    named = TenantPolicy("team", 0, 0, 0.0, 1, ("files/shared/",), "state", "files/team/")
+    named.check_uri("s3://files/shared/data.jsonl", "trainingDataConfig.s3Uri")  # granted
+
+
 def test_with_auth_on_nothing_is_granted_unless_the_operator_says_so(
     s3_server: EmbeddedS3, demo_assets: None, tmp_path: Path
 ) -> None:

@@ -22,11 +22,13 @@ from jobstore.documents import (
     JobSpec,
     JobState,
     JobStatus,
+    LaunchRecord,
     new_job_id,
     utc_now,
 )
 from jobstore.storage import ObjectStore
 from jobstore.store import JobStore
+from service.control.launch.base import Observed
 from service.control.reconciler import Reconciler
 from tests.service.control.test_gpu_queue import SleepingTrainers
 
@@ -161,5 +163,41 @@ def test_a_trainer_gone_with_a_pause_pending_leaves_the_job_paused(store: JobSto
         reconciler.run_once()
         assert _state(store, job_id) == JobState.STOPPED
         assert job_id not in store.list_active_job_ids()
+    finally:
+        trainers.shutdown(0)
+
+
+class TrainersOnAnotherHost(SleepingTrainers):
+    """What a replica sees of trainers another replica started: nothing (alive None), so
+    it judges them by their signs of life in the store."""
+
+    def observe(self, launch: LaunchRecord) -> Observed:
+        return Observed(alive=None)
+
+
+def test_a_resumed_attempt_is_not_judged_by_the_paused_attempts_old_heartbeat(
+    store: JobStore,
+) -> None:
+    trainers = TrainersOnAnotherHost()
+    reconciler = Reconciler(store, trainers, {}, slots=1, heartbeat_timeout_seconds=60)
+    job_id = _create(store, "long-pause", int(time.time() * 1000))
+    try:
+        _pause(store, job_id)
+        reconciler.run_once()  # paused before it was launched
+
+        def heartbeat_long_ago(status: JobStatus) -> JobStatus:
+            # The last heartbeat of an attempt paused for ten minutes.
+            old = status.model_copy(deep=True)
+            old.heartbeatAt = "2026-01-01T00:00:00.000Z"
+            return old
+
+        store.update_status(job_id, heartbeat_long_ago)
+        _resume(store, job_id)
+        reconciler.run_once()  # QUEUED
+        reconciler.run_once()  # launched: attempt 1, just now
+        reconciler.run_once()  # seen from "another host": alive by its launch time
+        status, _ = store.get_status(job_id)
+        assert status.launch is not None and status.launch.attempt == 1, status
+        assert status.retries == {}  # not relaunched as if it had died
     finally:
         trainers.shutdown(0)
