@@ -27,7 +27,8 @@ pass walks `active/` (jobs not yet seen terminal) and, per job:
   attempt (the trainer resumes from the job's state), within a budget per cause: a
   preempted trainer (SIGTERM, exit 143) or a lost one (no heartbeat, exit unknown:
   node loss) does not count against `crash_retry_budget`, a crash does; no job gets
-  more than `max_attempts`. Past the budget: FAILED / TRAINER_CRASHED.
+  more than `max_attempts` since it was last resumed (attempts a pause ended do not
+  count). Past the budget: FAILED / TRAINER_CRASHED.
 - terminal: drop the active marker.
 
 The reconciler writes `status.launch`, and writes `status.state` only for a job with no
@@ -734,8 +735,12 @@ class Reconciler:
         crashes = status.retries.get("crash", 0)
         if exit_code == TrainerExit.BAD_INPUT:
             pass  # bad data or config: never retried
-        elif launch.attempt >= self.max_attempts:
+        elif launch.attempt - status.previousAttempts >= self.max_attempts:
+            # Attempts ended by a pause are not failures: only those since the last
+            # resume count against the budget.
             how += f"; it was attempt {launch.attempt} of at most {self.max_attempts}"
+            if status.previousAttempts:
+                how += f" since it was resumed after attempt {status.previousAttempts}"
         elif cause == "crash" and crashes >= self.crash_retry_budget:
             how += f"; it had already crashed {crashes} time(s), the retry budget"
         else:
@@ -815,6 +820,10 @@ class Reconciler:
         if self.store.update_status(job.spec.jobId, finish) is not None:
             self.store.append_event(job.spec.jobId, "STATE_CHANGED", message, state)
             log.info("job %s is %s: %s", job.spec.jobId, state.value, message)
+        elif not self.store.get_status(job.spec.jobId)[0].state.is_terminal():
+            # Refused because the job moved on meanwhile (another replica launched or
+            # requeued it): it has not ended, so it stays in `active/` for a later pass.
+            return
         self._retire(job.spec.jobId)
 
     def _retire(self, job_id: str) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from dataclasses import replace
 
 import pytest
 
@@ -199,5 +200,63 @@ def test_a_resumed_attempt_is_not_judged_by_the_paused_attempts_old_heartbeat(
         status, _ = store.get_status(job_id)
         assert status.launch is not None and status.launch.attempt == 1, status
         assert status.retries == {}  # not relaunched as if it had died
+    finally:
+        trainers.shutdown(0)
+
+
+def test_a_stop_judged_on_a_stale_view_leaves_a_launched_job_active(store: JobStore) -> None:
+    """A pass that read the job before another pass launched it decides 'stopped before
+    it was launched'; its compare-and-swap is refused (the job has an attempt now), and
+    the job must stay in `active/` so a later pass stops its trainer, not vanish from it
+    unfinished."""
+    trainers = SleepingTrainers()
+    reconciler = Reconciler(store, trainers, {}, slots=1)
+    job_id = _create(store, "stale", int(time.time() * 1000))
+    try:
+        stale = store.get(job_id)  # QUEUED, no launch
+        reconciler.run_once()
+        assert job_id in trainers.processes  # launched meanwhile
+
+        store.put_control(job_id, JobControl(stopRequested=True, stopRequestedAt=utc_now()))
+        reconciler.reconcile(replace(stale, control=store.get_control(job_id)))
+        assert job_id in store.list_active_job_ids()
+        assert not _state(store, job_id).is_terminal()
+
+        trainers.end(job_id)  # the trainer leaves on the stop
+        reconciler.run_once()
+        assert _state(store, job_id) == JobState.STOPPED
+    finally:
+        trainers.shutdown(0)
+
+
+def test_attempts_a_pause_ended_do_not_count_against_max_attempts(store: JobStore) -> None:
+    """With at most two attempts, a job paused during attempt 1 and resumed may still
+    crash once (attempt 2) and be relaunched (attempt 3); the next crash ends it."""
+    trainers = SleepingTrainers()
+    reconciler = Reconciler(store, trainers, {}, slots=1, max_attempts=2, crash_retry_budget=10)
+    job_id = _create(store, "budget", int(time.time() * 1000))
+    try:
+        reconciler.run_once()
+        _pause(store, job_id)
+        _paused_by_its_trainer(store, job_id)
+        trainers.end(job_id)
+        reconciler.run_once()
+        _resume(store, job_id)
+        reconciler.run_once()  # QUEUED again, previousAttempts 1
+        reconciler.run_once()  # attempt 2
+        status, _ = store.get_status(job_id)
+        assert status.launch is not None and status.launch.attempt == 2
+
+        trainers.end(job_id)  # a crash
+        reconciler.run_once()
+        status, _ = store.get_status(job_id)
+        assert status.state != JobState.FAILED
+        assert status.launch is not None and status.launch.attempt == 3
+
+        trainers.end(job_id)  # a second crash since the resume: the budget is spent
+        reconciler.run_once()
+        status, _ = store.get_status(job_id)
+        assert status.state == JobState.FAILED and status.failure is not None
+        assert "attempt 3 of at most 2 since it was resumed" in status.failure.message
     finally:
         trainers.shutdown(0)
