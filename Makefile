@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-fast lint bench-data bench-start-latency bench-classification bench-trainer-throughput bench-gpu bench-api-load gpu-check gpu-wheels clean proto proto-check
+.PHONY: run test test-fast lint bench-data bench-start-latency bench-classification bench-trainer-throughput bench-preference bench-gpu bench-api-load gpu-check gpu-wheels clean proto proto-check
 
 $(STAMP): pyproject.toml clients/python/pyproject.toml constraints/test.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -80,6 +80,10 @@ bench-classification: $(STAMP)
 # tuneforge's packed training loop beside HF Trainer, padded and flattened (a few minutes).
 bench-trainer-throughput: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) bench/trainer_throughput.py
+
+# A DPO step beside a supervised step: same model, prompts and chosen answers (a minute).
+bench-preference: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) bench/preference_step.py $(BENCH_ARGS)
 
 # The same comparison on a GPU host: Qwen2-0.5B's shape, random weights, bf16
 # autocast, 300 steps; tokens/s, MFU and peak memory. The venv needs a CUDA build of torch

@@ -293,6 +293,16 @@ class HyperParameters(_Document):
             "to the adapter in the final output."
         ),
     ] = False
+    dpoBeta: Annotated[
+        float,
+        Field(
+            gt=0,
+            le=10,
+            description="customizationType PREFERENCE: DPO's beta, how far the tuned model "
+            "may move from the base model to prefer the chosen answers (smaller: further). "
+            "(0, 10].",
+        ),
+    ] = 0.1
 
 
 class DataLocation(_Document):

@@ -169,14 +169,14 @@ def parse_openai(record: dict[str, Any]) -> tuple[list[Message], list[str]]:
                 f'{where}: "role" must be "system", "user" or "assistant", got {role!r}'
             )
             continue
-        content, found = _openai_content(message.get("content"), f'{where}."content"')
+        content, found = openai_content(message.get("content"), f'{where}."content"')
         problems += found
         if content is not None:
             messages.append(Message(role, content))
     return messages, problems
 
 
-def _openai_content(value: Any, where: str) -> tuple[str | None, list[str]]:
+def openai_content(value: Any, where: str) -> tuple[str | None, list[str]]:
     """OpenAI content: a non-empty string, or a non-empty list of text parts
     `{"type": "text", "text": <non-empty string>}` joined by "\n"."""
     if isinstance(value, str):

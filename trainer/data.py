@@ -8,6 +8,11 @@ FINE_TUNING files hold one record format each: {"prompt", "completion"}, or
 conversations (Bedrock's or OpenAI's, see trainer/conversations.py). Every record
 becomes an `Example`; every example a `TokenizedExample` (input_ids + labels, labels
 IGNORE_INDEX where no loss is taken), the per-example form batching and packing take.
+
+PREFERENCE files (DPO) hold one format each too: {"prompt", "chosen", "rejected"}, or
+OpenAI's {"input": {"messages"}, "preferred_output", "non_preferred_output"}. A record
+is one `Example` with both answers; it becomes two `TokenizedExample`s, the chosen one
+then the rejected one, next to each other (trainer/preference.py pairs them again).
 """
 
 from __future__ import annotations
@@ -30,11 +35,15 @@ MAX_ERRORS_SHOWN = 20
 FINE_TUNING = "FINE_TUNING"
 CONTINUED_PRE_TRAINING = "CONTINUED_PRE_TRAINING"
 CLASSIFICATION = "CLASSIFICATION"
-CUSTOMIZATION_TYPES = (FINE_TUNING, CONTINUED_PRE_TRAINING, CLASSIFICATION)
+PREFERENCE = "PREFERENCE"
+CUSTOMIZATION_TYPES = (FINE_TUNING, CONTINUED_PRE_TRAINING, CLASSIFICATION, PREFERENCE)
 
 # The record formats of a FINE_TUNING file (one per file).
 PROMPT_COMPLETION = "prompt-completion"
 RECORD_FORMATS = (PROMPT_COMPLETION, conversations.BEDROCK, conversations.OPENAI)
+# The record formats of a PREFERENCE file (one per file).
+PROMPT_CHOSEN_REJECTED = "prompt-chosen-rejected"
+OPENAI_PREFERENCE = "openai-preference"
 
 
 @dataclass(frozen=True)
@@ -43,14 +52,26 @@ class Example:
 
     A classification record keeps its text in `completion`, its label (as a string) in
     `label`. A conversation keeps its turns in `messages` (prompt and completion empty);
-    its loss is on the assistant turns. `where` is where it came from (`uri:line`), for
-    the messages about it."""
+    its loss is on the assistant turns. A preference record keeps its chosen answer as
+    the completion (or the last turn of `messages`) and its rejected one in `rejected`
+    (or the last turn of `rejected_messages`). `where` is where it came from
+    (`uri:line`), for the messages about it."""
 
     prompt: str
     completion: str
     label: str | None = None
     where: str = field(default="", compare=False)
     messages: tuple[Message, ...] | None = None
+    rejected: str | None = None
+    rejected_messages: tuple[Message, ...] | None = None
+
+    def preference_sides(self) -> tuple[Example, Example]:
+        """A preference record as two plain examples: the chosen answer, the rejected one."""
+        chosen = Example(self.prompt, self.completion, where=self.where, messages=self.messages)
+        rejected = Example(
+            self.prompt, self.rejected or "", where=self.where, messages=self.rejected_messages
+        )
+        return chosen, rejected
 
 
 @dataclass(frozen=True)
@@ -158,6 +179,8 @@ def parse_record(
             return None, problems
         assert text is not None and label is not None
         return Example("", text, label=label, where=where), []
+    if customization_type == PREFERENCE:
+        return _parse_preference(record, where)
     if customization_type == FINE_TUNING:
         record_format = fine_tuning_format(record)
         if record_format != PROMPT_COMPLETION:
@@ -181,6 +204,69 @@ def parse_record(
 def fine_tuning_format(record: dict[str, Any]) -> str:
     """The format of a FINE_TUNING record: a conversation format or PROMPT_COMPLETION."""
     return conversations.record_format(record) or PROMPT_COMPLETION
+
+
+def preference_format(record: dict[str, Any]) -> str:
+    """The format of a PREFERENCE record: OpenAI's (it has "input" or the outputs) or
+    PROMPT_CHOSEN_REJECTED."""
+    openai_fields = ("input", "preferred_output", "non_preferred_output")
+    return (
+        OPENAI_PREFERENCE
+        if any(name in record for name in openai_fields)
+        else (PROMPT_CHOSEN_REJECTED)
+    )
+
+
+def _parse_preference(record: dict[str, Any], where: str) -> tuple[Example | None, list[str]]:
+    """{"prompt", "chosen", "rejected"} strings, or OpenAI's preference record: the
+    conversation so far in "input"."messages" (ending with a user turn) and one
+    assistant message in each of "preferred_output" and "non_preferred_output"."""
+    if preference_format(record) == PROMPT_CHOSEN_REJECTED:
+        fields = {
+            name: _non_empty_string(record, name) for name in ("prompt", "chosen", "rejected")
+        }
+        problems = [_describe(record, name) for name, value in fields.items() if value is None]
+        if problems:
+            return None, problems
+        prompt, chosen, rejected = fields["prompt"], fields["chosen"], fields["rejected"]
+        assert prompt is not None and chosen is not None
+        return Example(prompt, chosen, where=where, rejected=rejected), []
+    problems = []
+    source = record.get("input")
+    conversation: list[Message] = []
+    if not isinstance(source, dict):
+        problems.append('"input" must be an object with "messages"')
+    else:
+        conversation, found = conversations.parse_openai(source)
+        problems += [f'"input".{problem}' for problem in found]
+    answers: list[Message] = []
+    for name in ("preferred_output", "non_preferred_output"):
+        value = record.get(name)
+        message = value[0] if isinstance(value, list) and len(value) == 1 else None
+        if not isinstance(message, dict) or message.get("role") != conversations.ASSISTANT:
+            problems.append(
+                f'"{name}" must be an array of one {{"role": "assistant", "content": ...}} message'
+            )
+            continue
+        content, found = conversations.openai_content(
+            message.get("content"), f'"{name}"[0]."content"'
+        )
+        problems += found
+        if content is not None:
+            answers.append(Message(conversations.ASSISTANT, content))
+    if problems:
+        return None, problems
+    preferred, non_preferred = answers
+    order = conversations.role_order_problem([*conversation, preferred])
+    if order is not None:
+        return None, [f'"input"."messages": {order}']
+    return Example(
+        "",
+        "",
+        where=where,
+        messages=(*conversation, preferred),
+        rejected_messages=(*conversation, non_preferred),
+    ), []
 
 
 @dataclass
@@ -215,7 +301,7 @@ def iter_jsonl(
     as Examples, one at a time; blank lines are skipped, problems collected in `errors`,
     the bytes read so far counted in `position`.
 
-    A FINE_TUNING file takes its format from its first record; a record of another
+    A FINE_TUNING or PREFERENCE file takes its format from its first record; a record of another
     format is an error (one file, one format). Past `max_records` records, reading
     stops with an error."""
     before = errors.total
@@ -247,8 +333,12 @@ def iter_jsonl(
                 errors.add(where, f"not valid JSON ({error.msg} at column {error.colno})")
                 continue
             records += 1
-            if customization_type == FINE_TUNING and isinstance(record, dict):
-                record_format = fine_tuning_format(record)
+            if customization_type in (FINE_TUNING, PREFERENCE) and isinstance(record, dict):
+                record_format = (
+                    fine_tuning_format(record)
+                    if customization_type == FINE_TUNING
+                    else preference_format(record)
+                )
                 if file_format is None:
                     file_format = (record_format, number)
                 elif record_format != file_format[0]:

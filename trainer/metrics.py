@@ -6,7 +6,9 @@ multipart or append logic, and a reader always sees a complete, parseable file.
 
 Columns past Bedrock's four: a causal-LM job's `token_accuracy` in both files (the share
 of target tokens predicted right), a classification job's accuracy, precision, recall
-and F1 in the validation file. Readers find columns by name (service/core/training_metrics.py).
+and F1 in the validation file, a preference job's reward metrics in both
+(trainer/preference.py PREFERENCE_METRICS; its loss column is the DPO loss).
+Readers find columns by name (service/core/training_metrics.py).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import threading
 from pathlib import Path
 
 from jobstore.storage import ObjectStore, S3Location
+from trainer.preference import PREFERENCE_METRICS
 
 TRAINING_CSV = "training_artifacts/step_wise_training_metrics.csv"
 VALIDATION_CSV = "validation_artifacts/post_fine_tuning_validation/validation_metrics.csv"
@@ -79,11 +82,14 @@ class MetricsLog:
         directory: Path,
         *,
         classification: bool = False,
+        preference: bool = False,
     ) -> None:
         self._storage = storage
         self.classification = classification
-        self.training_columns = () if classification else (TOKEN_ACCURACY,)
+        self.training_columns: tuple[str, ...] = () if classification else (TOKEN_ACCURACY,)
         self.validation_columns = CLASSIFICATION_METRICS if classification else (TOKEN_ACCURACY,)
+        if preference:  # its reward metrics in both files
+            self.training_columns = self.validation_columns = PREFERENCE_METRICS
         self._lock = threading.Lock()
         self.training = _CsvFile(
             directory / "step_wise_training_metrics.csv",

@@ -255,7 +255,15 @@ class RecordHashes:
         self._lines = array("q")
 
     def add(self, example: Example) -> None:
-        content = repr((example.prompt, example.completion, example.label, example.messages))
+        parts: tuple[Any, ...] = (
+            example.prompt,
+            example.completion,
+            example.label,
+            example.messages,
+        )
+        if example.rejected is not None or example.rejected_messages is not None:
+            parts += (example.rejected, example.rejected_messages)  # a preference record
+        content = repr(parts)
         digest = hashlib.blake2b(content.encode("utf-8"), digest_size=8).digest()
         self._hashes.append(int.from_bytes(digest, "little"))
         self._lines.append(int(example.where.rsplit(":", 1)[-1]))
@@ -421,14 +429,23 @@ class Tokenized:
 
 
 def _tokenize_fine_tuning(
-    examples: Sequence[Example], tokenizer: Any, max_length: int, errors: ValidationErrors
+    examples: Sequence[Example],
+    tokenizer: Any,
+    max_length: int,
+    errors: ValidationErrors,
+    *,
+    last_turn_only: bool = False,
 ) -> Tokenized:
     if isinstance(tokenizer, tokenization.BatchTokenizer) and all(
         e.messages is None for e in examples
     ):
         return _tokenize_pairs(examples, tokenizer, max_length, errors)
     result = Tokenized([], [], [])
-    encoded = tokenization.encode_fine_tuning(examples, tokenizer) if examples else []
+    encoded = (
+        tokenization.encode_fine_tuning(examples, tokenizer, last_turn_only=last_turn_only)
+        if examples
+        else []
+    )
     for example, (input_ids, labels) in zip(examples, encoded, strict=True):
         result.lengths.append(len(input_ids))
         kept = tokenization.truncate(input_ids, labels, max_length)
@@ -475,6 +492,23 @@ def _tokenize_pairs(
         [examples[index].where for index in truncated.tolist()],
         flat=flat,
     )
+
+
+def _tokenize_preference(
+    examples: Sequence[Example], tokenizer: Any, max_length: int, errors: ValidationErrors
+) -> Tokenized:
+    """Each record as two examples, its chosen answer then its rejected one, tokenized as
+    prompt/completion records or conversations are; the loss (the log-probability DPO
+    compares) is on the answer only, for a conversation its last assistant turn. A
+    record's length is its longer answer's."""
+    sides = [side for example in examples for side in example.preference_sides()]
+    result = _tokenize_fine_tuning(sides, tokenizer, max_length, errors, last_turn_only=True)
+    lengths = result.lengths
+    result.lengths = [
+        max(chosen, rejected) for chosen, rejected in zip(lengths[::2], lengths[1::2], strict=True)
+    ]
+    result.truncated = list(dict.fromkeys(result.truncated))  # a record named once
+    return result
 
 
 def _tokenize_documents(examples: Sequence[Example], tokenizer: Any, max_length: int) -> Tokenized:
@@ -542,6 +576,8 @@ def _tokenize_file(
         found = ValidationErrors()
         if kind == data.FINE_TUNING:
             return _tokenize_fine_tuning(batch, tokenizer, max_length, found), found
+        if kind == data.PREFERENCE:
+            return _tokenize_preference(batch, tokenizer, max_length, found), found
         if kind == data.CONTINUED_PRE_TRAINING:
             return _tokenize_documents(batch, tokenizer, max_length), found
         assert labels is not None

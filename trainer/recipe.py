@@ -8,6 +8,9 @@ The customization type picks the data format, the model head and the loss:
                             documents split into maxSequenceLength chunks
     CLASSIFICATION          {text, label}; sequence-classification head, cross-entropy,
                             validation accuracy / precision / recall / F1
+    PREFERENCE              {prompt, chosen, rejected}; causal LM, the DPO loss against
+                            the base model's log-probabilities (trainer/preference.py),
+                            reward accuracy and margins
 
     QUEUED -> VALIDATING   check every data line, then download, check and load the model
            -> RUNNING      AdamW, warm-up + linear decay, gradient accumulation, clipping
@@ -51,9 +54,9 @@ from safetensors.torch import load_file
 
 from jobstore.documents import JobSpec, JobState, TrainerExit, utc_now
 from jobstore.storage import ObjectStore, S3Location, parse_s3_uri
-from trainer import checkpoint, data, lora, precision, preflight
+from trainer import checkpoint, data, lora, precision, preference, preflight
 from trainer.checkpoint_state import RANK_PREFIX, checkpoint_manifest, rank_rng_state
-from trainer.data import Batch, TokenizedExample
+from trainer.data import Batch
 from trainer.dataset_cache import DatasetCache
 from trainer.distributed import (
     Distributed,
@@ -112,9 +115,14 @@ class FullFineTuningRecipe:
         self.progress = TrainingProgress(total_epochs=self.hp.epochCount)
         self.kind = spec.customizationType
         self.classification = self.kind == data.CLASSIFICATION
+        self.preference = self.kind == data.PREFERENCE
         self.labels: list[str] | None = None  # classification: class id -> label
         self.metrics = MetricsLog(
-            storage, self.output, workdir / "metrics", classification=self.classification
+            storage,
+            self.output,
+            workdir / "metrics",
+            classification=self.classification,
+            preference=self.preference,
         )
         # MLflow, if the spec asks for it; logged by rank 0 only.
         self.tracking = (
@@ -125,9 +133,11 @@ class FullFineTuningRecipe:
         self.training_model: Any = None
         self.tokenizer: Any = None
         self.optimizer: torch.optim.Optimizer | None = None
-        # The tokenized data, memory-mapped (trainer/tokenized_data.py).
-        self.train_set: Sequence[TokenizedExample] = []
-        self.validation_set: Sequence[TokenizedExample] = []
+        # The tokenized data, memory-mapped (trainer/tokenized_data.py); a preference
+        # job's in pairs (trainer/preference.py).
+        # Sequences of TokenizedExample, or of PreferencePair.
+        self.train_set: Sequence[Any] = []
+        self.validation_set: Sequence[Any] = []
         self.cache_upload: threading.Thread | None = None  # the data cache being written
         self.pad_id = 0
         self.max_length = self.hp.maxSequenceLength
@@ -371,7 +381,8 @@ class FullFineTuningRecipe:
         self.precision.prepare(self.model)
         self.pad_id = pad_token_id(self.tokenizer)
         self.max_length = self._max_length()
-        if self.hp.packing and not self.classification:  # a classification head pools per row
+        # A classification head pools per row; preference pairs are compared per row.
+        if self.hp.packing and not self.classification and not self.preference:
             self.packer = Packer.for_model(
                 self.model, row_length=self.max_length, pad_id=self.pad_id
             )
@@ -388,11 +399,38 @@ class FullFineTuningRecipe:
         self.training_model = self.distributed.wrap(
             self.model, spec.resources.sharding, self.device
         )
+        if self.preference:
+            self.pair_up()
         self.optimizer = build_optimizer(self.model, self.hp.learningRate, self.hp.weightDecay)
         self.reporter.observe_optimizer(self.optimizer)  # its learning rate goes to /metrics
         batches = data.batches_per_epoch(len(self.train_set), self.global_batch_size)
         steps_per_epoch = -(-batches // self.hp.gradientAccumulationSteps)
         self.progress.total_steps = steps_per_epoch * self.hp.epochCount
+
+    def pair_up(self) -> None:
+        """A preference job's data as pairs, each answer with its log-probability under
+        the reference: the model as loaded (LoRA: its adapters disabled), before any
+        step or resume (trainer/preference.py)."""
+        started = time.monotonic()
+        splits = []
+        for examples in (self.train_set, self.validation_set):
+            reference = preference.reference_log_probs(
+                self.training_model,
+                self.model,
+                examples,  # preflight's examples, not pairs yet
+                batch_size=2 * self.hp.batchSize,
+                pad_id=self.pad_id,
+                device=self.device,
+                autocast=self.autocast,
+            )
+            splits.append(preference.PreferencePairs(examples, reference))
+        self.train_set, self.validation_set = splits
+        log.info(
+            "reference log-probabilities of %d training and %d validation pairs in %.1f s",
+            len(self.train_set),
+            len(self.validation_set),
+            time.monotonic() - started,
+        )
 
     def prepare_data(self, model_dir: Path) -> preflight.PreparedData:
         """Rank 0 checks and tokenizes the data (or takes it from the cache) and reports
@@ -560,6 +598,7 @@ class FullFineTuningRecipe:
                 generator=generator,
                 rank=self.distributed.rank,
                 world_size=self.distributed.world_size,
+                collate=preference.collate_pairs if self.preference else data.collate,
             )
             # The epoch's order is fixed by (seed, epoch): a resumed epoch skips the
             # batches trained on before its checkpoint and goes on with the same ones.
@@ -639,6 +678,9 @@ class FullFineTuningRecipe:
         distributed = self.distributed
         # Every token of the global window weighs the same, whichever rank has it.
         (target_tokens,) = distributed.sum([sum(target_count(b) for b in window)], self.device)
+        if self.preference:  # target_tokens counts pairs
+            self.preference_step(step, window, int(target_tokens))
+            return
         window_loss = backward_window(
             self.training_model,
             window,
@@ -690,11 +732,66 @@ class FullFineTuningRecipe:
                 learning_rate,
             )
 
+    def preference_step(self, step: int, window: list[Batch], pairs: int) -> None:
+        """The rest of `train_step` for a preference job: DPO over the window's pairs."""
+        assert self.optimizer is not None
+        distributed = self.distributed
+        totals = preference.backward_preference_window(
+            self.training_model,
+            window,
+            self.device,
+            self.autocast,
+            beta=self.hp.dpoBeta,
+            pairs=pairs,
+            gradient_scale=float(distributed.world_size),
+            no_sync=getattr(self.training_model, "no_sync", None),
+        )
+        clip_gradients(self.model.parameters(), self.hp.maxGradNorm)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+        tokens = sum(int(b.attention_mask.sum()) for b in window)
+        *summed, tokens_everywhere = distributed.sum(
+            [*totals.as_list(), float(tokens)], self.device
+        )
+        totals = preference.PreferenceTotals.from_list(summed)
+        loss, step_metrics = totals.mean_loss, totals.means()
+        self.progress.tokens_seen += int(tokens_everywhere)
+        self.progress.step = step
+        self.progress.training_loss = loss
+        if self.progress.first_step_at is None:
+            self.progress.first_step_at = utc_now()
+        steps_this_run = step - self._steps_before_start
+        seconds_per_step = (time.monotonic() - self._training_started) / steps_this_run
+        self.progress.eta_seconds = round(seconds_per_step * (self.progress.total_steps - step), 1)
+        self.metrics.add_training(step, self.progress.epoch, loss, step_metrics)
+        self.tracking.log_metrics(
+            step,
+            {
+                "training_loss": loss,
+                "learning_rate": self.optimizer.param_groups[0]["lr"],
+                **{f"training_{name}": value for name, value in step_metrics.items()},
+            },
+        )
+        self.publish()
+        if step == 1 or step % 10 == 0 or step == self.progress.total_steps:
+            log.info(
+                "step %d/%d epoch %d DPO loss %.4f reward accuracy %.3f margin %.4f",
+                step,
+                self.progress.total_steps,
+                self.progress.epoch,
+                loss,
+                step_metrics[preference.REWARD_ACCURACY],
+                step_metrics[preference.REWARD_MARGIN],
+            )
+
     @torch.no_grad()
     def evaluate(self) -> float:
         """Mean loss per completion token over the whole validation set."""
         if self.classification:
             return self.evaluate_classification()
+        if self.preference:
+            return self.evaluate_preference()
         # Packed like the training batches when training packs (trainer/evaluation.py).
         result = validation_loss(
             self.model,
@@ -723,6 +820,36 @@ class FullFineTuningRecipe:
             result.target_tokens,
             result.rows,
             "packed" if result.packed else "padded",
+        )
+        return loss
+
+    @torch.no_grad()
+    def evaluate_preference(self) -> float:
+        """Mean DPO loss per pair, and the reward metrics, over the validation pairs."""
+        totals = preference.preference_validation(
+            self.model,
+            self.validation_set,
+            batch_size=self.hp.batchSize,
+            pad_id=self.pad_id,
+            beta=self.hp.dpoBeta,
+            device=self.device,
+            autocast=self.autocast,
+        )
+        loss, scores = totals.mean_loss, totals.means()
+        self.progress.validation_loss = loss
+        self.progress.validation_metrics = scores
+        self.metrics.add_validation(self.progress.step, self.progress.epoch, loss, scores)
+        self.tracking.log_metrics(
+            self.progress.step,
+            {"validation_loss": loss, **{f"validation_{k}": v for k, v in scores.items()}},
+        )
+        self.publish()
+        log.info(
+            "epoch %d validation DPO loss %.4f %s (%d pairs)",
+            self.progress.epoch,
+            loss,
+            " ".join(f"{name} {value:.4f}" for name, value in scores.items()),
+            totals.pairs,
         )
         return loss
 

@@ -14,7 +14,9 @@ at the same global batch whatever rank restarts.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import dataclasses
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import torch
 
@@ -29,19 +31,21 @@ def rank_share(items: Sequence[int], rank: int, world_size: int) -> Sequence[int
 
 
 def rank_batches(
-    examples: Sequence[TokenizedExample],
+    examples: Sequence[TokenizedExample] | Sequence[Any],
     batch_size: int,
     pad_id: int,
     *,
     generator: torch.Generator,
     rank: int = 0,
     world_size: int = 1,
+    collate: Callable[[list[Any], int], Batch] = collate,
 ) -> Iterator[Batch]:
     """This rank's micro-batch of each global batch of the epoch, in order.
 
     A rank whose share of the epoch's last, short global batch is empty still gets a
     batch (one example with every label ignored: no loss, no gradient), because each
     rank must run the same forward and backward passes for the gradient all-reduce.
+    `collate` makes a batch of items of `examples` (a preference job's are pairs).
     """
     order = torch.randperm(len(examples), generator=generator).tolist()
     global_size = batch_size * world_size
@@ -56,8 +60,8 @@ def rank_batches(
 
 def without_targets(batch: Batch) -> Batch:
     """`batch` with every label ignored: it runs forward and backward, adds nothing."""
-    labels = torch.full_like(batch.labels, IGNORE_INDEX)
-    return Batch(batch.input_ids, batch.attention_mask, labels, batch.classification)
+    # `replace` keeps the batch's kind (a preference batch stays one).
+    return dataclasses.replace(batch, labels=torch.full_like(batch.labels, IGNORE_INDEX))
 
 
 def target_count(batch: Batch) -> int:

@@ -88,14 +88,19 @@ def fast_batch_tokenizer(tokenizer: Any) -> Any:
 
 
 def encode_fine_tuning(
-    examples: Sequence[Example], tokenizer: Any, template: str | None = None
+    examples: Sequence[Example],
+    tokenizer: Any,
+    template: str | None = None,
+    *,
+    last_turn_only: bool = False,
 ) -> list[tuple[list[int], list[int]]]:
     """(input_ids, labels) of each example, whole (not truncated).
 
     prompt/completion: the prompt with the tokenizer's special tokens (e.g. BOS), the
     completion, EOS; labels IGNORE_INDEX on the prompt. A conversation: rendered with
     `template` (default: the tokenizer's chat template, else DEFAULT_CHAT_TEMPLATE);
-    labels on the assistant turns only (trainer/conversations.py).
+    labels on the assistant turns only (trainer/conversations.py), or with
+    `last_turn_only` (a preference answer) on the last assistant turn only.
     """
     eos = tokenizer.eos_token_id
     if eos is None:
@@ -119,8 +124,21 @@ def encode_fine_tuning(
             token if trained else IGNORE_INDEX
             for token, trained in zip(rendered.input_ids, rendered.trained, strict=True)
         ]
+        if last_turn_only:
+            labels = _last_target_run(labels)
         encoded[index] = (rendered.input_ids, labels)
     return encoded
+
+
+def _last_target_run(labels: list[int]) -> list[int]:
+    """`labels` with every target before its last run of targets ignored."""
+    end = len(labels)
+    while end and labels[end - 1] == IGNORE_INDEX:
+        end -= 1
+    start = end
+    while start and labels[start - 1] != IGNORE_INDEX:
+        start -= 1
+    return [IGNORE_INDEX] * start + labels[start:]
 
 
 @dataclass(frozen=True)

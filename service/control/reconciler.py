@@ -16,7 +16,9 @@ pass walks `active/` (jobs not yet seen terminal) and, per job:
   starts the attempt.
 - stop requested, not launched: STOPPED. Pause requested, not launched: PAUSED.
 - PAUSED (its trainer committed a checkpoint and wrote it, or it had no trainer): holds
-  no slot; STOPPED on a stop request; once resumed, back to QUEUED with `launch` cleared
+  no slot once its trainer process is gone (one still exiting holds its slot, and is
+  SIGTERMed and SIGKILLed after the stop grace periods counted from PAUSED); STOPPED on
+  a stop request; once resumed, back to QUEUED with `launch` cleared
   and `previousAttempts` set, so the next attempt (numbered after the earlier ones) starts
   in queue order and goes on from the newest checkpoint.
 - stop requested, trainer alive: after `stop_grace_seconds` SIGTERM its process group,
@@ -136,6 +138,10 @@ class Reconciler:
         # A dead trainer whose relaunch waits for its devices: what was observed of its
         # end, which the launcher tells once (the next pass would see "gone, unknown").
         self._ends_awaiting_devices: dict[tuple[str, int], Observed] = {}
+        # PAUSED jobs whose trainer process still lives (it holds its slot until it is
+        # gone), and the paused attempts seen gone (not asked about again).
+        self._paused_trainers_alive: set[str] = set()
+        self._paused_trainers_gone: set[tuple[str, int]] = set()
         self.replica_id = uuid.uuid4().hex[:12]
         # Jobs whose reconcile raised in recent passes: when to give up on one.
         self.faults = faults or FaultTracker()
@@ -198,6 +204,11 @@ class Reconciler:
         still_waiting: set[str] = set()  # of those, the ones still queued after it
         active = self.store.list_active_job_ids()  # oldest first
         self.faults.forget_all_but(active)
+        self._paused_trainers_alive.intersection_update(active)
+        active_ids = set(active)
+        self._paused_trainers_gone = {
+            key for key in self._paused_trainers_gone if key[0] in active_ids
+        }
         # control.json only for jobs with a stop marker (one listing; the marker is
         # written before control.json, so a stop missed here is seen next pass).
         stopped = self.store.control_marked(active[-1], active[0]) if active else set()
@@ -239,7 +250,10 @@ class Reconciler:
                 job is not None
                 and launch is not None
                 and not job.status.state.is_terminal()
-                and job.status.state != JobState.PAUSED  # its trainer has left
+                and (
+                    job.status.state != JobState.PAUSED  # a paused job's trainer has left,
+                    or job_id in self._paused_trainers_alive  # unless it is still leaving
+                )
             ):
                 occupied += 0 if launch.devices else 1
                 unleased_gpu_jobs += int(self._holds_unknown_devices(job))
@@ -505,13 +519,25 @@ class Reconciler:
                 self._upload_log(job.spec.jobId, launch.attempt)
             self._finish(job, attempt, JobState.STOPPED, None, "stopped while paused")
             return
-        if job.control.pauseRequested:
-            return
-        if launch is not None:
+        job_id = job.spec.jobId
+        if launch is not None and (job_id, launch.attempt) not in self._paused_trainers_gone:
             observed = self._ask_launcher("observe", lambda: self.launcher.observe(launch))
             if observed.alive:
-                return  # the paused trainer is still exiting: next pass
-            self._upload_log(job.spec.jobId, launch.attempt)
+                # Still on its way out after writing PAUSED: it holds its slot, and one
+                # that hangs there is hurried like a stopped trainer (SIGTERM after
+                # stop_grace_seconds, SIGKILL after kill_grace_seconds more).
+                self._paused_trainers_alive.add(job_id)
+                waited = _age_seconds(job.status.stateTimes.get(JobState.PAUSED.value))
+                if waited > self.stop_grace_seconds + self.kill_grace_seconds:
+                    self._signal(launch, signal.SIGKILL)
+                elif waited > self.stop_grace_seconds:
+                    self._signal(launch, signal.SIGTERM)
+                return
+            self._paused_trainers_alive.discard(job_id)
+            self._paused_trainers_gone.add((job_id, launch.attempt))
+            self._upload_log(job_id, launch.attempt)
+        if job.control.pauseRequested:
+            return
 
         def requeue(status: JobStatus) -> JobStatus | None:
             if status.state != JobState.PAUSED:

@@ -488,11 +488,13 @@ class Checkpoint(BaseModel):
     validationMetrics: dict[str, float] = Field(
         default={},
         description="Of that evaluation: a classifier's accuracy, precision, recall, f1; "
+        "a PREFERENCE job's reward_accuracy, reward_margin, chosen_reward, rejected_reward; "
         "another job's token_accuracy.",
     )
     trainingTokenAccuracy: float | None = Field(
         default=None,
-        description="Share of its step's target tokens predicted right (not classification).",
+        description="Share of its step's target tokens predicted right (not classification "
+        "or PREFERENCE).",
     )
 
 

@@ -32,6 +32,7 @@ _TOKEN_PATTERN = r"^[a-zA-Z0-9](-*[a-zA-Z0-9])*$"
 # ("q_proj", "self_attn.q_proj", "layers.0.mlp"); a numeric segment is a layer index.
 _MODULE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*$")
 _LORA_ONLY = ("loraRank", "loraAlpha", "loraDropout", "loraTargetModules", "mergeAdapter")
+_PREFERENCE_ONLY = ("dpoBeta",)
 
 
 def _checked_uri(value: str, field: str, *, folder: bool) -> str:
@@ -162,13 +163,17 @@ class JobCreate(_Request):
         ),
     ]
     customizationType: Annotated[
-        Literal["FINE_TUNING", "CONTINUED_PRE_TRAINING", "CLASSIFICATION"],
+        Literal["FINE_TUNING", "CONTINUED_PRE_TRAINING", "CLASSIFICATION", "PREFERENCE"],
         Field(
             description="FINE_TUNING: instruction tuning on {prompt, completion} pairs; "
             "loss on the completion only. CONTINUED_PRE_TRAINING: "
             "domain adaptation on {input} or {text} documents, long ones split into "
             "maxSequenceLength chunks. CLASSIFICATION: transfer learning on {text, label} "
-            "records (labels strings or integers); reports accuracy, precision, recall, F1."
+            "records (labels strings or integers); reports accuracy, precision, recall, F1. "
+            "PREFERENCE: direct preference optimization (DPO) on {prompt, chosen, rejected} "
+            "records or OpenAI's {input, preferred_output, non_preferred_output}; "
+            "hyperParameters.dpoBeta sets its beta; reports reward_accuracy, reward_margin, "
+            "chosen_reward, rejected_reward."
         ),
     ] = "FINE_TUNING"
     trainingDataConfig: TrainingDataConfig
@@ -202,11 +207,13 @@ class JobCreate(_Request):
         return _checked_uri(value, "baseModelIdentifier", folder=True)
 
     @model_validator(mode="after")
-    def _lora_settings(self) -> JobCreate:
-        """LoRA knobs only with method LORA, and target modules that can name a module.
+    def _hyperparameter_settings(self) -> JobCreate:
+        """LoRA knobs only with method LORA, DPO knobs only with customizationType
+        PREFERENCE, and target modules that can name a module.
 
         A LoRA knob the caller set to something other than its default is refused with
-        method FULL (it would silently do nothing); a default sent back as it is (a job's
+        method FULL (it would silently do nothing), a DPO knob likewise with any other
+        customizationType; a default sent back as it is (a job's
         described hyperParameters reused for a new job) is not. Raised as a
         ValidationError located at the field, so every face names
         `hyperParameters.<field>` as it does for a range error.
@@ -222,8 +229,19 @@ class JobCreate(_Request):
                     f"{name} applies only to method LORA; set method to LORA or leave {name} out",
                 )
                 for name in _LORA_ONLY
-                if name in hyper.model_fields_set
-                and getattr(hyper, name) != HyperParameters.model_fields[name].default
+                if _set_off_default(hyper, name)
+            ]
+        if self.customizationType != "PREFERENCE":
+            problems += [
+                _field_error(
+                    name,
+                    getattr(hyper, name),
+                    "preference_only",
+                    f"{name} applies only to customizationType PREFERENCE; set "
+                    f"customizationType to PREFERENCE or leave {name} out",
+                )
+                for name in _PREFERENCE_ONLY
+                if _set_off_default(hyper, name)
             ]
         modules = hyper.loraTargetModules
         if modules is not None and not modules:
@@ -266,6 +284,14 @@ class JobCreate(_Request):
             )
             raise ValidationError.from_exception_data(type(self).__name__, [problem])
         return self
+
+
+def _set_off_default(hyper: HyperParameters, name: str) -> bool:
+    """The caller set `name`, to something other than its default."""
+    return (
+        name in hyper.model_fields_set
+        and getattr(hyper, name) != HyperParameters.model_fields[name].default
+    )
 
 
 def _field_error(name: str, value: object, kind: str, message: str) -> InitErrorDetails:

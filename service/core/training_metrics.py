@@ -8,6 +8,9 @@ job's output folder (docs/architecture.md, "The state bucket"):
     <output>validation_artifacts/post_fine_tuning_validation/validation_metrics.csv
         step_number,epoch_number,validation_loss,perplexity[,accuracy,precision,recall,f1]
 
+PREFERENCE (DPO) jobs add reward_accuracy,reward_margin,chosen_reward,rejected_reward to
+both files (their losses are the DPO loss).
+
 Invariants:
 - Columns are found by their header name, never by position, so a trainer that adds a
   column (learning rate, classification scores) needs no change here: every column past
@@ -54,7 +57,8 @@ class ValidationMetricRow(BaseModel):
     perplexity: float | None = None
     metrics: dict[str, float | None] = Field(
         default={},
-        description="Further columns: accuracy, precision, recall, f1 for classification.",
+        description="Further columns: accuracy, precision, recall, f1 for classification; "
+        "reward_accuracy, reward_margin, chosen_reward, rejected_reward for PREFERENCE.",
     )
 
 

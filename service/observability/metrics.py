@@ -288,6 +288,12 @@ _JOB_GAUGES: tuple[tuple[str, str, Callable[[Progress], float | None]], ...] = (
         lambda progress: progress.validationMetrics.get("token_accuracy"),
     ),
     (
+        "tuneforge_job_validation_reward_accuracy",
+        "Share of the validation pairs whose chosen answer wins at the latest evaluation "
+        "(preference jobs).",
+        lambda progress: progress.validationMetrics.get("reward_accuracy"),
+    ),
+    (
         "tuneforge_job_learning_rate",
         "Learning rate of the latest step.",
         lambda progress: progress.learningRate,

@@ -132,6 +132,14 @@ def test_cli_exit_codes(api_server: ApiServer, tmp_path: Path) -> None:
     bad_state = _tuneforge("jobs", "list", "--state", "SLEEPING", endpoint=target)
     assert bad_state.returncode == 2 and "unknown job state" in bad_state.stderr
 
+    # dpoBeta belongs to PREFERENCE jobs; the type is one of the enum's names.
+    beta_alone = _tuneforge("jobs", "create", *flags, "--dpo-beta", "0.2", endpoint=target)
+    assert beta_alone.returncode == 1
+    assert beta_alone.stderr.startswith("tuneforge: INVALID_ARGUMENT: hyperParameters.dpoBeta")
+    assert "only to customizationType PREFERENCE" in beta_alone.stderr
+    bad_type = _tuneforge("jobs", "create", *flags, "--customization-type", "RLHF", endpoint=target)
+    assert bad_type.returncode == 2 and "PREFERENCE" in bad_type.stderr
+
     unreachable = _tuneforge("jobs", "list", endpoint=f"127.0.0.1:{free_port()}")
     assert unreachable.returncode == 3
     assert unreachable.stderr.startswith("tuneforge: UNAVAILABLE: ")
@@ -159,3 +167,41 @@ def test_cli_exit_codes(api_server: ApiServer, tmp_path: Path) -> None:
     assert time.monotonic() - started < 90
     again = _tuneforge("jobs", "stop", job_id, endpoint=target)
     assert again.returncode == 1 and again.stderr.startswith("tuneforge: FAILED_PRECONDITION: ")
+
+
+def test_cli_creates_a_preference_job(api_server: ApiServer) -> None:
+    created = _tuneforge(
+        "jobs",
+        "create",
+        "--name",
+        "cli-dpo",
+        "--base-model",
+        "s3://demo/models/tiny-llama/",
+        "--training-data",
+        "s3://demo/datasets/sample-train.jsonl",
+        "--output-data",
+        "s3://demo/output/",
+        "--customization-type",
+        "preference",
+        "--dpo-beta",
+        "0.2",
+        "--output",
+        "json",
+        endpoint=api_server.grpc_target,
+    )
+    assert created.returncode == 0, created.stderr
+    job = json.loads(created.stdout)
+    try:
+        assert job["customizationType"] == "PREFERENCE"
+        assert job["hyperParameters"]["dpoBeta"] == 0.2
+        # The REST SDK converts the same job to the same values.
+        over_rest = _tuneforge(
+            "--rest", api_server.url, "jobs", "get", job["jobId"], "--output", "json"
+        )
+        described = json.loads(over_rest.stdout)
+        assert described["customizationType"] == "PREFERENCE"
+        assert described["hyperParameters"]["dpoBeta"] == 0.2
+    finally:
+        # Not meant to train (the demo data holds no preference pairs): stop it, unless
+        # it has already ended.
+        _tuneforge("jobs", "stop", job["jobId"], endpoint=api_server.grpc_target)

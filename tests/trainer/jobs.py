@@ -71,6 +71,7 @@ def create_job(
     hyper_parameters: dict[str, Any] | None = None,
     attempt: int = 1,
     resources: dict[str, Any] | None = None,
+    customization_type: str = "FINE_TUNING",
 ) -> JobSpec:
     """A job as the API and the reconciler leave it for launch attempt `attempt`: the
     spec, a QUEUED status, and the launch record naming that attempt."""
@@ -80,6 +81,7 @@ def create_job(
         jobName=f"test-{job_id}",
         createdAt=utc_now(),
         baseModelIdentifier=model_uri,
+        customizationType=customization_type,
         trainingDataConfig=DataLocation(s3Uri=training_uri),
         validationDataConfig=DataLocation(s3Uri=validation_uri) if validation_uri else None,
         outputDataConfig=DataLocation(s3Uri=f"s3://{OUTPUT_BUCKET}/jobs"),

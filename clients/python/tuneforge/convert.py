@@ -142,6 +142,7 @@ _HYPER = {
     "loraDropout": "lora_dropout",
     "packing": "packing",
     "mergeAdapter": "merge_adapter",
+    "dpoBeta": "dpo_beta",
 }
 # A repeated field has no presence: an empty list reads as unset (the per-architecture
 # default), as null does in REST's JSON.

@@ -14,6 +14,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from tuneforge.v1 import fine_tuning_pb2 as pb
+
+# The customization types a job can have (the proto enum's names, unspecified left out).
+CUSTOMIZATION_TYPES = tuple(
+    value.name for value in pb.CustomizationType.DESCRIPTOR.values if value.number != 0
+)
+
 
 class UsageError(Exception):
     """A flag or job file the CLI cannot use (exit code 2)."""
@@ -51,6 +58,11 @@ CREATE_FLAGS: list[tuple[str, str, str]] = [
     ("validation_data", "validationDataConfig.s3Uri", "s3:// URI of the validation JSONL"),
     ("output_data", "outputDataConfig.s3Uri", "s3:// prefix to write the job's output under"),
     ("client_request_token", "clientRequestToken", "idempotency token"),
+    (
+        "customization_type",
+        "customizationType",
+        ", ".join(CUSTOMIZATION_TYPES) + " (default FINE_TUNING)",
+    ),
     ("epochs", "hyperParameters.epochCount", "passes over the data (default 3)"),
     ("batch_size", "hyperParameters.batchSize", "examples per step (default 8)"),
     ("learning_rate", "hyperParameters.learningRate", "peak learning rate (default 5e-5)"),
@@ -95,6 +107,11 @@ CREATE_FLAGS: list[tuple[str, str, str]] = [
     ),
     ("packing", "hyperParameters.packing", "true or false (default true)"),
     ("merge_adapter", "hyperParameters.mergeAdapter", "true or false (default false)"),
+    (
+        "dpo_beta",
+        "hyperParameters.dpoBeta",
+        "DPO beta, customizationType PREFERENCE only (default 0.1)",
+    ),
 ]
 
 
@@ -104,11 +121,18 @@ def _boolean(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"want true or false, got {text!r}")
 
 
+def _customization_type(text: str) -> str:
+    if text.upper() in CUSTOMIZATION_TYPES:
+        return text.upper()
+    raise argparse.ArgumentTypeError(f"want one of {', '.join(CUSTOMIZATION_TYPES)}, got {text!r}")
+
+
 def _names(text: str) -> list[str]:
     return [name.strip() for name in text.split(",") if name.strip()]
 
 
 FLAG_TYPES: dict[str, Callable[[str], Any]] = {
+    "customization_type": _customization_type,
     "epochs": int,
     "batch_size": int,
     "learning_rate": float,
@@ -130,6 +154,7 @@ FLAG_TYPES: dict[str, Callable[[str], Any]] = {
     "lora_target_modules": _names,
     "packing": _boolean,
     "merge_adapter": _boolean,
+    "dpo_beta": float,
 }
 
 

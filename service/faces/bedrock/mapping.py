@@ -84,9 +84,10 @@ def parse_create(body: bytes) -> CreateJobIn:
         raise ValidationException(validation_message(list(error.errors()))) from None
 
 
-# Bedrock's own customization types that tuneforge's trainer implements. The face also
+# Bedrock's own customization types that tuneforge's trainer implements, and tuneforge's
+# PREFERENCE (DPO; Bedrock has no such type, botocore sends any string). The face also
 # follows the native schema, so it never accepts what the native API refuses.
-_BEDROCK_TYPES = ("FINE_TUNING", "CONTINUED_PRE_TRAINING")
+_BEDROCK_TYPES = ("FINE_TUNING", "CONTINUED_PRE_TRAINING", "PREFERENCE")
 
 
 def supported_customization_types() -> tuple[str, ...]:

@@ -6,17 +6,20 @@ reads it), with `x-amzn-RequestId` on every answer and `Retry-After` on a 503. R
 validation is a `ValidationException` (400), never FastAPI's 422. The success bodies'
 shapes come from botocore's own service model (`bedrock` 2023-04-20), types and required
 members only: AWS's patterns and lengths describe AWS's ids (tuneforge's job ids are 16
-characters, not 12), so they are left out. The create body's schema is `CreateJobIn`'s,
-the model the route validates with.
+characters, not 12), so they are left out; `customizationType` also lists the native
+types (PREFERENCE, CLASSIFICATION), as a job of any face is answered with its own. The
+create body's schema is `CreateJobIn`'s, the model the route validates with.
 """
 
 from __future__ import annotations
 
 import functools
+import typing
 from typing import Any
 
 import botocore.session
 
+from service.core.schemas import JobCreate
 from service.faces.bedrock.errors import (
     ERROR_CLASSES,
     AccessDeniedException,
@@ -120,7 +123,13 @@ def _schema_of(shape: Any, depth: int = 0) -> dict[str, Any]:
     if kind == "map":
         return {"type": "object", "additionalProperties": _schema_of(shape.value, depth + 1)}
     if kind == "string":
-        return {"type": "string", "enum": list(shape.enum)} if shape.enum else {"type": "string"}
+        if not shape.enum:
+            return {"type": "string"}
+        enum = list(shape.enum)
+        if shape.name == "CustomizationType":
+            native = typing.get_args(JobCreate.model_fields["customizationType"].annotation)
+            enum += [str(name) for name in native if name not in enum]
+        return {"type": "string", "enum": enum}
     if kind == "timestamp":
         return {"type": "string", "format": "date-time"}
     if kind in ("integer", "long"):

@@ -85,6 +85,7 @@ NATIVE_PARAMS = {
     "hyperParameters.batchSize": "hyperparameters.batch_size",
     "hyperParameters.learningRate": "hyperparameters.learning_rate_multiplier",
     "hyperParameters.seed": "seed",
+    "hyperParameters.dpoBeta": "method.dpo.hyperparameters.beta",
 }
 _STATUS: list[tuple[type[TuneforgeError], int, str]] = [
     (InvalidArgument, 400, "invalid_request_error"),

@@ -9,6 +9,10 @@ tenant's files shows as its file id, a base model as its catalog name.
 Learning rate: OpenAI's `learning_rate_multiplier` multiplies the service's default
 learning rate (HyperParameters.learningRate), and is shown back as the job's rate over
 that default.
+
+Methods: `supervised` is a FINE_TUNING job; `dpo` a PREFERENCE job, its `beta` the job's
+dpoBeta (`"auto"`: the default). Read back, a PREFERENCE job shows as `dpo`, any other
+as `supervised`.
 """
 
 from __future__ import annotations
@@ -27,11 +31,14 @@ from service.core.training_metrics import JobMetrics
 from service.errors import FileNotFound, InvalidArgument
 from service.faces.openai.schemas import (
     CheckpointMetrics,
+    DpoHyperparameters,
     FineTuningJob,
     FineTuningJobCheckpoint,
     FineTuningJobCreate,
     FineTuningJobEvent,
     Hyperparameters,
+    JobDpoHyperparameters,
+    JobDpoMethod,
     JobError,
     JobHyperparameters,
     JobMethod,
@@ -44,6 +51,12 @@ RESULT_FILE_PREFIX = "file-result-"
 # The trainer's name for the share of target tokens predicted right (OpenAI's
 # `mean_token_accuracy`), in its metrics columns and validationMetrics.
 TOKEN_ACCURACY = "token_accuracy"
+# What a PREFERENCE (DPO) job's trainer writes instead, in its metrics columns and
+# validationMetrics; shown as `train_<name>` / `valid_<name>`.
+PREFERENCE_METRICS = ("reward_accuracy", "reward_margin", "chosen_reward", "rejected_reward")
+PREFERENCE = "PREFERENCE"
+# OpenAI's methods -> the customization type of the job each makes.
+METHOD_TYPES = {"supervised": "FINE_TUNING", "dpo": PREFERENCE}
 
 STATUS = {
     JobState.QUEUED: "queued",
@@ -66,9 +79,14 @@ def unix_seconds(text: str | None) -> int | None:
 
 def _hyper_parameters(request: FineTuningJobCreate) -> dict[str, Any]:
     chosen = request.hyperparameters or Hyperparameters()
-    if request.method is not None and request.method.supervised is not None:
-        chosen = request.method.supervised.hyperparameters or chosen
+    method = request.method
+    if method is not None and method.supervised is not None:
+        chosen = method.supervised.hyperparameters or chosen
+    if method is not None and method.dpo is not None:
+        chosen = method.dpo.hyperparameters or chosen
     hyper: dict[str, Any] = {}
+    if isinstance(chosen, DpoHyperparameters) and isinstance(chosen.beta, float | int):
+        hyper["dpoBeta"] = chosen.beta
     if isinstance(chosen.n_epochs, int):
         hyper["epochCount"] = chosen.n_epochs
     if isinstance(chosen.batch_size, int):
@@ -90,11 +108,20 @@ def job_create(
 ) -> JobCreate:
     """The native create for an OpenAI one. Raises InvalidArgument naming OpenAI's
     parameter, or pydantic's ValidationError (the face maps both)."""
-    if request.method is not None and request.method.type != "supervised":
+    method = request.method
+    if method is not None and method.type not in METHOD_TYPES:
         raise InvalidArgument(
-            f"method '{request.method.type}' is not offered yet; use 'supervised'",
+            f"method '{method.type}' is not offered yet; use 'supervised' or 'dpo'",
             field="method.type",
         )
+    if method is not None:
+        for other in ("supervised", "dpo", "reinforcement"):
+            if other != method.type and getattr(method, other) is not None:
+                raise InvalidArgument(
+                    f"method.{other} is given with method.type '{method.type}'; give "
+                    f"method.{method.type} instead",
+                    field=f"method.{other}",
+                )
     if request.integrations:
         raise InvalidArgument(
             "integrations (Weights and Biases) are not offered; MLflow tracking is, through "
@@ -108,6 +135,7 @@ def job_create(
             "s3Uri": _file_uri(files, tenant, request.training_file, "training_file")
         },
         "outputDataConfig": {"s3Uri": f"s3://{files.files_bucket}/{tenant}/outputs/"},
+        "customizationType": METHOD_TYPES[method.type] if method is not None else "FINE_TUNING",
         "hyperParameters": _hyper_parameters(request),
         "tags": request.metadata or {},
     }
@@ -191,9 +219,18 @@ def fine_tuning_job(job: Job, *, files: FileStore, catalog: ModelCatalog) -> Fin
         ),
         estimated_finish=estimated_finish,
         metadata=spec.tags or None,
-        method=JobMethod(
-            type="supervised", supervised=JobSupervisedMethod(hyperparameters=hyperparameters)
-        ),
+        method=_method(spec.customizationType, hyperparameters, hyper),
+    )
+
+
+def _method(
+    customization_type: str, hyperparameters: JobHyperparameters, hyper: HyperParameters
+) -> JobMethod:
+    if customization_type == PREFERENCE:
+        dpo = JobDpoHyperparameters(**hyperparameters.model_dump(), beta=hyper.dpoBeta)
+        return JobMethod(type="dpo", dpo=JobDpoMethod(hyperparameters=dpo))
+    return JobMethod(
+        type="supervised", supervised=JobSupervisedMethod(hyperparameters=hyperparameters)
     )
 
 
@@ -234,11 +271,13 @@ def metrics_events(job: Job, metrics: JobMetrics) -> list[FineTuningJobEvent]:
         }
         if row.metrics.get(TOKEN_ACCURACY) is not None:
             data["train_mean_token_accuracy"] = row.metrics[TOKEN_ACCURACY]
+        data.update(_preference_metrics("train", row.metrics))
         evaluated = validation.get(row.step)
         if evaluated is not None:
             data["valid_loss"] = evaluated.validationLoss
             if evaluated.metrics.get(TOKEN_ACCURACY) is not None:
                 data["valid_mean_token_accuracy"] = evaluated.metrics[TOKEN_ACCURACY]
+            data.update(_preference_metrics("valid", evaluated.metrics))
         loss = "n/a" if row.trainingLoss is None else f"{row.trainingLoss:.4f}"
         events.append(
             FineTuningJobEvent(
@@ -253,6 +292,15 @@ def metrics_events(job: Job, metrics: JobMetrics) -> list[FineTuningJobEvent]:
     return events
 
 
+def _preference_metrics(split: str, metrics: dict[str, float | None]) -> dict[str, float]:
+    """A DPO job's reward metrics of one row, as `<split>_<name>` (none for other jobs)."""
+    return {
+        f"{split}_{name}": value
+        for name in PREFERENCE_METRICS
+        if (value := metrics.get(name)) is not None
+    }
+
+
 def checkpoint(job: Job, found: Checkpoint, fine_tuned_name: str) -> FineTuningJobCheckpoint:
     return FineTuningJobCheckpoint(
         id=f"ftckpt-{job.spec.jobId}-{found.step}",
@@ -265,6 +313,7 @@ def checkpoint(job: Job, found: Checkpoint, fine_tuned_name: str) -> FineTuningJ
             train_mean_token_accuracy=found.trainingTokenAccuracy,
             valid_loss=found.validationLoss,
             valid_mean_token_accuracy=found.validationMetrics.get(TOKEN_ACCURACY),
+            **_preference_metrics("valid", dict(found.validationMetrics)),
         ),
         step_number=found.step,
     )

@@ -20,14 +20,23 @@ class Hyperparameters(_Request):
     n_epochs: Auto | Annotated[int, Field(ge=1, le=100)] | None = None
 
 
+class DpoHyperparameters(Hyperparameters):
+    # The native hyperParameters.dpoBeta's range.
+    beta: Auto | Annotated[float, Field(gt=0, le=10)] | None = None
+
+
 class SupervisedMethod(_Request):
     hyperparameters: Hyperparameters | None = None
+
+
+class DpoMethod(_Request):
+    hyperparameters: DpoHyperparameters | None = None
 
 
 class Method(_Request):
     type: Literal["supervised", "dpo", "reinforcement"]
     supervised: SupervisedMethod | None = None
-    dpo: dict[str, Any] | None = None
+    dpo: DpoMethod | None = None
     reinforcement: dict[str, Any] | None = None
 
 
@@ -69,13 +78,24 @@ class JobHyperparameters(BaseModel):
     n_epochs: int
 
 
+class JobDpoHyperparameters(JobHyperparameters):
+    beta: float
+
+
 class JobSupervisedMethod(BaseModel):
     hyperparameters: JobHyperparameters
 
 
+class JobDpoMethod(BaseModel):
+    hyperparameters: JobDpoHyperparameters
+
+
 class JobMethod(BaseModel):
-    type: Literal["supervised"]
-    supervised: JobSupervisedMethod
+    """`supervised` set for a supervised job, `dpo` for a DPO (PREFERENCE) one."""
+
+    type: Literal["supervised", "dpo"]
+    supervised: JobSupervisedMethod | None = None
+    dpo: JobDpoMethod | None = None
 
 
 class FineTuningJob(BaseModel):
@@ -120,6 +140,11 @@ class CheckpointMetrics(BaseModel):
     valid_mean_token_accuracy: float | None = None
     full_valid_loss: float | None = None
     full_valid_mean_token_accuracy: float | None = None
+    # DPO jobs: the evaluation's preference metrics (tuneforge's own, beside OpenAI's).
+    valid_reward_accuracy: float | None = None
+    valid_reward_margin: float | None = None
+    valid_chosen_reward: float | None = None
+    valid_rejected_reward: float | None = None
 
 
 class FineTuningJobCheckpoint(BaseModel):

@@ -12,6 +12,8 @@ from jobstore.storage import ObjectStore, S3Location
 from tests.faces.bedrock.conftest import ACCOUNT, REGION, create_body, make_client, wait_status
 from tests.servers import ApiServer, demo_job
 
+SUPPORTED_TYPES = "FINE_TUNING, CONTINUED_PRE_TRAINING, PREFERENCE"
+
 
 def test_create_is_idempotent_with_client_request_token(cheap_server: ApiServer) -> None:
     client = make_client(cheap_server, "any-key", "any-secret")  # development mode
@@ -45,8 +47,8 @@ def test_jobs_ask_for_the_gpus_the_operator_set(cheap_server: ApiServer) -> None
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"customizationType": "DISTILLATION"}, "supported: FINE_TUNING, CONTINUED_PRE_TRAINING"),
-        ({"customizationType": "CLASSIFICATION"}, "supported: FINE_TUNING, CONTINUED_PRE_TRAINING"),
+        ({"customizationType": "DISTILLATION"}, f"supported: {SUPPORTED_TYPES}$"),
+        ({"customizationType": "CLASSIFICATION"}, f"supported: {SUPPORTED_TYPES}$"),
         ({"hyperParameters": {"epochCount": "0"}}, r"hyperParameters\.epochCount .*1-100"),
         ({"hyperParameters": {"learningRate": "2"}}, r"learningRate .*\(0, 1\]"),
         ({"hyperParameters": {"batchSize": "eight"}}, r"batchSize must be an integer .*1-1024"),

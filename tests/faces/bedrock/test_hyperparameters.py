@@ -27,6 +27,11 @@ from tests.servers import ApiServer
         ({"loraRank": "16"}, r"hyperParameters\.loraRank: loraRank applies only to method LORA"),
         ({"mergeAdapter": "true"}, r"mergeAdapter applies only to method LORA"),
         (
+            {"dpoBeta": "0.2"},
+            r"hyperParameters\.dpoBeta: dpoBeta applies only to customizationType PREFERENCE",
+        ),
+        ({"dpoBeta": "0"}, r"dpoBeta must be a number in the range \(0, 10\], got '0'"),
+        (
             {"method": "LORA", "loraTargetModules": "q_proj,v-proj"},
             r"hyperParameters\.loraTargetModules: .*'v-proj'",
         ),
@@ -63,3 +68,23 @@ def test_lora_knobs_are_parsed_and_described_as_strings(cheap_server: ApiServer)
     # Every described value parses back: the map can be sent again as it is.
     again = create_body("lora-knobs-again", **described)
     client.create_model_customization_job(**again)
+
+
+def test_a_preference_job_keeps_its_beta(cheap_server: ApiServer) -> None:
+    client = make_client(cheap_server)
+    body = create_body("dpo-beta-job", dpoBeta="0.2")
+    body["customizationType"] = "PREFERENCE"
+    arn = client.create_model_customization_job(**body)["jobArn"]
+    described = client.get_model_customization_job(jobIdentifier=arn)
+    assert described["customizationType"] == "PREFERENCE"
+    assert described["hyperParameters"]["dpoBeta"] == "0.2"
+    listed = client.list_model_customization_jobs(nameContains="dpo-beta-job")
+    assert [job["customizationType"] for job in listed["modelCustomizationJobSummaries"]] == [
+        "PREFERENCE"
+    ]
+    with cheap_server.client() as rest:
+        native = rest.get(f"/v1/jobs/{arn.rsplit('/', 1)[-1]}").json()
+    assert (native["customizationType"], native["hyperParameters"]["dpoBeta"]) == (
+        "PREFERENCE",
+        0.2,
+    )

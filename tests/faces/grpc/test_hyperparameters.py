@@ -64,6 +64,8 @@ BAD: list[tuple[str, dict[str, Any], str, str]] = [
     ("rank", {"method": "LORA", "loraRank": 0}, "loraRank", "greater than or equal to 1"),
     ("rank with FULL", {"loraRank": 32}, "loraRank", "only to method LORA"),
     ("merge with FULL", {"mergeAdapter": True}, "mergeAdapter", "only to method LORA"),
+    ("beta with FINE_TUNING", {"dpoBeta": 0.2}, "dpoBeta", "only to customizationType PREFERENCE"),
+    ("beta 0", {"dpoBeta": 0.0}, "dpoBeta", "greater than 0"),
     (
         "module name",
         {"method": "LORA", "loraTargetModules": ["q_proj", "v proj"]},
@@ -101,3 +103,22 @@ def test_lora_job_keeps_its_values_and_defaults_fill_the_rest(
     assert (hyper.precision, hyper.lora_alpha, hyper.keep_checkpoints) == ("auto", 16.0, 2)
     assert hyper.HasField("packing") and hyper.packing
     assert not hyper.HasField("dropout")
+
+
+def test_a_preference_job_keeps_its_beta(stub: pb_grpc.FineTuningServiceStub) -> None:
+    request = _request(dpoBeta=0.2)
+    request.customization_type = pb.PREFERENCE
+    created = stub.CreateJob(request, timeout=30)
+    assert created.job.customization_type == pb.PREFERENCE
+    assert created.job.hyper_parameters.dpo_beta == 0.2
+    described = stub.GetJob(pb.GetJobRequest(job_id=created.job.job_id), timeout=30)
+    assert described.customization_type == pb.PREFERENCE
+    assert described.hyper_parameters.dpo_beta == 0.2
+
+    # Out of range with PREFERENCE too: the same one violation.
+    request = _request(dpoBeta=11.0)
+    request.customization_type = pb.PREFERENCE
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.CreateJob(request, timeout=30)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert list(_violations(caught.value)) == ["hyperParameters.dpoBeta"]

@@ -4,6 +4,7 @@ fine-tuning jobs as an application that fine-tunes through OpenAI's API calls th
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Iterator
@@ -183,6 +184,86 @@ def test_listing_pages_and_cancelling(client: OpenAI, object_store: ObjectStore)
         ended = _wait(client, job.id, {"cancelled", "succeeded", "failed"})
         assert ended.status == "cancelled" and ended.finished_at is not None
         assert ended.fine_tuned_model is None
+
+
+# OpenAI's preference records (what a `dpo` job trains on).
+def _preference_lines(people: range) -> bytes:
+    """OpenAI's preference records: a warm greeting preferred over a curt one."""
+    return b"".join(
+        json.dumps(
+            {
+                "input": {"messages": [{"role": "user", "content": f"Greet person {n}."}]},
+                "preferred_output": [{"role": "assistant", "content": f"Hello, person {n}!"}],
+                "non_preferred_output": [{"role": "assistant", "content": "Go away."}],
+            }
+        ).encode()
+        + b"\n"
+        for n in people
+    )
+
+
+def test_a_dpo_job_is_a_preference_job_and_learns_the_preference(
+    client: OpenAI, api_server: ApiServer
+) -> None:
+    training = client.files.create(
+        file=("pairs.jsonl", _preference_lines(range(32))), purpose="fine-tune"
+    )
+    validation = client.files.create(
+        file=("held-out.jsonl", _preference_lines(range(100, 108))), purpose="fine-tune"
+    )
+    with pytest.raises(openai.BadRequestError) as mixed:
+        client.fine_tuning.jobs.create(
+            model=DEMO_MODEL_NAME,
+            training_file=training.id,
+            method={"type": "supervised", "dpo": {"hyperparameters": {"beta": 0.2}}},
+        )
+    assert mixed.value.param == "method.dpo"  # type: ignore[attr-defined]
+    for beta in (0, 11):
+        with pytest.raises(openai.BadRequestError) as bad_beta:
+            client.fine_tuning.jobs.create(
+                model=DEMO_MODEL_NAME,
+                training_file=training.id,
+                method={"type": "dpo", "dpo": {"hyperparameters": {"beta": beta}}},
+            )
+        assert bad_beta.value.param == "method.dpo.hyperparameters.beta"  # type: ignore[attr-defined]
+
+    dpo = {"beta": 0.2, "n_epochs": 3, "batch_size": 8, "learning_rate_multiplier": 40}
+    created = client.fine_tuning.jobs.create(
+        model=DEMO_MODEL_NAME,
+        training_file=training.id,
+        validation_file=validation.id,
+        suffix="dpo",
+        method={"type": "dpo", "dpo": {"hyperparameters": dpo}},
+    )
+    for job in (created, client.fine_tuning.jobs.retrieve(created.id)):
+        assert job.method is not None and job.method.type == "dpo"
+        assert job.method.dpo is not None and job.method.dpo.hyperparameters is not None
+        assert job.method.dpo.hyperparameters.beta == 0.2
+        assert job.method.dpo.hyperparameters.n_epochs == 3
+        assert job.method.supervised is None
+
+    # The same job through the native REST face.
+    with api_server.client() as rest:
+        native = rest.get(f"/v1/jobs/{created.id}").json()
+    assert native["customizationType"] == "PREFERENCE"
+    assert native["hyperParameters"]["dpoBeta"] == 0.2
+    assert native["hyperParameters"]["epochCount"] == 3
+
+    job = _wait(client, created.id, {"cancelled", "succeeded", "failed"})
+    assert job.status == "succeeded", job.error
+    assert job.method is not None and job.method.type == "dpo"
+    events = list(client.fine_tuning.jobs.list_events(job.id, limit=100))
+    metrics = [event.data for event in events if event.type == "metrics" and event.data]
+    assert metrics and all("train_reward_accuracy" in data for data in metrics)
+    assert "train_mean_token_accuracy" not in metrics[0]
+    evaluated = [data for data in metrics if "valid_reward_accuracy" in data]
+    # Held-out people: the warm greeting is preferred well above chance at the end.
+    assert evaluated and evaluated[-1]["valid_reward_accuracy"] >= 0.9, evaluated
+    assert evaluated[-1]["valid_reward_margin"] > 0
+    checkpoints = list(client.fine_tuning.jobs.checkpoints.list(job.id))
+    assert checkpoints
+    newest = max(checkpoints, key=lambda checkpoint: checkpoint.step_number)
+    assert getattr(newest.metrics, "valid_reward_accuracy", None) is not None
 
 
 def test_a_bad_file_fails_the_job_naming_its_line(client: OpenAI) -> None:

@@ -68,6 +68,14 @@ BAD_VALUES: list[tuple[str, dict[str, Any], str, str]] = [
         "loraTargetModules",
         "only to method LORA",
     ),
+    ("dpoBeta 0", {"dpoBeta": 0}, "dpoBeta", "greater than 0"),
+    ("dpoBeta 11", {"dpoBeta": 11}, "dpoBeta", "less than or equal to 10"),
+    (
+        "dpoBeta with FINE_TUNING",
+        {"dpoBeta": 0.2},
+        "dpoBeta",
+        "dpoBeta applies only to customizationType PREFERENCE",
+    ),
 ]
 
 GOOD_VALUES: dict[str, Any] = {
@@ -149,6 +157,31 @@ def test_new_hyperparameters_are_stored_and_read_back_on_rest_and_grpc(server: A
     assert hyper.HasField("packing") and not hyper.packing
     again = httpx.get(f"{server.url}/v1/jobs/{job_id}", timeout=10).json()
     assert convert.job_to_dict(over_grpc)["hyperParameters"] == again["hyperParameters"]
+
+
+def test_a_preference_job_keeps_its_beta_on_rest_and_grpc(server: ApiServer) -> None:
+    body = demo_job(f"dpo-{uuid.uuid4().hex[:6]}", dpoBeta=0.2)
+    body["customizationType"] = "PREFERENCE"
+    created = httpx.post(server.url + "/v1/jobs", json=body, timeout=10)
+    assert created.status_code == 201, created.text
+    job_id = created.json()["jobId"]
+    described = httpx.get(f"{server.url}/v1/jobs/{job_id}", timeout=10).json()
+    assert described["customizationType"] == "PREFERENCE"
+    assert described["hyperParameters"]["dpoBeta"] == 0.2
+
+    with grpc.insecure_channel(server.grpc_target) as channel:
+        stub = pb_grpc.FineTuningServiceStub(channel)
+        over_grpc = stub.GetJob(pb.GetJobRequest(job_id=job_id), timeout=30)
+    assert over_grpc.customization_type == pb.PREFERENCE
+    assert over_grpc.hyper_parameters.dpo_beta == 0.2
+
+    # Out of range with PREFERENCE too; a default beta is taken with any type.
+    body["hyperParameters"]["dpoBeta"] = 10.5
+    refused = httpx.post(server.url + "/v1/jobs", json=body, timeout=10)
+    assert refused.status_code == 422, refused.text
+    assert refused.json()["error"]["field"] == "hyperParameters.dpoBeta"
+    default = demo_job(f"dpo-default-{uuid.uuid4().hex[:6]}", dpoBeta=0.1)
+    assert httpx.post(server.url + "/v1/jobs", json=default, timeout=10).status_code == 201
 
 
 def test_unset_dropout_and_target_modules_read_back_as_null(server: ApiServer) -> None:

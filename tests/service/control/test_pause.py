@@ -10,6 +10,8 @@ tests/e2e/test_pause_resume.py.
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 import uuid
 from dataclasses import replace
@@ -258,5 +260,48 @@ def test_attempts_a_pause_ended_do_not_count_against_max_attempts(store: JobStor
         status, _ = store.get_status(job_id)
         assert status.state == JobState.FAILED and status.failure is not None
         assert "attempt 3 of at most 2 since it was resumed" in status.failure.message
+    finally:
+        trainers.shutdown(0)
+
+
+class SignalledTrainers(SleepingTrainers):
+    """Sleeping trainers that receive the signals the reconciler sends."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.signals: list[signal.Signals] = []
+
+    def signal(self, launch: LaunchRecord, which: signal.Signals) -> None:
+        self.signals.append(which)
+        assert launch.pid is not None
+        os.kill(launch.pid, which)
+
+
+def test_a_trainer_that_lingers_after_pausing_holds_its_slot_until_it_is_terminated(
+    store: JobStore,
+) -> None:
+    trainers = SignalledTrainers()
+    reconciler = Reconciler(
+        store, trainers, {}, slots=1, stop_grace_seconds=0.5, kill_grace_seconds=30
+    )
+    now = int(time.time() * 1000)
+    first = _create(store, "lingers", now)
+    second = _create(store, "next", now + 1)
+    try:
+        reconciler.run_once()
+        _pause(store, first)
+        _paused_by_its_trainer(store, first)  # ... and its process does not exit
+        reconciler.run_once()
+        assert _state(store, first) == JobState.PAUSED
+        assert second not in trainers.processes  # the slot is still taken
+        assert trainers.signals == []  # within the grace period
+
+        time.sleep(0.6)
+        reconciler.run_once()
+        assert trainers.signals == [signal.SIGTERM]
+        trainers.processes[first].wait(timeout=10)
+        reconciler.run_once()
+        assert second in trainers.processes  # gone: its slot went to the next job
+        assert _state(store, first) == JobState.PAUSED
     finally:
         trainers.shutdown(0)

@@ -39,6 +39,7 @@ class CustomizationType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     FINE_TUNING: _ClassVar[CustomizationType]
     CONTINUED_PRE_TRAINING: _ClassVar[CustomizationType]
     CLASSIFICATION: _ClassVar[CustomizationType]
+    PREFERENCE: _ClassVar[CustomizationType]
 JOB_STATE_UNSPECIFIED: JobState
 QUEUED: JobState
 VALIDATING: JobState
@@ -60,6 +61,7 @@ CUSTOMIZATION_TYPE_UNSPECIFIED: CustomizationType
 FINE_TUNING: CustomizationType
 CONTINUED_PRE_TRAINING: CustomizationType
 CLASSIFICATION: CustomizationType
+PREFERENCE: CustomizationType
 
 class DataConfig(_message.Message):
     __slots__ = ("s3_uri",)
@@ -68,7 +70,7 @@ class DataConfig(_message.Message):
     def __init__(self, s3_uri: _Optional[str] = ...) -> None: ...
 
 class HyperParameters(_message.Message):
-    __slots__ = ("epoch_count", "batch_size", "learning_rate", "learning_rate_warmup_steps", "gradient_accumulation_steps", "max_sequence_length", "weight_decay", "seed", "dropout", "lr_scheduler", "max_grad_norm", "eval_interval_steps", "checkpoint_interval_steps", "keep_checkpoints", "early_stopping_patience", "early_stopping_threshold", "precision", "method", "lora_rank", "lora_alpha", "lora_dropout", "lora_target_modules", "packing", "merge_adapter")
+    __slots__ = ("epoch_count", "batch_size", "learning_rate", "learning_rate_warmup_steps", "gradient_accumulation_steps", "max_sequence_length", "weight_decay", "seed", "dropout", "lr_scheduler", "max_grad_norm", "eval_interval_steps", "checkpoint_interval_steps", "keep_checkpoints", "early_stopping_patience", "early_stopping_threshold", "precision", "method", "lora_rank", "lora_alpha", "lora_dropout", "lora_target_modules", "packing", "merge_adapter", "dpo_beta")
     EPOCH_COUNT_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     LEARNING_RATE_FIELD_NUMBER: _ClassVar[int]
@@ -93,6 +95,7 @@ class HyperParameters(_message.Message):
     LORA_TARGET_MODULES_FIELD_NUMBER: _ClassVar[int]
     PACKING_FIELD_NUMBER: _ClassVar[int]
     MERGE_ADAPTER_FIELD_NUMBER: _ClassVar[int]
+    DPO_BETA_FIELD_NUMBER: _ClassVar[int]
     epoch_count: int
     batch_size: int
     learning_rate: float
@@ -117,7 +120,8 @@ class HyperParameters(_message.Message):
     lora_target_modules: _containers.RepeatedScalarFieldContainer[str]
     packing: bool
     merge_adapter: bool
-    def __init__(self, epoch_count: _Optional[int] = ..., batch_size: _Optional[int] = ..., learning_rate: _Optional[float] = ..., learning_rate_warmup_steps: _Optional[int] = ..., gradient_accumulation_steps: _Optional[int] = ..., max_sequence_length: _Optional[int] = ..., weight_decay: _Optional[float] = ..., seed: _Optional[int] = ..., dropout: _Optional[float] = ..., lr_scheduler: _Optional[str] = ..., max_grad_norm: _Optional[float] = ..., eval_interval_steps: _Optional[int] = ..., checkpoint_interval_steps: _Optional[int] = ..., keep_checkpoints: _Optional[int] = ..., early_stopping_patience: _Optional[int] = ..., early_stopping_threshold: _Optional[float] = ..., precision: _Optional[str] = ..., method: _Optional[str] = ..., lora_rank: _Optional[int] = ..., lora_alpha: _Optional[float] = ..., lora_dropout: _Optional[float] = ..., lora_target_modules: _Optional[_Iterable[str]] = ..., packing: _Optional[bool] = ..., merge_adapter: _Optional[bool] = ...) -> None: ...
+    dpo_beta: float
+    def __init__(self, epoch_count: _Optional[int] = ..., batch_size: _Optional[int] = ..., learning_rate: _Optional[float] = ..., learning_rate_warmup_steps: _Optional[int] = ..., gradient_accumulation_steps: _Optional[int] = ..., max_sequence_length: _Optional[int] = ..., weight_decay: _Optional[float] = ..., seed: _Optional[int] = ..., dropout: _Optional[float] = ..., lr_scheduler: _Optional[str] = ..., max_grad_norm: _Optional[float] = ..., eval_interval_steps: _Optional[int] = ..., checkpoint_interval_steps: _Optional[int] = ..., keep_checkpoints: _Optional[int] = ..., early_stopping_patience: _Optional[int] = ..., early_stopping_threshold: _Optional[float] = ..., precision: _Optional[str] = ..., method: _Optional[str] = ..., lora_rank: _Optional[int] = ..., lora_alpha: _Optional[float] = ..., lora_dropout: _Optional[float] = ..., lora_target_modules: _Optional[_Iterable[str]] = ..., packing: _Optional[bool] = ..., merge_adapter: _Optional[bool] = ..., dpo_beta: _Optional[float] = ...) -> None: ...
 
 class Progress(_message.Message):
     __slots__ = ("step", "total_steps", "epoch", "total_epochs", "training_loss", "validation_loss", "tokens_seen", "eta_seconds", "first_step_at", "validation_metrics", "training_token_accuracy", "learning_rate", "tokens_per_second", "gpu_memory_bytes", "data_check")

@@ -195,6 +195,10 @@
       // Causal-LM jobs: the share of target tokens predicted right (none for a classifier).
       ["Training token accuracy", progress.trainingTokenAccuracy ?? undefined],
       ["Validation token accuracy", (progress.validationMetrics || {}).token_accuracy],
+      // Preference (DPO) jobs: the share of validation pairs whose chosen answer the model
+      // now prefers more than the base model does, and the mean reward margin.
+      ["Validation reward accuracy", (progress.validationMetrics || {}).reward_accuracy],
+      ["Validation reward margin", (progress.validationMetrics || {}).reward_margin],
       ["Created", formatTime(job.createdAt)],
       ["Started", formatTime(job.startedAt)],
       ["Ended", formatTime(job.endedAt)],
