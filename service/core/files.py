@@ -9,7 +9,8 @@ Invariants:
   one tenant never reads, lists or deletes another's.
 - The bytes are written first and the record last (If-None-Match), so a file that is
   listed is whole; an upload cut short leaves no record (and its bytes are overwritten by
-  nothing: the id is new each time). Deleting removes the record first.
+  nothing: the id is new each time). Deleting removes the record first, and is refused
+  while a job that has not ended reads the file (it would fail, or fail to resume).
 - The upload is streamed to the store in parts; nothing holds a whole file in memory.
 - A job reads a file by its s3:// URI, which every tenant's data grant includes for its
   own files folder (`TenantPolicy.files_folder`).
@@ -27,7 +28,7 @@ from pydantic import BaseModel
 
 from jobstore.storage import ObjectMissing, S3Location
 from jobstore.store import JobStore
-from service.errors import FileNotFound, InvalidArgument
+from service.errors import FailedPrecondition, FileNotFound, InvalidArgument, TuneforgeError
 
 _FILE_ID = re.compile(r"^file-[0-9a-f]{24}$")
 _TENANT = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
@@ -126,5 +127,29 @@ class FileStore:
         location = self._record_location(tenant, file_id)
         self.get(tenant, file_id)
         assert location is not None
+        users = jobs_reading(self.store, self.uri(tenant, file_id))
+        if users:
+            raise FailedPrecondition(
+                f"file {file_id} is the data of job(s) {', '.join(users)} that have not "
+                "ended; cancel them or wait for them to end, then delete it",
+                field="file_id",
+            )
         self.store.storage.delete(location)
         self.store.storage.delete(self.content_location(tenant, file_id))
+
+
+def jobs_reading(store: JobStore, uri: str) -> list[str]:
+    """Ids of the jobs not yet ended whose training or validation data is `uri`."""
+    users = []
+    for job_id in store.list_active_job_ids():
+        try:
+            job = store.get(job_id, read_control=False)
+        except TuneforgeError:  # gone meanwhile, or unreadable: not a reader of this
+            continue
+        spec = job.spec
+        data = [spec.trainingDataConfig.s3Uri]
+        if spec.validationDataConfig is not None:
+            data.append(spec.validationDataConfig.s3Uri)
+        if not job.status.state.is_terminal() and uri in data:
+            users.append(job_id)
+    return users

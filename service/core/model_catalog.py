@@ -94,6 +94,8 @@ class ModelCatalog:
             raise ModelNotFound(name) from None
         if job.status.state != JobState.COMPLETED or self._deleted(tenant, job_id):
             raise ModelNotFound(name)
+        if self.fine_tuned_name(job) != name:  # the job's id under another base or suffix
+            raise ModelNotFound(name)
         return job
 
     def _deleted_marker(self, tenant: str, job_id: str) -> S3Location:

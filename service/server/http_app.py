@@ -42,19 +42,37 @@ class BodySizeLimit:
             await self._refuse(send, limit, upload=upload)
             return
         received = 0
+        exceeded = False  # a body without Content-Length (chunked) grew past the limit
+        app_started = False  # the app's own answer began before that
+        refused = False
 
         async def limited_receive() -> Message:
-            nonlocal received
+            nonlocal received, exceeded
             message = await receive()
             received += len(message.get("body", b""))
             if received > limit:
+                exceeded = True
                 raise _TooLarge
             return message
 
+        async def guarded_send(message: Message) -> None:
+            # A route reading its body itself (a multipart form) catches _TooLarge and
+            # answers 400 ("error parsing the body"): the caller gets the 413 instead.
+            nonlocal app_started, refused
+            if exceeded and not app_started:
+                if not refused:
+                    refused = True
+                    await self._refuse(send, limit, upload=upload)
+                return
+            app_started = app_started or message["type"] == "http.response.start"
+            await send(message)
+
         try:
-            await self.app(scope, limited_receive, send)
+            await self.app(scope, limited_receive, guarded_send)
         except _TooLarge:
-            await self._refuse(send, limit, upload=upload)
+            if not refused and not app_started:
+                refused = True
+                await self._refuse(send, limit, upload=upload)
 
     async def _refuse(self, send: Send, limit: int, *, upload: bool) -> None:
         if upload:  # in the shape the OpenAI face answers in

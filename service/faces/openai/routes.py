@@ -236,6 +236,7 @@ def _usable_token(key: str | None) -> str | None:
     """The SDK's Idempotency-Key as the job's clientRequestToken, when it fits one."""
     if (
         key is None
+        or not key.isascii()
         or not key.replace("-", "").isalnum()
         or key.startswith("-")
         or key.endswith("-")

@@ -150,3 +150,22 @@ def test_a_dpo_jobs_reward_metrics_go_out_in_events_and_checkpoints() -> None:
     assert (shown.valid_reward_accuracy, shown.valid_reward_margin) == (0.75, 0.5)
     assert (shown.valid_chosen_reward, shown.valid_rejected_reward) == (0.25, -0.25)
     assert shown.valid_mean_token_accuracy is None and shown.train_mean_token_accuracy is None
+
+
+@pytest.mark.parametrize(
+    ("key", "used"),
+    [
+        ("retry-7f3a", "retry-7f3a"),
+        ("clé-1", None),  # not ASCII: no clientRequestToken can hold it
+        ("٣٤٥", None),  # digits, but not ASCII ones
+        ("-leading", None),
+        ("has space", None),
+        (None, None),
+    ],
+)
+def test_an_idempotency_key_is_used_only_when_it_is_a_token(
+    key: str | None, used: str | None
+) -> None:
+    from service.faces.openai.routes import _usable_token
+
+    assert _usable_token(key) == used

@@ -147,6 +147,8 @@ def test_a_supervised_job_from_uploaded_files(
 
     model = client.models.retrieve(job.fine_tuned_model)
     assert model.id == job.fine_tuned_model
+    with pytest.raises(openai.NotFoundError):  # the job's id under another suffix
+        client.models.retrieve(f"ft:{DEMO_MODEL_NAME}:other:{job.id}")
     assert job.fine_tuned_model in {m.id for m in client.models.list()}
     assert client.models.delete(job.fine_tuned_model).deleted
     with pytest.raises(openai.NotFoundError):
@@ -242,6 +244,9 @@ def test_a_dpo_job_is_a_preference_job_and_learns_the_preference(
         assert job.method.dpo.hyperparameters.n_epochs == 3
         assert job.method.supervised is None
 
+    with pytest.raises(openai.ConflictError):  # a job that has not ended reads it
+        client.files.delete(training.id)
+
     # The same job through the native REST face.
     with api_server.client() as rest:
         native = rest.get(f"/v1/jobs/{created.id}").json()
@@ -264,6 +269,7 @@ def test_a_dpo_job_is_a_preference_job_and_learns_the_preference(
     assert checkpoints
     newest = max(checkpoints, key=lambda checkpoint: checkpoint.step_number)
     assert getattr(newest.metrics, "valid_reward_accuracy", None) is not None
+    assert client.files.delete(training.id).deleted  # the job has ended
 
 
 def test_a_bad_file_fails_the_job_naming_its_line(client: OpenAI) -> None:
@@ -351,6 +357,29 @@ def test_keys_tenants_rate_limits_and_the_upload_limit(
             acme.files.create(file=("big.jsonl", b"x" * 10_000), purpose="fine-tune")
         assert too_large.value.status_code == 413
         assert "TUNEFORGE_MAX_FILE_BYTES" in too_large.value.message
+        # The same without a Content-Length (a chunked upload): refused as it streams in.
+        boundary = "tuneforge-chunked"
+        form = (
+            (
+                f"--{boundary}\r\nContent-Disposition: form-data; name=purpose\r\n\r\n"
+                f"fine-tune\r\n--{boundary}\r\nContent-Disposition: form-data; name=file; "
+                'filename="big.jsonl"\r\n\r\n'
+            ).encode()
+            + b"x" * 10_000
+            + f"\r\n--{boundary}--\r\n".encode()
+        )
+        chunked = httpx.post(
+            f"{server.url}/v1/files",
+            content=iter([form[i : i + 1024] for i in range(0, len(form), 1024)]),
+            headers={
+                "Authorization": f"Bearer {acme.api_key}",
+                "Content-Type": f"multipart/form-data; boundary={boundary}",
+            },
+            timeout=30,
+        )
+        assert chunked.status_code == 413, chunked.text
+        assert chunked.json()["error"]["code"] == "file_too_large"
+        assert [f.id for f in acme.files.list()] == [mine.id]  # nothing half-stored
 
         slow.models.list()
         with pytest.raises(openai.RateLimitError) as limited:
