@@ -47,6 +47,7 @@ from __future__ import annotations
 import json
 import logging
 import signal
+import sys
 import threading
 import time
 import uuid
@@ -538,6 +539,10 @@ class Reconciler:
             self._upload_log(job_id, launch.attempt)
         if job.control.pauseRequested:
             return
+        # The resume took a place in the tenant's queue, unless it came while the trainer
+        # was still pausing (the job not yet PAUSED): then it takes one now. The resume
+        # admitted it already, so the tenant's limit is not applied again.
+        self.store.queue_ledger.reserve(job.spec.tenant, job_id, limit=sys.maxsize)
 
         def requeue(status: JobStatus) -> JobStatus | None:
             if status.state != JobState.PAUSED:

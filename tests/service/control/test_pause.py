@@ -305,3 +305,31 @@ def test_a_trainer_that_lingers_after_pausing_holds_its_slot_until_it_is_termina
         assert _state(store, first) == JobState.PAUSED
     finally:
         trainers.shutdown(0)
+
+
+def test_a_resume_that_came_while_the_trainer_was_pausing_gets_a_queue_place(
+    store: JobStore,
+) -> None:
+    """The API takes a queue place for a resume only when the job is PAUSED; one that
+    lands while the trainer is still on its way to PAUSED gets its place when the
+    reconciler queues the job again, so it is counted against its tenant's queue."""
+    trainers = SleepingTrainers()
+    reconciler = Reconciler(store, trainers, {}, slots=1)
+    job_id = _create(store, "early-resume", int(time.time() * 1000))
+    tenant = store.get_spec(job_id).tenant
+    try:
+        reconciler.run_once()
+        assert job_id in trainers.processes
+        assert job_id not in store.queue_ledger.read(tenant)[0]  # launched: place given back
+        _pause(store, job_id)
+        _resume(store, job_id)  # before the trainer wrote PAUSED: no place taken
+        _paused_by_its_trainer(store, job_id)  # it had seen the pause already
+        trainers.end(job_id)
+        reconciler.slots = 0  # nothing launches: the job waits in the queue
+        reconciler.run_once()
+        assert _state(store, job_id) == JobState.QUEUED
+        assert job_id in store.queue_ledger.read(tenant)[0]
+        reconciler.run_once()
+        assert job_id in store.queue_ledger.read(tenant)[0]  # kept while it waits
+    finally:
+        trainers.shutdown(0)
