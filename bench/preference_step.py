@@ -14,11 +14,12 @@ from a config, seeded) and the same batches:
     reference    the one forward pass over every pair's two answers that a preference job
                  makes before training (reference_log_probs), per pair
 
-Each step is followed by gradient clipping and AdamW, as in the recipe. Printed: seconds
-per step (median of the timed steps, after `--warmup` untimed ones), pairs (examples) per
-second, and DPO's step time over SFT's: about 2x is the expected price, since a DPO step
-computes two sequences for every one SFT computes. Read figures side by side, from one
-run on one machine, never alone.
+Each step is followed by gradient clipping and AdamW, as in the recipe; each variant runs
+in a fresh subprocess, so its peak memory is its own. Printed: seconds per step (median of
+the timed steps, after `--warmup` untimed ones), pairs (examples) per second, effective
+tokens per second (padding not counted), peak memory (max RSS), and DPO's step time over
+SFT's: about 2x is the expected price, since a DPO step computes two sequences for every
+one SFT computes. Read figures side by side, from one run on one machine, never alone.
 """
 
 from __future__ import annotations
@@ -26,7 +27,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import resource
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -37,7 +40,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from trainer.data import IGNORE_INDEX, TokenizedExample, collate  # noqa: E402
+from trainer.data import IGNORE_INDEX, Batch, TokenizedExample, collate  # noqa: E402
 from trainer.loss import backward_window  # noqa: E402
 from trainer.optim import clip_gradients  # noqa: E402
 from trainer.preference import (  # noqa: E402
@@ -62,6 +65,7 @@ def options(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--prompt-tokens", type=int, default=96)
     parser.add_argument("--answer-tokens", type=int, default=64)
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--variant", choices=("supervised", "dpo"), help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
@@ -102,78 +106,121 @@ def make_pairs(args: argparse.Namespace, vocab: int, count: int) -> list[Tokeniz
     return examples
 
 
-def timed(step: Any, args: argparse.Namespace) -> float:
-    """Median seconds per step after the warm-up steps."""
+def timed(step: Any, args: argparse.Namespace) -> tuple[float, list[int]]:
+    """Median seconds per step after the warm-up steps, and the timed steps' indices."""
     for index in range(args.warmup):
         step(index)
-    seconds = []
-    for index in range(args.warmup, args.warmup + args.steps):
+    seconds, indices = [], list(range(args.warmup, args.warmup + args.steps))
+    for index in indices:
         started = time.perf_counter()
         step(index)
         seconds.append(time.perf_counter() - started)
-    return statistics.median(seconds)
+    return statistics.median(seconds), indices
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+def peak_memory_mib() -> float:
+    """This process's peak resident memory (its variant's alone: one a process)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def run_variant(args: argparse.Namespace) -> dict[str, Any]:
+    """One variant in this process: its seconds per step, effective (non-padding) tokens
+    per second, peak memory."""
     shape = PRESETS[args.preset]
     device = torch.device("cpu")
     autocast = contextlib.nullcontext
     pairs_needed = (args.warmup + args.steps) * args.batch_size
     examples = make_pairs(args, shape["vocab_size"], pairs_needed)
-
     model = build_model(shape)
-    started = time.perf_counter()
-    reference = reference_log_probs(
-        model,
-        model,
-        examples,
-        batch_size=2 * args.batch_size,
-        pad_id=0,
-        device=device,
-        autocast=autocast,
-    )
-    reference_seconds = time.perf_counter() - started
-    pairs = PreferencePairs(examples, reference)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    figures: dict[str, Any] = {}
 
-    def window(index: int) -> list[Any]:
-        return [pairs[index * args.batch_size + i] for i in range(args.batch_size)]
-
-    def dpo_step(index: int) -> None:
-        model.train()
-        batch = collate_pairs(window(index), pad_id=0)
-        backward_preference_window(
-            model, [batch], device, autocast, beta=0.1, pairs=batch.target_tokens
+    if args.variant == "dpo":
+        started = time.perf_counter()
+        reference = reference_log_probs(
+            model,
+            model,
+            examples,
+            batch_size=2 * args.batch_size,
+            pad_id=0,
+            device=device,
+            autocast=autocast,
         )
-        clip_gradients(model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        figures["reference_seconds_per_pair"] = (time.perf_counter() - started) / pairs_needed
+        pairs = PreferencePairs(examples, reference)
 
-    def supervised_step(index: int) -> None:
+        def batch_of(index: int) -> Batch:
+            window = [pairs[index * args.batch_size + i] for i in range(args.batch_size)]
+            return collate_pairs(window, pad_id=0)
+
+        def backward(batch: Batch) -> None:
+            backward_preference_window(
+                model, [batch], device, autocast, beta=0.1, pairs=batch.target_tokens
+            )
+
+    else:
+        chosen = examples[::2]
+
+        def batch_of(index: int) -> Batch:
+            start = index * args.batch_size
+            return collate(chosen[start : start + args.batch_size], pad_id=0)
+
+        def backward(batch: Batch) -> None:
+            backward_window(model, [batch], device, autocast)
+
+    def step(index: int) -> None:
         model.train()
-        batch = collate([pair.chosen for pair in window(index)], pad_id=0)
-        backward_window(model, [batch], device, autocast)
+        backward(batch_of(index))
         clip_gradients(model.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    supervised = timed(supervised_step, args)
-    dpo = timed(dpo_step, args)
+    seconds, indices = timed(step, args)
+    tokens = sum(int(batch_of(index).attention_mask.sum()) for index in indices)
+    figures |= {
+        "seconds_per_step": seconds,
+        "tokens_per_second": tokens / args.steps / seconds,
+        "peak_memory_mib": peak_memory_mib(),
+    }
+    return figures
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Each variant in a fresh subprocess (so its peak memory is its own); side by side."""
+    results = {}
+    for variant in ("supervised", "dpo"):
+        command = [sys.executable, __file__, *args.argv, "--variant", variant]
+        completed = subprocess.run(command, capture_output=True, text=True, check=False)
+        lines = [line for line in completed.stdout.splitlines() if line.startswith("RESULT ")]
+        if completed.returncode != 0 or not lines:
+            sys.exit(f"{variant} failed (exit {completed.returncode}):\n{completed.stderr[-4000:]}")
+        results[variant] = json.loads(lines[-1].removeprefix("RESULT "))
+    supervised, dpo = results["supervised"], results["dpo"]
     return {
         "preset": args.preset,
         "batch_size_pairs": args.batch_size,
         "steps_timed": args.steps,
-        "supervised_seconds_per_step": round(supervised, 4),
-        "dpo_seconds_per_step": round(dpo, 4),
-        "dpo_over_supervised": round(dpo / supervised, 2),
-        "supervised_examples_per_second": round(args.batch_size / supervised, 1),
-        "dpo_pairs_per_second": round(args.batch_size / dpo, 1),
-        "reference_seconds_per_pair": round(reference_seconds / pairs_needed, 5),
+        "supervised_seconds_per_step": round(supervised["seconds_per_step"], 6),
+        "dpo_seconds_per_step": round(dpo["seconds_per_step"], 6),
+        "dpo_over_supervised": round(dpo["seconds_per_step"] / supervised["seconds_per_step"], 2),
+        "supervised_examples_per_second": round(
+            args.batch_size / supervised["seconds_per_step"], 1
+        ),
+        "dpo_pairs_per_second": round(args.batch_size / dpo["seconds_per_step"], 1),
+        "supervised_tokens_per_second": round(supervised["tokens_per_second"]),
+        "dpo_tokens_per_second": round(dpo["tokens_per_second"]),
+        "supervised_peak_memory_mib": round(supervised["peak_memory_mib"]),
+        "dpo_peak_memory_mib": round(dpo["peak_memory_mib"]),
+        "reference_seconds_per_pair": round(dpo["reference_seconds_per_pair"], 5),
     }
 
 
 def main(argv: list[str] | None = None) -> None:
     args = options(argv)
+    args.argv = sys.argv[1:] if argv is None else argv  # what each variant's process gets
+    if args.variant is not None:
+        print("RESULT " + json.dumps(run_variant(args)))
+        return
     figures = run(args)
     width = max(len(name) for name in figures)
     for name, value in figures.items():

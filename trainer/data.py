@@ -257,6 +257,11 @@ def _parse_preference(record: dict[str, Any], where: str) -> tuple[Example | Non
     if problems:
         return None, problems
     preferred, non_preferred = answers
+    if conversation[-1].role != conversations.USER:
+        return None, [
+            f'"input"."messages" must end with a user message (the answers follow it); '
+            f"its last one is the {conversation[-1].role}'s"
+        ]
     order = conversations.role_order_problem([*conversation, preferred])
     if order is not None:
         return None, [f'"input"."messages": {order}']

@@ -37,10 +37,14 @@ def perplexity(loss: float) -> float:
 
 
 class _CsvFile:
-    def __init__(self, path: Path, location: S3Location, header: str) -> None:
+    def __init__(
+        self, path: Path, location: S3Location, header: str, *, perplexity: bool = True
+    ) -> None:
         self.path = path
         self.location = location
         self.header = header
+        # exp(loss) means something for a token loss only: a DPO loss leaves it empty.
+        self.perplexity = perplexity
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(header + "\n")
         self.rows = 0
@@ -48,8 +52,9 @@ class _CsvFile:
 
     def add(self, step: int, epoch: int, loss: float, extra: tuple[float, ...] = ()) -> None:
         columns = "".join(f",{value:.6f}" for value in extra)
+        exp_loss = f"{perplexity(loss):.6f}" if self.perplexity else ""
         with self.path.open("a") as file:
-            file.write(f"{step},{epoch},{loss:.6f},{perplexity(loss):.6f}{columns}\n")
+            file.write(f"{step},{epoch},{loss:.6f},{exp_loss}{columns}\n")
         self.rows += 1
 
     def restore(self, saved: Path) -> None:
@@ -95,11 +100,13 @@ class MetricsLog:
             directory / "step_wise_training_metrics.csv",
             output.child(TRAINING_CSV),
             TRAINING_HEADER + "".join(f",{name}" for name in self.training_columns),
+            perplexity=not preference,
         )
         self.validation = _CsvFile(
             directory / "validation_metrics.csv",
             output.child(VALIDATION_CSV),
             VALIDATION_HEADER + "".join(f",{name}" for name in self.validation_columns),
+            perplexity=not preference,
         )
 
     def add_training(

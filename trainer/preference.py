@@ -22,6 +22,11 @@ rejected (trainer/data.py); `PreferencePairs` pairs them again and `collate_pair
 puts a batch's chosen rows first and its rejected rows after, so one forward computes
 both (the "concatenated forward"). Pairs are never packed. `batchSize` counts pairs.
 
+Dropout is off unless hyperParameters.dropout sets it (`model_dropout`): the reference is
+computed without it, and a policy computed with it would compare noisy log-probabilities
+against clean ones (the first step's loss would not be log 2). LoRA's own loraDropout
+stays as set: it acts on the adapters, which start at zero.
+
 Metrics per step and per evaluation (PREFERENCE_METRICS, the metrics CSV columns):
 reward accuracy (the share of pairs whose chosen reward is the larger), the mean
 margin (chosen minus rejected reward), and the mean chosen and rejected rewards.
@@ -45,6 +50,12 @@ REWARD_MARGIN = "reward_margin"
 CHOSEN_REWARD = "chosen_reward"
 REJECTED_REWARD = "rejected_reward"
 PREFERENCE_METRICS = (REWARD_ACCURACY, REWARD_MARGIN, CHOSEN_REWARD, REJECTED_REWARD)
+
+
+def model_dropout(configured: float | None) -> float:
+    """The dropout a preference job trains with: the one asked for, else none (not the
+    base model's own, as other jobs keep)."""
+    return 0.0 if configured is None else configured
 
 
 @dataclass(frozen=True)

@@ -435,11 +435,12 @@ def _tokenize_fine_tuning(
     errors: ValidationErrors,
     *,
     last_turn_only: bool = False,
+    answer: str | None = None,
 ) -> Tokenized:
     if isinstance(tokenizer, tokenization.BatchTokenizer) and all(
         e.messages is None for e in examples
     ):
-        return _tokenize_pairs(examples, tokenizer, max_length, errors)
+        return _tokenize_pairs(examples, tokenizer, max_length, errors, answer=answer)
     result = Tokenized([], [], [])
     encoded = (
         tokenization.encode_fine_tuning(examples, tokenizer, last_turn_only=last_turn_only)
@@ -453,7 +454,7 @@ def _tokenize_fine_tuning(
             first_target = next(
                 (i for i, label in enumerate(labels) if label != IGNORE_INDEX), len(labels)
             )
-            what = "the first assistant turn" if example.messages else "the completion"
+            what = answer or ("the first assistant turn" if example.messages else "the completion")
             errors.add(
                 example.where,
                 f"{what} starts at token {first_target + 1} (counted with the base model's "
@@ -472,6 +473,8 @@ def _tokenize_pairs(
     tokenizer: tokenization.BatchTokenizer,
     max_length: int,
     errors: ValidationErrors,
+    *,
+    answer: str | None = None,
 ) -> Tokenized:
     """prompt/completion records, tokenized straight into flat arrays: the same tokens,
     errors and truncations as the record-by-record path, without its lists."""
@@ -481,7 +484,8 @@ def _tokenize_pairs(
     for index in np.flatnonzero(~flat.kept).tolist():
         errors.add(
             examples[index].where,
-            f"the completion starts at token {int(flat.prompt_lengths[index]) + 1} (counted "
+            f"{answer or 'the completion'} starts at token "
+            f"{int(flat.prompt_lengths[index]) + 1} (counted "
             f"with the base model's tokenizer), past maxSequenceLength {max_length}: nothing "
             "of it would be learned; shorten the prompt or raise maxSequenceLength",
         )
@@ -502,7 +506,14 @@ def _tokenize_preference(
     compares) is on the answer only, for a conversation its last assistant turn. A
     record's length is its longer answer's."""
     sides = [side for example in examples for side in example.preference_sides()]
-    result = _tokenize_fine_tuning(sides, tokenizer, max_length, errors, last_turn_only=True)
+    found = ValidationErrors()
+    result = _tokenize_fine_tuning(
+        sides, tokenizer, max_length, found, last_turn_only=True, answer="the answer"
+    )
+    # Both answers follow the same prompt, so a prompt too long fails both: said once.
+    errors.extend(
+        ValidationErrors(shown=list(dict.fromkeys(found.shown)), total=(found.total + 1) // 2)
+    )
     lengths = result.lengths
     result.lengths = [
         max(chosen, rejected) for chosen, rejected in zip(lengths[::2], lengths[1::2], strict=True)
@@ -797,7 +808,7 @@ def run_preflight(
     max_length = effective_max_length(model_dir, spec.hyperParameters.maxSequenceLength)
     template = (
         conversations.chat_template_of(tokenizer)
-        if spec.customizationType == data.FINE_TUNING
+        if spec.customizationType in (data.FINE_TUNING, data.PREFERENCE)
         else None
     )
     cache = DatasetCache(storage, reporter.store.bucket)

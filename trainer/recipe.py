@@ -116,6 +116,11 @@ class FullFineTuningRecipe:
         self.kind = spec.customizationType
         self.classification = self.kind == data.CLASSIFICATION
         self.preference = self.kind == data.PREFERENCE
+        # Set on the model's config; None keeps the base model's own (a preference job:
+        # none, trainer/preference.py).
+        self.dropout = (
+            preference.model_dropout(self.hp.dropout) if self.preference else self.hp.dropout
+        )
         self.labels: list[str] | None = None  # classification: class id -> label
         self.metrics = MetricsLog(
             storage,
@@ -297,7 +302,7 @@ class FullFineTuningRecipe:
             self.spec.baseModelIdentifier,
             torch.device("cpu"),
             labels=self.labels,
-            dropout=self.hp.dropout,
+            dropout=self.dropout,
             load_arguments=self.precision.model_load_arguments(),
         )
         model = lora.wrap(
@@ -366,7 +371,7 @@ class FullFineTuningRecipe:
             spec.baseModelIdentifier,
             self.device,
             labels=self.labels,
-            dropout=self.hp.dropout,
+            dropout=self.dropout,
             load_arguments=self.precision.model_load_arguments(
                 _model_type(model_dir), classification=self.classification
             ),

@@ -511,15 +511,10 @@ class Reconciler:
         return False
 
     def _reconcile_paused(self, job: Job) -> None:
-        """A PAUSED job: STOPPED if a stop came; queued again once resumed (its trainer,
-        if one is still on its way out, gone first); otherwise left as it is."""
+        """A PAUSED job: its trainer, if one is still on its way out, gone first; then
+        STOPPED if a stop came, queued again once resumed, otherwise left as it is."""
         launch = job.status.launch
         attempt = launch.attempt if launch is not None else None
-        if job.control.stopRequested:
-            if launch is not None:
-                self._upload_log(job.spec.jobId, launch.attempt)
-            self._finish(job, attempt, JobState.STOPPED, None, "stopped while paused")
-            return
         job_id = job.spec.jobId
         if launch is not None and (job_id, launch.attempt) not in self._paused_trainers_gone:
             observed = self._ask_launcher("observe", lambda: self.launcher.observe(launch))
@@ -537,6 +532,9 @@ class Reconciler:
             self._paused_trainers_alive.discard(job_id)
             self._paused_trainers_gone.add((job_id, launch.attempt))
             self._upload_log(job_id, launch.attempt)
+        if job.control.stopRequested:
+            self._finish(job, attempt, JobState.STOPPED, None, "stopped while paused")
+            return
         if job.control.pauseRequested:
             return
         # The resume took a place in the tenant's queue, unless it came while the trainer
@@ -769,9 +767,10 @@ class Reconciler:
         elif launch.attempt - status.previousAttempts >= self.max_attempts:
             # Attempts ended by a pause are not failures: only those since the last
             # resume count against the budget.
-            how += f"; it was attempt {launch.attempt} of at most {self.max_attempts}"
+            since = launch.attempt - status.previousAttempts
+            how += f"; it was attempt {since} of at most {self.max_attempts}"
             if status.previousAttempts:
-                how += f" since it was resumed after attempt {status.previousAttempts}"
+                how += f" since the job was resumed (attempt {launch.attempt} in all)"
         elif cause == "crash" and crashes >= self.crash_retry_budget:
             how += f"; it had already crashed {crashes} time(s), the retry budget"
         else:

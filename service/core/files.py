@@ -127,7 +127,7 @@ class FileStore:
         location = self._record_location(tenant, file_id)
         self.get(tenant, file_id)
         assert location is not None
-        users = jobs_reading(self.store, self.uri(tenant, file_id))
+        users = jobs_reading(self.store, tenant, self.uri(tenant, file_id))
         if users:
             raise FailedPrecondition(
                 f"file {file_id} is the data of job(s) {', '.join(users)} that have not "
@@ -138,18 +138,21 @@ class FileStore:
         self.store.storage.delete(self.content_location(tenant, file_id))
 
 
-def jobs_reading(store: JobStore, uri: str) -> list[str]:
-    """Ids of the jobs not yet ended whose training or validation data is `uri`."""
+def jobs_reading(store: JobStore, tenant: str, uri: str) -> list[str]:
+    """Ids of the tenant's jobs not yet ended whose training or validation data is `uri`
+    (only the tenant's own jobs can read its files). A check, not a lock: a job created
+    right after it may still find the file gone, and fails naming it."""
     users = []
     for job_id in store.list_active_job_ids():
         try:
-            job = store.get(job_id, read_control=False)
+            spec = store.get_spec(job_id)
+            if spec.tenant != tenant:
+                continue
+            data = [spec.trainingDataConfig.s3Uri]
+            if spec.validationDataConfig is not None:
+                data.append(spec.validationDataConfig.s3Uri)
+            if uri in data and not store.get_status(job_id)[0].state.is_terminal():
+                users.append(job_id)
         except TuneforgeError:  # gone meanwhile, or unreadable: not a reader of this
             continue
-        spec = job.spec
-        data = [spec.trainingDataConfig.s3Uri]
-        if spec.validationDataConfig is not None:
-            data.append(spec.validationDataConfig.s3Uri)
-        if not job.status.state.is_terminal() and uri in data:
-            users.append(job_id)
     return users

@@ -94,7 +94,9 @@ class ModelCatalog:
             raise ModelNotFound(name) from None
         if job.status.state != JobState.COMPLETED or self._deleted(tenant, job_id):
             raise ModelNotFound(name)
-        if self.fine_tuned_name(job) != name:  # the job's id under another base or suffix
+        # The job's id under another suffix is not its model. The base part is not
+        # compared: it is the catalog's current name, which the operator may change.
+        if not name.endswith(f":{job.spec.jobName}:{job.spec.jobId}"):
             raise ModelNotFound(name)
         return job
 

@@ -70,7 +70,9 @@ class BodySizeLimit:
         try:
             await self.app(scope, limited_receive, guarded_send)
         except _TooLarge:
-            if not refused and not app_started:
+            if app_started:  # its answer is half sent: the connection is cut, not ended
+                raise
+            if not refused:
                 refused = True
                 await self._refuse(send, limit, upload=upload)
 

@@ -86,8 +86,8 @@ def test_openai_preference_records_and_their_errors_by_line(tmp_path: Path) -> N
     assert errors.shown == [
         f'{URI}:2: "non_preferred_output" must be an array of one '
         '{"role": "assistant", "content": ...} message',
-        f'{URI}:3: "input"."messages": roles must alternate user, assistant, user, ...: '
-        "turn 1 is assistant, expected user",
+        f'{URI}:3: "input"."messages" must end with a user message (the answers follow '
+        "it); its last one is the assistant's",
         f'{URI}:4: "preferred_output"[0]."content" must be a non-empty string or array of '
         "text parts",
     ]
@@ -221,3 +221,120 @@ def test_a_dpo_step_raises_the_chosen_answer_over_the_rejected_one(demo_model_di
         after = preference_sums(model.eval(), batch, beta=0.1)
     assert float(after.margin) > 0 and float(after.correct) == 1.0
     assert float(after.loss) < math.log(2)
+
+
+def _pairs_of(tokenizer: Any, count: int) -> list[TokenizedExample]:
+    examples = []
+    for n in range(count):
+        prompt = tokenizer(f"Item {n}:")["input_ids"]
+        for answer in (f" yes {n}", " no"):
+            examples.append(
+                _example(prompt, tokenizer(answer, add_special_tokens=False)["input_ids"])
+            )
+    return examples
+
+
+def test_accumulated_micro_batches_give_the_gradients_of_one_batch(
+    demo_model_dir: Path, tokenizer: Any
+) -> None:
+    """Each micro-batch's summed loss is divided by the pairs of the whole window, so two
+    micro-batches of one pair step exactly as one batch of two pairs."""
+    from trainer.preference import backward_preference_window
+
+    model: Any = AutoModelForCausalLM.from_pretrained(demo_model_dir, use_safetensors=True)
+    examples = _pairs_of(tokenizer, 2)
+    reference = torch.tensor([-5.0, -6.0, -7.0, -4.0])
+    pairs = PreferencePairs(examples, reference)
+    cpu = torch.device("cpu")
+
+    def gradients(window: list[Any]) -> list[torch.Tensor]:
+        model.zero_grad(set_to_none=True)
+        totals = backward_preference_window(
+            model, window, cpu, contextlib.nullcontext, beta=0.1, pairs=2
+        )
+        assert totals.pairs == 2
+        return [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    whole = gradients([collate_pairs([pairs[0], pairs[1]], pad_id=0)])
+    split = gradients([collate_pairs([pairs[0]], pad_id=0), collate_pairs([pairs[1]], pad_id=0)])
+    assert len(whole) == len(split) > 0
+    for one, other in zip(whole, split, strict=True):
+        torch.testing.assert_close(one, other, rtol=1e-4, atol=1e-6)
+
+
+def test_a_ranks_empty_share_of_the_last_batch_is_a_pair_batch_with_no_loss(
+    tokenizer: Any,
+) -> None:
+    from trainer.preference import PreferenceBatch
+    from trainer.sharding import rank_batches
+
+    pairs = PreferencePairs(_pairs_of(tokenizer, 3), torch.zeros(6))  # 3 pairs, 2 ranks
+    shares = [
+        list(
+            rank_batches(
+                pairs,
+                1,
+                0,
+                generator=torch.Generator().manual_seed(1),
+                rank=rank,
+                world_size=2,
+                collate=collate_pairs,
+            )
+        )
+        for rank in (0, 1)
+    ]
+    assert [len(batches) for batches in shares] == [2, 2]  # the same forwards on each rank
+    assert all(isinstance(b, PreferenceBatch) for batches in shares for b in batches)
+    assert [b.target_tokens for b in shares[0]] == [1, 1]
+    assert [b.target_tokens for b in shares[1]] == [1, 0]  # its share of the last is empty
+    empty = shares[1][1]
+    assert empty.pairs == 1 and bool((empty.labels == IGNORE_INDEX).all())
+
+
+def test_a_lora_models_reference_is_its_base_with_the_adapters_disabled(
+    demo_model_dir: Path, tokenizer: Any
+) -> None:
+    from peft import LoraConfig, get_peft_model
+
+    base: Any = AutoModelForCausalLM.from_pretrained(demo_model_dir, use_safetensors=True)
+    examples = _pairs_of(tokenizer, 2)
+    arguments: dict[str, Any] = {
+        "batch_size": 4,
+        "pad_id": 0,
+        "device": torch.device("cpu"),
+        "autocast": contextlib.nullcontext,
+    }
+    of_base = reference_log_probs(base, base, examples, **arguments)
+    adapted: Any = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(demo_model_dir, use_safetensors=True),
+        LoraConfig(r=4, target_modules=["q_proj", "v_proj"]),
+    )
+    with torch.no_grad():  # adapters that change the model (B starts at zero)
+        for name, parameter in adapted.named_parameters():
+            if "lora_B" in name:
+                parameter.fill_(0.5)
+    with_adapters = reference_log_probs(adapted, None, examples, **arguments)
+    disabled = reference_log_probs(adapted, adapted, examples, **arguments)
+    assert not torch.allclose(with_adapters, of_base, atol=1e-3)
+    torch.testing.assert_close(disabled, of_base, rtol=1e-5, atol=1e-5)
+
+
+def test_a_prompt_too_long_for_both_answers_is_one_error_naming_the_answer(
+    tmp_path: Path, tokenizer: Any
+) -> None:
+    from trainer.preflight import _tokenize_preference
+
+    long_prompt = " ".join(["word"] * 80)
+    path = _write(
+        tmp_path / "long.jsonl",
+        [
+            {"prompt": "short", "chosen": "a", "rejected": "b"},
+            {"prompt": long_prompt, "chosen": "a", "rejected": "b"},
+        ],
+    )
+    examples = read_jsonl(path, URI, PREFERENCE, ValidationErrors())
+    errors = ValidationErrors()
+    tokenized = _tokenize_preference(examples, tokenizer, 16, errors)
+    assert errors.total == 1, errors.shown
+    assert errors.shown[0].startswith(f"{URI}:2: the answer starts at token ")
+    assert len(tokenized.lengths) == 2  # a record's length: its longer answer's

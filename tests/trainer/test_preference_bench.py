@@ -1,5 +1,5 @@
 """bench/preference_step.py at toy size, so that it does not rot: both steps run the
-recipe's functions and the figures come out side by side."""
+recipe's functions, each in its own process, and the figures come out side by side."""
 
 from __future__ import annotations
 
@@ -45,3 +45,7 @@ def test_the_preference_bench_prints_dpo_beside_supervised(tmp_path: Path) -> No
     assert figures["supervised_seconds_per_step"] > 0 and figures["dpo_seconds_per_step"] > 0
     ratio = figures["dpo_seconds_per_step"] / figures["supervised_seconds_per_step"]
     assert abs(figures["dpo_over_supervised"] - ratio) < 0.02
+    # Each variant in its own process: its own tokens/s and peak memory.
+    for variant in ("supervised", "dpo"):
+        assert figures[f"{variant}_tokens_per_second"] > 0
+        assert figures[f"{variant}_peak_memory_mib"] > 0

@@ -9,6 +9,8 @@ import csv
 import io
 import json
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -92,7 +94,7 @@ def _csv(storage: ObjectStore, location: S3Location) -> tuple[str, list[dict[str
     "method",
     [
         {"method": "FULL", "learningRate": 0.002},
-        {"method": "LORA", "learningRate": 0.01, "loraRank": 8},
+        {"method": "LORA", "learningRate": 0.01, "loraRank": 8, "mergeAdapter": True},
     ],
     ids=["full", "lora"],
 )
@@ -100,8 +102,10 @@ def test_a_preference_job_learns_the_preferred_answers(
     job_store: JobStore,
     object_store: ObjectStore,
     demo: Demo,
+    demo_model_dir: Path,
     start_trainer: Callable[..., TrainerRun],
     method: dict[str, object],
+    tmp_path: Path,
 ) -> None:
     train = S3Location(DATA_BUCKET, "preference/train.jsonl")
     validation = S3Location(DATA_BUCKET, "preference/validation.jsonl")
@@ -155,6 +159,49 @@ def test_a_preference_job_learns_the_preferred_answers(
     assert metrics["chosen_reward"] > metrics["rejected_reward"]
     expected = f"reference log-probabilities of {pairs} training and 16 validation pairs"
     assert expected in run.log()
+    # Trained without the base model's dropout, as the reference was computed.
+    assert "dropout 0 set on the model config" in run.log()
+
+    # Read apart from the trainer's own metrics: the tuned model (for LoRA, the merged
+    # one) prefers each held-out chosen answer over its rejected one by more log-prob
+    # than the base model does.
+    folder = ("model", "merged") if method["method"] == "LORA" else ("model",)
+    tuned_dir = tmp_path / "tuned"
+    object_store.download_prefix(output_location(spec, *folder), tuned_dir)
+    held_out = [json.loads(line) for line in _records(VALIDATION_ITEMS).splitlines()]
+    base_margins = _log_prob_margins(demo_model_dir, held_out)
+    tuned_margins = _log_prob_margins(tuned_dir, held_out)
+    gains = [tuned - base for tuned, base in zip(tuned_margins, base_margins, strict=True)]
+    # (Not that it prefers them outright: the base model finds the curt answers, being
+    # shorter, tens of nats likelier, more than a few LoRA steps at beta 0.1 undo.)
+    assert sum(gain > 0 for gain in gains) >= 0.9 * len(gains), gains
+
+
+def _log_prob_margins(model_dir: Path, records: list[dict[str, str]]) -> list[float]:
+    """log p(chosen | prompt) - log p(rejected | prompt) of each record under the model,
+    the answers tokenized as preflight does (prompt with BOS, answer, EOS)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from trainer.data import IGNORE_INDEX, TokenizedExample, collate
+    from trainer.preference import sequence_log_probs
+
+    model: Any = AutoModelForCausalLM.from_pretrained(model_dir, use_safetensors=True).eval()
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    rows = []
+    for record in records:
+        prompt = tokenizer(record["prompt"])["input_ids"]
+        for answer in (record["chosen"], record["rejected"]):
+            target = [
+                *tokenizer(answer, add_special_tokens=False)["input_ids"],
+                tokenizer.eos_token_id,
+            ]
+            rows.append(TokenizedExample([*prompt, *target], [IGNORE_INDEX] * len(prompt) + target))
+    with torch.no_grad():
+        log_probs = sequence_log_probs(model, collate(rows, pad_id=0)).tolist()
+    return [
+        chosen - rejected for chosen, rejected in zip(log_probs[::2], log_probs[1::2], strict=True)
+    ]
 
 
 def test_a_preference_job_killed_mid_training_resumes_to_the_same_weights(

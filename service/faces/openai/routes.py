@@ -7,6 +7,7 @@ answered with `has_more`.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Sequence
 from typing import Annotated, Any, TypeVar
 
@@ -233,16 +234,20 @@ def create_job(
 
 
 def _usable_token(key: str | None) -> str | None:
-    """The SDK's Idempotency-Key as the job's clientRequestToken, when it fits one."""
-    if (
-        key is None
-        or not key.isascii()
-        or not key.replace("-", "").isalnum()
-        or key.startswith("-")
-        or key.endswith("-")
-    ):
+    """The SDK's Idempotency-Key as the job's clientRequestToken: itself when it fits one
+    (ASCII letters, digits, inner dashes, at most 256), else a token derived from it (a
+    hash), so that a retried create with any key still finds its job."""
+    if key is None:
         return None
-    return key
+    if (
+        key.isascii()
+        and key.replace("-", "").isalnum()
+        and not key.startswith("-")
+        and not key.endswith("-")
+        and len(key) <= 256
+    ):
+        return key
+    return "idempotency-key-" + hashlib.sha256(key.encode("utf-8")).hexdigest()
 
 
 @router.get("/fine_tuning/jobs", response_model=Page, summary="List fine-tuning jobs, newest first")

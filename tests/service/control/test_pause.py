@@ -259,7 +259,10 @@ def test_attempts_a_pause_ended_do_not_count_against_max_attempts(store: JobStor
         reconciler.run_once()
         status, _ = store.get_status(job_id)
         assert status.state == JobState.FAILED and status.failure is not None
-        assert "attempt 3 of at most 2 since it was resumed" in status.failure.message
+        assert (
+            "attempt 2 of at most 2 since the job was resumed (attempt 3 in all)"
+            in status.failure.message
+        ), status.failure.message
     finally:
         trainers.shutdown(0)
 
@@ -331,5 +334,31 @@ def test_a_resume_that_came_while_the_trainer_was_pausing_gets_a_queue_place(
         assert job_id in store.queue_ledger.read(tenant)[0]
         reconciler.run_once()
         assert job_id in store.queue_ledger.read(tenant)[0]  # kept while it waits
+    finally:
+        trainers.shutdown(0)
+
+
+def test_a_paused_job_stopped_while_its_trainer_lingers_ends_once_the_trainer_is_gone(
+    store: JobStore,
+) -> None:
+    trainers = SignalledTrainers()
+    reconciler = Reconciler(store, trainers, {}, slots=1, stop_grace_seconds=60)
+    now = int(time.time() * 1000)
+    first = _create(store, "stopped-lingering", now)
+    second = _create(store, "after-it", now + 1)
+    try:
+        reconciler.run_once()
+        _pause(store, first)
+        _paused_by_its_trainer(store, first)  # its process still exits
+        store.put_control(first, JobControl(stopRequested=True, stopRequestedAt=utc_now()))
+        reconciler.run_once()
+        assert _state(store, first) == JobState.PAUSED  # not STOPPED with a trainer alive
+        assert second not in trainers.processes  # and it keeps its slot
+
+        trainers.end(first)
+        reconciler.run_once()
+        reconciler.run_once()
+        assert _state(store, first) == JobState.STOPPED
+        assert second in trainers.processes
     finally:
         trainers.shutdown(0)
