@@ -283,21 +283,26 @@ def backward_preference_window(
     is divided by the pairs of the whole window (`pairs`, over all ranks), so every pair
     weighs the same however the pairs were batched. Returns this process's sums."""
     pairs = max(pairs, 1)
-    totals = PreferenceTotals()
+    # The sums stay on the device until the window ends: one sync a step, not a batch.
+    summed = torch.zeros(5, device=device)
+    counted = 0
     for index, micro_batch in enumerate(window):
         assert isinstance(micro_batch, PreferenceBatch)
+        counted += micro_batch.target_tokens  # from the labels still on the CPU
         last = index == len(window) - 1
         synchronised = no_sync is None or last
         with contextlib.nullcontext() if synchronised else no_sync():  # type: ignore[misc]
-            batch = micro_batch.to(device)
             with autocast():
-                sums = preference_sums(model, batch, beta)
+                sums = preference_sums(model, micro_batch.to(device), beta)
             scaled = sums.loss / pairs
             if gradient_scale != 1.0:
                 scaled = scaled * gradient_scale
             scaled.backward()
-        totals = totals.plus(sums, batch.target_tokens)
-    return totals
+        summed += torch.stack(
+            [sums.loss.detach(), sums.correct, sums.margin, sums.chosen, sums.rejected]
+        )
+    loss, correct, margin, chosen, rejected = summed.tolist()
+    return PreferenceTotals(loss, correct, margin, chosen, rejected, counted)
 
 
 @torch.no_grad()

@@ -703,15 +703,32 @@ class FullFineTuningRecipe:
         loss, tokens_everywhere, correct = distributed.sum(
             [window_loss.loss, float(tokens), float(window_loss.correct_tokens)], self.device
         )
-        self.progress.tokens_seen += int(tokens_everywhere)
-        self.progress.step = step
-        self.progress.training_loss = loss
         step_metrics: dict[str, float] = {}
         if not self.classification:
             # Of the global window's target tokens, as the loss is.
             accuracy = correct / max(target_tokens, 1)
             self.progress.training_token_accuracy = accuracy
             step_metrics[TOKEN_ACCURACY] = accuracy
+        self.record_step(step, loss, int(tokens_everywhere), step_metrics)
+        if self.logs_step(step):
+            log.info(
+                "step %d/%d epoch %d loss %.4f lr %.2e",
+                step,
+                self.progress.total_steps,
+                self.progress.epoch,
+                self.progress.training_loss,
+                learning_rate,
+            )
+
+    def record_step(
+        self, step: int, loss: float, tokens: int, step_metrics: dict[str, float]
+    ) -> None:
+        """What every optimizer step leaves, whatever its loss: the progress (step, loss,
+        tokens, ETA), the metrics CSV row, MLflow, and the document the heartbeat writes."""
+        assert self.optimizer is not None
+        self.progress.tokens_seen += tokens
+        self.progress.step = step
+        self.progress.training_loss = loss
         if self.progress.first_step_at is None:
             self.progress.first_step_at = utc_now()
         steps_this_run = step - self._steps_before_start
@@ -727,15 +744,10 @@ class FullFineTuningRecipe:
             },
         )
         self.publish()
-        if step == 1 or step % 10 == 0 or step == self.progress.total_steps:
-            log.info(
-                "step %d/%d epoch %d loss %.4f lr %.2e",
-                step,
-                self.progress.total_steps,
-                self.progress.epoch,
-                self.progress.training_loss,
-                learning_rate,
-            )
+
+    def logs_step(self, step: int) -> bool:
+        """Steps worth a log line: the first, every tenth, the last."""
+        return step == 1 or step % 10 == 0 or step == self.progress.total_steps
 
     def preference_step(self, step: int, window: list[Batch], pairs: int) -> None:
         """The rest of `train_step` for a preference job: DPO over the window's pairs."""
@@ -761,25 +773,8 @@ class FullFineTuningRecipe:
         )
         totals = preference.PreferenceTotals.from_list(summed)
         loss, step_metrics = totals.mean_loss, totals.means()
-        self.progress.tokens_seen += int(tokens_everywhere)
-        self.progress.step = step
-        self.progress.training_loss = loss
-        if self.progress.first_step_at is None:
-            self.progress.first_step_at = utc_now()
-        steps_this_run = step - self._steps_before_start
-        seconds_per_step = (time.monotonic() - self._training_started) / steps_this_run
-        self.progress.eta_seconds = round(seconds_per_step * (self.progress.total_steps - step), 1)
-        self.metrics.add_training(step, self.progress.epoch, loss, step_metrics)
-        self.tracking.log_metrics(
-            step,
-            {
-                "training_loss": loss,
-                "learning_rate": self.optimizer.param_groups[0]["lr"],
-                **{f"training_{name}": value for name, value in step_metrics.items()},
-            },
-        )
-        self.publish()
-        if step == 1 or step % 10 == 0 or step == self.progress.total_steps:
+        self.record_step(step, loss, int(tokens_everywhere), step_metrics)
+        if self.logs_step(step):
             log.info(
                 "step %d/%d epoch %d DPO loss %.4f reward accuracy %.3f margin %.4f",
                 step,
