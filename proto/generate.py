@@ -5,7 +5,7 @@
                                        # exit 1 with a diff if anything differs
 
 The output depends on the grpcio-tools release (it bundles protoc), so the release is
-pinned in constraints/test.txt; `make proto` and `make proto-check` use the project's
+pinned in requirements/pins.txt; `make proto` and `make proto-check` use the project's
 virtual environment.
 """
 

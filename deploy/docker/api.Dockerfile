@@ -7,15 +7,17 @@ FROM python:3.11.7-slim-bookworm AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 RUN python -m venv /opt/tuneforge
-COPY deploy/docker/api-requirements.txt /src/deploy/docker/api-requirements.txt
-RUN /opt/tuneforge/bin/pip install --requirement deploy/docker/api-requirements.txt
+# The releases and hashes `make lock` resolved (requirements/api.txt, at the same pins as
+# the tests run): the server's own imports, its C event loop and HTTP parser included.
+COPY requirements/api.txt /src/requirements/api.txt
+RUN /opt/tuneforge/bin/pip install --no-deps --require-hashes --requirement requirements/api.txt
 COPY pyproject.toml README.md /src/
 COPY jobstore /src/jobstore
 COPY service /src/service
 COPY trainer /src/trainer
 COPY clients/python /src/clients/python
-# The project's own code only: its dependencies are the pinned list above (the full
-# list would bring torch, which the API never imports).
+# The project's own code only: its dependencies are the lock above (the full list would
+# bring torch, which the API never imports).
 RUN /opt/tuneforge/bin/pip install --no-deps /src /src/clients/python
 
 FROM python:3.11.7-slim-bookworm
