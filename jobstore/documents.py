@@ -485,6 +485,101 @@ class Failure(_Document):
     message: str
 
 
+# -- a dry run's answer (POST /v1/jobs with validateOnly) -------------------------------
+
+
+class _Report(BaseModel):
+    # Written by the trainer's dry run (trainer/dry_run.py), read by the service, never
+    # stored: a field a newer trainer adds is dropped, not refused.
+    model_config = ConfigDict(extra="ignore")
+
+
+class SplitValidation(_Report):
+    """One data file as the job's VALIDATING stage reads and tokenizes it."""
+
+    s3Uri: str
+    records: int = Field(description="Well-formed records (lines with a record).")
+    examples: int | None = Field(
+        default=None,
+        description="Training examples they make (CONTINUED_PRE_TRAINING: chunks of "
+        "maxSequenceLength; PREFERENCE: answers, two a pair); null until every record is "
+        "well-formed.",
+    )
+    tokens: int | None = Field(
+        default=None,
+        description="Tokens once truncated, as training counts them (for the training split, "
+        "progress.tokensSeen counts these once an epoch); null until every record is "
+        "well-formed.",
+    )
+    tokenLengths: TokenLengths | None = Field(
+        default=None, description="Percentiles of the records' token counts, before truncation."
+    )
+    overMaxSequenceLength: int = Field(
+        default=0,
+        description="Records longer than maxSequenceLength (truncated; CONTINUED_PRE_TRAINING "
+        "documents are split instead and not counted here).",
+    )
+    overMaxSequenceLengthLines: list[str] = Field(
+        default=[], description="The first of them, as s3://bucket/key:LINE."
+    )
+
+
+class TrainingEstimate(_Report):
+    """A rough training time: compute needed over an assumed sustained throughput."""
+
+    seconds: float
+    flops: float = Field(description="Floating-point operations the estimate counts.")
+    parameters: int = Field(description="The base model's parameters (its safetensors headers).")
+    device: Literal["cpu", "gpu"]
+    devices: int = Field(description="Ranks the job trains on: nodes x max(gpus, 1).")
+    flopsPerSecondPerDevice: float = Field(description="The assumed sustained throughput.")
+    assumption: str = Field(description="What the estimate is based on, in words.")
+
+
+class JobValidationReport(_Report):
+    """What a job's VALIDATING stage would find, without a job: a dry run's answer."""
+
+    valid: bool = Field(description="True when the job would pass VALIDATING and train.")
+    errors: list[str] = Field(
+        default=[],
+        description="Every problem found, as a failing job names them: "
+        "`s3://bucket/key:LINE: what is wrong` (up to 1,000; errorCount counts all).",
+    )
+    errorCount: int = 0
+    warnings: list[str] = Field(
+        default=[],
+        description="What would be a VALIDATION_WARNING event: truncated records, "
+        "duplicates, validation records also in the training data.",
+    )
+    customizationType: str
+    maxSequenceLength: int = Field(
+        description="The length records are checked against: hyperParameters."
+        "maxSequenceLength, capped at the model's positions."
+    )
+    training: SplitValidation | None = None
+    validation: SplitValidation | None = None
+    labels: list[str] | None = Field(
+        default=None, description="CLASSIFICATION: the label set, in class-id order."
+    )
+    labelDistribution: dict[str, int] = Field(
+        default={}, description="CLASSIFICATION: training records per label."
+    )
+    stepsPerEpoch: int | None = Field(
+        default=None,
+        description="Optimizer steps an epoch: ceil(ceil(examples / (batchSize x ranks)) / "
+        "gradientAccumulationSteps).",
+    )
+    totalSteps: int | None = Field(
+        default=None, description="stepsPerEpoch x epochCount (progress.totalSteps of the job)."
+    )
+    trainingTokens: int | None = Field(
+        default=None,
+        description="Training tokens x epochCount: the job's progress.tokensSeen when it "
+        "completes (unless it stops early).",
+    )
+    estimate: TrainingEstimate | None = None
+
+
 class LaunchRecord(_Document):
     """Written by the reconciler that won the launch of an attempt."""
 

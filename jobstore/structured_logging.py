@@ -41,6 +41,14 @@ def redact_secrets(logger: Any, method: str, event: EventDict) -> EventDict:
     return event
 
 
+def drop_color_message(logger: Any, method: str, event: EventDict) -> EventDict:
+    """uvicorn hands some messages over a second time as an extra, `color_message`, with
+    its own colour codes in it; the console renderer colours lines itself and a JSON line
+    has no use for them, so that copy goes."""
+    event.pop("color_message", None)
+    return event
+
+
 def add_process_id(logger: Any, method: str, event: EventDict) -> EventDict:
     """`pid` on every line: with several API workers (TUNEFORGE_API_WORKERS) it tells
     whose line it is."""
@@ -62,6 +70,7 @@ def _shared_processors() -> list[Processor]:
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.stdlib.ExtraAdder(),
+        drop_color_message,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         add_process_id,
         redact_secrets,

@@ -22,6 +22,9 @@ from jobstore.errors import (
 __all__ = [
     "AuthConfigurationError",
     "CorruptDocument",
+    "DryRunFailed",
+    "DryRunTimedOut",
+    "DryRunUnavailable",
     "FailedPrecondition",
     "FileNotFound",
     "GrpcStartError",
@@ -133,3 +136,23 @@ class GrpcStartError(TuneforgeError):
     """The gRPC server could not listen on its address."""
 
     code = "GRPC_START"
+
+
+class DryRunUnavailable(TuneforgeError):
+    """A dry run (validateOnly) cannot run on this replica: the trainer's packages (torch,
+    transformers, the `trainer` package) are not installed beside the server."""
+
+    code = "UNIMPLEMENTED"
+
+
+class DryRunTimedOut(TuneforgeError):
+    """A dry run took longer than TUNEFORGE_DRY_RUN_TIMEOUT_SECONDS: the data is too
+    large to check within a request (a job checks it without that bound)."""
+
+    code = "DRY_RUN_TIMEOUT"
+
+
+class DryRunFailed(TuneforgeError):
+    """The dry run's process crashed: a bug or the host, not the request (logged)."""
+
+    code = "INTERNAL"

@@ -282,6 +282,15 @@ class Settings(BaseSettings):
     # Resident memory of a trainer (with its ranks): a memory cgroup of its own under the
     # service's, where the host lets the service make one (service/control/launch/memory.py).
     trainer_memory_limit_bytes: int = Field(default=0, ge=0)
+    # Dry runs (POST /v1/jobs with validateOnly, service/control/dry_run.py): a
+    # subprocess of the API replica running the trainer's preflight, under the limits
+    # above, killed past this many seconds (the caller is told to create the job, whose
+    # VALIDATING stage has no such bound); at most this many at once per replica (more:
+    # 429). The time estimate assumes each trainer rank sustains these FLOP/s.
+    dry_run_timeout_seconds: float = Field(default=120.0, gt=0, le=3600)
+    dry_run_max_concurrent: int = Field(default=2, ge=1, le=64)
+    dry_run_cpu_flops: float = Field(default=5e10, gt=0)
+    dry_run_gpu_flops: float = Field(default=1e14, gt=0)
 
     @field_validator("gpus")
     @classmethod

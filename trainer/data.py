@@ -112,15 +112,18 @@ class ValidationErrors:
 
     shown: list[str] = field(default_factory=list)
     total: int = 0
+    # How many are kept in full: a failing job's message lists 20; a dry run's report
+    # (trainer/dry_run.py) many more.
+    limit: int = MAX_ERRORS_SHOWN
 
     def add(self, where: str, problem: str) -> None:
         self.total += 1
-        if len(self.shown) < MAX_ERRORS_SHOWN:
+        if len(self.shown) < self.limit:
             self.shown.append(f"{where}: {problem}")
 
     def extend(self, other: ValidationErrors) -> None:
         """Add `other`'s problems after these (its count whole, its first few shown)."""
-        room = MAX_ERRORS_SHOWN - len(self.shown)
+        room = self.limit - len(self.shown)
         self.shown += other.shown[: max(room, 0)]
         self.total += other.total
 
@@ -450,3 +453,10 @@ def batches(
 
 def batches_per_epoch(count: int, batch_size: int) -> int:
     return -(-count // batch_size)
+
+
+def steps_per_epoch(examples: int, global_batch_size: int, accumulation_steps: int) -> int:
+    """Optimizer steps an epoch takes: batches of `global_batch_size` (batchSize x ranks),
+    `accumulation_steps` a step, the last window shorter. The recipe's total and a dry
+    run's report (trainer/dry_run.py) both come from here."""
+    return -(-batches_per_epoch(examples, global_batch_size) // accumulation_steps)

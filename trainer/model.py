@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import json
 import logging
-from pathlib import Path
+import math
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import torch
 
 from jobstore.errors import InvalidArgument
-from jobstore.storage import ObjectStore, parse_s3_uri
+from jobstore.storage import ObjectStore, S3Location, parse_s3_uri
 from trainer.errors import ModelLoadError
 
 log = logging.getLogger(__name__)
@@ -67,6 +68,76 @@ def download_model(storage: ObjectStore, uri: str, directory: Path) -> Path:
     return directory
 
 
+# A safetensors file starts with the length of its JSON header (8 bytes, little-endian);
+# a header larger than this is not one a model of ours has.
+MAX_SAFETENSORS_HEADER = 100 << 20
+
+
+# What a dry run downloads of a model: its configuration and tokenizer files (JSON, vocab
+# and merges text, sentencepiece models, chat templates), each at most this large. Weights,
+# in any format, and anything else stay in the store: a dry run runs inside a request on
+# the API replica.
+_METADATA_SUFFIXES = (".json", ".txt", ".model", ".jinja", ".tiktoken")
+MAX_METADATA_FILE_BYTES = 64 * 1024 * 1024
+
+
+def download_model_metadata(
+    storage: ObjectStore, uri: str, directory: Path
+) -> tuple[list[str], int]:
+    """A model's files without its weights, for a dry run: its configuration and tokenizer
+    files downloaded into `directory` (`_METADATA_SUFFIXES`, none over
+    MAX_METADATA_FILE_BYTES), and the parameters counted from the `*.safetensors`
+    headers (two ranged reads a file). Returns the names of every file under the prefix
+    (for check_model_directory, which refuses pickled weights by name) and the count."""
+    try:
+        location = parse_s3_uri(uri, field="baseModelIdentifier").as_prefix()
+    except InvalidArgument as error:
+        raise ModelLoadError(error.message) from error
+    names: list[str] = []
+    parameters = 0
+    for item in storage.list_objects(location):
+        relative = item["key"][len(location.key) :]
+        parts = relative.split("/")
+        if not relative or any(p in ("", ".", "..") for p in parts):
+            continue  # never write outside `directory` (as download_prefix)
+        names.append(relative)
+        source = S3Location(location.bucket, item["key"])
+        if relative.endswith(".safetensors"):
+            parameters += _safetensors_parameters(storage, source, uri)
+        elif relative.endswith(_METADATA_SUFFIXES):
+            if int(item["size"]) > MAX_METADATA_FILE_BYTES:
+                raise ModelLoadError(
+                    f"base model {uri}: {relative} is {int(item['size']):,} bytes, more than "
+                    f"a configuration or tokenizer file may be ({MAX_METADATA_FILE_BYTES:,})"
+                )
+            storage.download_file(source, directory.joinpath(*parts))
+    if not names:
+        raise ModelLoadError(f"base model {uri} has no files (nothing under that prefix)")
+    return names, parameters
+
+
+def _safetensors_parameters(storage: ObjectStore, location: S3Location, uri: str) -> int:
+    """The number of values in a safetensors file's tensors, from its header alone."""
+    head = storage.get_range(location, 0, 8)
+    if head is None or len(head[0]) < 8:
+        raise ModelLoadError(f"base model {uri}: {location.uri} is not a safetensors file")
+    length = int.from_bytes(head[0], "little")
+    if not 0 < length <= min(MAX_SAFETENSORS_HEADER, head[1] - 8):
+        raise ModelLoadError(f"base model {uri}: {location.uri} is not a safetensors file")
+    body = storage.get_range(location, 8, length)
+    try:
+        header = json.loads(body[0] if body is not None else b"")
+        return sum(
+            math.prod(int(size) for size in tensor["shape"])
+            for name, tensor in header.items()
+            if name != "__metadata__"
+        )
+    except (ValueError, TypeError, KeyError, AttributeError) as error:
+        raise ModelLoadError(
+            f"base model {uri}: {location.uri} has no valid safetensors header ({error})"
+        ) from error
+
+
 def _remote_code_keys(value: Any, path: str = "") -> list[str]:
     """Every key under `value` (nested configs included) that asks for remote code."""
     found = []
@@ -82,12 +153,16 @@ def _remote_code_keys(value: Any, path: str = "") -> list[str]:
     return found
 
 
-def check_model_directory(directory: Path, uri: str) -> None:
-    """Raise ModelLoadError unless the directory is safetensors-only with no code in it."""
-    files = [p for p in directory.rglob("*") if p.is_file()]
-    refused = sorted(
-        p.relative_to(directory).as_posix() for p in files if p.suffix.lower() in REFUSED_SUFFIXES
-    )
+def check_model_directory(directory: Path, uri: str, *, names: list[str] | None = None) -> None:
+    """Raise ModelLoadError unless the directory is safetensors-only with no code in it.
+
+    `names`: the model's files as listed in the store (relative paths), where only some
+    were downloaded into `directory` (a dry run leaves the weights where they are); the
+    same checks on those names, and on the JSON files that are here."""
+    if names is None:
+        names = [p.relative_to(directory).as_posix() for p in directory.rglob("*") if p.is_file()]
+    files = [PurePosixPath(name) for name in names]
+    refused = sorted(p.as_posix() for p in files if p.suffix.lower() in REFUSED_SUFFIXES)
     if refused:
         raise ModelLoadError(
             f"base model {uri} contains files that can run code when loaded: "

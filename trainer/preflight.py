@@ -397,6 +397,25 @@ def check_records(
     """Phase 1: the files exist and are within bounds, every record is well-formed, the
     labels agree; raise DataValidationError listing the problems if there are any.
     Progress goes to `reporter` (and on to phase 2 through the CheckProgress)."""
+    checked, progress = read_records(
+        spec, storage=storage, directory=directory, errors=errors, reporter=reporter
+    )
+    if errors.total:
+        raise DataValidationError(errors.message())
+    return checked, progress
+
+
+def read_records(
+    spec: JobSpec,
+    *,
+    storage: ObjectStore,
+    directory: Path,
+    errors: ValidationErrors,
+    reporter: Reporter | None = None,
+) -> tuple[CheckedRecords, CheckProgress]:
+    """Phase 1 without the verdict: every problem into `errors`, the well-formed records'
+    hashes and labels kept (check_records raises on the problems; a dry run reports
+    them)."""
     data.check_customization_type(spec.customizationType)
     kind = spec.customizationType
     files = data_files(spec, storage, errors)
@@ -412,8 +431,6 @@ def check_records(
     labels = None
     if kind == data.CLASSIFICATION and not errors.total:
         labels = _check_labels(checked, errors)
-    if errors.total:
-        raise DataValidationError(errors.message())
     return CheckedRecords(checked, labels), progress
 
 
@@ -506,13 +523,17 @@ def _tokenize_preference(
     compares) is on the answer only, for a conversation its last assistant turn. A
     record's length is its longer answer's."""
     sides = [side for example in examples for side in example.preference_sides()]
-    found = ValidationErrors()
+    found = ValidationErrors(limit=2 * errors.limit)  # a record's two answers, each said
     result = _tokenize_fine_tuning(
         sides, tokenizer, max_length, found, last_turn_only=True, answer="the answer"
     )
     # Both answers follow the same prompt, so a prompt too long fails both: said once.
     errors.extend(
-        ValidationErrors(shown=list(dict.fromkeys(found.shown)), total=(found.total + 1) // 2)
+        ValidationErrors(
+            shown=list(dict.fromkeys(found.shown)),
+            total=(found.total + 1) // 2,
+            limit=errors.limit,
+        )
     )
     lengths = result.lengths
     result.lengths = [
@@ -584,7 +605,7 @@ def _tokenize_file(
     JSON costs no time beside it. Batches are kept in file order."""
 
     def tokenize(batch: list[Example]) -> tuple[Tokenized, ValidationErrors]:
-        found = ValidationErrors()
+        found = ValidationErrors(limit=errors.limit)
         if kind == data.FINE_TUNING:
             return _tokenize_fine_tuning(batch, tokenizer, max_length, found), found
         if kind == data.PREFERENCE:
@@ -682,17 +703,19 @@ def tokenize_checked(
     directory: Path,
     errors: ValidationErrors,
     progress: CheckProgress | None = None,
+    splits: dict[str, SplitTokens] | None = None,
 ) -> TokenizedData:
     """Phase 2: tokenize every record with the base model's tokenizer into the arrays of
     `directory`, check the lengths against maxSequenceLength, summarize and find the
-    warnings; commit the directory (meta.json) once all of it passed."""
+    warnings; commit the directory (meta.json) once all of it passed. `splits`, if
+    given, gets each split's lengths and truncated records (a dry run's report)."""
     kind, labels = spec.customizationType, checked.labels
     shutil.rmtree(directory, ignore_errors=True)
     directory.mkdir(parents=True)
     dtype = tokenized_data.token_dtype(vocabulary_size(tokenizer))
     classification = kind == data.CLASSIFICATION
     counts: dict[str, tuple[int, int]] = {}
-    results: dict[str, SplitTokens] = {}
+    results: dict[str, SplitTokens] = {} if splits is None else splits
     progress = progress or CheckProgress(None, 0)
     progress.start("tokenizing")
     for split in tokenized_data.SPLITS:

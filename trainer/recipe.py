@@ -408,8 +408,9 @@ class FullFineTuningRecipe:
             self.pair_up()
         self.optimizer = build_optimizer(self.model, self.hp.learningRate, self.hp.weightDecay)
         self.reporter.observe_optimizer(self.optimizer)  # its learning rate goes to /metrics
-        batches = data.batches_per_epoch(len(self.train_set), self.global_batch_size)
-        steps_per_epoch = -(-batches // self.hp.gradientAccumulationSteps)
+        steps_per_epoch = data.steps_per_epoch(
+            len(self.train_set), self.global_batch_size, self.hp.gradientAccumulationSteps
+        )
         self.progress.total_steps = steps_per_epoch * self.hp.epochCount
 
     def pair_up(self) -> None:

@@ -12,25 +12,34 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from jobstore.documents import JobEvent, JobState
+from jobstore.documents import JobEvent, JobState, JobValidationReport
 from jobstore.store import Job, JobStore
 from service.auth.limits import TenantPolicy
+from service.control.dry_run import DryRunner
 from service.control.launch.capacity import launch_capacity
 from service.core import jobs
 from service.core.jobs import Checkpoint, JobFilter, JobWatch, LogSlice
 from service.core.schemas import JobCreate
 from service.core.training_metrics import JobMetrics, read_job_metrics
+from service.errors import DryRunUnavailable
 from service.settings import Settings
 
 
 class JobService:
     def __init__(
-        self, store: JobStore, settings: Settings, *, notify: Callable[[], None] | None = None
+        self,
+        store: JobStore,
+        settings: Settings,
+        *,
+        notify: Callable[[], None] | None = None,
+        dry_runs: DryRunner | None = None,
     ) -> None:
-        """`notify` wakes the replica's reconciler (None: a replica without one)."""
+        """`notify` wakes the replica's reconciler (None: a replica without one);
+        `dry_runs` runs `validate` (None: a replica that cannot)."""
         self.store = store
         self.settings = settings
         self._notify = notify
+        self._dry_runs = dry_runs
 
     def _wake_reconciler(self) -> None:
         if self._notify is not None:
@@ -68,6 +77,18 @@ class JobService:
         if created:
             self._wake_reconciler()
         return job, created
+
+    def validate(
+        self, request: JobCreate, policy: TenantPolicy, *, caller_resources: bool = True
+    ) -> JobValidationReport:
+        """A dry run (validateOnly): the request refused as a create would refuse it,
+        then the job's VALIDATING stage run on its data and base model in a subprocess
+        (service/control/dry_run.py), and its report returned. Nothing is written to the
+        state bucket: no job, no queue place, no idempotency record, no cache entry."""
+        self.check_create(request, policy, caller_resources=caller_resources)
+        if self._dry_runs is None:
+            raise DryRunUnavailable("this server runs no dry runs")
+        return self._dry_runs.run(jobs.dry_run_spec(request, policy.tenant))
 
     def get(self, job_id: str, *, tenant: str) -> Job:
         return jobs.get_job(self.store, job_id, tenant=tenant)

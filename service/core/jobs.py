@@ -172,6 +172,14 @@ def create_job(
     return _finish_create(store, record.spec, first_writer=created), created
 
 
+def dry_run_spec(request: JobCreate, tenant: str) -> JobSpec:
+    """The spec a create would store, for a dry run: checked as a create is (the caller
+    ran check_create), with a fresh id that nothing is ever written under."""
+    return JobSpec(
+        **stored_request(request), jobId=new_job_id(), tenant=tenant, createdAt=utc_now()
+    )
+
+
 def _finish_create(store: JobStore, spec: JobSpec, *, first_writer: bool) -> Job:
     """Write the job (or finish writing it: the same spec) and return it. The job just
     written is answered from what was written, without reading it back."""

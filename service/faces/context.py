@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from jobstore.store import JobStore
 from service.auth.tenants import Access
+from service.control.dry_run import DryRunner
 from service.control.reconciler import Reconciler
 from service.core.files import FileStore
 from service.core.job_service import JobService
@@ -28,6 +29,8 @@ class ServiceContext:
     metrics: Metrics = field(default_factory=Metrics)
     # Each tenant's webhook signing secret; None: no TUNEFORGE_WEBHOOK_SECRET, no webhooks.
     webhook_secrets: WebhookSecrets | None = None
+    # Runs dry runs (POST /v1/jobs with validateOnly); None: this replica runs none.
+    dry_runs: DryRunner | None = None
     # The core every face calls, built from the fields above.
     jobs: JobService = field(init=False)
     # Tenants' uploaded files and the models by name (the OpenAI face's Files and Models).
@@ -36,6 +39,6 @@ class ServiceContext:
 
     def __post_init__(self) -> None:
         notify = self.reconciler.kick if self.reconciler is not None else None
-        self.jobs = JobService(self.store, self.settings, notify=notify)
+        self.jobs = JobService(self.store, self.settings, notify=notify, dry_runs=self.dry_runs)
         self.files = FileStore(self.store, self.settings.files_bucket)
         self.models = ModelCatalog(self.store, self.settings)

@@ -23,6 +23,7 @@ from jobstore.storage import ObjectStore
 from jobstore.store import JobStore
 from service.auth.keys import KeyStore
 from service.auth.tenants import Access
+from service.control.dry_run import DryRunner
 from service.control.launch.base import Launcher
 from service.control.launch.capacity import launch_capacity
 from service.control.launch.gpus import GpuInventory
@@ -90,8 +91,9 @@ class Replica:
         log.info("per-tenant job index complete (%d jobs added to it)", written)
 
     def stop(self, *, stop_trainers: bool, kill_grace_seconds: float) -> None:
-        """gRPC (in-flight calls get a grace), the reconciler, webhooks; and the trainers
-        this process started when they cannot outlive the store (embedded)."""
+        """gRPC (in-flight calls get a grace), the reconciler, webhooks, dry runs still
+        going; and the trainers this process started when they cannot outlive the store
+        (embedded)."""
         try:
             if self.grpc_server is not None:
                 self.grpc_server.stop(grace=10)
@@ -99,6 +101,8 @@ class Replica:
             self.reconciler.stop()
             if self.notifier is not None:
                 self.notifier.stop()
+            if self.context.dry_runs is not None:
+                self.context.dry_runs.shutdown()
             if stop_trainers:
                 self.launcher.shutdown(kill_grace_seconds)
 
@@ -318,6 +322,9 @@ def build_replica(
             timeout_seconds=settings.webhook_timeout_seconds,
             replica_id=f"{socket.gethostname()}:{os.getpid()}",
         )
+    tenant_environment = _trainer_environment_of_tenants(
+        settings, storage, store_access, access, trainer_credentials
+    )
     reconciler = Reconciler(
         store,
         launcher,
@@ -332,9 +339,7 @@ def build_replica(
         tenant_running_limit=lambda tenant: access.policy(tenant).max_running_jobs,
         metrics=metrics,
         notifier=notifier,
-        tenant_environment=_trainer_environment_of_tenants(
-            settings, storage, store_access, access, trainer_credentials
-        ),
+        tenant_environment=tenant_environment,
         gpus=host_gpu_inventory(settings),
         faults=FaultTracker(
             give_up_after_failures=settings.reconcile_give_up_failures,
@@ -350,5 +355,20 @@ def build_replica(
         access=access,
         metrics=metrics,
         webhook_secrets=webhook_secrets,
+        dry_runs=DryRunner(
+            settings.home.resolve() / "dry-runs",
+            trainer_environment=trainer_environment,
+            tenant_environment=tenant_environment,
+            python=settings.trainer_python,
+            limits=ResourceLimits(
+                memory_bytes=settings.trainer_max_memory_bytes,
+                processes=settings.trainer_max_processes,
+                open_files=settings.trainer_max_open_files,
+            ),
+            timeout_seconds=settings.dry_run_timeout_seconds,
+            max_concurrent=settings.dry_run_max_concurrent,
+            cpu_flops=settings.dry_run_cpu_flops,
+            gpu_flops=settings.dry_run_gpu_flops,
+        ),
     )
     return Replica(context, launcher, reconciler, notifier)

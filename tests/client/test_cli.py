@@ -8,10 +8,12 @@ import pty
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import yaml
 
+from jobstore.storage import ObjectStore, S3Location
 from service.server.embedded_s3 import free_port
 from tests.servers import ApiServer, demo_job
 
@@ -205,3 +207,43 @@ def test_cli_creates_a_preference_job(api_server: ApiServer) -> None:
         # Not meant to train (the demo data holds no preference pairs): stop it, unless
         # it has already ended.
         _tuneforge("jobs", "stop", job["jobId"], endpoint=api_server.grpc_target)
+
+
+def test_cli_validate_only_prints_the_dry_run_report_and_creates_nothing(
+    api_server: ApiServer, object_store: ObjectStore, tmp_path: Path
+) -> None:
+    key = f"datasets/cli-dry-run-{uuid.uuid4().hex[:8]}.jsonl"
+    lines = ['{"prompt": "1 + 1?", "completion": " 2"}', "{not json", '{"prompt": "x"}']
+    object_store.put_bytes(S3Location("demo", key), ("\n".join(lines) + "\n").encode())
+    bad = demo_job("cli-dry-run")
+    bad["trainingDataConfig"]["s3Uri"] = f"s3://demo/{key}"
+    bad.pop("validationDataConfig", None)
+    bad_file = tmp_path / "bad.yaml"
+    bad_file.write_text(yaml.safe_dump(bad))
+    good_file = tmp_path / "good.yaml"
+    good_file.write_text(yaml.safe_dump(demo_job("cli-dry-run-good")))
+
+    # gRPC, readable: every bad line by file:line, exit 5.
+    checked = _tuneforge(
+        "jobs", "create", "--file", str(bad_file), "--validate-only",
+        endpoint=api_server.grpc_target, timeout=180,
+    )  # fmt: skip
+    assert checked.returncode == 5, checked.stdout + checked.stderr
+    assert checked.stdout.startswith("invalid: 2 problem(s)\n"), checked.stdout
+    assert f"  error: s3://demo/{key}:2: " in checked.stdout
+    assert f"  error: s3://demo/{key}:3: " in checked.stdout
+
+    # REST, JSON: the good data is valid, with its counts; exit 0.
+    checked = _tuneforge(
+        "--rest", api_server.url, "jobs", "create", "--file", str(good_file),
+        "--validate-only", "--output", "json", timeout=180,
+    )  # fmt: skip
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    report = json.loads(checked.stdout)
+    assert report["valid"] is True and not report.get("errors")
+    assert int(report["training"]["tokens"]) > 0 and int(report["totalSteps"]) > 0
+
+    # Neither made a job.
+    listed = _tuneforge("--rest", api_server.url, "jobs", "list", "--output", "json")
+    assert listed.returncode == 0, listed.stderr
+    assert json.loads(listed.stdout)["jobs"] == []

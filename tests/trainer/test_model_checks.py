@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from jobstore.storage import ObjectStore, parse_s3_uri
+from tests.trainer.jobs import Demo
 from trainer.errors import ModelLoadError
-from trainer.model import check_model_directory
+from trainer.model import check_model_directory, download_model_metadata
 
 URI = "s3://models/tiny/"
 
@@ -67,3 +69,35 @@ def test_configs_asking_for_remote_code_are_refused(
     path.write_text(json.dumps(json.loads(path.read_text()) | extra))
     with pytest.raises(ModelLoadError, match=f"{name} asks for remote code"):
         check_model_directory(model_dir, URI)
+
+
+# -- a dry run's view of a model: its files listed, its weights left in the store ------
+
+
+def test_a_dry_run_reads_the_models_files_but_its_weights_and_counts_its_parameters(
+    object_store: ObjectStore, demo: Demo, model_dir: Path, tmp_path: Path
+) -> None:
+    from safetensors import safe_open
+
+    (model_dir / "pytorch_model.bin").write_bytes(b"\x80\x04not really a pickle")
+    uri = f"s3://{demo.bucket}/models/dry-run-check/"
+    object_store.upload_directory(model_dir, parse_s3_uri(uri, field="m").as_prefix())
+    local = tmp_path / "metadata"
+
+    names, parameters = download_model_metadata(object_store, uri, local)
+
+    assert sorted(names) == sorted(
+        p.relative_to(model_dir).as_posix() for p in model_dir.rglob("*") if p.is_file()
+    )
+    assert not list(local.rglob("*.safetensors"))  # the weights stayed in the store
+    assert not (local / "pytorch_model.bin").exists()  # nor other weights
+    assert (local / "config.json").is_file() and (local / "tokenizer.json").is_file()
+    expected = 0
+    for weights in model_dir.glob("*.safetensors"):
+        with safe_open(str(weights), framework="pt") as opened:
+            expected += sum(opened.get_tensor(name).numel() for name in opened.keys())  # noqa: SIM118
+    assert parameters == expected > 0
+    # The same refusal as for a downloaded directory, from the listed names.
+    with pytest.raises(ModelLoadError, match=r"pytorch_model\.bin"):
+        check_model_directory(local, uri, names=names)
+    check_model_directory(local, uri, names=[n for n in names if not n.endswith(".bin")])

@@ -10,6 +10,7 @@
     tuneforge jobs logs JOB_ID --attempt 1
     tuneforge jobs stop JOB_ID
     tuneforge jobs pause JOB_ID      (then: tuneforge jobs resume JOB_ID)
+    tuneforge jobs create --file job.yaml --validate-only   (a dry run: the report, no job)
 
 Talks gRPC to --endpoint (default 127.0.0.1:50051, or $TUNEFORGE_ENDPOINT), or REST to
 --rest URL (or $TUNEFORGE_REST_URL).
@@ -17,7 +18,8 @@ Talks gRPC to --endpoint (default 127.0.0.1:50051, or $TUNEFORGE_ENDPOINT), or R
 Exit codes: 0 success; 1 the service refused the request (the reason is printed on
 one line: code, message, field); 2 bad usage (flags, an unreadable job file);
 3 the service cannot be reached; 4 `watch` (or `create --watch`) saw the job end
-FAILED or STOPPED; 130 interrupted.
+FAILED or STOPPED; 5 `create --validate-only` found problems in the data or model;
+130 interrupted.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol, TextIO
+
+from google.protobuf import json_format
 
 from tuneforge import __version__, convert, create_flags, keys_cli, logs_cli, webhooks_cli
 from tuneforge.client import DEFAULT_ENDPOINT, Client
@@ -41,6 +45,7 @@ EXIT_REFUSED = 1
 EXIT_USAGE = 2
 EXIT_UNREACHABLE = 3
 EXIT_JOB_UNSUCCESSFUL = 4
+EXIT_INVALID_DATA = 5
 EXIT_INTERRUPTED = 130
 
 
@@ -74,6 +79,16 @@ def cmd_create(api: JobsApi, args: argparse.Namespace, out: TextIO) -> int:
         request = convert.create_request(create_flags.create_body(args))
     except ValueError as error:
         raise UsageError(f"the job does not fit the API: {error}") from None
+    if args.validate_only:
+        if args.watch:
+            raise UsageError("--validate-only creates no job to --watch")
+        request.validate_only = True
+        report = api.create_job(request).validation_report
+        if args.output == "json":
+            print_json(json_format.MessageToDict(report), out)
+        else:
+            print_validation_report(report, out)
+        return EXIT_OK if report.valid else EXIT_INVALID_DATA
     response = api.create_job(request)
     job = response.job
     if args.quiet:
@@ -88,6 +103,37 @@ def cmd_create(api: JobsApi, args: argparse.Namespace, out: TextIO) -> int:
         out.flush()
         return _watch(api, job.job_id, args, out)
     return EXIT_OK
+
+
+def print_validation_report(report: pb.JobValidationReport, out: TextIO) -> None:
+    """A dry run's report as a person reads it: the verdict, every problem, the counts."""
+    if report.valid:
+        out.write("valid: the job would start training\n")
+    else:
+        out.write(f"invalid: {report.error_count} problem(s)\n")
+    for error in report.errors:
+        out.write(f"  error: {error}\n")
+    for warning in report.warnings:
+        out.write(f"  warning: {warning}\n")
+    for name in ("training", "validation"):
+        if not report.HasField(name):
+            continue
+        split = getattr(report, name)
+        tokens = split.tokens if split.HasField("tokens") else "not counted"
+        out.write(
+            f"{name}: {split.s3_uri}: {split.records} records, {tokens} tokens, "
+            f"{split.over_max_sequence_length} over maxSequenceLength\n"
+        )
+    if report.labels:
+        out.write(f"labels: {', '.join(report.labels)}\n")
+    if report.HasField("total_steps"):
+        out.write(f"steps: {report.steps_per_epoch} an epoch, {report.total_steps} in all\n")
+    if report.HasField("estimate"):
+        estimate = report.estimate
+        out.write(
+            f"estimated training time: {estimate.seconds:,.0f} s on {estimate.devices} "
+            f"{estimate.device} ({estimate.assumption})\n"
+        )
 
 
 def cmd_get(api: JobsApi, args: argparse.Namespace, out: TextIO) -> int:
@@ -251,7 +297,9 @@ def build_parser() -> argparse.ArgumentParser:
         allow_abbrev=False,
     )
     parser.add_argument("--version", action="version", version=f"tuneforge {__version__}")
-    groups = parser.add_subparsers(dest="group", required=True, metavar="{jobs,keys,webhooks}")
+    groups = parser.add_subparsers(
+        dest="group", required=True, metavar="{jobs,data,models,keys,webhooks}"
+    )
     jobs = groups.add_parser("jobs", help="fine-tuning jobs", allow_abbrev=False)
     commands = jobs.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -265,6 +313,12 @@ def build_parser() -> argparse.ArgumentParser:
     create = command("create", cmd_create, "create a job from a JSON/YAML file and/or flags")
     create_flags.add_arguments(create)
     create.add_argument("--watch", action="store_true", help="then watch it until it ends")
+    create.add_argument(
+        "--validate-only",
+        action="store_true",
+        help="a dry run: check the data and model as the job's VALIDATING stage would and "
+        "print the report (every problem with file:line); creates nothing",
+    )
     create.add_argument("-q", "--quiet", action="store_true", help="print only the job id")
 
     command("get", cmd_get, "describe a job").add_argument("job_id")

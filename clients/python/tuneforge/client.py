@@ -6,6 +6,8 @@
         job = client.create_job({...}).job        # the same body as REST's POST /v1/jobs
         for update in client.watch(job.job_id):   # RUNNING, progress..., COMPLETED
             print(update.state, update.progress.step)
+        for event in client.events(job.job_id, follow=True):  # ... until the last one
+            print(event.sequence, event.type, event.message)
 
 Every method raises a `tuneforge.errors.ApiError` subclass on failure. Calls are
 retried on UNAVAILABLE (and on CANCELLED, which a stopping server answers to calls it
@@ -26,6 +28,7 @@ import grpc
 
 from tuneforge import convert
 from tuneforge.errors import ApiError, DeadlineExceeded, Unavailable, from_grpc
+from tuneforge.following import follow_events
 from tuneforge.v1 import fine_tuning_pb2 as pb
 from tuneforge.v1 import fine_tuning_pb2_grpc as pb_grpc
 
@@ -41,6 +44,7 @@ class Client:
     that meets UNAVAILABLE (1: no retry), waiting `backoff` seconds after the first,
     doubling, at most `max_backoff`. Pass `credentials` for TLS, or a ready `channel`;
     `api_key` (from `tuneforge keys create`) when the server requires one.
+    `poll_interval` is how often, in seconds, `events(follow=True)` looks for new events.
     """
 
     def __init__(
@@ -55,6 +59,7 @@ class Client:
         channel: grpc.Channel | None = None,
         metadata: Mapping[str, str] | None = None,
         api_key: str | None = None,
+        poll_interval: float = 1.0,
     ) -> None:
         if max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
@@ -63,6 +68,7 @@ class Client:
         self.max_attempts = max_attempts
         self.backoff = backoff
         self.max_backoff = max_backoff
+        self.poll_interval = poll_interval
         sent = dict(metadata or {})
         if api_key:  # sent as the `authorization` metadata of every call
             sent["authorization"] = f"Bearer {api_key}"
@@ -168,12 +174,8 @@ class Client:
         events: list[pb.JobEvent] = []
         token = ""
         while True:
-            request = pb.ListJobEventsRequest(job_id=job_id, page_size=page_size, page_token=token)
-            response: pb.ListJobEventsResponse = self._call(
-                self._stub.ListJobEvents, request, timeout
-            )
-            events.extend(response.events)
-            token = response.next_page_token
+            page, token = self._events_page(job_id, token, page_size, timeout)
+            events.extend(page)
             if not token:
                 return events
 
@@ -243,16 +245,56 @@ class Client:
                 raise Unavailable(f"the watch of job {job_id} ended before the job did")
             self._sleep_before_retry(failures, deadline)
 
-    def wait(self, job_id: str, *, timeout: float | None = None) -> pb.Job:
-        """Block until the job is COMPLETED, FAILED or STOPPED; return it."""
+    def wait(
+        self,
+        job_id: str,
+        *,
+        timeout: float | None = None,
+        on_progress: Callable[[pb.Job], object] | None = None,
+    ) -> pb.Job:
+        """Block until the job is COMPLETED, FAILED or STOPPED; return it.
+
+        `on_progress(job)` is called with the job now and then at every change of its
+        state or progress (`watch`'s updates), the final one included, in this thread;
+        what it raises ends the wait. `timeout` bounds the whole wait (DeadlineExceeded).
+        """
         final: pb.Job | None = None
         for job in self.watch(job_id, timeout=timeout):
             final = job
+            if on_progress is not None:
+                on_progress(job)
         if final is None:  # pragma: no cover - watch always yields at least once
             raise ApiError(f"no state seen for job {job_id}")
         return final
 
+    def events(
+        self, job_id: str, *, follow: bool = False, page_size: int = 100
+    ) -> Iterator[pb.JobEvent]:
+        """The job's events, oldest first, each once (read `page_size` at a time).
+
+        With `follow`, new events as they are written (looked for every
+        `poll_interval` seconds), until the job has ended and its terminal event (the
+        one with state COMPLETED, FAILED or STOPPED) has been yielded; then the
+        iterator ends. Breaking out of the loop (or `close()`) stops it at once: it
+        holds no thread and no open stream between two events.
+        """
+        return follow_events(
+            lambda token, size: self._events_page(job_id, token, size),
+            lambda: self.get_job(job_id),
+            follow=follow,
+            page_size=page_size,
+            poll_interval=self.poll_interval,
+        )
+
     # -- plumbing --------------------------------------------------------------------
+
+    def _events_page(
+        self, job_id: str, token: str, page_size: int, timeout: float | None = None
+    ) -> tuple[list[pb.JobEvent], str]:
+        """One page of the job's events from `token`, and the next page's token ("" last)."""
+        request = pb.ListJobEventsRequest(job_id=job_id, page_size=page_size, page_token=token)
+        response: pb.ListJobEventsResponse = self._call(self._stub.ListJobEvents, request, timeout)
+        return list(response.events), response.next_page_token
 
     def _call(self, method: Callable[..., T], request: Any, timeout: float | None) -> T:
         deadline = self.timeout if timeout is None else timeout

@@ -48,6 +48,13 @@ def create_body(request: pb.CreateJobRequest) -> dict[str, Any]:
     return json_format.MessageToDict(request)
 
 
+def validation_report_from_dict(data: Mapping[str, Any]) -> pb.JobValidationReport:
+    """A dry run's report (REST JobValidationReport, camelCase) as the gRPC message."""
+    report = pb.JobValidationReport()
+    json_format.ParseDict(dict(data), report, ignore_unknown_fields=True)
+    return report
+
+
 # -- timestamps --------------------------------------------------------------------
 
 

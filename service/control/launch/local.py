@@ -46,7 +46,7 @@ log = logging.getLogger(__name__)
 
 # PYTHONPATH too: the trainer must import the same `trainer` package as the server that
 # launches it (a server run from a source checkout, not the installed copy).
-_PASSED_THROUGH = ("PATH", "LANG", "LC_ALL", "TZ", "TMPDIR", "PYTHONPATH")
+PASSED_THROUGH = ("PATH", "LANG", "LC_ALL", "TZ", "TMPDIR", "PYTHONPATH")
 
 # Run as `python -c _WITH_LIMITS AS NPROC NOFILE CGROUP_PROCS -m trainer ...`: join the
 # trainer's memory cgroup (CGROUP_PROCS "-": none), set each limit that is not 0 (soft
@@ -169,7 +169,7 @@ class LocalLauncher:
         directory = self._attempt_dir(spec.jobId, attempt)
         directory.mkdir(parents=True, exist_ok=True)
         log_path = directory / "trainer.log"
-        env = {name: os.environ[name] for name in _PASSED_THROUGH if name in os.environ}
+        env = {name: os.environ[name] for name in PASSED_THROUGH if name in os.environ}
         env.update(environment)
         env.update(
             {

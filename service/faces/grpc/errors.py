@@ -13,6 +13,8 @@
 | Unauthenticated                         | UNAUTHENTICATED     | (ErrorInfo only)            |
 | PermissionDenied                        | PERMISSION_DENIED   | (ErrorInfo: its field)      |
 | TooManyRequests                         | RESOURCE_EXHAUSTED  | RetryInfo (when to retry)   |
+| DryRunTimedOut (validate_only)          | DEADLINE_EXCEEDED   | (ErrorInfo only)            |
+| DryRunUnavailable (validate_only)       | UNIMPLEMENTED       | (ErrorInfo only)            |
 | ShuttingDown (a watch cut by shutdown)  | UNAVAILABLE         | RetryInfo (1 s)             |
 | any other error                         | INTERNAL            | (logged here)               |
 
@@ -34,6 +36,8 @@ from grpc_status import rpc_status
 from pydantic import ValidationError
 
 from service.errors import (
+    DryRunTimedOut,
+    DryRunUnavailable,
     FailedPrecondition,
     FileNotFound,
     IdempotencyConflict,
@@ -67,6 +71,8 @@ _CODES: list[tuple[type[TuneforgeError], int]] = [
     (Unauthenticated, code_pb2.UNAUTHENTICATED),
     (PermissionDenied, code_pb2.PERMISSION_DENIED),
     (TooManyRequests, code_pb2.RESOURCE_EXHAUSTED),
+    (DryRunTimedOut, code_pb2.DEADLINE_EXCEEDED),
+    (DryRunUnavailable, code_pb2.UNIMPLEMENTED),
 ]
 
 

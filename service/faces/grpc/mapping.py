@@ -19,7 +19,7 @@ from typing import Any
 from google.protobuf import json_format
 from tuneforge.v1 import fine_tuning_pb2 as pb
 
-from jobstore.documents import JobEvent, JobState
+from jobstore.documents import JobEvent, JobState, JobValidationReport
 from jobstore.store import Job
 from service.core.jobs import Checkpoint
 from service.core.schemas import JobCreate, JobPublic
@@ -30,9 +30,16 @@ def job_create(request: pb.CreateJobRequest) -> JobCreate:
     """Validate a CreateJobRequest exactly as REST validates its body.
 
     Unset fields are left out of the body, so a missing jobName reads "Field required"
-    as it does over REST. Raises pydantic's ValidationError.
+    as it does over REST. `validate_only` is the face's, not the job's (as REST's
+    validateOnly). Raises pydantic's ValidationError.
     """
-    return JobCreate.model_validate(json_format.MessageToDict(request))
+    body = json_format.MessageToDict(request)
+    body.pop("validateOnly", None)
+    return JobCreate.model_validate(body)
+
+
+def validation_report_message(report: JobValidationReport) -> pb.JobValidationReport:
+    return _message(report.model_dump(mode="json"), pb.JobValidationReport())
 
 
 def _for_proto(value: Any) -> Any:

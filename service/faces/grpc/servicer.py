@@ -80,6 +80,9 @@ class FineTuningServicer(pb_grpc.FineTuningServiceServicer):
         self, request: pb.CreateJobRequest, context: grpc.aio.ServicerContext
     ) -> pb.CreateJobResponse:
         job_create = mapping.job_create(request)
+        if request.validate_only:
+            report = await self._run(self.jobs.validate, job_create, current_policy())
+            return pb.CreateJobResponse(validation_report=mapping.validation_report_message(report))
         job, created = await self._run(self.jobs.create, job_create, current_policy())
         return pb.CreateJobResponse(job=mapping.job_message(job), created=created)
 

@@ -16,6 +16,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.core.schemas import ErrorResponse
 from service.errors import (
+    DryRunTimedOut,
+    DryRunUnavailable,
     FailedPrecondition,
     FileNotFound,
     IdempotencyConflict,
@@ -48,6 +50,8 @@ _STATUS = {
     NameConflict: 409,
     StoreUnavailable: 503,
     StoreNotConformant: 503,
+    DryRunTimedOut: 422,
+    DryRunUnavailable: 501,
 }
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {

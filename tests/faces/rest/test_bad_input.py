@@ -202,7 +202,9 @@ def test_rejected_creates_leave_nothing_behind(server: ApiServer) -> None:
 
 def test_openapi_documents_every_field(server: ApiServer) -> None:
     document = httpx.get(server.url + "/openapi.json", timeout=10).json()
-    create = document["components"]["schemas"]["JobCreate"]
+    # The create's body: JobCreate and the REST face's own validateOnly (a dry run).
+    body = document["paths"]["/v1/jobs"]["post"]["requestBody"]["content"]["application/json"]
+    create = document["components"]["schemas"][body["schema"]["$ref"].rsplit("/", 1)[-1]]
     assert set(create["properties"]) >= {
         "jobName",
         "baseModelIdentifier",
@@ -211,6 +213,7 @@ def test_openapi_documents_every_field(server: ApiServer) -> None:
         "hyperParameters",
         "clientRequestToken",
         "tags",
+        "validateOnly",
     }
     assert create.get("examples")
     hyper = document["components"]["schemas"]["HyperParameters"]["properties"]

@@ -78,11 +78,13 @@ def fuzzed_server(
 ) -> Iterator[ApiServer]:
     home: Path = tmp_path_factory.mktemp("fuzz-home")
     # One slot: generated creates that pass validation start trainers; keep it to one.
+    # Those with validateOnly start dry runs: each answers within 20 s (a 422 past it),
+    # well inside the 30 s each generated request is given.
     server = ApiServer(
         s3_server,
         home,
         state_bucket=f"state-{uuid.uuid4().hex[:12]}",
-        extra_env={"TUNEFORGE_LOCAL_SLOTS": "1"},
+        extra_env={"TUNEFORGE_LOCAL_SLOTS": "1", "TUNEFORGE_DRY_RUN_TIMEOUT_SECONDS": "20"},
     )
     server.start()
     yield server

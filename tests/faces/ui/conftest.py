@@ -9,11 +9,15 @@ broken dashboard pass CI unnoticed.
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from service.server.embedded_s3 import EmbeddedS3
+from tests.servers import ApiServer
 
 CHROMIUM = Path(os.environ.get("TUNEFORGE_TEST_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = [
@@ -52,5 +56,34 @@ def page(browser: Any) -> Iterator[Any]:
     context = browser.new_context(viewport={"width": 1280, "height": 1400}, bypass_csp=True)
     opened = context.new_page()
     opened.set_default_timeout(30_000)
+    # expect() has its own default (5 s), short for a page that polls every 2 s beside a
+    # trainer on a loaded 2-core machine.
+    from playwright.sync_api import expect
+
+    expect.set_options(timeout=30_000)
     yield opened
     context.close()
+
+
+@pytest.fixture
+def keyed_api_server(
+    s3_server: EmbeddedS3, demo_assets: None, tmp_path: Path
+) -> Iterator[ApiServer]:
+    """A real API server with API keys required (an admin key set; docs/auth.md), over
+    the test store: the dashboard must send the key the user pasted on every call."""
+    server = ApiServer(
+        s3_server,
+        tmp_path / "keyed-home",
+        state_bucket=f"keyed-{uuid.uuid4().hex[:12]}",
+        admin_key="dashboard-admin-key-0123456789abcdef",
+        # An external store: the trainers share the service's store credentials.
+        # The tenants may use the demo bucket.
+        extra_env={
+            "TUNEFORGE_TRAINER_SHARED_CREDENTIALS": "true",
+            "TUNEFORGE_ALLOWED_BUCKETS": '["demo"]',
+        },
+    )
+    server.start()
+    yield server
+    server.stop()
+    server.kill_trainers()

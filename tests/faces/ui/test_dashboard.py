@@ -170,7 +170,12 @@ def test_api_key_is_kept_in_session_storage_and_sent_as_bearer(
 
 
 def test_dashboard_pages_carry_a_content_security_policy(api_server: ApiServer) -> None:
-    for path in ("/ui", "/ui/jobs/0000000000000000", "/ui/static/dashboard.js"):
+    for path in (
+        "/ui",
+        "/ui/jobs/0000000000000000",
+        "/ui/compare?jobs=0000000000000000",
+        "/ui/static/dashboard.js",
+    ):
         response = httpx.get(api_server.url + path, timeout=10)
         assert response.status_code == 200, path
         policy = response.headers["content-security-policy"]

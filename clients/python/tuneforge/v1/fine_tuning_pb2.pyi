@@ -307,7 +307,7 @@ class Job(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., job_name: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., stop_requested: _Optional[bool] = ..., pause_requested: _Optional[bool] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ended_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., customization_type: _Optional[_Union[CustomizationType, str]] = ..., base_model_identifier: _Optional[str] = ..., training_data_config: _Optional[_Union[DataConfig, _Mapping]] = ..., validation_data_config: _Optional[_Union[DataConfig, _Mapping]] = ..., output_data_config: _Optional[_Union[DataConfig, _Mapping]] = ..., hyper_parameters: _Optional[_Union[HyperParameters, _Mapping]] = ..., tags: _Optional[_Mapping[str, str]] = ..., client_request_token: _Optional[str] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ..., failure: _Optional[_Union[Failure, _Mapping]] = ..., output: _Optional[_Union[OutputLocations, _Mapping]] = ..., attempt: _Optional[int] = ..., state_times: _Optional[_Iterable[_Union[StateTime, _Mapping]]] = ..., queue_position: _Optional[int] = ..., data_summary: _Optional[_Union[DataSummary, _Mapping]] = ..., notifications: _Optional[_Union[Notifications, _Mapping]] = ..., integrations: _Optional[_Union[Integrations, _Mapping]] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ...) -> None: ...
 
 class CreateJobRequest(_message.Message):
-    __slots__ = ("job_name", "base_model_identifier", "customization_type", "training_data_config", "validation_data_config", "output_data_config", "hyper_parameters", "client_request_token", "tags", "notifications", "integrations", "resources")
+    __slots__ = ("job_name", "base_model_identifier", "customization_type", "training_data_config", "validation_data_config", "output_data_config", "hyper_parameters", "client_request_token", "tags", "notifications", "integrations", "resources", "validate_only")
     class TagsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -327,6 +327,7 @@ class CreateJobRequest(_message.Message):
     NOTIFICATIONS_FIELD_NUMBER: _ClassVar[int]
     INTEGRATIONS_FIELD_NUMBER: _ClassVar[int]
     RESOURCES_FIELD_NUMBER: _ClassVar[int]
+    VALIDATE_ONLY_FIELD_NUMBER: _ClassVar[int]
     job_name: str
     base_model_identifier: str
     customization_type: CustomizationType
@@ -339,7 +340,8 @@ class CreateJobRequest(_message.Message):
     notifications: Notifications
     integrations: Integrations
     resources: Resources
-    def __init__(self, job_name: _Optional[str] = ..., base_model_identifier: _Optional[str] = ..., customization_type: _Optional[_Union[CustomizationType, str]] = ..., training_data_config: _Optional[_Union[DataConfig, _Mapping]] = ..., validation_data_config: _Optional[_Union[DataConfig, _Mapping]] = ..., output_data_config: _Optional[_Union[DataConfig, _Mapping]] = ..., hyper_parameters: _Optional[_Union[HyperParameters, _Mapping]] = ..., client_request_token: _Optional[str] = ..., tags: _Optional[_Mapping[str, str]] = ..., notifications: _Optional[_Union[Notifications, _Mapping]] = ..., integrations: _Optional[_Union[Integrations, _Mapping]] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ...) -> None: ...
+    validate_only: bool
+    def __init__(self, job_name: _Optional[str] = ..., base_model_identifier: _Optional[str] = ..., customization_type: _Optional[_Union[CustomizationType, str]] = ..., training_data_config: _Optional[_Union[DataConfig, _Mapping]] = ..., validation_data_config: _Optional[_Union[DataConfig, _Mapping]] = ..., output_data_config: _Optional[_Union[DataConfig, _Mapping]] = ..., hyper_parameters: _Optional[_Union[HyperParameters, _Mapping]] = ..., client_request_token: _Optional[str] = ..., tags: _Optional[_Mapping[str, str]] = ..., notifications: _Optional[_Union[Notifications, _Mapping]] = ..., integrations: _Optional[_Union[Integrations, _Mapping]] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., validate_only: _Optional[bool] = ...) -> None: ...
 
 class Resources(_message.Message):
     __slots__ = ("gpus", "nodes", "sharding")
@@ -372,12 +374,89 @@ class Notifications(_message.Message):
     def __init__(self, webhook_url: _Optional[str] = ...) -> None: ...
 
 class CreateJobResponse(_message.Message):
-    __slots__ = ("job", "created")
+    __slots__ = ("job", "created", "validation_report")
     JOB_FIELD_NUMBER: _ClassVar[int]
     CREATED_FIELD_NUMBER: _ClassVar[int]
+    VALIDATION_REPORT_FIELD_NUMBER: _ClassVar[int]
     job: Job
     created: bool
-    def __init__(self, job: _Optional[_Union[Job, _Mapping]] = ..., created: _Optional[bool] = ...) -> None: ...
+    validation_report: JobValidationReport
+    def __init__(self, job: _Optional[_Union[Job, _Mapping]] = ..., created: _Optional[bool] = ..., validation_report: _Optional[_Union[JobValidationReport, _Mapping]] = ...) -> None: ...
+
+class SplitValidation(_message.Message):
+    __slots__ = ("s3_uri", "records", "examples", "tokens", "token_lengths", "over_max_sequence_length", "over_max_sequence_length_lines")
+    S3_URI_FIELD_NUMBER: _ClassVar[int]
+    RECORDS_FIELD_NUMBER: _ClassVar[int]
+    EXAMPLES_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_LENGTHS_FIELD_NUMBER: _ClassVar[int]
+    OVER_MAX_SEQUENCE_LENGTH_FIELD_NUMBER: _ClassVar[int]
+    OVER_MAX_SEQUENCE_LENGTH_LINES_FIELD_NUMBER: _ClassVar[int]
+    s3_uri: str
+    records: int
+    examples: int
+    tokens: int
+    token_lengths: TokenLengths
+    over_max_sequence_length: int
+    over_max_sequence_length_lines: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, s3_uri: _Optional[str] = ..., records: _Optional[int] = ..., examples: _Optional[int] = ..., tokens: _Optional[int] = ..., token_lengths: _Optional[_Union[TokenLengths, _Mapping]] = ..., over_max_sequence_length: _Optional[int] = ..., over_max_sequence_length_lines: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class TrainingEstimate(_message.Message):
+    __slots__ = ("seconds", "flops", "parameters", "device", "devices", "flops_per_second_per_device", "assumption")
+    SECONDS_FIELD_NUMBER: _ClassVar[int]
+    FLOPS_FIELD_NUMBER: _ClassVar[int]
+    PARAMETERS_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    DEVICES_FIELD_NUMBER: _ClassVar[int]
+    FLOPS_PER_SECOND_PER_DEVICE_FIELD_NUMBER: _ClassVar[int]
+    ASSUMPTION_FIELD_NUMBER: _ClassVar[int]
+    seconds: float
+    flops: float
+    parameters: int
+    device: str
+    devices: int
+    flops_per_second_per_device: float
+    assumption: str
+    def __init__(self, seconds: _Optional[float] = ..., flops: _Optional[float] = ..., parameters: _Optional[int] = ..., device: _Optional[str] = ..., devices: _Optional[int] = ..., flops_per_second_per_device: _Optional[float] = ..., assumption: _Optional[str] = ...) -> None: ...
+
+class JobValidationReport(_message.Message):
+    __slots__ = ("valid", "errors", "error_count", "warnings", "customization_type", "max_sequence_length", "training", "validation", "labels", "label_distribution", "steps_per_epoch", "total_steps", "training_tokens", "estimate")
+    class LabelDistributionEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    VALID_FIELD_NUMBER: _ClassVar[int]
+    ERRORS_FIELD_NUMBER: _ClassVar[int]
+    ERROR_COUNT_FIELD_NUMBER: _ClassVar[int]
+    WARNINGS_FIELD_NUMBER: _ClassVar[int]
+    CUSTOMIZATION_TYPE_FIELD_NUMBER: _ClassVar[int]
+    MAX_SEQUENCE_LENGTH_FIELD_NUMBER: _ClassVar[int]
+    TRAINING_FIELD_NUMBER: _ClassVar[int]
+    VALIDATION_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    LABEL_DISTRIBUTION_FIELD_NUMBER: _ClassVar[int]
+    STEPS_PER_EPOCH_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_STEPS_FIELD_NUMBER: _ClassVar[int]
+    TRAINING_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    ESTIMATE_FIELD_NUMBER: _ClassVar[int]
+    valid: bool
+    errors: _containers.RepeatedScalarFieldContainer[str]
+    error_count: int
+    warnings: _containers.RepeatedScalarFieldContainer[str]
+    customization_type: CustomizationType
+    max_sequence_length: int
+    training: SplitValidation
+    validation: SplitValidation
+    labels: _containers.RepeatedScalarFieldContainer[str]
+    label_distribution: _containers.ScalarMap[str, int]
+    steps_per_epoch: int
+    total_steps: int
+    training_tokens: int
+    estimate: TrainingEstimate
+    def __init__(self, valid: _Optional[bool] = ..., errors: _Optional[_Iterable[str]] = ..., error_count: _Optional[int] = ..., warnings: _Optional[_Iterable[str]] = ..., customization_type: _Optional[_Union[CustomizationType, str]] = ..., max_sequence_length: _Optional[int] = ..., training: _Optional[_Union[SplitValidation, _Mapping]] = ..., validation: _Optional[_Union[SplitValidation, _Mapping]] = ..., labels: _Optional[_Iterable[str]] = ..., label_distribution: _Optional[_Mapping[str, int]] = ..., steps_per_epoch: _Optional[int] = ..., total_steps: _Optional[int] = ..., training_tokens: _Optional[int] = ..., estimate: _Optional[_Union[TrainingEstimate, _Mapping]] = ...) -> None: ...
 
 class GetJobRequest(_message.Message):
     __slots__ = ("job_id",)

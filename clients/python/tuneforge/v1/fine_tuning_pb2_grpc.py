@@ -94,7 +94,9 @@ class FineTuningServiceServicer:
     def CreateJob(self, request, context):
         """Create a job. It starts QUEUED; the service launches its trainer.
         With a client_request_token, repeating the same request returns the same job
-        (created = false) and never starts a second trainer.
+        (created = false) and never starts a second trainer. With validate_only, creates
+        nothing: the answer's validation_report is the job's VALIDATING stage run on its
+        data and base model (a dry run), whether the data is valid or not.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -7,9 +7,9 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query, Response, status
 from pydantic import BaseModel, Field
 
-from jobstore.documents import JobEvent, JobState
+from jobstore.documents import JobEvent, JobState, JobValidationReport
 from service.core import jobs
-from service.core.schemas import JobCreate, JobList, JobPublic
+from service.core.schemas import ErrorResponse, JobCreate, JobList, JobPublic
 from service.faces.http_auth import CurrentTenant
 from service.faces.rest.deps import JobsDep
 from service.faces.rest.errors import ERROR_RESPONSES
@@ -19,21 +19,63 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=ERROR_RESPONSES)
 JobId = Annotated[str, Path(description="The job's id.", examples=["0p5v2m8x3k7qa1b2"])]
 
 
+class JobCreateRequest(JobCreate):
+    """A fine-tuning job to create, or with validateOnly, to check without creating."""
+
+    validateOnly: bool = Field(
+        default=False,
+        description="true: create nothing; run the job's VALIDATING stage on its data and "
+        "base model (every record's format, token counts, lengths, labels, steps, a time "
+        "estimate) and answer 200 with a JobValidationReport, whether the data is valid or "
+        "not. The request is checked as a create is (422/400/403 naming the field).",
+    )
+
+
 @router.post(
     "",
     status_code=status.HTTP_201_CREATED,
-    response_model=JobPublic,
-    responses={200: {"model": JobPublic, "description": "Idempotent repeat: the existing job."}},
-    summary="Create a fine-tuning job",
+    # Two shapes: documented per status below, each returned as its model.
+    response_model=None,
+    responses={
+        201: {"model": JobPublic, "description": "The job, created (QUEUED)."},
+        200: {
+            "model": JobPublic | JobValidationReport,
+            "description": "Idempotent repeat: the existing job (JobPublic); or with "
+            "validateOnly, the dry run's report (JobValidationReport).",
+        },
+        422: {
+            "model": ErrorResponse,
+            "description": "The request body does not match the schema (the field is named); "
+            "or with validateOnly, the dry run ran past the server's time limit "
+            "(DRY_RUN_TIMEOUT): create the job, or dry-run a sample of the data.",
+        },
+        501: {
+            "model": ErrorResponse,
+            "description": "validateOnly: this server cannot run dry runs (the trainer's "
+            "packages are not installed beside it).",
+        },
+    },
+    summary="Create a fine-tuning job, or dry-run one (validateOnly)",
 )
 def create_job(
-    request: JobCreate, service: JobsDep, caller: CurrentTenant, response: Response
-) -> JobPublic:
-    job, created = service.create(request, caller)
+    request: JobCreateRequest, service: JobsDep, caller: CurrentTenant, response: Response
+) -> JobPublic | JobValidationReport:
+    if request.validateOnly:
+        response.status_code = status.HTTP_200_OK
+        return service.validate(_job_create(request), caller)
+    job, created = service.create(_job_create(request), caller)
     if not created:
         response.status_code = status.HTTP_200_OK
     response.headers["Location"] = f"/v1/jobs/{job.spec.jobId}"
     return JobPublic.from_job(job)
+
+
+def _job_create(request: JobCreateRequest) -> JobCreate:
+    """The create request without the face's own field (the same JobCreate every face
+    hands the core)."""
+    return JobCreate.model_validate(
+        request.model_dump(mode="json", exclude={"validateOnly"}, exclude_unset=True)
+    )
 
 
 @router.get("/{job_id}", response_model=JobPublic, summary="Describe a job")

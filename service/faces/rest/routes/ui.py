@@ -2,6 +2,7 @@
 
     GET /ui                    the job list
     GET /ui/jobs/<job-id>      a job's page (the same HTML; the script reads the path)
+    GET /ui/compare?jobs=a,b   several jobs' loss curves on one chart (the same HTML)
     GET /ui/static/<file>      the script, the style sheet, the vendored chart library
 
 Invariants:
@@ -52,6 +53,11 @@ def job_list_page() -> FileResponse:
 
 @router.get("/jobs/{job_id}")
 def job_page(job_id: JobId) -> FileResponse:
+    return _page()
+
+
+@router.get("/compare")
+def compare_page() -> FileResponse:
     return _page()
 
 
