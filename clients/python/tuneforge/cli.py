@@ -11,6 +11,9 @@
     tuneforge jobs stop JOB_ID
     tuneforge jobs pause JOB_ID      (then: tuneforge jobs resume JOB_ID)
     tuneforge jobs create --file job.yaml --validate-only   (a dry run: the report, no job)
+    tuneforge data upload FILE s3://bucket/key        (resumable multipart upload)
+    tuneforge data validate FILE --type FINE_TUNING --base-model URI --via s3://bucket/tmp/
+    tuneforge models download JOB_ID DIR              (resumable; the job's finished model)
 
 Talks gRPC to --endpoint (default 127.0.0.1:50051, or $TUNEFORGE_ENDPOINT), or REST to
 --rest URL (or $TUNEFORGE_REST_URL).
@@ -32,7 +35,15 @@ from typing import Any, Protocol, TextIO
 
 from google.protobuf import json_format
 
-from tuneforge import __version__, convert, create_flags, keys_cli, logs_cli, webhooks_cli
+from tuneforge import (
+    __version__,
+    convert,
+    create_flags,
+    data_cli,
+    keys_cli,
+    logs_cli,
+    webhooks_cli,
+)
 from tuneforge.client import DEFAULT_ENDPOINT, Client
 from tuneforge.create_flags import UsageError
 from tuneforge.display import ProgressView, print_checkpoints, print_job, print_json
@@ -350,6 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
     command("checkpoints", cmd_checkpoints, "list a job's committed checkpoints").add_argument(
         "job_id"
     )
+    data_cli.add_commands(groups, common)
     keys_cli.add_commands(groups, common)
     webhooks_cli.add_commands(groups, common)
     return parser
