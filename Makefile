@@ -48,6 +48,8 @@ lock: $(STAMP)
 	$(PIP_COMPILE) -c requirements/pins.txt -c requirements/test.txt \
 		-o requirements/api.txt requirements/api.in
 	$(PIP_COMPILE) -c requirements/pins.txt -o requirements/uv.txt requirements/uv.in
+	$(PIP_COMPILE) --allow-unsafe -o requirements/airflow.txt requirements/airflow.in
+	$(PIP_COMPILE) -o requirements/kfp.txt requirements/kfp.in
 
 # The dashboard tests (tests/faces/ui) drive Debian's chromium in headless mode. As root (CI
 # containers) it is installed when missing; otherwise make stops and says what to install,
@@ -67,12 +69,36 @@ $(CHROMIUM_STAMP):
 	fi
 	mkdir -p $(VENV) && touch $@
 
+# Airflow (tests/integrations/airflow) and Kubeflow Pipelines (tests/integrations/kfp) pin
+# releases that clash with the service's: each runs in a venv of its own, installed from its
+# own lock once per `make test`; the tests start its Python as a subprocess.
+AIRFLOW_VENV := .venv-airflow
+AIRFLOW_STAMP := $(AIRFLOW_VENV)/.installed
+KFP_VENV := .venv-kfp
+KFP_STAMP := $(KFP_VENV)/.installed
+
+$(AIRFLOW_STAMP): $(RUNTIME_STAMP) requirements/airflow.txt
+	$(PYTHON) -m venv --clear $(AIRFLOW_VENV)
+	$(VENV)/bin/uv pip install --quiet --python $(AIRFLOW_VENV)/bin/python --no-deps \
+		--require-hashes -r requirements/airflow.txt
+	touch $@
+
+# The Kubeflow Pipelines SDK from its lock, then the component package from the checkout
+# (clients/kfp: its component runs on the standard library, hence --no-deps). uv comes
+# from the main venv.
+$(KFP_STAMP): $(RUNTIME_STAMP) requirements/kfp.txt clients/kfp/pyproject.toml
+	$(PYTHON) -m venv --clear $(KFP_VENV)
+	$(VENV)/bin/uv pip install --quiet --python $(KFP_VENV)/bin/python --no-deps \
+		--require-hashes -r requirements/kfp.txt
+	$(VENV)/bin/uv pip install --quiet --python $(KFP_VENV)/bin/python --no-deps -e clients/kfp
+	touch $@
+
 run: $(RUNTIME_STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m service.server.main
 
 lint: $(STAMP) proto-check
-	$(PY) -m ruff check jobstore service trainer tests bench clients proto
-	$(PY) -m ruff format --check jobstore service trainer tests bench clients proto
+	$(PY) -m ruff check jobstore service trainer tests bench clients proto examples
+	$(PY) -m ruff format --check jobstore service trainer tests bench clients proto examples
 	$(PY) -m mypy
 	# The layers (pyproject.toml [tool.importlinter], docs/architecture.md).
 	$(VENV)/bin/lint-imports --no-cache
@@ -84,7 +110,7 @@ proto: $(STAMP)
 proto-check: $(STAMP)
 	$(PY) proto/generate.py --check
 
-test: lint $(CHROMIUM_STAMP)
+test: lint $(CHROMIUM_STAMP) $(AIRFLOW_STAMP) $(KFP_STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest $(PYTEST_ARGS)
 
 # The inner loop: lint and the tests that start no trainer, no API server and no cluster
@@ -159,4 +185,4 @@ bench-api-load: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) bench/api_load.py $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) .tuneforge .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(AIRFLOW_VENV) $(KFP_VENV) .tuneforge .pytest_cache .mypy_cache .ruff_cache

@@ -152,6 +152,11 @@ class Settings(BaseSettings):
     # step and pays off on long runs only.
     trainer_torch_compile: bool = False
     trainer_python: str | None = None
+    # Spare trainer processes per replica that have already imported torch and
+    # transformers (local launcher: service/control/launch/warm_pool.py); a job handed
+    # to one starts about two seconds sooner. Each idle spare holds a few hundred MB of
+    # memory. 0: every trainer starts cold.
+    warm_trainers: int = Field(default=1, ge=0, le=64)
     # Store credentials per tenant for its trainers (service/control/trainer_credentials.py): a
     # JSON file {"<tenant>": {"access_key_id": ..., "secret_access_key": ...}}. Tenants
     # not in it (or no file) give their trainers the store's own credentials.

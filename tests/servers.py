@@ -72,6 +72,11 @@ class ApiServer:
                 "TUNEFORGE_KILL_GRACE_SECONDS": "5",
                 # Tests start several short jobs at once; queueing has its own test.
                 "TUNEFORGE_LOCAL_SLOTS": "4",
+                # Trainers start cold unless a test asks for warm spares (the service's
+                # default, service/control/launch/warm_pool.py) with TEST_WARM_TRAINERS:
+                # tests/e2e/faults and the pool's own tests do. On a 2-core machine a spare
+                # importing beside every test server costs more than it saves.
+                "TUNEFORGE_WARM_TRAINERS": os.environ.get("TEST_WARM_TRAINERS", "0"),
             }
         )
         env["TUNEFORGE_GRPC_PORT"] = str(self.grpc_port)
@@ -118,12 +123,13 @@ class ApiServer:
                 self.kill()
 
     def kill_trainers(self) -> None:
-        """SIGKILL every trainer working under this server's home (test clean-up).
+        """SIGKILL every trainer working under this server's home, and its spare
+        trainers (test clean-up).
 
         With an external store, trainers outlive the API server by design; a test that
         fails half-way must not leave them running into the next test.
         """
-        work = str((self.home / "work").resolve())
+        places = (str((self.home / "work").resolve()), str((self.home / "spares").resolve()))
         for entry in Path("/proc").iterdir():
             if not entry.name.isdigit():
                 continue
@@ -131,7 +137,7 @@ class ApiServer:
                 cwd = os.readlink(entry / "cwd")
             except OSError:
                 continue
-            if cwd.startswith(work):
+            if cwd.startswith(places):
                 try:
                     os.kill(int(entry.name), signal.SIGKILL)
                 except ProcessLookupError:

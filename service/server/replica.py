@@ -71,6 +71,8 @@ class Replica:
             watch_poll_seconds=settings.grpc_watch_poll_seconds,
             share_port=share_grpc_port,
         )
+        if isinstance(self.launcher, LocalLauncher):
+            self.launcher.start_spares()  # importing while the first job is created
         self.reconciler.start()
         if self.notifier is not None:
             self.notifier.start()
@@ -103,6 +105,8 @@ class Replica:
                 self.notifier.stop()
             if self.context.dry_runs is not None:
                 self.context.dry_runs.shutdown()
+            if isinstance(self.launcher, LocalLauncher):
+                self.launcher.close_spares()
             if stop_trainers:
                 self.launcher.shutdown(kill_grace_seconds)
 
@@ -164,6 +168,7 @@ def make_launcher(settings: Settings) -> Launcher:
             resident_bytes=settings.trainer_memory_limit_bytes,
         ),
         host=host,
+        warm_trainers=settings.warm_trainers,
     )
 
 

@@ -9,6 +9,7 @@ release requirements/pins.txt names.
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 import subprocess
@@ -23,7 +24,9 @@ from packaging.utils import canonicalize_name
 
 ROOT = Path(__file__).resolve().parents[2]
 REQUIREMENTS = ROOT / "requirements"
-LOCKS = ("test.txt", "runtime.txt", "api.txt", "uv.txt")
+LOCKS = ("test.txt", "runtime.txt", "api.txt", "uv.txt", "airflow.txt", "kfp.txt")
+# The venvs of their own that `make test` builds for clients whose pins clash with ours.
+INTEGRATION_VENVS = {"airflow.txt": ".venv-airflow", "kfp.txt": ".venv-kfp"}
 
 
 def pins(lock: str) -> dict[str, str]:
@@ -166,6 +169,35 @@ def test_this_environment_runs_exactly_the_test_lock() -> None:
         and "No broken requirements" not in line
     ]
     assert not problems, problems
+
+
+@pytest.mark.parametrize(("lock", "venv"), INTEGRATION_VENVS.items())
+def test_each_integration_venv_runs_exactly_its_lock(lock: str, venv: str) -> None:
+    python = ROOT / venv / "bin" / "python"
+    assert python.exists(), f"{venv} is missing: run make {venv}/.installed"
+    listed = subprocess.run(
+        [str(python), "-c", _INSTALLED], capture_output=True, text=True, timeout=120, check=True
+    )
+    installed = {
+        canonicalize_name(name): version for name, version in json.loads(listed.stdout).items()
+    }
+    drift = {
+        name: (version, installed.get(name))
+        for name, version in pins(lock).items()
+        if installed.get(name) != version
+    }
+    assert not drift, f"{venv} differs from requirements/{lock} (make {venv}/.installed): {drift}"
+    check = subprocess.run(
+        [str(python), "-m", "pip", "check"], capture_output=True, text=True, timeout=120
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
+# Every installed distribution's name and version, printed by another venv's Python.
+_INSTALLED = """
+import importlib.metadata, json
+print(json.dumps({d.metadata["Name"]: d.version for d in importlib.metadata.distributions()}))
+"""
 
 
 def _pip_installs(dockerfile: str) -> list[str]:

@@ -13,6 +13,12 @@ by `preexec_fn`, which runs Python between fork and exec of a multi-threaded ser
 Trainers outlive the API server that started them; a restarted server finds them again
 by the pid and the process start time recorded in the job's launch record.
 
+Warm trainers: with `warm_trainers` N > 0 the launcher keeps N spare processes that have
+already imported torch and transformers (service/control/launch/warm_pool.py) and hands a
+job to one instead of starting a process: the same child, session, directory, output,
+environment, limits and GPU locks as a cold start, seconds sooner. torchrun jobs (several
+ranks) and jobs with a memory cgroup of their own always start cold.
+
 GPUs: a trainer sees only the devices of its lease (service/control/launch/gpus.py) in its
 `CUDA_VISIBLE_DEVICES`, and its process holds their locks, which the kernel releases when
 it ends; a trainer without a lease (a CPU job, or a host without GPUs for trainers) sees
@@ -41,6 +47,7 @@ from service.control.launch.memory import (
     memory_cgroup_of,
     oom_verdict,
 )
+from service.control.launch.warm_pool import WarmTrainerPool
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +139,7 @@ class LocalLauncher:
         *,
         limits: ResourceLimits | None = None,
         host: str | None = None,
+        warm_trainers: int = 0,
     ) -> None:
         # A job with resources.gpus N > 1 runs N ranks under torchrun (trainer/torchrun.py):
         # one per GPU, or one per CPU process with TUNEFORGE_LOCAL_CPU_RANKS, which the
@@ -152,6 +160,21 @@ class LocalLauncher:
         # its memory cgroup says of its end.
         self._ended: dict[int, tuple[int | None, str | None]] = {}
         self._cgroup_refused = False  # warned once that no cgroup could be made
+        # The spares' environment is a cold trainer's before the job's own variables.
+        self.warm_pool = WarmTrainerPool(
+            self.python,
+            work_root.parent / "spares",
+            warm_trainers,
+            {
+                **{name: os.environ[name] for name in PASSED_THROUGH if name in os.environ},
+                "HF_HUB_OFFLINE": "1",
+                "PYTHONUNBUFFERED": "1",
+            },
+        )
+
+    def start_spares(self) -> None:
+        """Start the warm trainers (with the replica; `start` refills them as used)."""
+        self.warm_pool.fill()
 
     def _attempt_dir(self, job_id: str, attempt: int) -> Path:
         return self.work_root / job_id / f"attempt-{attempt}"
@@ -194,30 +217,75 @@ class LocalLauncher:
         counted = cgroup or memory_cgroup_of("self")
         # Counted before the trainer starts, so a kill in its first moments is seen.
         kills_before = counted.oom_kills() if counted is not None else None
+        arguments = trainer_arguments(spec)
+        cgroup_procs = cgroup.add_process_file() if cgroup is not None else None
         try:
-            with open(log_path, "ab") as output:
-                process = subprocess.Popen(
-                    self.limits.command(
-                        self.python,
-                        trainer_arguments(spec),
-                        cgroup.add_process_file() if cgroup is not None else None,
-                    ),
-                    cwd=directory,
-                    env=env,
-                    stdin=subprocess.DEVNULL,
-                    stdout=output,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                    pass_fds=locks,
-                )
+            process = self._warm_start(arguments, directory, log_path, env, cgroup_procs, locks)
+            warm = process is not None
+            if process is None:
+                with open(log_path, "ab") as output:
+                    process = subprocess.Popen(
+                        self.limits.command(self.python, arguments, cgroup_procs),
+                        cwd=directory,
+                        env=env,
+                        stdin=subprocess.DEVNULL,
+                        stdout=output,
+                        stderr=subprocess.STDOUT,
+                        start_new_session=True,
+                        pass_fds=locks,
+                    )
         except BaseException:
             if cgroup is not None:
                 cgroup.remove()
             raise
         self._children[process.pid] = process
         self._memory[process.pid] = (counted, cgroup is not None, kills_before)
-        log.info("started trainer for job %s attempt %d, pid %d", spec.jobId, attempt, process.pid)
+        log.info(
+            "started trainer for job %s attempt %d, pid %d (%s)",
+            spec.jobId,
+            attempt,
+            process.pid,
+            "a warm spare" if warm else "cold",
+        )
         return Started(self.host, process.pid, process_start_ticks(process.pid))
+
+    def _warm_start(
+        self,
+        arguments: list[str],
+        directory: Path,
+        log_path: Path,
+        environment: dict[str, str],
+        cgroup_procs: Path | None,
+        locks: tuple[int, ...],
+    ) -> subprocess.Popen[bytes] | None:
+        """The attempt handed to a spare; None: start it cold (a torchrun job, a job with
+        a memory cgroup of its own, no spare, or the spare could not take it).
+
+        A job with its own memory cgroup starts cold: a spare's imports (a few hundred
+        MB) are charged where it was when it made them, not to the job's cgroup, which
+        would leave them outside the job's limit."""
+        if arguments[:2] != ["-m", "trainer"] or not self.warm_pool.size:
+            return None
+        if cgroup_procs is not None:
+            return None
+        spare = self.warm_pool.take()
+        if spare is None:
+            return None
+        job = {
+            "arguments": arguments,
+            "directory": str(directory),
+            "log_file": str(log_path),
+            "environment": environment,
+            "limits": [self.limits.memory_bytes, self.limits.processes, self.limits.open_files],
+            "cgroup_procs": str(cgroup_procs) if cgroup_procs is not None else None,
+        }
+        try:
+            spare.hand(job, locks)
+        except OSError as error:
+            log.warning("a spare trainer could not take a job (%s): starting it cold", error)
+            spare.discard()
+            return None
+        return spare.process
 
     def _trainer_cgroup(self, job_id: str, attempt: int) -> MemoryCgroup | None:
         """A memory cgroup of the trainer's own when the operator set a limit; None
@@ -303,8 +371,13 @@ class LocalLauncher:
     def release(self, job_id: str) -> None:
         return None  # nothing outlives the trainer's process
 
+    def close_spares(self) -> None:
+        """End the warm trainers that have no job (the replica stops)."""
+        self.warm_pool.close()
+
     def shutdown(self, grace_seconds: float) -> None:
         """Terminate the trainers this process started (SIGTERM, grace, SIGKILL)."""
+        self.close_spares()
         running = [p for p in self._children.values() if self._reap(p) is None]
         for process in running:
             with contextlib.suppress(ProcessLookupError):

@@ -44,6 +44,12 @@ DEFAULT_MAX_RESULTS = 100
 _MAX_SCANNED = 1000
 _JOB_ID = re.compile(JOB_ID_PATTERN)
 
+# What AWS answers when a create asks for a job name already taken: a ValidationException
+# with exactly this message. Callers match the text itself: Apache Airflow's
+# BedrockCustomizeModelOperator (ensure_unique_job_name=True) compares the message to this
+# string and, only when it is equal, retries under a new name; any other text fails the task.
+JOB_NAME_IN_USE = "The provided job name is currently in use."
+
 
 # -- lookups ---------------------------------------------------------------------
 
@@ -144,10 +150,7 @@ def create_job(
     if not ours:
         token = request.clientRequestToken
         if token is None or holder.clientRequestToken != token:
-            raise ConflictException(
-                f"a model customization job named '{request.jobName}' already exists; job "
-                "names are unique"
-            )
+            raise ValidationException(JOB_NAME_IN_USE)
         if holder.fingerprint != record.fingerprint:
             raise ConflictException(
                 f"clientRequestToken '{token}' was already used with different parameters; "

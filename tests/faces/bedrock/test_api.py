@@ -25,9 +25,18 @@ def test_create_is_idempotent_with_client_request_token(cheap_server: ApiServer)
     changed = dict(body, hyperParameters={"epochCount": "2"})
     with pytest.raises(client.exceptions.ConflictException, match="different parameters"):
         client.create_model_customization_job(**changed)
-    # The same name without that token is another job: names are unique.
-    with pytest.raises(client.exceptions.ConflictException, match="already exists"):
-        client.create_model_customization_job(**create_body("idem-job", model="other-model"))
+    # The same name without that token (or with another token) is another job: names are
+    # unique, and the answer is AWS's own, the one Airflow's operator renames the job on.
+    for token in ({}, {"clientRequestToken": "idem-token-2"}):
+        with pytest.raises(client.exceptions.ValidationException) as refused:
+            client.create_model_customization_job(
+                **create_body("idem-job", model="other-model"), **token
+            )
+        assert refused.value.response["Error"] == {
+            "Code": "ValidationException",
+            "Message": "The provided job name is currently in use.",
+        }
+        assert refused.value.response["ResponseMetadata"]["HTTPStatusCode"] == 400
     # A custom model name already taken by another job.
     with pytest.raises(client.exceptions.ConflictException, match="custom model named"):
         client.create_model_customization_job(**create_body("idem-other", model="idem-job-model"))

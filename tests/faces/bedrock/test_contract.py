@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import botocore.parsers
 import botocore.session
 import pytest
 from pydantic import ValidationError
 
-from service.faces.bedrock.errors import ERROR_CLASSES, BedrockError
+from service.faces.bedrock.errors import (
+    ERROR_CLASSES,
+    BedrockError,
+    ValidationException,
+    error_response,
+)
+from service.faces.bedrock.operations import JOB_NAME_IN_USE
 from service.faces.bedrock.routes import OPERATIONS, router
 from service.settings import Settings
 
@@ -45,6 +52,25 @@ def test_error_status_codes_match_the_model(error: type[BedrockError]) -> None:
     # ServiceUnavailableException is a shape of the service model that its operations do
     # not list (the store outage answer; botocore raises it and retries on 503 all the same).
     assert error.error_type in names or error.error_type == "ServiceUnavailableException"
+
+
+def test_a_job_name_collision_reads_exactly_as_airflow_expects() -> None:
+    """Airflow's BedrockCustomizeModelOperator (apache-airflow-providers-amazon,
+    operators/bedrock.py) gives a taken job name a new one only when botocore's error
+    message equals this text; the code is AWS's. The server-level check is in test_api.py."""
+    answer = error_response(ValidationException(JOB_NAME_IN_USE))
+    operation = _model().operation_model("CreateModelCustomizationJob")
+    parsed = botocore.parsers.create_parser("rest-json").parse(
+        {
+            "status_code": answer.status_code,
+            "headers": dict(answer.headers),
+            "body": bytes(answer.body),
+        },
+        operation.output_shape,
+    )
+    assert parsed["Error"]["Code"] == "ValidationException"
+    assert parsed["Error"]["Message"] == "The provided job name is currently in use."
+    assert parsed["ResponseMetadata"]["HTTPStatusCode"] == 400
 
 
 def test_dev_mode_is_refused_off_loopback() -> None:
