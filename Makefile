@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-fast lint bench-data bench-start-latency bench-classification bench-trainer-throughput bench-preference bench-gpu bench-api-load bench-make-run gpu-check gpu-wheels clean proto proto-check lock
+.PHONY: run test test-fast lint bench-data bench-start-latency bench-classification bench-trainer-throughput bench-preference bench-gpu bench-api-load bench-checkpoint-upload bench-make-run gpu-check gpu-wheels clean proto proto-check lock
 
 PIP := $(PY) -m pip install --quiet --disable-pip-version-check
 # uv installs the locks: the same releases and hashes as pip would, downloaded in parallel
@@ -183,6 +183,10 @@ bench-make-run:
 # against a real server and store, beside /healthz and a raw store GET.
 bench-api-load: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) bench/api_load.py $(BENCH_ARGS)
+
+# A checkpoint folder's upload beside raw boto3's, same store (bench/checkpoint_upload.py).
+bench-checkpoint-upload: $(STAMP)
+	$(PY) bench/checkpoint_upload.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) $(AIRFLOW_VENV) $(KFP_VENV) .tuneforge .pytest_cache .mypy_cache .ruff_cache

@@ -19,9 +19,11 @@ Trainers are not what is measured: by default the server's trainer command is a 
 that only sleeps (TUNEFORGE_TRAINER_PYTHON), holding the one slot, so no model loads on
 this machine's cores and the jobs created wait QUEUED; `--real-trainers` keeps the real
 ones (one slot). Two kinds of describe, as a replica serves them differently:
-`describe` reads a waiting job (its status and control from the store, every time) and
+`describe` reads a waiting job (its status and control) and
 `describe-finished` one that ended (STOPPED before the load: served from the replica's
-memory once read, as a finished job never changes).
+memory once read, as a finished job never changes). A waiting job is read from the store
+at most once per `--read-staleness` seconds (the server's bound, 1 s by default; 0 reads
+it on every describe, as before the bound existed).
 
 With `--other-tenant-jobs N`, the same list load runs twice, side by side: before and
 after another tenant comes to own N finished jobs (written straight to the store, newer
@@ -256,6 +258,13 @@ def main() -> int:
         "--api-workers", type=int, default=1, help="the server's TUNEFORGE_API_WORKERS"
     )
     parser.add_argument(
+        "--read-staleness",
+        type=float,
+        default=None,
+        help="the server's TUNEFORGE_READ_STALENESS_SECONDS (0: every describe reads the "
+        "store, as before the bound; default: the server's own, 1 s)",
+    )
+    parser.add_argument(
         "--server-log-level",
         default="WARNING",
         help="the server's TUNEFORGE_LOG_LEVEL; INFO writes the access log line per request",
@@ -288,6 +297,8 @@ def main() -> int:
             # (100): the limit's 429s are not what this measures.
             "TUNEFORGE_TENANT_MAX_QUEUED_JOBS": "1000000",
         }
+        if arguments.read_staleness is not None:
+            extra_env["TUNEFORGE_READ_STALENESS_SECONDS"] = str(arguments.read_staleness)
         if not arguments.real_trainers:
             waits = root / "trainer-that-waits"
             waits.write_text("#!/bin/sh\nexec sleep 100000\n")

@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import boto3
+from boto3.exceptions import S3UploadFailedError
+from boto3.s3.transfer import TransferConfig, create_transfer_manager
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -417,6 +419,11 @@ class ObjectStore:
             self._client.upload_file(str(path), location.bucket, location.key)
         except (ClientError, BotoCoreError) as error:
             raise _translate(error, f"uploading to {location.uri}") from error
+        except S3UploadFailedError as error:  # boto3's wrapper of the ClientError
+            cause = error.__cause__ or error.__context__
+            if isinstance(cause, ClientError | BotoCoreError):
+                raise _translate(cause, f"uploading to {location.uri}") from error
+            raise StorageError(f"uploading to {location.uri} failed: {error}") from error
 
     def upload_stream(
         self,
@@ -459,11 +466,28 @@ class ObjectStore:
             raise _translate(error, f"downloading {location.uri}") from error
 
     def upload_directory(self, directory: Path, location: S3Location) -> list[str]:
-        keys = []
-        for path in sorted(p for p in directory.rglob("*") if p.is_file()):
-            target = location.child(path.relative_to(directory).as_posix())
-            self.upload_file(path, target)
-            keys.append(target.key)
+        """Upload every file under `directory` to the folder `location`; return the keys.
+
+        All files at once, through one transfer manager (boto3's default: 10 threads,
+        8 MiB parts): a checkpoint is a few large files and many small ones, and one
+        after the other the small ones' round trips add up (bench/checkpoint_upload.py).
+        Returns when every upload has ended; the first failure is raised and the uploads
+        still waiting are cancelled. A caller commits only after this returns."""
+        paths = sorted(p for p in directory.rglob("*") if p.is_file())
+        keys = [location.child(path.relative_to(directory).as_posix()).key for path in paths]
+        try:
+            # "classic": s3transfer's threads, never the CRT client boto3 picks on some
+            # instance types when awscrt is installed (other errors, other settings).
+            config = TransferConfig(preferred_transfer_client="classic")
+            with create_transfer_manager(self._client, config) as manager:
+                uploads = [
+                    manager.upload(str(path), location.bucket, key)
+                    for path, key in zip(paths, keys, strict=True)
+                ]
+                for upload in uploads:
+                    upload.result()
+        except (ClientError, BotoCoreError) as error:
+            raise _translate(error, f"uploading {directory} to {location.uri}") from error
         return keys
 
     def download_prefix(self, location: S3Location, directory: Path) -> list[Path]:

@@ -9,6 +9,9 @@ Invariants:
 - A terminal status is final: `update_status()` never writes over one. So a finished job
   (spec, status and control: a stop is refused once it ended) never changes, and `get()`
   serves one it has read from memory.
+- A job not finished comes from memory only to a reader that says how old an answer it
+  accepts (`get(max_age=...)`), and only as old as that (jobstore/recent_jobs.py); every
+  write here to a status or control makes this process's next read of it fresh.
 - Keys are built here, from job ids that match `JOB_ID_PATTERN`, never from user text.
 - Every job has a marker in its tenant's index, `tenants/<tenant>/jobs/<job-id>`, written
   before its spec: a tenant's listing reads only its own jobs. Jobs created before the
@@ -24,6 +27,7 @@ import json
 import logging
 import re
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence, Set
 from concurrent.futures import ThreadPoolExecutor
@@ -45,6 +49,7 @@ from jobstore.documents import (
 from jobstore.errors import CorruptDocument, JobNotFound, StatusContention
 from jobstore.queue_ledger import QueueLedger
 from jobstore.queue_order import QueueOrder
+from jobstore.recent_jobs import RecentJobs
 from jobstore.storage import ObjectStore, PreconditionFailed, S3Location
 
 log = logging.getLogger(__name__)
@@ -107,6 +112,8 @@ class JobStore:
         # in a history that grows) then cost no store reads.
         self._finished: OrderedDict[str, Job] = OrderedDict()
         self._finished_lock = threading.Lock()
+        # Jobs not finished, as read lately: for readers that accept an answer a moment old.
+        self.recent = RecentJobs()
         # Whether every job is in its tenant's index (`tenants/.complete` seen).
         self._index_complete = False
         # Threads for get_many, started on first use.
@@ -254,6 +261,8 @@ class JobStore:
             )
         except PreconditionFailed:
             return None
+        finally:
+            self.recent.written(spec.jobId)
         return status
 
     def claim_idempotency_token(
@@ -359,18 +368,34 @@ class JobStore:
             self.storage.put_json(location, new.model_dump(mode="json"), if_match=etag)
         except PreconditionFailed:
             return None
+        finally:
+            self.recent.written(job_id)
         return new
 
-    def get(self, job_id: str, *, read_control: bool = True) -> Job:
+    def get(
+        self,
+        job_id: str,
+        *,
+        read_control: bool = True,
+        max_age: float = 0.0,
+        markers_listed_at: float | None = None,
+    ) -> Job:
         """The job; `read_control=False` when the caller knows no stop was requested (no
-        control marker: `control_marked`), saving the GET of an absent control document.
+        control marker: `control_marked`, listed at the monotonic time `markers_listed_at`),
+        saving the GET of an absent control document.
 
         A job this process has read finished comes from memory (it never changes again:
-        see the invariants). Callers may set top-level fields of the returned status
-        (queuePosition), not modify what it holds."""
+        see the invariants). One not finished comes from memory when this process knew
+        it at most `max_age` seconds ago (0: read it now). Callers may set top-level
+        fields of the returned status (queuePosition), not modify what it holds."""
         finished = self._finished_copy(job_id)
         if finished is not None:
             return finished
+        if max_age > 0:
+            recent = self.recent.fresh(job_id, max_age)
+            if recent is not None:
+                return recent
+        started = time.monotonic()
         spec = self.get_spec(job_id)
         status, etag = self.get_status(job_id)
         control = self.get_control(job_id) if read_control else JobControl()
@@ -382,7 +407,13 @@ class JobStore:
                 self._finished[job_id] = job
                 while len(self._finished) > FINISHED_CACHE_SIZE:
                     self._finished.popitem(last=False)
+            self.recent.written(job_id)  # its entry as not finished is done with
             return replace(job, status=status.model_copy())
+        # What this read knows holds from when it began; its control (when not read)
+        # from when the markers were listed.
+        known_at = started if read_control else markers_listed_at
+        if known_at is not None:
+            self.recent.remember(job, min(known_at, started))
         return job
 
     def _finished_copy(self, job_id: str) -> Job | None:
@@ -394,10 +425,18 @@ class JobStore:
             self._finished.move_to_end(job_id)
         return replace(finished, status=finished.status.model_copy())
 
-    def get_many(self, job_ids: Sequence[str], *, stopped: Set[str]) -> list[Job | None]:
+    def get_many(
+        self,
+        job_ids: Sequence[str],
+        *,
+        stopped: Set[str],
+        max_age: float = 0.0,
+        markers_listed_at: float | None = None,
+    ) -> list[Job | None]:
         """The jobs, in the order given, read concurrently: a page of a listing is one
         status GET per job, and one after the other those add up to its latency.
-        `stopped`: the ids with a control marker (`control_marked`), whose control is read too.
+        `stopped`: the ids with a control marker (`control_marked`, listed at the monotonic
+        time `markers_listed_at`), whose control is read too. `max_age`: as `get`'s.
         None for an id whose spec is not written yet (a create in flight), or whose spec
         or status cannot be read (logged; the reconciler fails such a job, or reports it:
         service/control/reconcile_faults.py), so one damaged record does not break every page."""
@@ -405,19 +444,28 @@ class JobStore:
 
         def read(job_id: str) -> Job | None:
             try:
-                return self.get(job_id, read_control=job_id in stopped)
+                marked = job_id in stopped  # a control read now, never an older answer
+                return self.get(
+                    job_id,
+                    read_control=marked,
+                    max_age=0.0 if marked else max_age,
+                    markers_listed_at=markers_listed_at,
+                )
             except JobNotFound:
                 return None
             except CorruptDocument as error:
                 log.error("job %s left out of a listing: %s", job_id, error.message)
                 return None
 
-        # Finished jobs come from memory here; only the others go to the threads.
+        # Finished jobs (and recent ones, within max_age) come from memory here; only the
+        # others go to the threads.
         found: dict[str, Job | None] = {}
         for job_id in job_ids:
-            finished = self._finished_copy(job_id)
-            if finished is not None:
-                found[job_id] = finished
+            remembered = self._finished_copy(job_id)
+            if remembered is None and max_age > 0 and job_id not in stopped:
+                remembered = self.recent.fresh(job_id, max_age)
+            if remembered is not None:
+                found[job_id] = remembered
         unread = [job_id for job_id in job_ids if job_id not in found]
         if len(unread) < 2:
             found.update((job_id, read(job_id)) for job_id in unread)
@@ -481,6 +529,8 @@ class JobStore:
                 return new
             except PreconditionFailed:
                 continue
+            finally:  # written, or perhaps written (an error after the PUT was sent)
+                self.recent.written(job_id)
         raise StatusContention(
             f"the status of job {job_id} kept changing under {max_attempts} tries to write it"
         )
@@ -489,7 +539,12 @@ class JobStore:
         # The marker first: a reader that sees no marker has not missed a request that
         # was answered; one that sees it reads control.json, absent until written.
         self.storage.put_bytes(self._control_marker(job_id), b"")
-        self.storage.put_json(self._job(job_id, "control.json"), control.model_dump(mode="json"))
+        try:
+            self.storage.put_json(
+                self._job(job_id, "control.json"), control.model_dump(mode="json")
+            )
+        finally:
+            self.recent.written(job_id)
 
     def update_control(
         self, job_id: str, change: Callable[[JobControl], JobControl | None], *, tries: int = 20
@@ -513,6 +568,8 @@ class JobStore:
                 return new
             except PreconditionFailed:
                 continue
+            finally:
+                self.recent.written(job_id)
         raise StatusContention(f"the control of job {job_id} kept changing under {tries} tries")
 
     def append_event(

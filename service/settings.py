@@ -113,6 +113,11 @@ class Settings(BaseSettings):
     # How often each replica looks at the store for work (queued jobs, stop
     # requests to escalate, dead trainers).
     reconcile_interval_seconds: float = 2.0
+    # How old a describe or list of a job not finished may be: within this many seconds a
+    # replica answers from what it read or wrote, not the store (jobstore/recent_jobs.py).
+    # A change made through this replica shows at once; one by a trainer or another
+    # replica within this bound. 0: read the store on every call.
+    read_staleness_seconds: float = Field(default=1.0, ge=0, le=60)
     # A running trainer writes a heartbeat every few seconds; one older than this
     # is dead.
     heartbeat_timeout_seconds: float = 60.0

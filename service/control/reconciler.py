@@ -212,6 +212,7 @@ class Reconciler:
         }
         # control.json only for jobs with a stop marker (one listing; the marker is
         # written before control.json, so a stop missed here is seen next pass).
+        markers_listed_at = time.monotonic()  # before the listing: what it shows holds since
         stopped = self.store.control_marked(active[-1], active[0]) if active else set()
         launched_seen = 0  # jobs read with a launch record, live or not
         launcher_faults: list[tuple[str, Exception, int]] = []  # judged after the loop
@@ -222,7 +223,10 @@ class Reconciler:
                 continue  # set aside: tried again when due (service/control/reconcile_faults.py)
             job: Job | None = None
             try:
-                job = self.store.get(job_id, read_control=job_id in stopped)
+                # Always read afresh (no max_age); what it reads serves describes a moment.
+                job = self.store.get(
+                    job_id, read_control=job_id in stopped, markers_listed_at=markers_listed_at
+                )
                 seen.append(job)
                 launched_seen += int(job.status.launch is not None)
                 with bind_job(job_id, job.spec.tenant, _attempt(job)):

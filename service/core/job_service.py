@@ -90,8 +90,11 @@ class JobService:
             raise DryRunUnavailable("this server runs no dry runs")
         return self._dry_runs.run(jobs.dry_run_spec(request, policy.tenant))
 
-    def get(self, job_id: str, *, tenant: str) -> Job:
-        return jobs.get_job(self.store, job_id, tenant=tenant)
+    def get(self, job_id: str, *, tenant: str, fresh: bool = False) -> Job:
+        """The job, at most `read_staleness_seconds` old (a change through this replica
+        shows at once); `fresh`: as the store holds it now (a face deciding on a change)."""
+        max_age = 0.0 if fresh else self.settings.read_staleness_seconds
+        return jobs.get_job(self.store, job_id, tenant=tenant, max_age=max_age)
 
     def list_jobs(
         self,
@@ -105,7 +108,7 @@ class JobService:
         token_field: str = "pageToken",
     ) -> tuple[list[Job], str | None]:
         """A page of the tenant's jobs (newest first unless `ascending`) and the next
-        page's token, None on the last."""
+        page's token, None on the last; each job at most `read_staleness_seconds` old."""
         return jobs.list_jobs(
             self.store,
             tenant=tenant,
@@ -115,6 +118,7 @@ class JobService:
             where=where,
             ascending=ascending,
             token_field=token_field,
+            max_age=self.settings.read_staleness_seconds,
         )
 
     def stop(self, job_id: str, *, tenant: str) -> Job:

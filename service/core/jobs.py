@@ -15,6 +15,7 @@ import hashlib
 import json
 import logging
 import re
+import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, replace
 from typing import Any
@@ -200,10 +201,12 @@ def owned_spec(store: JobStore, job_id: str, tenant: str) -> JobSpec:
     return spec
 
 
-def get_job(store: JobStore, job_id: str, *, tenant: str) -> Job:
+def get_job(store: JobStore, job_id: str, *, tenant: str, max_age: float = 0.0) -> Job:
+    """The tenant's job; `max_age`: how many seconds old an answer may be (0: read it now;
+    jobstore/recent_jobs.py). Checks before a change (stop, pause) read it now."""
     # The owner check first, on the (cached) spec: another tenant's id costs no more reads.
     owned_spec(store, job_id, tenant)
-    return _with_queue_position(store, store.get(job_id))
+    return _with_queue_position(store, store.get(job_id, max_age=max_age))
 
 
 def _with_queue_position(store: JobStore, job: Job) -> Job:
@@ -259,12 +262,13 @@ def list_jobs(
     where: JobFilter | None = None,
     ascending: bool = False,
     token_field: str = "pageToken",
+    max_age: float = 0.0,
 ) -> tuple[list[Job], str | None]:
     """The tenant's jobs, newest first (oldest first when `ascending`), those that `state`
     and `where` let through; returns (jobs, the next page's token or None). A page ends
     after `limit` jobs or `_MAX_SCANNED_PER_PAGE` jobs looked at, whichever comes first:
     a page may hold fewer jobs and still have a token. `token_field` is what the face
-    calls the token, for the error when it is not one of ours."""
+    calls the token, for the error when it is not one of ours. `max_age`: as get_job's."""
     if not 1 <= limit <= MAX_LIST_LIMIT:
         raise InvalidArgument(f"limit must be between 1 and {MAX_LIST_LIMIT}", field="limit")
     where = where or JobFilter()
@@ -272,7 +276,7 @@ def list_jobs(
         where = replace(where, states=frozenset({state}))
     after = paging.job_after(page_token, field=token_field) if page_token else None
     if ascending:
-        return _list_oldest_first(store, tenant, where, limit, after)
+        return _list_oldest_first(store, tenant, where, limit, after, max_age)
     jobs: list[Job] = []
     scanned = 0
     # The tenant's own index when every job is in it: other tenants' jobs cost nothing.
@@ -285,6 +289,7 @@ def list_jobs(
         if not batch:
             return jobs, None
         stopped: set[str] | None = None  # listed once per batch, when first needed
+        markers_listed_at = 0.0
         unread = iter(batch)
         looked_at = 0
         past_the_window = False
@@ -311,9 +316,13 @@ def list_jobs(
                     return jobs, None
                 break  # the batch is used up
             if stopped is None:
+                markers_listed_at = time.monotonic()
                 stopped = store.control_marked(batch[0], batch[-1])
             # Their statuses at once; control only for those with a stop marker.
-            for job in store.get_many(wanted, stopped=stopped):
+            found = store.get_many(
+                wanted, stopped=stopped, max_age=max_age, markers_listed_at=markers_listed_at
+            )
+            for job in found:
                 if job is None or job.spec.tenant != tenant:
                     continue
                 if where.matches(job):
@@ -343,7 +352,7 @@ def _is_tenants(store: JobStore, job_id: str, tenant: str) -> bool:
 
 
 def _list_oldest_first(
-    store: JobStore, tenant: str, where: JobFilter, limit: int, after: str | None
+    store: JobStore, tenant: str, where: JobFilter, limit: int, after: str | None, max_age: float
 ) -> tuple[list[Job], str | None]:
     """Oldest first: ids are listed newest first, so this reads every id of the tenant's
     (one LIST per 1,000 jobs; every job's before the tenant index is complete), then only
@@ -369,7 +378,8 @@ def _list_oldest_first(
             continue
         scanned += 1
         if own_index or _is_tenants(store, job_id, tenant):
-            found = store.get_many([job_id], stopped={job_id})[0]  # control read too
+            # Control read too.
+            found = store.get_many([job_id], stopped={job_id}, max_age=max_age)[0]
             if found is not None and found.spec.tenant == tenant and where.matches(found):
                 jobs.append(_with_queue_position(store, found))
         if len(jobs) == limit or scanned >= _MAX_SCANNED_PER_PAGE:

@@ -54,24 +54,29 @@ JOB_NAME_IN_USE = "The provided job name is currently in use."
 # -- lookups ---------------------------------------------------------------------
 
 
-def find_job(service: JobService, arns: Arns, identifier: str, *, tenant: str) -> Job:
-    """One of the tenant's jobs by its ARN, its Bedrock name, or its native id."""
+def find_job(
+    service: JobService, arns: Arns, identifier: str, *, tenant: str, fresh: bool = False
+) -> Job:
+    """One of the tenant's jobs by its ARN, its Bedrock name, or its native id; `fresh`:
+    as the store holds it now, not up to a second old (to decide on a stop)."""
     if identifier.startswith("arn:"):
         job_id = arns.resource_id(identifier, "model-customization-job")
         if job_id is None:
             raise ResourceNotFoundException(f"no model customization job with ARN {identifier}")
-        return _job_or_not_found(service, job_id, identifier, tenant)
+        return _job_or_not_found(service, job_id, identifier, tenant, fresh)
     record = job_names(service.store).get(tenant, identifier)
     if record is not None and record.jobId is not None:
-        return _job_or_not_found(service, record.jobId, identifier, tenant)
+        return _job_or_not_found(service, record.jobId, identifier, tenant, fresh)
     if _JOB_ID.match(identifier):
-        return _job_or_not_found(service, identifier, identifier, tenant)
+        return _job_or_not_found(service, identifier, identifier, tenant, fresh)
     raise ResourceNotFoundException(f"no model customization job named '{identifier}'")
 
 
-def _job_or_not_found(service: JobService, job_id: str, identifier: str, tenant: str) -> Job:
+def _job_or_not_found(
+    service: JobService, job_id: str, identifier: str, tenant: str, fresh: bool = False
+) -> Job:
     try:
-        return service.get(job_id, tenant=tenant)
+        return service.get(job_id, tenant=tenant, fresh=fresh)
     except JobNotFound:
         raise ResourceNotFoundException(f"no model customization job '{identifier}'") from None
 
@@ -191,7 +196,7 @@ def get_job(service: JobService, arns: Arns, identifier: str, *, tenant: str) ->
 
 
 def stop_job(service: JobService, arns: Arns, identifier: str, *, tenant: str) -> None:
-    job = find_job(service, arns, identifier, tenant=tenant)
+    job = find_job(service, arns, identifier, tenant=tenant, fresh=True)
     status = STATUS[JobPublic.from_job(job).state]
     if status == "Stopping":
         raise ConflictException(f"job {identifier} is already Stopping")

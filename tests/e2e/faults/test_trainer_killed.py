@@ -99,16 +99,19 @@ def test_trainers_killed_at_random_points_all_jobs_complete_with_the_same_model(
         deadline = time.monotonic() + 900
         while pending and time.monotonic() < deadline:
             for job_id in sorted(pending):
-                job = client.get(f"/v1/jobs/{job_id}").json()
-                if job["state"] in ("COMPLETED", "FAILED", "STOPPED"):
+                # The trainer's step as it wrote it (the store, not a describe, which may
+                # be up to a second old: docs/scaling.md), so that the kill lands near it.
+                status, _ = store.get_status(job_id)
+                if status.state.is_terminal():
                     pending.discard(job_id)
                     continue
-                if job["attempt"] != 1 or job["progress"]["step"] < kill_steps[job_id]:
+                attempt = status.launch.attempt if status.launch else 0
+                if attempt != 1 or status.progress.step < kill_steps[job_id]:
                     continue
                 pids = _trainer_pids(server.home / "work" / job_id / "attempt-1")
                 for pid in pids:
                     os.kill(pid, signal.SIGKILL)
-                killed[job_id] = job["progress"]["step"]
+                killed[job_id] = status.progress.step
                 pending.discard(job_id)
             time.sleep(0.05)
 

@@ -190,10 +190,13 @@ def test_a_corrupt_record_is_an_internal_server_exception(
     time.sleep(0.5)
     # status.json, not spec.json: a spec never changes after create, so the server keeps
     # the one it wrote in memory and would never see it overwritten; the status it reads
-    # on every describe.
+    # again once what it read is older than the staleness bound.
     object_store.put_bytes(
         S3Location(cheap_server.state_bucket, f"jobs/{job_id}/status.json"), b"{not json"
     )
+    # A describe may answer from what the replica read up to read_staleness_seconds (1 s)
+    # ago; after that it reads the status again.
+    time.sleep(1.2)
     with pytest.raises(client.exceptions.InternalServerException):
         client.get_model_customization_job(jobIdentifier="corrupt-job")
     # The one corrupt record does not refuse other creates.

@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 from tuneforge import Client, pb
 
+from jobstore.documents import JobControl, utc_now
 from jobstore.storage import ObjectStore, parse_s3_uri
+from jobstore.store import JobStore
 from tests.faces.bedrock.conftest import (
     ACCOUNT,
     REGION,
@@ -114,3 +116,32 @@ def test_stop_an_in_progress_job(trainer_server: ApiServer) -> None:
         client.stop_model_customization_job(jobIdentifier="bedrock-stop")
     with pytest.raises(client.exceptions.ResourceNotFoundException):
         client.get_custom_model(modelIdentifier="bedrock-stop-model")
+
+
+def _stop_requested(control: JobControl) -> JobControl:
+    return control.model_copy(update={"stopRequested": True, "stopRequestedAt": utc_now()})
+
+
+def test_a_stop_decides_on_the_job_as_stored_now(
+    trainer_server: ApiServer, object_store: ObjectStore
+) -> None:
+    """Describes may answer from what the replica read up to a second ago; a stop does not
+    decide on that. Stopped moments ago by someone else (another replica, here written
+    straight to the store), the job is no longer InProgress to a stop: never a 200."""
+    client = make_client(trainer_server)
+    arn = client.create_model_customization_job(
+        **create_body("bedrock-stop-elsewhere", epochCount="100")
+    )["jobArn"]
+    # Running: from now on only the trainer writes its status, so this replica's entry is
+    # not dropped by a write of its own. Then described: in its memory as InProgress.
+    trainer_server.wait_for(arn.rsplit("/", 1)[1], {"RUNNING"}, timeout=240)
+    assert client.get_model_customization_job(jobIdentifier=arn)["status"] == "InProgress"
+    JobStore(object_store, trainer_server.state_bucket).update_control(
+        arn.rsplit("/", 1)[1], _stop_requested
+    )
+    # Stopping (a conflict), or Stopped already if a reconcile pass ended it in between.
+    with pytest.raises(
+        (client.exceptions.ConflictException, client.exceptions.ValidationException)
+    ):
+        client.stop_model_customization_job(jobIdentifier=arn)
+    wait_status(client, arn, {"Stopped"}, timeout=120)
