@@ -140,6 +140,7 @@ bench-classification: $(STAMP)
 # tuneforge's packed training loop beside HF Trainer, padded and flattened (a few minutes).
 bench-trainer-throughput: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) bench/trainer_throughput.py
+	HF_HUB_OFFLINE=1 $(PY) bench/trainer_throughput.py --lora
 
 # A DPO step beside a supervised step: same model, prompts and chosen answers (a minute).
 bench-preference: $(STAMP)

@@ -29,8 +29,17 @@ With `--other-tenant-jobs N`, the same list load runs twice, side by side: befor
 after another tenant comes to own N finished jobs (written straight to the store, newer
 than the caller's): the caller's page should cost the same store calls and time.
 
+With `--finished-jobs N`, the caller's tenant also owns N finished jobs from before the
+load (written straight to the store, older than the jobs the bench creates): 10,000 jobs
+in the store are `--jobs 1000 --finished-jobs 8000`. After the load, an idle phase
+(`--idle-seconds`, no requests) prints what the reconcile passes alone cost: store calls
+per pass, mean pass time, the server's CPU. `--waiting-refresh 0` sets the server's
+TUNEFORGE_RECONCILE_WAITING_REFRESH_SECONDS to 0: every waiting job read every pass, as
+before passes read only what changed (the baseline for that change).
+
     make bench-api-load          # or: .venv/bin/python bench/api_load.py --clients 16 --seconds 10
     .venv/bin/python bench/api_load.py --mix list=1 --other-tenant-jobs 5000
+    .venv/bin/python bench/api_load.py --mix list=1 --jobs 1000 --finished-jobs 8000
 """
 
 from __future__ import annotations
@@ -137,6 +146,25 @@ def _store_line(before: dict[str, float], after: dict[str, float], requests: int
     )
 
 
+def _idle_phase(url: str, server_pid: int, seconds: float) -> None:
+    """What the reconcile passes alone cost: no requests for `seconds`, then the store
+    calls per pass (every call the server made: the passes are all it does), the mean
+    pass time and the server's CPU."""
+    before, cpu_before = _server_counters(url), _process_cpu_seconds(server_pid)
+    time.sleep(seconds)
+    after, cpu = _server_counters(url), _process_cpu_seconds(server_pid) - cpu_before
+    passes = after["passes"] - before["passes"]
+    calls = after["store calls"] - before["store calls"]
+    pass_seconds = after["pass seconds"] - before["pass seconds"]
+    per_pass = f"{calls / passes:.1f}" if passes else "-"
+    mean = f"{1000 * pass_seconds / passes:.0f} ms" if passes else "-"
+    print(
+        f"\nidle ({seconds:.0f} s, no requests): {passes:.0f} reconcile passes, {per_pass} "
+        f"store calls per pass, mean pass {mean}; server cpu {cpu:.1f} s "
+        f"({100 * cpu / seconds:.0f}% of a core)"
+    )
+
+
 def _report(title: str, latencies: Latencies, errors: dict[str, int], seconds: float) -> None:
     print(f"\n{title}")
     print(f"{'operation':<12} {'count':>8} {'per s':>9} {'p50 ms':>9} {'p99 ms':>9} {'errors':>7}")
@@ -188,10 +216,10 @@ def _raw_store_get(s3: EmbeddedS3, bucket: str, job_id: str, count: int) -> list
     return timings
 
 
-def _write_other_tenants_jobs(s3: EmbeddedS3, bucket: str, count: int) -> None:
-    """`count` finished jobs of tenant "other", as the service writes them (its index
-    marker, spec, status), straight to the store: created now, so newer than the
-    caller's jobs, and finished, so no reconcile pass acts on them."""
+def _write_finished_jobs(s3: EmbeddedS3, bucket: str, tenant: str, count: int) -> None:
+    """`count` finished jobs of `tenant`, as the service writes them (its index marker,
+    spec, status), straight to the store: created now (newer than the jobs before,
+    older than the jobs after), and finished, so no reconcile pass acts on them."""
     storage = ObjectStore(
         endpoint_url=s3.endpoint_url,
         access_key_id=s3.access_key_id,
@@ -203,8 +231,8 @@ def _write_other_tenants_jobs(s3: EmbeddedS3, bucket: str, count: int) -> None:
         now = utc_now()
         spec = JobSpec(
             jobId=new_job_id(),
-            jobName=f"other-{number}",
-            tenant="other",
+            jobName=f"{tenant}-{number}",
+            tenant=tenant,
             createdAt=now,
             baseModelIdentifier="s3://demo/models/tiny-llama/",
             trainingDataConfig=DataLocation(s3Uri="s3://demo/datasets/sample-train.jsonl"),
@@ -212,7 +240,7 @@ def _write_other_tenants_jobs(s3: EmbeddedS3, bucket: str, count: int) -> None:
             hyperParameters=HyperParameters(),
         )
         status = JobStatus(updatedAt=now, state=JobState.COMPLETED, stateTimes={"QUEUED": now})
-        storage.put_bytes(S3Location(bucket, f"tenants/other/jobs/{spec.jobId}"), b"")
+        storage.put_bytes(S3Location(bucket, f"tenants/{tenant}/jobs/{spec.jobId}"), b"")
         storage.put_json(
             S3Location(bucket, f"jobs/{spec.jobId}/spec.json"), spec.model_dump(mode="json")
         )
@@ -253,6 +281,25 @@ def main() -> int:
         type=int,
         default=0,
         help="then list again, side by side, once another tenant owns this many jobs",
+    )
+    parser.add_argument(
+        "--finished-jobs",
+        type=int,
+        default=0,
+        help="finished jobs of the caller's tenant written to the store before the load",
+    )
+    parser.add_argument(
+        "--idle-seconds",
+        type=float,
+        default=10.0,
+        help="after the load: how long to watch the reconcile passes with no requests",
+    )
+    parser.add_argument(
+        "--waiting-refresh",
+        type=float,
+        default=None,
+        help="the server's TUNEFORGE_RECONCILE_WAITING_REFRESH_SECONDS (0: every waiting "
+        "job read every pass; default: the server's own)",
     )
     parser.add_argument(
         "--api-workers", type=int, default=1, help="the server's TUNEFORGE_API_WORKERS"
@@ -297,6 +344,17 @@ def main() -> int:
             # (100): the limit's 429s are not what this measures.
             "TUNEFORGE_TENANT_MAX_QUEUED_JOBS": "1000000",
         }
+        if arguments.waiting_refresh is not None:
+            extra_env["TUNEFORGE_RECONCILE_WAITING_REFRESH_SECONDS"] = str(
+                arguments.waiting_refresh
+            )
+        if arguments.finished_jobs:
+            started = time.perf_counter()
+            _write_finished_jobs(s3, "bench", "default", arguments.finished_jobs)
+            print(
+                f"(the caller's tenant owns {arguments.finished_jobs} finished jobs, written "
+                f"in {time.perf_counter() - started:.0f} s)"
+            )
         if arguments.read_staleness is not None:
             extra_env["TUNEFORGE_READ_STALENESS_SECONDS"] = str(arguments.read_staleness)
         if not arguments.real_trainers:
@@ -350,13 +408,14 @@ def main() -> int:
                 return results
 
             mixed = phase("mixed load", mix, arguments.clients, arguments.seconds, False)
+            _idle_phase(server.url, pid, arguments.idle_seconds)
             if arguments.other_tenant_jobs:
                 list_only = {"list": 1.0}
                 phase(
                     "list, no other tenant", list_only, arguments.clients, arguments.seconds, False
                 )
                 started = time.perf_counter()
-                _write_other_tenants_jobs(s3, "bench", arguments.other_tenant_jobs)
+                _write_finished_jobs(s3, "bench", "other", arguments.other_tenant_jobs)
                 print(
                     f"\n(another tenant now owns {arguments.other_tenant_jobs} jobs, written in "
                     f"{time.perf_counter() - started:.0f} s)"

@@ -15,6 +15,12 @@ Three variants, each in a fresh subprocess so its peak memory is its own:
     trainer-flattening  transformers.Trainer with DataCollatorWithFlattening: one row per
                         batch, position ids restarting per example
 
+With `--lora`, every variant trains LoRA adapters (r 8, alpha 16, dropout 0.05 on the
+architecture's default attention projections: the service's defaults) on frozen base
+weights instead: tuneforge wraps the model as its recipe does (trainer/lora.py), each
+Trainer gets the model a user would hand it, peft's `get_peft_model` with the same
+LoraConfig. `make bench-trainer-throughput` runs full fine-tuning, then LoRA.
+
 The model has random weights built from a config (seeded, so every variant starts from
 the same weights), shaped by `--preset`:
 
@@ -129,6 +135,7 @@ def options(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    parser.add_argument("--lora", action="store_true", help="train LoRA adapters, not every weight")
     parser.add_argument("--variant", choices=VARIANTS, help="run one variant (used internally)")
     args = parser.parse_args(argv)
     for name in ("steps", "batch_size", "examples", "hidden", "layers", "vocab"):
@@ -189,6 +196,38 @@ def build_model(args: argparse.Namespace, device: torch.device) -> Any:
     return AutoModelForCausalLM.from_config(config, dtype=torch.float32).to(device)
 
 
+# The service's LoRA defaults (jobstore.documents.HyperParameters).
+LORA_RANK, LORA_ALPHA, LORA_DROPOUT = 8, 16.0, 0.05
+
+
+def with_tuneforge_lora(model: Any) -> Any:
+    """The model wrapped for LoRA as the recipe wraps it (trainer/lora.py)."""
+    from jobstore.documents import HyperParameters
+    from trainer import lora
+
+    hyper_parameters = HyperParameters(
+        method="LORA", loraRank=LORA_RANK, loraAlpha=LORA_ALPHA, loraDropout=LORA_DROPOUT
+    )
+    return lora.wrap(model, hyper_parameters, classification=False, base_model_uri="bench")
+
+
+def with_peft_lora(model: Any) -> Any:
+    """The model a user hands Trainer for LoRA: peft's get_peft_model, the same config."""
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    from trainer import lora
+
+    targets, _ = lora.target_modules(model, None)
+    config = LoraConfig(
+        r=LORA_RANK,
+        lora_alpha=int(LORA_ALPHA),
+        lora_dropout=LORA_DROPOUT,
+        target_modules=targets,
+        task_type=TaskType.CAUSAL_LM,
+    )
+    return get_peft_model(model, config)
+
+
 def count_parameters(args: argparse.Namespace) -> int:
     """The model's parameters (tied embeddings once), from a weightless copy on "meta"."""
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -245,6 +284,8 @@ def run_tuneforge(args: argparse.Namespace, device: torch.device) -> dict[str, A
     from trainer.packing import Packer
 
     model = build_model(args, device)
+    if args.lora:
+        model = with_tuneforge_lora(model)
     examples = build_examples(args)
     packer = Packer.for_model(model, row_length=MAX_LENGTH, pad_id=PAD_ID)
     assert packer is not None, "the benchmark's model must pack"
@@ -272,7 +313,7 @@ def run_tuneforge(args: argparse.Namespace, device: torch.device) -> dict[str, A
         )
         model.train()
         losses.append(backward_window(model, [packed], device, autocast).loss)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
     synchronize(device)
@@ -295,6 +336,8 @@ def run_trainer(args: argparse.Namespace, device: torch.device, flatten: bool) -
     )
 
     model = build_model(args, device)
+    if args.lora:
+        model = with_peft_lora(model)
     examples = build_examples(args)
     ordered = [examples[i] for i in epoch_order(args, len(examples))]
     dataset = [{"input_ids": e.input_ids, "labels": e.labels} for e in ordered]
@@ -413,7 +456,13 @@ def main() -> None:
         f"{shape['model_type']} hidden {shape['hidden_size']}, "
         f"{shape['num_hidden_layers']} layers, {shape['num_attention_heads']} heads "
         f"({shape['num_key_value_heads']} KV), vocab {shape['vocab_size']}, "
-        f"{parameters:,} parameters; batch {args.batch_size}, "
+        f"{parameters:,} parameters; "
+        + (
+            f"LoRA r {LORA_RANK}, alpha {LORA_ALPHA:g}, dropout {LORA_DROPOUT:g}; "
+            if args.lora
+            else "full fine-tuning; "
+        )
+        + f"batch {args.batch_size}, "
         f"{data.batches_per_epoch(len(examples), args.batch_size)} steps, "
         f"lr {args.learning_rate}, seed {args.seed}"
     )
@@ -469,6 +518,7 @@ def main() -> None:
     summary = {
         "device": first["device"],
         "preset": args.preset,
+        "method": "LORA" if args.lora else "FULL",
         "parameters": parameters,
         "variants": {
             variant: {

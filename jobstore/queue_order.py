@@ -44,6 +44,14 @@ class QueueOrder:
             self._written = list(waiting)
             self._read = (time.monotonic(), _positions(waiting))
 
+    def remembered_position(self, job_id: str) -> tuple[bool, int | None]:
+        """(True, what `position` answers) when that needs no read, else (False, None)."""
+        with self._lock:
+            read = self._read
+        if read is None or time.monotonic() - read[0] >= self.cache_seconds:
+            return False, None
+        return True, read[1].get(job_id)
+
     def position(self, job_id: str) -> int | None:
         """The job's place in the queue (1: next to start), None when not in it."""
         now = time.monotonic()

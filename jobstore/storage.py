@@ -381,17 +381,20 @@ class ObjectStore:
         return [p["Prefix"] for p in response.get("CommonPrefixes", [])]
 
     def list_objects(
-        self, location: S3Location, *, start_after: str | None = None
+        self, location: S3Location, *, start_after: str | None = None, page_size: int = 1000
     ) -> Iterator[dict[str, Any]]:
         """Every object under a prefix (key, size, etag), in ascending key order; with
-        `start_after`, only keys after that one."""
+        `start_after`, only keys after that one. Fetched `page_size` keys at a time (at
+        most 1000), lazily: a caller that needs the first few keys of a long listing
+        asks for a small page, and stops iterating."""
+        page_size = max(1, min(page_size, 1000))
         if self._direct is not None:
             # Page by page, each after the last key seen; on an answer the direct path
             # does not handle, botocore lists the rest from there.
             while True:
                 try:
                     listing = self._direct.list_page(
-                        location.bucket, location.key, start_after=start_after
+                        location.bucket, location.key, start_after=start_after, max_keys=page_size
                     )
                 except NotHandled:
                     break
@@ -402,7 +405,11 @@ class ObjectStore:
                     break  # "more" but nothing to page on from: botocore's paginator
                 start_after = listing.objects[-1]["key"]
         paginator = self._client.get_paginator("list_objects_v2")
-        arguments: dict[str, Any] = {"Bucket": location.bucket, "Prefix": location.key}
+        arguments: dict[str, Any] = {
+            "Bucket": location.bucket,
+            "Prefix": location.key,
+            "PaginationConfig": {"PageSize": page_size},
+        }
         if start_after:
             arguments["StartAfter"] = start_after
         try:

@@ -17,6 +17,11 @@ Invariants:
   before its spec: a tenant's listing reads only its own jobs. Jobs created before the
   index existed get theirs from `backfill_tenant_index()`, which ends by writing
   `tenants/.complete`; until that marker exists, listings walk every job instead.
+- Every write that changes the status of a waiting job (QUEUED, not launched: a launch
+  claim, a stop or pause before launch, a refusal) is preceded by a new version of its
+  `changed/<job-id>` marker (`changed_markers()`). So a reader that saw a job waiting,
+  and sees that marker's etag unchanged in a listing made after, knows the job was still
+  waiting when the listing was made, without reading it (the reconciler's passes).
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import logging
 import re
 import threading
 import time
+import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Sequence, Set
 from concurrent.futures import ThreadPoolExecutor
@@ -64,6 +70,8 @@ SPEC_CACHE_SIZE = 10_000
 FINISHED_CACHE_SIZE = 5_000
 # Store reads one get_many call has in flight at most (a list page: 20 by default).
 _CONCURRENT_READS = 8
+# Keys per page of a listing of control markers over a range of job ids.
+_MARKER_PAGE = 200
 
 Document = TypeVar("Document", bound=BaseModel)
 
@@ -141,15 +149,19 @@ class JobStore:
         # writes the same marker, and stores written before keep theirs.
         return S3Location(self.bucket, f"stops/{check_job_id(job_id)}")
 
-    def control_marked(self, first: str, last: str) -> set[str]:
+    def control_marked(self, first: str, last: str, *, page_size: int = _MARKER_PAGE) -> set[str]:
         """Ids from `first` to `last` (in key order, i.e. newest to oldest) that have a
         `control.json` (a stop or a pause was requested): one listing of `stops/`, so a
-        list page reads `control.json` only for those jobs. Markers are sparse."""
+        list page reads `control.json` only for those jobs. Markers are sparse.
+        `page_size`: keys per page of the listing (a reconcile pass, over every active
+        job, asks for large pages)."""
         prefix = S3Location(self.bucket, "stops/")
         marked: set[str] = set()
         # StartAfter is exclusive: start after a key just below `first`.
+        # By default pages of a few hundred keys: the range is usually a list page's
+        # worth of jobs, and a page of the listing costs the parsing of every key in it.
         for item in self.storage.list_objects(
-            prefix, start_after=f"stops/{check_job_id(first)[:-1]}"
+            prefix, start_after=f"stops/{check_job_id(first)[:-1]}", page_size=page_size
         ):
             job_id = item["key"][len(prefix.key) :]
             if job_id > last:
@@ -157,6 +169,18 @@ class JobStore:
             if job_id >= first:
                 marked.add(job_id)
         return marked
+
+    def _changed_marker(self, job_id: str) -> S3Location:
+        return S3Location(self.bucket, f"changed/{check_job_id(job_id)}")
+
+    def changed_markers(self) -> dict[str, str]:
+        """Per job id, the etag of its `changed/` marker, which gets a new version
+        before every write that changes the status of a waiting job: one listing."""
+        prefix = S3Location(self.bucket, "changed/")
+        return {
+            item["key"][len(prefix.key) :]: item["etag"]
+            for item in self.storage.list_objects(prefix)
+        }
 
     # -- the per-tenant index -----------------------------------------------------
 
@@ -183,7 +207,7 @@ class JobStore:
         start_after = prefix + check_job_id(after) if after else None
         ids = []
         for item in self.storage.list_objects(
-            S3Location(self.bucket, prefix), start_after=start_after
+            S3Location(self.bucket, prefix), start_after=start_after, page_size=limit
         ):
             job_id = item["key"][len(prefix) :]
             if _JOB_ID.match(job_id):
@@ -215,6 +239,9 @@ class JobStore:
         return written
 
     def mark_inactive(self, job_id: str) -> None:
+        # The changed marker first: killed between the two, the job is still active (and
+        # finished), and the next pass retires it again.
+        self.storage.delete(self._changed_marker(job_id))
         self.storage.delete(self._active(job_id))
 
     def log_location(self, job_id: str, attempt: int) -> S3Location:
@@ -293,6 +320,18 @@ class JobStore:
         return None if found is None else str(found[0]["jobId"])
 
     # -- read ----------------------------------------------------------------
+
+    def remembered(self, job_id: str, *, max_age: float) -> Job | None:
+        """The job from memory only, never the store: what `get(job_id, max_age=...)`
+        would answer without a read (its spec cached, and the job finished or known at
+        most `max_age` seconds ago), else None. For callers that must not block."""
+        with self._specs_lock:
+            if job_id not in self._specs:
+                return None
+        finished = self._finished_copy(job_id)
+        if finished is not None:
+            return finished
+        return self.recent.fresh(job_id, max_age) if max_age > 0 else None
 
     def get_spec(self, job_id: str) -> JobSpec:
         """The job's spec: from memory when this process has read it before (specs never
@@ -443,13 +482,10 @@ class JobStore:
         context = contextvars.copy_context()  # the caller's request id, for store logs
 
         def read(job_id: str) -> Job | None:
+            # Only jobs memory did not answer (below) come here: read them now.
             try:
-                marked = job_id in stopped  # a control read now, never an older answer
                 return self.get(
-                    job_id,
-                    read_control=marked,
-                    max_age=0.0 if marked else max_age,
-                    markers_listed_at=markers_listed_at,
+                    job_id, read_control=job_id in stopped, markers_listed_at=markers_listed_at
                 )
             except JobNotFound:
                 return None
@@ -521,6 +557,10 @@ class JobStore:
             if new is None or current.state.is_terminal():
                 return None
             new.updatedAt = utc_now()
+            if current.state == JobState.QUEUED and current.launch is None:
+                # A waiting job changes: say so first (see the invariants). A new version
+                # each time, so its etag changes even when the write below loses its CAS.
+                self.storage.put_bytes(self._changed_marker(job_id), uuid.uuid4().bytes)
             try:
                 if etag is None:
                     self.storage.put_json(location, new.model_dump(mode="json"), if_none_match=True)

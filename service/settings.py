@@ -113,6 +113,10 @@ class Settings(BaseSettings):
     # How often each replica looks at the store for work (queued jobs, stop
     # requests to escalate, dead trainers).
     reconcile_interval_seconds: float = 2.0
+    # A waiting job the reconciler has read is not read again each pass while its
+    # markers say nothing changed; it is read anyway about this often (the bound on a
+    # change written behind the service's back). 0: every waiting job, every pass.
+    reconcile_waiting_refresh_seconds: float = Field(default=300.0, ge=0)
     # How old a describe or list of a job not finished may be: within this many seconds a
     # replica answers from what it read or wrote, not the store (jobstore/recent_jobs.py).
     # A change made through this replica shows at once; one by a trainer or another

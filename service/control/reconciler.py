@@ -33,6 +33,16 @@ pass walks `active/` (jobs not yet seen terminal) and, per job:
   count). Past the budget: FAILED / TRAINER_CRASHED.
 - terminal: drop the active marker.
 
+A pass costs what changed, not every waiting job: a job this replica read QUEUED and not
+launched is not read again while nothing says it changed. Stop, pause and resume requests
+show as control markers, and every other change to a waiting job's status (a launch by
+any replica, a refusal) is preceded by a new version of its `changed/` marker
+(jobstore/store.py); both are listed once per pass, before any job is read. Each such job
+is read again anyway every `waiting_refresh_seconds` or so (jittered, so they spread over
+passes): the bound on anything written behind the service's back. A launch decided on a
+copy that turns out stale is still safe: its claim is a compare-and-swap on the etag of
+that copy, so it fails and reads afresh.
+
 The reconciler writes `status.launch`, and writes `status.state` only for a job with no
 live trainer (or one it has given up on); the trainer writes state and progress while it
 lives (docs/architecture.md).
@@ -46,12 +56,14 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import signal
 import sys
 import threading
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TypeVar
 
@@ -117,6 +129,7 @@ class Reconciler:
         tenant_environment: Callable[[str], dict[str, str]] | None = None,
         gpus: GpuInventory | None = None,
         faults: FaultTracker | None = None,
+        waiting_refresh_seconds: float = 300.0,
     ) -> None:
         self.store = store
         self.launcher = launcher
@@ -144,6 +157,14 @@ class Reconciler:
         self._paused_trainers_alive: set[str] = set()
         self._paused_trainers_gone: set[tuple[str, int]] = set()
         self.replica_id = uuid.uuid4().hex[:12]
+        # Waiting jobs as last read, not read again while unchanged (see the module
+        # docstring); 0: every waiting job is read every pass.
+        self.waiting_refresh_seconds = waiting_refresh_seconds
+        self._known_waiting: dict[str, _KnownWaiting] = {}
+        # Store reads of job records in the last pass, and the waiting jobs known
+        # without one (tests and the pass's debug log).
+        self.last_pass_reads = 0
+        self.last_pass_known_waiting = 0
         # Jobs whose reconcile raised in recent passes: when to give up on one.
         self.faults = faults or FaultTracker()
         # Observability: pass timings, jobs by state, running jobs' gauges (/metrics);
@@ -213,7 +234,14 @@ class Reconciler:
         # control.json only for jobs with a stop marker (one listing; the marker is
         # written before control.json, so a stop missed here is seen next pass).
         markers_listed_at = time.monotonic()  # before the listing: what it shows holds since
-        stopped = self.store.control_marked(active[-1], active[0]) if active else set()
+        stopped = (
+            self.store.control_marked(active[-1], active[0], page_size=1000) if active else set()
+        )
+        # Which waiting jobs changed since this replica read them (a second listing).
+        changed = self.store.changed_markers() if self._known_waiting else {}
+        for job_id in set(self._known_waiting) - active_ids:
+            del self._known_waiting[job_id]
+        self.last_pass_reads = self.last_pass_known_waiting = 0
         launched_seen = 0  # jobs read with a launch record, live or not
         launcher_faults: list[tuple[str, Exception, int]] = []  # judged after the loop
         for job_id in active:
@@ -221,12 +249,22 @@ class Reconciler:
                 return
             if self.faults.skips(job_id):
                 continue  # set aside: tried again when due (service/control/reconcile_faults.py)
+            known = self._known_waiting.pop(job_id, None)
+            if known is not None and known.holds(job_id, stopped, changed, markers_listed_at):
+                # Still waiting, as far as every marker says: no read (the module docstring).
+                self._known_waiting[job_id] = known
+                self.last_pass_known_waiting += 1
+                seen.append(known.job)
+                read.add(job_id)
+                waiting.append(known.job)
+                continue
             job: Job | None = None
             try:
                 # Always read afresh (no max_age); what it reads serves describes a moment.
                 job = self.store.get(
                     job_id, read_control=job_id in stopped, markers_listed_at=markers_listed_at
                 )
+                self.last_pass_reads += 1
                 seen.append(job)
                 launched_seen += int(job.status.launch is not None)
                 with bind_job(job_id, job.spec.tenant, _attempt(job)):
@@ -234,6 +272,19 @@ class Reconciler:
                 read.add(job_id)
                 if waits:
                     waiting.append(job)  # its run of faults ends if its launch goes well
+                    if (
+                        self.waiting_refresh_seconds > 0
+                        and job.status.state == JobState.QUEUED
+                        and job_id not in stopped
+                    ):
+                        # Known as of the marker listings (made before this read).
+                        self._known_waiting[job_id] = _KnownWaiting(
+                            job,
+                            changed.get(job_id),
+                            # Jittered, so jobs read together are read again apart.
+                            markers_listed_at
+                            + self.waiting_refresh_seconds * random.uniform(0.5, 1.0),
+                        )
                     continue
                 if _resumed(job):
                     # Queued again by this pass (or the next): it keeps the place in its
@@ -301,6 +352,8 @@ class Reconciler:
                     starts = free > 0
                     free -= 1 if starts else 0
                 if starts:
+                    # Launched or not, read again next pass (its marker changes anyway).
+                    self._known_waiting.pop(job.spec.jobId, None)
                     running_by_tenant[tenant] = running_by_tenant.get(tenant, 0) + 1
                     with bind_job(job.spec.jobId, job.spec.tenant, 1):
                         try:
@@ -882,6 +935,28 @@ class Reconciler:
         path = self._ask_launcher("local_log", lambda: self.launcher.local_log(job_id, attempt))
         if path is not None:
             self.store.upload_log(job_id, attempt, path)
+
+
+@dataclass(frozen=True)
+class _KnownWaiting:
+    """A job read waiting (QUEUED, not launched, no control marker), the etag its
+    `changed/` marker had in the listing made before that read (None: no marker), and
+    when (monotonic) it is read again anyway."""
+
+    job: Job
+    changed_etag: str | None
+    read_again_at: float
+
+    def holds(
+        self, job_id: str, stopped: set[str], changed: dict[str, str], listed_at: float
+    ) -> bool:
+        """Whether the job is still waiting as read, as of the listings made at
+        `listed_at`: no control marker since, and no new version of its changed marker."""
+        return (
+            job_id not in stopped
+            and changed.get(job_id) == self.changed_etag
+            and listed_at < self.read_again_at
+        )
 
 
 def _resumed(job: Job) -> bool:

@@ -96,6 +96,13 @@ class JobService:
         max_age = 0.0 if fresh else self.settings.read_staleness_seconds
         return jobs.get_job(self.store, job_id, tenant=tenant, max_age=max_age)
 
+    def remembered(self, job_id: str, *, tenant: str) -> Job | None:
+        """`get(job_id, tenant=...)`'s answer when this replica's memory holds it (no
+        store read: safe on an event loop), else None."""
+        return jobs.remembered_job(
+            self.store, job_id, tenant=tenant, max_age=self.settings.read_staleness_seconds
+        )
+
     def list_jobs(
         self,
         *,

@@ -209,6 +209,23 @@ def get_job(store: JobStore, job_id: str, *, tenant: str, max_age: float = 0.0) 
     return _with_queue_position(store, store.get(job_id, max_age=max_age))
 
 
+def remembered_job(store: JobStore, job_id: str, *, tenant: str, max_age: float) -> Job | None:
+    """What `get_job` would answer, when it can be answered from this replica's memory
+    alone (no store read, so an event loop may call it); else None, and the caller calls
+    `get_job` (which also says why a job is not there)."""
+    job = store.remembered(job_id, max_age=max_age)
+    if job is None or job.spec.tenant != tenant:
+        return None
+    if job.status.state == JobState.QUEUED and job.status.launch is None:
+        known, position = store.queue_order.remembered_position(job_id)
+        if not known:
+            return None
+        job.status.queuePosition = position
+    else:
+        job.status.queuePosition = None
+    return job
+
+
 def _with_queue_position(store: JobStore, job: Job) -> Job:
     """A waiting job's place in line, from the queue order the reconciler publishes
     (read, not stored in the job's status: jobstore/queue_order.py)."""
@@ -392,6 +409,11 @@ def _visible_state(job: Job) -> JobState:
     if job.control.stopRequested and not job.status.state.is_terminal():
         return JobState.STOPPING
     return job.status.state
+
+
+def is_visibly_terminal(job: Job) -> bool:
+    """Whether the job, as a reader sees it, has ended (nothing about it changes again)."""
+    return _visible_state(job).is_terminal()
 
 
 def stop_job(store: JobStore, job_id: str, *, tenant: str) -> Job:

@@ -5,6 +5,8 @@ benchmark (tuneforge beside both Trainers) runs at toy size with the MFU column 
 from __future__ import annotations
 
 import importlib.util
+import json
+import math
 import os
 import re
 import subprocess
@@ -74,13 +76,16 @@ def test_bad_options_are_named(
     assert message in capsys.readouterr().err
 
 
-def test_the_benchmark_runs_at_toy_size_and_prints_mfu_per_variant() -> None:
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_the_benchmark_runs_at_toy_size_and_prints_mfu_per_variant(method: str) -> None:
     """The path `make bench-gpu` takes, on a CPU: the tiny preset is the gpu-0.5b
-    architecture (Qwen2, tied embeddings, grouped KV heads) at toy size."""
+    architecture (Qwen2, tied embeddings, grouped KV heads) at toy size; full fine-tuning
+    and LoRA (`make bench-trainer-throughput` runs both)."""
     peak = 0.01  # TFLOP/s: a CPU has no entry in the table
     environment = os.environ | {"HF_HUB_OFFLINE": "1"}
     command = [sys.executable, str(SCRIPT), "--preset", "tiny", "--steps", "2"]
     command += ["--batch-size", "2", "--peak-tflops", str(peak), "--threads", "1"]
+    command += ["--lora"] if method == "lora" else []
     completed = subprocess.run(
         command,
         capture_output=True,
@@ -96,6 +101,12 @@ def test_the_benchmark_runs_at_toy_size_and_prints_mfu_per_variant() -> None:
     assert counted is not None, out
     parameters = int(counted[1].replace(",", ""))
     assert "batch 2, 2 steps" in out and "bf16 peak 0.01 TFLOP/s" in out
+    said = "LoRA r 8, alpha 16, dropout 0.05;" if method == "lora" else "full fine-tuning;"
+    assert said in out, out
+    summary = json.loads(out.split("SUMMARY ", 1)[1])
+    assert summary["method"] == method.upper()
+    for variant in summary["variants"].values():
+        assert math.isfinite(variant["final_loss"]), summary
     rows = re.findall(
         r"^(tuneforge|trainer-padding|trainer-flattening)\s+(\d+)\s+\d+\s+[\d.]+\s+([\d.]+)%",
         out,

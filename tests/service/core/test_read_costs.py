@@ -143,9 +143,11 @@ def test_describe_and_create_cost_the_same_whatever_the_number_of_jobs(
     assert sum(calls.values()) <= 7, calls
 
 
-def test_a_reconcile_pass_reads_each_job_status_once_and_rewrites_nothing_unchanged(
+def test_a_reconcile_pass_reads_what_changed_and_rewrites_nothing_unchanged(
     counted: tuple[JobStore, Counter[str]], tmp_path: Path
 ) -> None:
+    """Waiting jobs read once are not read again while their markers say nothing changed
+    (tests/service/control/test_waiting_reads.py has the other replica's side)."""
     store, calls = counted
     queued = [_create(store, "waits", f"q{n}") for n in range(5)]
     jobs.stop_job(store, queued[2], tenant="waits")
@@ -159,20 +161,22 @@ def test_a_reconcile_pass_reads_each_job_status_once_and_rewrites_nothing_unchan
 
     calls.clear()
     reconciler.run_once()
-    # One status per active job, the tenant's queue ledger, three listings (active
-    # jobs, stop markers, ledgers); no control reads without a marker and no writes
-    # when every job already carries its place.
-    assert calls["GetObject"] == len(waiting) + 1, calls
-    assert calls["ListObjectsV2"] == 3, calls
+    # No status (every job was read waiting and nothing changed it), the tenant's queue
+    # ledger, four listings (active jobs, stop markers, changed markers, ledgers); no
+    # writes when every job already carries its place.
+    assert reconciler.last_pass_known_waiting == len(waiting)
+    assert calls["GetObject"] == 1, calls
+    assert calls["ListObjectsV2"] == 4, calls
     assert calls["PutObject"] == 0, calls
 
     jobs.stop_job(store, waiting[0], tenant="waits")
     calls.clear()
     reconciler.run_once()
-    # Four statuses, the stopped job's control, its fresh read before it is finished,
-    # the ledger. The three others move up one place: one write of the queue order, not
-    # one per queued job (the other PUTs finish the stopped job: status, event, marker).
-    assert calls["GetObject"] == 4 + 1 + 1 + 1, calls
+    # The stopped job's status (its control marker is new) and control, its fresh read
+    # before it is finished, the ledger. The three others move up one place: one write of
+    # the queue order, not one per queued job (the other PUTs finish the stopped job:
+    # its changed marker, status and event).
+    assert calls["GetObject"] == 1 + 1 + 1 + 1, calls
     puts_for_the_stop = calls["PutObject"]
     assert store.get(waiting[0]).status.state == JobState.STOPPED
     assert _positions(store, waiting[1:]) == [1, 2, 3]
@@ -298,3 +302,34 @@ def test_jobs_from_before_the_index_are_listed_before_and_after_the_backfill(
     assert new.list_tenant_job_ids("mine", after=None, limit=10) == list(reversed(mine))
     assert _all_pages(new, "mine", None, 2) == list(reversed(mine))
     assert _all_pages(new, "theirs", None, 5) == list(reversed(theirs))
+
+
+def test_a_describe_from_memory_reads_nothing_and_answers_as_the_store_path_does(
+    counted: tuple[JobStore, Counter[str]],
+) -> None:
+    store, calls = counted
+    waiting = _create(store, "mine", "waiting")
+    _create(store, "mine", "behind")
+    done = _create(store, "mine", "done")
+    _fail(store, done)
+    store.queue_order.publish([waiting])
+    # Nothing known yet: memory has no answer, the store path has one.
+    assert jobs.remembered_job(store, waiting, tenant="mine", max_age=1.0) is None
+    read = jobs.get_job(store, waiting, tenant="mine", max_age=1.0)
+    jobs.get_job(store, done, tenant="mine", max_age=1.0)
+
+    calls.clear()
+    remembered = jobs.remembered_job(store, waiting, tenant="mine", max_age=1.0)
+    finished = jobs.remembered_job(store, done, tenant="mine", max_age=1.0)
+    assert sum(calls.values()) == 0, calls
+    assert remembered is not None and remembered.status == read.status
+    assert remembered.status.queuePosition == 1
+    assert finished is not None and finished.status.state == JobState.FAILED
+    # Another tenant's job has no answer from memory (the store path says not found);
+    # with no staleness allowed, only a finished job comes from memory.
+    assert jobs.remembered_job(store, waiting, tenant="theirs", max_age=1.0) is None
+    assert jobs.remembered_job(store, waiting, tenant="mine", max_age=0.0) is None
+    assert jobs.remembered_job(store, done, tenant="mine", max_age=0.0) is not None
+    # Once the queue order is older than its cache, a waiting job's place needs a read.
+    store.queue_order.cache_seconds = 0
+    assert jobs.remembered_job(store, waiting, tenant="mine", max_age=1.0) is None
