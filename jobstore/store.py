@@ -18,10 +18,12 @@ Invariants:
   index existed get theirs from `backfill_tenant_index()`, which ends by writing
   `tenants/.complete`; until that marker exists, listings walk every job instead.
 - Every write that changes the status of a waiting job (QUEUED, not launched: a launch
-  claim, a stop or pause before launch, a refusal) is preceded by a new version of its
-  `changed/<job-id>` marker (`changed_markers()`). So a reader that saw a job waiting,
-  and sees that marker's etag unchanged in a listing made after, knows the job was still
-  waiting when the listing was made, without reading it (the reconciler's passes).
+  claim, a stop or pause before launch, a refusal) is followed by a new version of its
+  `changed/<job-id>` marker (`changed_markers()`). So a reader that read a job waiting
+  after listing the markers, and sees that marker's etag unchanged in a later listing,
+  knows the job was still waiting when that listing was made, without reading it (the
+  reconciler's passes); unless the writer died between the two writes, which the reader's
+  periodic re-read bounds.
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ from jobstore.errors import CorruptDocument, JobNotFound, StatusContention
 from jobstore.queue_ledger import QueueLedger
 from jobstore.queue_order import QueueOrder
 from jobstore.recent_jobs import RecentJobs
-from jobstore.storage import ObjectStore, PreconditionFailed, S3Location
+from jobstore.storage import ObjectStore, PreconditionFailed, S3Location, StorageError
 
 log = logging.getLogger(__name__)
 
@@ -557,23 +559,43 @@ class JobStore:
             if new is None or current.state.is_terminal():
                 return None
             new.updatedAt = utc_now()
-            if current.state == JobState.QUEUED and current.launch is None:
-                # A waiting job changes: say so first (see the invariants). A new version
-                # each time, so its etag changes even when the write below loses its CAS.
-                self.storage.put_bytes(self._changed_marker(job_id), uuid.uuid4().bytes)
+            waiting = current.state == JobState.QUEUED and current.launch is None
             try:
                 if etag is None:
                     self.storage.put_json(location, new.model_dump(mode="json"), if_none_match=True)
                 else:
                     self.storage.put_json(location, new.model_dump(mode="json"), if_match=etag)
-                return new
             except PreconditionFailed:
                 continue
-            finally:  # written, or perhaps written (an error after the PUT was sent)
+            except Exception:
+                if waiting:  # perhaps written (an error after the PUT was sent)
+                    self._say_changed(job_id)
+                raise
+            finally:  # written, or perhaps written
                 self.recent.written(job_id)
+            if waiting:
+                self._say_changed(job_id)
+            return new
         raise StatusContention(
             f"the status of job {job_id} kept changing under {max_attempts} tries to write it"
         )
+
+    def _say_changed(self, job_id: str) -> None:
+        """A new version of the job's changed marker, after a write that changed (or may
+        have changed) its status while it waited. After, never before: a reader that
+        lists the marker and then reads the status must not see the new marker with the
+        old status (see the invariants). Not written (the store away), readers see the
+        change when they read the job again anyway (the reconciler's refresh): logged,
+        not raised, as the status write itself is done."""
+        try:
+            self.storage.put_bytes(self._changed_marker(job_id), uuid.uuid4().bytes)
+        except StorageError as error:
+            log.warning(
+                "job %s: its changed marker was not written (%s); other replicas see the "
+                "change when they next read the job",
+                job_id,
+                error,
+            )
 
     def put_control(self, job_id: str, control: JobControl) -> None:
         # The marker first: a reader that sees no marker has not missed a request that

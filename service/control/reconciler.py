@@ -36,7 +36,7 @@ pass walks `active/` (jobs not yet seen terminal) and, per job:
 A pass costs what changed, not every waiting job: a job this replica read QUEUED and not
 launched is not read again while nothing says it changed. Stop, pause and resume requests
 show as control markers, and every other change to a waiting job's status (a launch by
-any replica, a refusal) is preceded by a new version of its `changed/` marker
+any replica, a refusal) is followed by a new version of its `changed/` marker
 (jobstore/store.py); both are listed once per pass, before any job is read. Each such job
 is read again anyway every `waiting_refresh_seconds` or so (jittered, so they spread over
 passes): the bound on anything written behind the service's back. A launch decided on a

@@ -178,6 +178,19 @@ STATEFUL_STEPS = 6
 STATEFUL_RUNS = 4
 
 
+def _inconsistent_replay(error: AssertionError) -> bool:
+    """Hypothesis' own assert when a replay draws past what an earlier run drew (as
+    schemathesis tells it: engine/errors.py is_inconsistent_replay)."""
+    traceback = error.__traceback__
+    while traceback is not None and traceback.tb_next is not None:
+        traceback = traceback.tb_next
+    return (
+        traceback is not None
+        and traceback.tb_frame.f_globals.get("__name__")
+        == "hypothesis.internal.conjecture.datatree"
+    )
+
+
 @pytest.mark.timeout(300)
 def test_stateful_sequences_follow_ids_from_answer_to_answer(fuzzed_server: ApiServer) -> None:
     schema = schemathesis.openapi.from_url(fuzzed_server.url + "/openapi.json").exclude(
@@ -234,13 +247,16 @@ def test_stateful_sequences_follow_ids_from_answer_to_answer(fuzzed_server: ApiS
                     suppress_health_check=list(HealthCheck),
                 )
             )
-        except Flaky:
+        except (Flaky, AssertionError) as error:
             # The server keeps its state from scenario to scenario (jobs created, stopped,
             # finished), and schemathesis draws the next call from the earlier answers, so
             # hypothesis can retrace a path whose answers have changed since; it then
-            # raises Flaky. That says nothing about the API: schemathesis' own runner
+            # raises Flaky (or, drawing past a value an earlier run rejected, an assert
+            # in its data tree). That says nothing about the API: schemathesis' own runner
             # counts such a run as passed unless a check failed in it
             # (engine/run/stateful/_executor.py). A failed check is in `failures`.
+            if not isinstance(error, Flaky) and not _inconsistent_replay(error):
+                raise
             if failures:
                 break
     assert not failures, "\n".join(failures)

@@ -12,6 +12,7 @@ import time
 import uuid
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -148,7 +149,7 @@ def test_a_change_behind_the_services_back_is_read_within_the_refresh(
     seen once the job is due to be read again: after 0.5 to 1 times the refresh."""
     store, _ = counted
     waiting = _create(store, 3)
-    reconciler = Reconciler(store, SleepingTrainers(), {}, slots=0, waiting_refresh_seconds=1.0)
+    reconciler = Reconciler(store, SleepingTrainers(), {}, slots=0, waiting_refresh_seconds=4.0)
     reconciler.run_once()
     status, _ = store.get_status(waiting[0])
     failed = status.moved_to(JobState.FAILED)
@@ -157,8 +158,8 @@ def test_a_change_behind_the_services_back_is_read_within_the_refresh(
     )
 
     reconciler.run_once()
-    assert reconciler.last_pass_reads == 0  # not due yet: still taken as waiting
-    time.sleep(1.1)
+    assert reconciler.last_pass_reads == 0  # not due yet (2 s at the soonest): still waiting
+    time.sleep(4.1)
     reconciler.run_once()
     assert reconciler.last_pass_reads == 3  # all due: read, the failed one retired
     assert waiting[0] not in store.list_active_job_ids()
@@ -198,3 +199,33 @@ def test_only_changes_to_a_waiting_job_write_its_changed_marker(
     # Retired, the marker goes with the active one.
     store.mark_inactive(job_id)
     assert store.changed_markers() == {}
+
+
+class RecordingStore(ObjectStore):
+    """The real store, with the keys written, in order."""
+
+    written: list[str]
+
+    def put_bytes(self, location: S3Location, data: bytes, **options: Any) -> Any:
+        self.written.append(location.key)  # put_json writes through here too
+        return super().put_bytes(location, data, **options)
+
+
+def test_the_changed_marker_is_written_after_the_status(
+    counted: tuple[JobStore, Counter[str]], s3_server: EmbeddedS3
+) -> None:
+    """After, never before: a replica that lists the new marker and then reads the job
+    must find the new status (a marker written first could be listed with the old one,
+    and the change then go unseen until the refresh)."""
+    store, _ = counted
+    recording = RecordingStore(
+        endpoint_url=s3_server.endpoint_url,
+        access_key_id=s3_server.access_key_id,
+        secret_access_key=s3_server.secret_access_key,
+        region="us-east-1",
+    )
+    recording.written = []
+    writer = JobStore(recording, store.bucket)
+    job_id = _create(store, 1)[0]
+    assert writer.update_status(job_id, lambda status: status.moved_to(JobState.VALIDATING))
+    assert recording.written == [f"jobs/{job_id}/status.json", f"changed/{job_id}"]

@@ -313,23 +313,24 @@ def test_a_describe_from_memory_reads_nothing_and_answers_as_the_store_path_does
     done = _create(store, "mine", "done")
     _fail(store, done)
     store.queue_order.publish([waiting])
+    store.queue_order.cache_seconds = 30  # no expiry within the test, however slow
     # Nothing known yet: memory has no answer, the store path has one.
-    assert jobs.remembered_job(store, waiting, tenant="mine", max_age=1.0) is None
-    read = jobs.get_job(store, waiting, tenant="mine", max_age=1.0)
-    jobs.get_job(store, done, tenant="mine", max_age=1.0)
+    assert jobs.remembered_job(store, waiting, tenant="mine", max_age=30.0) is None
+    read = jobs.get_job(store, waiting, tenant="mine", max_age=30.0)
+    jobs.get_job(store, done, tenant="mine", max_age=30.0)
 
     calls.clear()
-    remembered = jobs.remembered_job(store, waiting, tenant="mine", max_age=1.0)
-    finished = jobs.remembered_job(store, done, tenant="mine", max_age=1.0)
+    remembered = jobs.remembered_job(store, waiting, tenant="mine", max_age=30.0)
+    finished = jobs.remembered_job(store, done, tenant="mine", max_age=30.0)
     assert sum(calls.values()) == 0, calls
     assert remembered is not None and remembered.status == read.status
     assert remembered.status.queuePosition == 1
     assert finished is not None and finished.status.state == JobState.FAILED
     # Another tenant's job has no answer from memory (the store path says not found);
     # with no staleness allowed, only a finished job comes from memory.
-    assert jobs.remembered_job(store, waiting, tenant="theirs", max_age=1.0) is None
+    assert jobs.remembered_job(store, waiting, tenant="theirs", max_age=30.0) is None
     assert jobs.remembered_job(store, waiting, tenant="mine", max_age=0.0) is None
     assert jobs.remembered_job(store, done, tenant="mine", max_age=0.0) is not None
     # Once the queue order is older than its cache, a waiting job's place needs a read.
     store.queue_order.cache_seconds = 0
-    assert jobs.remembered_job(store, waiting, tenant="mine", max_age=1.0) is None
+    assert jobs.remembered_job(store, waiting, tenant="mine", max_age=30.0) is None
