@@ -325,11 +325,8 @@ class JobStore:
 
     def remembered(self, job_id: str, *, max_age: float) -> Job | None:
         """The job from memory only, never the store: what `get(job_id, max_age=...)`
-        would answer without a read (its spec cached, and the job finished or known at
-        most `max_age` seconds ago), else None. For callers that must not block."""
-        with self._specs_lock:
-            if job_id not in self._specs:
-                return None
+        answers without a read (the job finished, or known at most `max_age` seconds
+        ago), else None. For callers that must not block."""
         finished = self._finished_copy(job_id)
         if finished is not None:
             return finished
@@ -429,13 +426,9 @@ class JobStore:
         see the invariants). One not finished comes from memory when this process knew
         it at most `max_age` seconds ago (0: read it now). Callers may set top-level
         fields of the returned status (queuePosition), not modify what it holds."""
-        finished = self._finished_copy(job_id)
-        if finished is not None:
-            return finished
-        if max_age > 0:
-            recent = self.recent.fresh(job_id, max_age)
-            if recent is not None:
-                return recent
+        remembered = self.remembered(job_id, max_age=max_age)
+        if remembered is not None:
+            return remembered
         started = time.monotonic()
         spec = self.get_spec(job_id)
         status, etag = self.get_status(job_id)
@@ -499,9 +492,8 @@ class JobStore:
         # others go to the threads.
         found: dict[str, Job | None] = {}
         for job_id in job_ids:
-            remembered = self._finished_copy(job_id)
-            if remembered is None and max_age > 0 and job_id not in stopped:
-                remembered = self.recent.fresh(job_id, max_age)
+            # A job with a control marker only if finished: its control is read now.
+            remembered = self.remembered(job_id, max_age=0.0 if job_id in stopped else max_age)
             if remembered is not None:
                 found[job_id] = remembered
         unread = [job_id for job_id in job_ids if job_id not in found]

@@ -9,12 +9,9 @@ the queue policy is under test here, not training.
 from __future__ import annotations
 
 import time
-import uuid
 from collections import Counter
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from jobstore.documents import (
     DataLocation,
@@ -31,22 +28,6 @@ from service.control.reconciler import Reconciler
 from service.core import jobs
 from service.server.embedded_s3 import EmbeddedS3
 from tests.service.control.test_gpu_queue import SleepingTrainers
-
-
-@pytest.fixture
-def counted(s3_server: EmbeddedS3) -> tuple[JobStore, Counter[str]]:
-    """A job store of its own bucket whose S3 calls are counted by operation."""
-    storage = ObjectStore(
-        endpoint_url=s3_server.endpoint_url,
-        access_key_id=s3_server.access_key_id,
-        secret_access_key=s3_server.secret_access_key,
-        region="us-east-1",
-    )
-    calls: Counter[str] = Counter()
-    storage.add_call_observer(lambda operation, seconds, error: calls.update([operation]))
-    bucket = f"waiting-{uuid.uuid4().hex[:10]}"
-    storage.ensure_bucket(bucket)
-    return JobStore(storage, bucket), calls
 
 
 def _create(store: JobStore, count: int) -> list[str]:

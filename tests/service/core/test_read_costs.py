@@ -9,10 +9,8 @@ import uuid
 from collections import Counter
 from pathlib import Path
 
-import pytest
-
 from jobstore.documents import JobState, JobStatus
-from jobstore.storage import ObjectStore, S3Location
+from jobstore.storage import S3Location
 from jobstore.store import JobStore
 from service.auth.limits import TenantPolicy
 from service.control.launch.local import LocalLauncher
@@ -20,26 +18,6 @@ from service.control.reconciler import Reconciler
 from service.core import jobs
 from service.core.schemas import JobCreate
 from tests.servers import demo_job
-
-
-@pytest.fixture
-def counted(s3_server: object, object_store: ObjectStore) -> tuple[JobStore, Counter[str]]:
-    """A job store whose S3 calls are counted by operation (a store of its own, so that
-    other tests' calls are not counted)."""
-    from service.server.embedded_s3 import EmbeddedS3
-
-    assert isinstance(s3_server, EmbeddedS3)
-    storage = ObjectStore(
-        endpoint_url=s3_server.endpoint_url,
-        access_key_id=s3_server.access_key_id,
-        secret_access_key=s3_server.secret_access_key,
-        region="us-east-1",
-    )
-    calls: Counter[str] = Counter()
-    storage.add_call_observer(lambda operation, seconds, error: calls.update([operation]))
-    bucket = f"costs-{uuid.uuid4().hex[:10]}"
-    storage.ensure_bucket(bucket)
-    return JobStore(storage, bucket), calls
 
 
 def _policy(tenant: str, bucket: str) -> TenantPolicy:
