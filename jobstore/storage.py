@@ -8,18 +8,26 @@ timeouts) and turns botocore's errors into three outcomes callers can act on:
 - a missing object is `None` (reads) or `ObjectMissing` (downloads);
 - a failed condition (`If-None-Match: *` / `If-Match: <etag>`) is `PreconditionFailed`;
 - an unreachable or failing store is `StoreUnavailable`, any other refusal `StorageError`.
+
+How long a call waits out a store that is down is the caller's choice: the API server
+answers 503 after botocore's few quick retries; the trainer, a batch process, gives each
+call `outage_patience_seconds` (two minutes) before it gives up (`_patient`).
 """
 
 from __future__ import annotations
 
+import functools
 import json
+import logging
 import os
+import random
 import re
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Concatenate, ParamSpec, TypeVar
 
 import boto3
 from boto3.exceptions import S3UploadFailedError
@@ -44,9 +52,19 @@ class ObjectMissing(StorageError):
 
 
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
-# The trainer's attempts per store call (botocore standard retries, backoff capped at
-# 20 s): patient enough to outlast a short store outage (`from_environment`).
-TRAINER_STORE_ATTEMPTS = 12
+log = logging.getLogger(__name__)
+
+# How long a trainer's store call waits out an outage before the job fails over it
+# (`from_environment`; TUNEFORGE_STORE_OUTAGE_PATIENCE_SECONDS). Counted in seconds, not
+# botocore attempts: botocore's backoff for a refused connection starts at 50 ms, so
+# twelve attempts may all be spent within a few seconds of jitter.
+TRAINER_OUTAGE_PATIENCE_SECONDS = 120.0
+# The pause between two tries of a call while the store is down: doubling from the
+# first, jittered, never longer than the last.
+_OUTAGE_PAUSES = (0.5, 5.0)
+
+_Parameters = ParamSpec("_Parameters")
+_Result = TypeVar("_Result")
 
 
 @dataclass(frozen=True)
@@ -111,6 +129,62 @@ def _translate(error: Exception, what: str) -> TuneforgeError:
     return StoreUnavailable(f"object store unreachable while {what}: {error}")
 
 
+def _patient(
+    call: Callable[Concatenate[ObjectStore, _Parameters], _Result],
+) -> Callable[Concatenate[ObjectStore, _Parameters], _Result]:
+    """Make `call` again while it fails with `StoreUnavailable`, for up to the store's
+    `outage_patience_seconds` from its first failure (none by default).
+
+    Each try already includes botocore's quick retries. Only the outermost patient call
+    of a thread waits (a directory upload does not wait once per file inside it). A
+    conditional write whose answer was lost may come back as `PreconditionFailed` on
+    its next try, as with botocore's own retries: callers of conditional writes re-read.
+    """
+
+    @functools.wraps(call)
+    def patiently(
+        store: ObjectStore, /, *args: _Parameters.args, **kwargs: _Parameters.kwargs
+    ) -> _Result:
+        if store.outage_patience_seconds <= 0 or getattr(store._waiting, "active", False):
+            return call(store, *args, **kwargs)
+        store._waiting.active = True
+        try:
+            return _again_while_unavailable(store, lambda: call(store, *args, **kwargs))
+        finally:
+            store._waiting.active = False
+
+    return patiently
+
+
+def _again_while_unavailable(store: ObjectStore, attempt: Callable[[], _Result]) -> _Result:
+    outage = _OutageWait(store.outage_patience_seconds)
+    while True:
+        try:
+            return attempt()
+        except StoreUnavailable as error:
+            outage.wait_or_raise(error)
+
+
+class _OutageWait:
+    """The pauses of one call while the store is down: jittered, doubling up to a cap,
+    until `patience` seconds have passed since its first failure."""
+
+    def __init__(self, patience: float) -> None:
+        self.patience = patience
+        self.deadline: float | None = None
+        self.pause = _OUTAGE_PAUSES[0]
+
+    def wait_or_raise(self, error: StoreUnavailable) -> None:
+        now = time.monotonic()
+        if self.deadline is None:
+            self.deadline = now + self.patience
+            log.warning("%s; trying again for up to %.0f s", error, self.patience)
+        if now >= self.deadline:
+            raise error
+        time.sleep(min(self.pause * random.uniform(0.5, 1.0), self.deadline - now))
+        self.pause = min(self.pause * 2, _OUTAGE_PAUSES[1])
+
+
 class ObjectStore:
     def __init__(
         self,
@@ -122,7 +196,12 @@ class ObjectStore:
         max_attempts: int = 5,
         connect_timeout: float = 5.0,
         read_timeout: float = 30.0,
+        outage_patience_seconds: float = 0.0,
     ) -> None:
+        # Seconds a call waits out an unreachable store before raising StoreUnavailable
+        # (`_patient`); 0: botocore's quick retries only, as an API server wants.
+        self.outage_patience_seconds = outage_patience_seconds
+        self._waiting = threading.local()
         config = Config(
             region_name=region,
             # "standard" retries: exponential backoff with jitter on throttling,
@@ -148,20 +227,29 @@ class ObjectStore:
         )
 
     @classmethod
-    def from_environment(cls, environ: dict[str, str] | None = None) -> ObjectStore:
+    def from_environment(
+        cls, environ: dict[str, str] | None = None, *, outage_patience_seconds: float | None = None
+    ) -> ObjectStore:
         """Build a store from the standard AWS_* variables (used by the trainer).
 
-        The trainer is a batch process: it rides out a store outage of a minute or so
-        (AWS_MAX_ATTEMPTS, default 12: about 75 s of jittered backoff) rather than crash
+        The trainer is a batch process: each of its calls rides out a store outage of up
+        to TUNEFORGE_STORE_OUTAGE_PATIENCE_SECONDS (default 120) rather than crash
         mid-checkpoint, where the API server answers 503 after a few quick retries.
+        A caller someone waits on (a dry run) passes its own `outage_patience_seconds`.
         """
         env = dict(os.environ if environ is None else environ)
+        patience = env.get("TUNEFORGE_STORE_OUTAGE_PATIENCE_SECONDS")
+        if outage_patience_seconds is not None:
+            patience = str(outage_patience_seconds)
         return cls(
             endpoint_url=env.get("AWS_ENDPOINT_URL") or None,
             access_key_id=env.get("AWS_ACCESS_KEY_ID") or None,
             secret_access_key=env.get("AWS_SECRET_ACCESS_KEY") or None,
             region=env.get("AWS_DEFAULT_REGION", "us-east-1"),
-            max_attempts=int(env.get("AWS_MAX_ATTEMPTS") or TRAINER_STORE_ATTEMPTS),
+            max_attempts=int(env.get("AWS_MAX_ATTEMPTS") or 5),
+            outage_patience_seconds=(
+                float(patience) if patience else TRAINER_OUTAGE_PATIENCE_SECONDS
+            ),
         )
 
     def add_call_observer(self, observer: Callable[[str, float, str | None], None]) -> None:
@@ -197,6 +285,7 @@ class ObjectStore:
 
     # -- buckets ---------------------------------------------------------------
 
+    @_patient
     def ensure_bucket(self, bucket: str) -> None:
         try:
             self._client.head_bucket(Bucket=bucket)
@@ -217,6 +306,7 @@ class ObjectStore:
 
     # -- single objects --------------------------------------------------------
 
+    @_patient
     def get_bytes(self, location: S3Location) -> tuple[bytes, str] | None:
         """Return (body, etag), or None when the object does not exist."""
         if self._direct is not None:
@@ -234,6 +324,7 @@ class ObjectStore:
         except BotoCoreError as error:
             raise _translate(error, f"reading {location.uri}") from error
 
+    @_patient
     def get_range(self, location: S3Location, start: int, length: int) -> tuple[bytes, int] | None:
         """Up to `length` bytes of the object from byte `start` (a negative `start`: the
         last -start bytes, `length` unused) and the object's whole size, in one ranged
@@ -268,6 +359,7 @@ class ObjectStore:
         body, etag = found
         return json.loads(body), etag
 
+    @_patient
     def head(self, location: S3Location) -> dict[str, Any] | None:
         try:
             return dict(self._client.head_object(Bucket=location.bucket, Key=location.key))
@@ -278,6 +370,7 @@ class ObjectStore:
         except BotoCoreError as error:
             raise _translate(error, f"reading {location.uri}") from error
 
+    @_patient
     def put_bytes(
         self,
         location: S3Location,
@@ -342,6 +435,7 @@ class ObjectStore:
             content_type="application/json",
         )
 
+    @_patient
     def delete(self, location: S3Location) -> None:
         try:
             self._client.delete_object(Bucket=location.bucket, Key=location.key)
@@ -350,6 +444,7 @@ class ObjectStore:
 
     # -- listings --------------------------------------------------------------
 
+    @_patient
     def list_common_prefixes(
         self, location: S3Location, *, start_after: str | None = None, limit: int = 1000
     ) -> list[str]:
@@ -386,7 +481,24 @@ class ObjectStore:
         """Every object under a prefix (key, size, etag), in ascending key order; with
         `start_after`, only keys after that one. Fetched `page_size` keys at a time (at
         most 1000), lazily: a caller that needs the first few keys of a long listing
-        asks for a small page, and stops iterating."""
+        asks for a small page, and stops iterating. With `outage_patience_seconds`, a
+        listing the store breaks off goes on after the last key it gave."""
+        if self.outage_patience_seconds <= 0 or getattr(self._waiting, "active", False):
+            yield from self._list_objects_after(location, start_after, page_size)
+            return
+        outage = _OutageWait(self.outage_patience_seconds)
+        while True:
+            try:
+                for item in self._list_objects_after(location, start_after, page_size):
+                    start_after = item["key"]
+                    yield item
+                return
+            except StoreUnavailable as error:
+                outage.wait_or_raise(error)
+
+    def _list_objects_after(
+        self, location: S3Location, start_after: str | None, page_size: int
+    ) -> Iterator[dict[str, Any]]:
         page_size = max(1, min(page_size, 1000))
         if self._direct is not None:
             # Page by page, each after the last key seen; on an answer the direct path
@@ -421,6 +533,7 @@ class ObjectStore:
 
     # -- files and directories -------------------------------------------------
 
+    @_patient
     def upload_file(self, path: Path, location: S3Location) -> None:
         try:
             self._client.upload_file(str(path), location.bucket, location.key)
@@ -448,6 +561,7 @@ class ObjectStore:
         except (ClientError, BotoCoreError) as error:
             raise _translate(error, f"uploading to {location.uri}") from error
 
+    @_patient
     def read_stream(self, location: S3Location, *, chunk_bytes: int = 1 << 20) -> Iterator[bytes]:
         """An object's bytes in chunks, as they arrive. Raises ObjectMissing before the
         first chunk when there is no such object."""
@@ -461,6 +575,7 @@ class ObjectStore:
             raise _translate(error, f"reading {location.uri}") from error
         return _chunks(body, chunk_bytes, location)
 
+    @_patient
     def download_file(self, location: S3Location, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -472,6 +587,7 @@ class ObjectStore:
         except BotoCoreError as error:
             raise _translate(error, f"downloading {location.uri}") from error
 
+    @_patient
     def upload_directory(self, directory: Path, location: S3Location) -> list[str]:
         """Upload every file under `directory` to the folder `location`; return the keys.
 
@@ -497,6 +613,7 @@ class ObjectStore:
             raise _translate(error, f"uploading {directory} to {location.uri}") from error
         return keys
 
+    @_patient
     def download_prefix(self, location: S3Location, directory: Path) -> list[Path]:
         """Download every object under `location` (a folder) into `directory`."""
         prefix = location.as_prefix()
@@ -511,6 +628,7 @@ class ObjectStore:
             paths.append(path)
         return paths
 
+    @_patient
     def delete_prefix(self, location: S3Location) -> int:
         keys = [item["key"] for item in self.list_objects(location)]
         for start in range(0, len(keys), 1000):

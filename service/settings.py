@@ -156,6 +156,9 @@ class Settings(BaseSettings):
     # Passed to the trainer: how often it writes its heartbeat and looks for a stop
     # request.
     trainer_heartbeat_seconds: float = 2.0
+    # Passed to the trainer (TUNEFORGE_STORE_OUTAGE_PATIENCE_SECONDS): how long each of
+    # its store calls waits out an unreachable store before the attempt fails over it.
+    trainer_store_outage_patience_seconds: float = Field(default=120.0, ge=0)
     # Passed to the trainer (TUNEFORGE_TORCH_COMPILE): compile the model with
     # torch.compile on a GPU. Off by default: compiling costs minutes before the first
     # step and pays off on long runs only.

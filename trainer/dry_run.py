@@ -82,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     spec = JobSpec.model_validate_json(sys.stdin.buffer.read())
     report = dry_run(
         spec,
-        storage=ObjectStore.from_environment(),
+        # Someone waits on the answer: a store that is down is reported, not waited out.
+        storage=ObjectStore.from_environment(outage_patience_seconds=0),
         workdir=Path.cwd(),
         throughput=Throughput(args.cpu_flops, args.gpu_flops),
     )

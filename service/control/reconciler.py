@@ -23,7 +23,9 @@ pass walks `active/` (jobs not yet seen terminal) and, per job:
   in queue order and goes on from the newest checkpoint.
 - stop requested, trainer alive: after `stop_grace_seconds` SIGTERM its process group,
   after `kill_grace_seconds` more SIGKILL it.
-- trainer dead (process gone, or no heartbeat for `heartbeat_timeout_seconds`) and the
+- trainer dead (process gone, or no heartbeat for `heartbeat_timeout_seconds`, counted
+  from no earlier than the end of the last store outage this replica saw: a trainer
+  cannot write heartbeats to a store that is down, and rides the outage out) and the
   job not terminal: STOPPED if a stop was requested, PAUSED if a pause was; else
   relaunched as the next
   attempt (the trainer resumes from the job's state), within a budget per cause: a
@@ -77,6 +79,7 @@ from jobstore.documents import (
     job_id_created_ms,
     utc_now,
 )
+from jobstore.errors import StoreUnavailable
 from jobstore.storage import parse_s3_uri
 from jobstore.store import Job, JobStore
 from service.control.launch.base import Launcher, Observed
@@ -161,6 +164,10 @@ class Reconciler:
         # docstring); 0: every waiting job is read every pass.
         self.waiting_refresh_seconds = waiting_refresh_seconds
         self._known_waiting: dict[str, _KnownWaiting] = {}
+        # When a pass last found the store reachable again after one found it down
+        # (monotonic): heartbeat silence counts from no earlier than that.
+        self._store_down = False
+        self._store_back_at: float | None = None
         # Store reads of job records in the last pass, and the waiting jobs known
         # without one (tests and the pass's debug log).
         self.last_pass_reads = 0
@@ -200,6 +207,7 @@ class Reconciler:
             try:
                 self.run_once()
             except Exception as error:  # listing the active jobs failed (a store outage)
+                self._store_down = self._store_down or isinstance(error, StoreUnavailable)
                 self._pass_step_failed("the reconcile pass", error)
             took = time.perf_counter() - started
             if self.metrics is not None:
@@ -225,6 +233,9 @@ class Reconciler:
         read: set[str] = set()  # jobs whose records this pass read and acted on
         still_waiting: set[str] = set()  # of those, the ones still queued after it
         active = self.store.list_active_job_ids()  # oldest first
+        if self._store_down:
+            self._store_down = False
+            self._store_back_at = time.monotonic()
         self.faults.forget_all_but(active)
         self._paused_trainers_alive.intersection_update(active)
         active_ids = set(active)
@@ -545,7 +556,7 @@ class Reconciler:
             # The launch counts as one: a heartbeat older than it is an earlier attempt's
             # (before a crash, or a pause), and says nothing of this one.
             quiet = min(_age_seconds(status.heartbeatAt), _age_seconds(status.launch.launchedAt))
-            alive = quiet < self.heartbeat_timeout_seconds
+            alive = self._since_store_back(quiet) < self.heartbeat_timeout_seconds
         elif alive and (silence := self._heartbeat_silence(status)) is not None:
             # Its process lives but its heartbeat thread has not written for longer
             # than the timeout: frozen (SIGSTOP, a paused VM) or hung. Left alone it
@@ -649,7 +660,15 @@ class Reconciler:
         silence = _age_seconds(status.heartbeatAt)
         if silence > _age_seconds(status.launch.launchedAt):
             return None
-        return silence if silence > self.heartbeat_timeout_seconds else None
+        counted = self._since_store_back(silence)
+        return silence if counted > self.heartbeat_timeout_seconds else None
+
+    def _since_store_back(self, silence: float) -> float:
+        """`silence` seconds without a heartbeat, less any part of them before the store
+        came back from an outage this replica saw: the trainer had no store to write to."""
+        if self._store_back_at is None:
+            return silence
+        return min(silence, time.monotonic() - self._store_back_at)
 
     def _launch(
         self,

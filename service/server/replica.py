@@ -200,6 +200,9 @@ def build_trainer_environment(
         "AWS_DEFAULT_REGION": settings.s3_region,
         "TUNEFORGE_STATE_BUCKET": settings.state_bucket,
         "TUNEFORGE_HEARTBEAT_SECONDS": str(settings.trainer_heartbeat_seconds),
+        "TUNEFORGE_STORE_OUTAGE_PATIENCE_SECONDS": str(
+            settings.trainer_store_outage_patience_seconds
+        ),
         # trainer/precision.py reads it; "0" spelled out so that the trainer's choice is
         # the server's, not whatever a launcher's base environment happens to hold.
         "TUNEFORGE_TORCH_COMPILE": "1" if settings.trainer_torch_compile else "0",

@@ -8,7 +8,10 @@ proxy drops every connection and refuses new ones for 10 s. Then:
   UNAVAILABLE;
 - a create during the outage either fails with 503 or succeeds whole: afterwards a
   retry with the same clientRequestToken gives one job, never two, never a half one;
-- the training job still ends COMPLETED, its one trainer having ridden it out.
+- the training job still ends COMPLETED, its one trainer having ridden it out (each of
+  its store calls waits out an outage of up to two minutes: jobstore/storage.py), even
+  when the outage lasts longer than the heartbeat timeout (silence counts from when
+  the store came back).
 
 The Bedrock face (boto3's `bedrock` client, SigV4) in an outage of its own: every call
 answers ServiceUnavailableException (503, which botocore's retry modes retry) or
@@ -45,6 +48,7 @@ from tests.servers import ApiServer
 from tests.tcp_proxy import TcpProxy
 
 OUTAGE_SECONDS = 10.0
+HEARTBEAT_TIMEOUT_SECONDS = 8
 
 
 @pytest.fixture
@@ -123,8 +127,52 @@ def test_job_completes_and_calls_answer_503_during_a_10s_store_outage(
     assert finished[job_id]["state"] == "COMPLETED", finished[job_id]
     assert finished[retried_id]["state"] == "COMPLETED", finished[retried_id]
     # The trainer rode the outage out (its store writes are retried), not relaunched.
-    kinds = [event["type"] for event in events(server, job_id)]
-    assert kinds.count("LAUNCHED") == 1 and "RETRY" not in kinds, kinds
+    happened = events(server, job_id)
+    kinds = [event["type"] for event in happened]
+    told = "\n".join(f"{event['type']}: {event.get('message', '')}" for event in happened)
+    assert kinds.count("LAUNCHED") == 1 and "RETRY" not in kinds, told
+
+
+@pytest.fixture
+def impatient_server(
+    s3_server: EmbeddedS3, demo_assets: None, tmp_path: Path
+) -> Iterator[tuple[ApiServer, TcpProxy]]:
+    """A heartbeat timeout shorter than the outage below."""
+    with proxied(s3_server) as proxy:
+        environment = {
+            "TUNEFORGE_S3_ENDPOINT_URL": proxy.endpoint_url,
+            "TUNEFORGE_HEARTBEAT_TIMEOUT_SECONDS": str(HEARTBEAT_TIMEOUT_SECONDS),
+        }
+        server = one_server(s3_server, tmp_path / "home", environment)
+        with serving(server):
+            yield server, proxy
+            proxy.restore()  # before the server stops: its shutdown writes to the store
+
+
+@pytest.mark.timeout(600)
+def test_an_outage_longer_than_the_heartbeat_timeout_does_not_cost_the_trainer(
+    impatient_server: tuple[ApiServer, TcpProxy], object_store: ObjectStore
+) -> None:
+    """No heartbeat can be written while the store is down, and the reconciler cannot
+    read one: silence counts from when the store came back, so the trainer that rode
+    the outage out is not killed as hung the moment it is over."""
+    server, proxy = impatient_server
+    dataset = tiny_dataset(object_store, records=32)
+    with server.client() as client:
+        created = client.post("/v1/jobs", json=tiny_job("long-outage", dataset, epochCount=12))
+        assert created.status_code == 201, created.text
+    job_id = created.json()["jobId"]
+    assert server.wait_for(job_id, {"RUNNING"}, timeout=240)["state"] == "RUNNING"
+    proxy.outage()
+    time.sleep(HEARTBEAT_TIMEOUT_SECONDS * 2)
+    proxy.restore()
+
+    finished = wait_all_terminal(server, [job_id], timeout=400)
+    assert finished[job_id]["state"] == "COMPLETED", finished[job_id]
+    happened = events(server, job_id)
+    kinds = [event["type"] for event in happened]
+    told = "\n".join(f"{event['type']}: {event.get('message', '')}" for event in happened)
+    assert kinds.count("LAUNCHED") == 1 and "RETRY" not in kinds, told
 
 
 @pytest.fixture

@@ -1,5 +1,7 @@
 """The server's settings reach the trainer's environment: TUNEFORGE_TRAINER_TORCH_COMPILE
-turns torch.compile on in the trainer (trainer/precision.py), and it is off by default."""
+turns torch.compile on in the trainer (trainer/precision.py), and it is off by default;
+TUNEFORGE_TRAINER_STORE_OUTAGE_PATIENCE_SECONDS sets how long its store calls wait out an
+outage."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import os
 import pytest
 import torch
 
+from jobstore.storage import ObjectStore
 from service.server.main import build_trainer_environment
 from service.settings import Settings
 from trainer import precision
@@ -44,3 +47,18 @@ def test_a_bad_torch_compile_value_is_refused_naming_the_setting(
 ) -> None:
     with pytest.raises(ValueError, match="trainer_torch_compile"):
         _settings(monkeypatch, TUNEFORGE_TRAINER_TORCH_COMPILE="sometimes")
+
+
+def test_the_store_outage_patience_reaches_the_trainers_store(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    default = build_trainer_environment(_settings(monkeypatch), "key", "secret")
+    assert ObjectStore.from_environment(default).outage_patience_seconds == 120.0
+    settings = _settings(monkeypatch, TUNEFORGE_TRAINER_STORE_OUTAGE_PATIENCE_SECONDS="600")
+    environment = build_trainer_environment(settings, "key", "secret")
+    assert ObjectStore.from_environment(environment).outage_patience_seconds == 600.0
+    # A dry run, which someone waits on, does not wait out an outage.
+    assert (
+        ObjectStore.from_environment(environment, outage_patience_seconds=0).outage_patience_seconds
+        == 0
+    )
