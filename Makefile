@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-fast lint bench-data bench-start-latency bench-classification bench-trainer-throughput bench-preference bench-gpu bench-api-load bench-checkpoint-upload bench-make-run gpu-check gpu-wheels clean proto proto-check lock
+.PHONY: run test test-fast lint bench-data bench-start-latency bench-classification bench-trainer-throughput bench-preference bench-gpu bench-api-load bench-watchers bench-checkpoint-upload bench-make-run gpu-check gpu-wheels clean proto proto-check lock
 
 PIP := $(PY) -m pip install --quiet --disable-pip-version-check
 # uv installs the locks: the same releases and hashes as pip would, downloaded in parallel
@@ -184,6 +184,10 @@ bench-make-run:
 # against a real server and store, beside /healthz and a raw store GET.
 bench-api-load: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) bench/api_load.py $(BENCH_ARGS)
+
+# 0, 100 and 1000 SSE and gRPC watchers of one job, and what they cost another client.
+bench-watchers: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) bench/watchers.py $(BENCH_ARGS)
 
 # A checkpoint folder's upload beside raw boto3's, same store (bench/checkpoint_upload.py).
 bench-checkpoint-upload: $(STAMP)

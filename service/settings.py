@@ -80,6 +80,12 @@ class Settings(BaseSettings):
     grpc_port: int = 50051
     # How often a gRPC WatchJob stream reads the job for changes to send.
     grpc_watch_poll_seconds: float = Field(default=0.5, gt=0, le=60)
+    # Open job streams (SSE /v1/jobs/{id}/stream and gRPC WatchJob) one replica serves,
+    # per tenant and in all; one past either is refused with 429 / RESOURCE_EXHAUSTED.
+    # Each watched job is read once per poll however many follow it
+    # (service/core/job_feed.py). 0: no limit.
+    max_watchers_per_tenant: int = Field(default=1000, ge=0)
+    max_watchers: int = Field(default=4000, ge=0)
 
     # Object store. With no endpoint configured the service starts an embedded
     # SeaweedFS on loopback (`weed mini`) and seeds the demo bucket.

@@ -18,7 +18,8 @@ from service.auth.limits import TenantPolicy
 from service.control.dry_run import DryRunner
 from service.control.launch.capacity import launch_capacity
 from service.core import jobs
-from service.core.jobs import Checkpoint, JobFilter, JobWatch, LogSlice
+from service.core.job_feed import JobFeeds, Watcher
+from service.core.jobs import Checkpoint, JobFilter, LogSlice
 from service.core.schemas import JobCreate
 from service.core.training_metrics import JobMetrics, read_job_metrics
 from service.errors import DryRunUnavailable
@@ -40,6 +41,13 @@ class JobService:
         self.settings = settings
         self._notify = notify
         self._dry_runs = dry_runs
+        # Every job this replica's streams follow, each read once per poll.
+        self.feeds = JobFeeds(
+            store,
+            poll_seconds=settings.grpc_watch_poll_seconds,
+            max_per_tenant=settings.max_watchers_per_tenant,
+            max_total=settings.max_watchers,
+        )
 
     def _wake_reconciler(self) -> None:
         if self._notify is not None:
@@ -169,6 +177,8 @@ class JobService:
     def metrics(self, job_id: str, *, tenant: str) -> JobMetrics:
         return read_job_metrics(self.store, job_id, tenant=tenant)
 
-    def watch(self, job_id: str, *, tenant: str) -> JobWatch:
-        """A follower of one job for a face that streams it (it polls; the face waits)."""
-        return JobWatch(self.store, job_id, tenant=tenant)
+    def watch(self, job_id: str, *, tenant: str) -> Watcher:
+        """A follower of one job for a face that streams it: the job now, then its changes
+        (service/core/job_feed.py). It reads the store: call it off the event loop. The
+        face closes it when its stream ends."""
+        return self.feeds.watch(job_id, tenant=tenant)

@@ -39,7 +39,7 @@ from jobstore.store import Job, JobStore
 from service.auth.limits import TenantPolicy
 from service.core import paging
 from service.core.integrations import check_mlflow_tracking_uri
-from service.core.schemas import JobCreate, JobPublic
+from service.core.schemas import JobCreate
 from service.errors import (
     CorruptDocument,
     FailedPrecondition,
@@ -682,29 +682,3 @@ def _log_window(
         return None
     window, size = found
     return window, min(offset, size), size
-
-
-class JobWatch:
-    """Follows one job for an edge that streams it (gRPC's WatchJob).
-
-    `poll()` reads the job and returns it when what a reader sees of it changed since
-    the last poll (always on the first), else None; `done` turns True once the job is
-    terminal. The edge decides how often to poll and how to wait between polls.
-    `updatedAt` alone does not count as a change: it moves with every heartbeat.
-    """
-
-    def __init__(self, store: JobStore, job_id: str, *, tenant: str) -> None:
-        self.store = store
-        self.job_id = job_id
-        self.tenant = tenant
-        self.done = False
-        self._seen: dict[str, Any] | None = None
-
-    def poll(self) -> Job | None:
-        job = get_job(self.store, self.job_id, tenant=self.tenant)
-        view = JobPublic.from_job(job).model_dump(mode="json", exclude={"updatedAt"})
-        self.done = _visible_state(job).is_terminal()
-        if view == self._seen:
-            return None
-        self._seen = view
-        return job

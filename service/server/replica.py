@@ -101,6 +101,7 @@ class Replica:
                 self.grpc_server.stop(grace=10)
         finally:
             self.reconciler.stop()
+            self.context.jobs.feeds.stop()  # open streams get nothing more
             if self.notifier is not None:
                 self.notifier.stop()
             if self.context.dry_runs is not None:

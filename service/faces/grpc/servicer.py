@@ -17,7 +17,9 @@ import grpc
 from tuneforge.v1 import fine_tuning_pb2 as pb
 from tuneforge.v1 import fine_tuning_pb2_grpc as pb_grpc
 
+from jobstore.store import Job
 from service.core import jobs
+from service.core.job_feed import Rendered
 from service.errors import InvalidArgument
 from service.faces.context import ServiceContext
 from service.faces.grpc import mapping
@@ -26,6 +28,14 @@ from service.faces.grpc.errors import ShuttingDown, abort
 
 Response = TypeVar("Response")
 DEFAULT_PAGE_SIZE = 20
+
+
+# A job handed to many WatchJob calls becomes one message, made once.
+_rendered = Rendered()
+
+
+def _watch_response(job: Job) -> pb.WatchJobResponse:
+    return _rendered.get(job, lambda job: pb.WatchJobResponse(job=mapping.job_message(job)))
 
 
 def mapped(method: Callable[..., Any]) -> Callable[..., Any]:
@@ -137,19 +147,19 @@ class FineTuningServicer(pb_grpc.FineTuningServiceServicer):
     async def WatchJob(
         self, request: pb.WatchJobRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.WatchJobResponse]:
-        watch = self.jobs.watch(request.job_id, tenant=current_policy().tenant)
-        while True:
-            if self._shutdown.is_set():
-                raise ShuttingDown("the server is shutting down; watch the job again")
-            job = await self._run(watch.poll)
-            if job is not None:
-                yield pb.WatchJobResponse(job=mapping.job_message(job))
-            if watch.done:
-                return
-            try:
-                await asyncio.wait_for(self._shutdown.wait(), self.watch_poll_seconds)
-            except TimeoutError:
-                pass
+        # The replica's feed of the job (service/core/job_feed.py): one read per poll for
+        # every watcher; RESOURCE_EXHAUSTED past the limits on open streams.
+        watcher = await self._run(self.jobs.watch, request.job_id, tenant=current_policy().tenant)
+        try:
+            yield _watch_response(watcher.first)
+            while not watcher.done:
+                if self._shutdown.is_set():
+                    raise ShuttingDown("the server is shutting down; watch the job again")
+                job = await watcher.next(timeout=self.watch_poll_seconds)
+                if job is not None:
+                    yield _watch_response(job)
+        finally:
+            watcher.close()
 
     @mapped
     async def ListJobEvents(

@@ -64,7 +64,8 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         403: "Not allowed: a URI outside the buckets or folders granted to the tenant.",
         413: "Request body too large.",
         422: "The request body does not match the schema (the field is named).",
-        429: "A per-tenant limit (requests per second, queued jobs); retry after Retry-After.",
+        429: "A limit (a tenant's requests per second or queued jobs, open job streams); "
+        "retry after Retry-After.",
         503: "The object store is unavailable; retry after the Retry-After seconds.",
     }.items()
 }

@@ -1,9 +1,12 @@
 """`GET /v1/jobs/{id}/stream`: a job's live progress as Server-Sent Events.
 
-The same source as gRPC's WatchJob (`service.core.jobs.JobWatch`): the current job first,
-then the job again each time what a reader sees of it changes (state, progress,
+The same source as gRPC's WatchJob (a watcher of the replica's job feeds,
+service/core/job_feed.py: one read per poll for all who follow the job): the current job
+first, then the job again each time what a reader sees of it changes (state, progress,
 failure), ending after a terminal state. Every message is a whole `JobPublic`, so a
-client that reconnects misses nothing it needs: it gets the current job at once.
+client that reconnects misses nothing it needs: it gets the current job at once, and a
+slow client skips to the newest. Past the replica's limits on open streams (per tenant,
+in all) the answer is 429 with Retry-After.
 
     event: job
     id: 7
@@ -18,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
+import weakref
 from collections.abc import AsyncIterator
 from typing import Annotated
 
@@ -26,6 +29,7 @@ from fastapi import APIRouter, Header, Path
 from fastapi.responses import StreamingResponse
 
 from jobstore.store import Job
+from service.core.job_feed import Rendered
 from service.core.schemas import JobPublic
 from service.faces.http_auth import CurrentTenant
 from service.faces.rest.deps import ContextDep
@@ -36,9 +40,16 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=ERROR_RESPONSES)
 KEEP_ALIVE_SECONDS = 15.0
 
 
+# A job handed to many streams is turned into JSON once.
+_rendered = Rendered()
+
+
+def _data(job: Job) -> str:
+    return json.dumps(JobPublic.from_job(job).model_dump(mode="json"), separators=(",", ":"))
+
+
 def _message(job: Job, sequence: int) -> bytes:
-    data = json.dumps(JobPublic.from_job(job).model_dump(mode="json"), separators=(",", ":"))
-    return f"event: job\nid: {sequence}\ndata: {data}\n\n".encode()
+    return f"event: job\nid: {sequence}\ndata: {_rendered.get(job, _data)}\n\n".encode()
 
 
 @router.get(
@@ -60,30 +71,30 @@ async def stream_job(
         str | None, Header(alias="Last-Event-ID", description="Resume numbering after this id.")
     ] = None,
 ) -> StreamingResponse:
-    watch = context.jobs.watch(job_id, tenant=caller.tenant)
-    # Read once before answering, so an unknown job is a 404, not an empty stream.
-    first = await asyncio.to_thread(watch.poll)
-    assert first is not None  # the first poll always returns the job
+    # Opened (the job read) before answering: an unknown job is a 404 and a stream past
+    # the limits a 429, not an empty stream.
+    watcher = await asyncio.to_thread(context.jobs.watch, job_id, tenant=caller.tenant)
     start = int(last_event_id) + 1 if last_event_id and last_event_id.isdigit() else 1
-    poll_seconds = context.settings.grpc_watch_poll_seconds
 
     async def events() -> AsyncIterator[bytes]:
-        sequence = start
-        yield _message(first, sequence)
-        last_sent = time.monotonic()
-        while not watch.done:
-            await asyncio.sleep(poll_seconds)
-            job = await asyncio.to_thread(watch.poll)
-            if job is not None:
+        try:
+            sequence = start
+            yield _message(watcher.first, sequence)
+            while not watcher.done:
+                job = await watcher.next(timeout=KEEP_ALIVE_SECONDS)
+                if job is None:
+                    yield b": keep-alive\n\n"
+                    continue
                 sequence += 1
                 yield _message(job, sequence)
-                last_sent = time.monotonic()
-            elif time.monotonic() - last_sent >= KEEP_ALIVE_SECONDS:
-                yield b": keep-alive\n\n"
-                last_sent = time.monotonic()
+        finally:
+            watcher.close()
 
+    stream = events()
+    # A client gone before its stream began never runs the finally above.
+    weakref.finalize(stream, watcher.close)
     return StreamingResponse(
-        events(),
+        stream,
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )

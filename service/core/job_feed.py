@@ -1,0 +1,295 @@
+"""Job feeds: one poll per watched job per replica, handed to every watcher of it.
+
+What streams a job (an SSE stream, a gRPC WatchJob call) opens a `Watcher` here instead of
+polling the store itself, so a thousand watchers of a job cost what one does.
+
+Invariants:
+- A replica reads a watched job at most once per `poll_seconds`, however many watchers
+  follow it. The reads run on the feeds' one thread, never on a request's.
+- A watcher holds at most one job it has not taken yet, the newest: a slow consumer skips
+  to the latest (every message is the whole job, so it misses nothing it needs), and
+  memory per watcher stays bounded.
+- A watcher sees the job first as it was when it opened, then each change of what a
+  reader sees of it (`updatedAt` alone, which moves with every heartbeat, is no change),
+  and last its terminal state, after which it is done.
+- A job is no longer read once its last watcher has closed, or once its terminal state was
+  handed out.
+- Open watchers are counted per tenant and per replica; opening one past either limit
+  raises TooManyRequests (429 / RESOURCE_EXHAUSTED at the faces) and opens nothing.
+- Only this module reads a job for a watcher; the tenant check is `get_job`'s, made when a
+  watcher opens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from jobstore.store import Job, JobStore
+from service.core.jobs import get_job, is_visibly_terminal
+from service.core.schemas import JobPublic
+from service.errors import TooManyRequests
+
+log = logging.getLogger(__name__)
+
+# How long a watcher refused for a limit is told to wait before trying again.
+_RETRY_AFTER_SECONDS = 5.0
+# Watched jobs read at once.
+_CONCURRENT_READS = 8
+
+
+def _view(job: Job) -> dict[str, Any]:
+    """What a reader sees of the job, minus `updatedAt` (it moves with every heartbeat)."""
+    return JobPublic.from_job(job).model_dump(mode="json", exclude={"updatedAt"})
+
+
+class Rendered:
+    """What a face makes of a job it sends to many watchers (SSE data, a gRPC message),
+    made once per job handed out rather than once per watcher. Keeps the newest `size`
+    jobs (holding them, so an id is never reused while kept)."""
+
+    def __init__(self, size: int = 64) -> None:
+        self._size = size
+        self._made: OrderedDict[int, tuple[Job, Any]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, job: Job, make: Callable[[Job], Any]) -> Any:
+        with self._lock:
+            found = self._made.get(id(job))
+            if found is not None and found[0] is job:
+                return found[1]
+        made = make(job)
+        with self._lock:
+            self._made[id(job)] = (job, made)
+            while len(self._made) > self._size:
+                self._made.popitem(last=False)
+        return made
+
+
+class Watcher:
+    """One follower of a job: `first` at once, then `next()` until `done`."""
+
+    def __init__(self, feeds: JobFeeds, job_id: str, tenant: str, first: Job) -> None:
+        self.job_id = job_id
+        self.tenant = tenant
+        self.first = first
+        self.done = is_visibly_terminal(first)
+        self._feeds = feeds
+        self._latest: Job | None = None
+        self._closed = False
+        # Set from the feeds' thread; waited on in the consumer's event loop.
+        self._event: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._lock = threading.Lock()
+
+    async def next(self, timeout: float) -> Job | None:
+        """The newest change not taken yet, waiting up to `timeout` seconds for one;
+        None when none came (the caller sends a keep-alive and asks again)."""
+        with self._lock:
+            if self._event is None:
+                self._loop = asyncio.get_running_loop()
+                self._event = asyncio.Event()
+                if self._latest is not None:
+                    self._event.set()
+            event = self._event
+        try:
+            await asyncio.wait_for(event.wait(), timeout)
+        except TimeoutError:
+            return None
+        with self._lock:
+            event.clear()
+            job, self._latest = self._latest, None
+        if job is not None and is_visibly_terminal(job):
+            self.done = True
+        return job
+
+    def close(self) -> None:
+        """Stop following (idempotent): the job's poll stops with its last watcher."""
+        if not self._closed:
+            self._closed = True
+            self._feeds._closed(self)
+
+    def _hand(self, job: Job) -> None:
+        """From the feeds' thread: replace what is waiting with `job`, wake the consumer."""
+        with self._lock:
+            self._latest = job
+            loop, event = self._loop, self._event
+        if loop is not None and event is not None:
+            try:
+                loop.call_soon_threadsafe(event.set)
+            except RuntimeError:  # its loop has closed: the consumer is gone
+                pass
+
+
+@dataclass
+class _Feed:
+    """One watched job: its watchers and the last view handed to them."""
+
+    job_id: str
+    tenant: str
+    view: dict[str, Any]
+    watchers: set[Watcher] = field(default_factory=set)
+    due: float = 0.0  # monotonic time of its next read
+    failing: bool = False  # its last read failed (logged once, until one succeeds)
+
+
+class JobFeeds:
+    """Every watched job of this replica, read by one thread (see the module docstring).
+    `max_per_tenant` / `max_total`: open watchers allowed (0: no limit)."""
+
+    def __init__(
+        self,
+        store: JobStore,
+        *,
+        poll_seconds: float,
+        max_per_tenant: int = 0,
+        max_total: int = 0,
+    ) -> None:
+        self.store = store
+        self.poll_seconds = poll_seconds
+        self.max_per_tenant = max_per_tenant
+        self.max_total = max_total
+        self._feeds: dict[str, _Feed] = {}
+        self._open: dict[str, int] = {}  # per tenant
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self._thread: threading.Thread | None = None
+        # Reads of several watched jobs at once: one slow read holds up no other job.
+        self._readers = ThreadPoolExecutor(_CONCURRENT_READS, thread_name_prefix="job-feed")
+        self._stopping = False
+        # Reads of jobs for watchers since start (tests, metrics).
+        self.reads = 0
+
+    def open_watchers(self, tenant: str | None = None) -> int:
+        with self._lock:
+            return self._open.get(tenant, 0) if tenant else sum(self._open.values())
+
+    def watch(self, job_id: str, *, tenant: str) -> Watcher:
+        """Open a watcher of the tenant's job: reads it now (JobNotFound for an id that is
+        not the tenant's), so call it off the event loop. TooManyRequests past a limit."""
+        self._reserve(tenant)
+        try:
+            first = get_job(self.store, job_id, tenant=tenant)
+        except BaseException:
+            self._release(tenant)
+            raise
+        watcher = Watcher(self, job_id, tenant, first)
+        if watcher.done:  # nothing will change: no feed to join
+            self._release(tenant)
+            watcher._closed = True
+            return watcher
+        with self._changed:
+            feed = self._feeds.get(job_id)
+            if feed is None:
+                feed = _Feed(job_id, tenant, _view(first), due=time.monotonic() + self.poll_seconds)
+                self._feeds[job_id] = feed
+            elif feed.view != _view(first):
+                # This watcher read a newer job than the feed last handed out: the feed
+                # goes on from here, and the others get it at the next read.
+                feed.due = 0.0
+            feed.watchers.add(watcher)
+            self._start_thread()
+            self._changed.notify()
+        return watcher
+
+    def stop(self) -> None:
+        """Stop the feeds' thread (the server stops); open watchers get nothing more."""
+        with self._changed:
+            self._stopping = True
+            self._changed.notify()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        self._readers.shutdown(wait=False)
+
+    # -- counts ------------------------------------------------------------------------
+
+    def _reserve(self, tenant: str) -> None:
+        with self._lock:
+            mine, total = self._open.get(tenant, 0), sum(self._open.values())
+            if self.max_per_tenant and mine >= self.max_per_tenant:
+                raise TooManyRequests(
+                    f"tenant {tenant} already follows {mine} job streams on this server, its "
+                    f"limit (TUNEFORGE_MAX_WATCHERS_PER_TENANT); close one, or try again later",
+                    retry_after_seconds=_RETRY_AFTER_SECONDS,
+                )
+            if self.max_total and total >= self.max_total:
+                raise TooManyRequests(
+                    f"this server already serves {total} job streams, its limit "
+                    "(TUNEFORGE_MAX_WATCHERS); try again later, or another replica",
+                    retry_after_seconds=_RETRY_AFTER_SECONDS,
+                )
+            self._open[tenant] = mine + 1
+
+    def _release(self, tenant: str) -> None:
+        with self._lock:
+            left = self._open.get(tenant, 0) - 1
+            if left > 0:
+                self._open[tenant] = left
+            else:
+                self._open.pop(tenant, None)
+
+    def _closed(self, watcher: Watcher) -> None:
+        with self._changed:
+            feed = self._feeds.get(watcher.job_id)
+            if feed is not None:
+                feed.watchers.discard(watcher)
+                if not feed.watchers:
+                    del self._feeds[watcher.job_id]
+        self._release(watcher.tenant)
+
+    # -- the thread --------------------------------------------------------------------
+
+    def _start_thread(self) -> None:
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(target=self._run, name="job-feeds", daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            with self._changed:
+                while not self._stopping and not self._feeds:
+                    self._changed.wait()
+                if self._stopping:
+                    return
+                now = time.monotonic()
+                due = [feed for feed in self._feeds.values() if feed.due <= now]
+                if not due:
+                    wait = min(feed.due for feed in self._feeds.values()) - now
+                    self._changed.wait(wait)
+                    continue
+            list(self._readers.map(self._read, due))
+
+    def _read(self, feed: _Feed) -> None:
+        """Read the job once and hand a change to each of its watchers."""
+        feed.due = time.monotonic() + self.poll_seconds
+        try:
+            job = get_job(self.store, feed.job_id, tenant=feed.tenant)
+        except Exception as error:  # the store away: its watchers wait, the next read retries
+            if not feed.failing:
+                log.warning("reading job %s for its watchers failed: %s", feed.job_id, error)
+            feed.failing = True
+            return
+        finally:
+            with self._lock:
+                self.reads += 1
+        if feed.failing:
+            log.info("reading job %s for its watchers works again", feed.job_id)
+            feed.failing = False
+        view = _view(job)
+        terminal = is_visibly_terminal(job)
+        with self._changed:
+            if view == feed.view and not terminal:
+                return
+            feed.view = view
+            watchers = list(feed.watchers)
+            if terminal:  # handed out once: nothing reads it again
+                self._feeds.pop(feed.job_id, None)
+        for watcher in watchers:
+            watcher._hand(job)

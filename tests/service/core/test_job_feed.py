@@ -1,0 +1,211 @@
+"""Job feeds on a real store (service/core/job_feed.py): many watchers of a job cost one
+read per poll, each gets every change and the end, a slow one skips to the newest, the
+limits refuse the one past them, and the reads stop with the last watcher."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+
+import pytest
+
+from jobstore.documents import (
+    DataLocation,
+    HyperParameters,
+    JobSpec,
+    JobState,
+    JobStatus,
+    new_job_id,
+    utc_now,
+)
+from jobstore.errors import JobNotFound
+from jobstore.storage import ObjectStore
+from jobstore.store import JobStore
+from service.core.job_feed import JobFeeds, Rendered, Watcher
+from service.errors import TooManyRequests
+
+POLL_SECONDS = 0.1
+
+
+@pytest.fixture
+def store(object_store: ObjectStore) -> JobStore:
+    bucket = f"feeds-{uuid.uuid4().hex[:10]}"
+    object_store.ensure_bucket(bucket)
+    return JobStore(object_store, bucket)
+
+
+def _create(store: JobStore, tenant: str = "watch") -> str:
+    spec = JobSpec(
+        jobId=new_job_id(),
+        jobName="followed",
+        tenant=tenant,
+        createdAt=utc_now(),
+        baseModelIdentifier="s3://demo/models/tiny-llama/",
+        trainingDataConfig=DataLocation(s3Uri="s3://demo/datasets/sample-train.jsonl"),
+        outputDataConfig=DataLocation(s3Uri="s3://demo/output/"),
+        hyperParameters=HyperParameters(),
+    )
+    store.create(spec)
+    return spec.jobId
+
+
+def _write(store: JobStore, job_id: str, state: JobState | None = None, step: int = 0) -> None:
+    """What a trainer writes: a state, or progress (through another replica's store)."""
+
+    def change(status: JobStatus) -> JobStatus:
+        moved = status.moved_to(state) if state else status.model_copy(deep=True)
+        moved.progress.step = step or moved.progress.step
+        return moved
+
+    assert JobStore(store.storage, store.bucket).update_status(job_id, change)
+
+
+async def _follow(watcher: Watcher) -> list[tuple[str, int]]:
+    """(state, step) of every job the watcher gets, the first included, until done."""
+    seen = [(watcher.first.status.state.value, watcher.first.status.progress.step)]
+    while not watcher.done:
+        job = await watcher.next(timeout=10)
+        assert job is not None, f"no change in 10 s after {seen}"
+        seen.append((job.status.state.value, job.status.progress.step))
+    watcher.close()
+    return seen
+
+
+def test_many_watchers_cost_one_read_per_poll_and_each_gets_every_change_and_the_end(
+    store: JobStore,
+) -> None:
+    job_id = _create(store)
+    feeds = JobFeeds(store, poll_seconds=POLL_SECONDS)
+
+    async def scenario() -> list[list[tuple[str, int]]]:
+        watchers = [
+            await asyncio.to_thread(feeds.watch, job_id, tenant="watch") for _ in range(200)
+        ]
+        assert feeds.open_watchers("watch") == 200
+        followers = [asyncio.create_task(_follow(watcher)) for watcher in watchers]
+        reads_before = feeds.reads
+        started = time.monotonic()
+        for state, step in [
+            (JobState.VALIDATING, 0),
+            (JobState.RUNNING, 1),
+            (None, 2),
+            (None, 3),
+            (JobState.COMPLETED, 3),
+        ]:
+            await asyncio.to_thread(_write, store, job_id, state, step)
+            await asyncio.sleep(4 * POLL_SECONDS)  # each change seen before the next
+        results = await asyncio.wait_for(asyncio.gather(*followers), 30)
+        elapsed = time.monotonic() - started
+        # One read per poll for the 200 of them (a poll may run late, never more often).
+        assert feeds.reads - reads_before <= elapsed / POLL_SECONDS + 2
+        return results
+
+    try:
+        results = asyncio.run(scenario())
+    finally:
+        feeds.stop()
+    expected = [
+        ("QUEUED", 0),
+        ("VALIDATING", 0),
+        ("RUNNING", 1),
+        ("RUNNING", 2),
+        ("RUNNING", 3),
+        ("COMPLETED", 3),
+    ]
+    assert all(result == expected for result in results), results[0]
+    assert feeds.open_watchers() == 0
+
+
+def test_a_slow_watcher_skips_to_the_newest_job(store: JobStore) -> None:
+    job_id = _create(store)
+    feeds = JobFeeds(store, poll_seconds=POLL_SECONDS)
+
+    async def scenario() -> None:
+        watcher = await asyncio.to_thread(feeds.watch, job_id, tenant="watch")
+        for step in (1, 2, 3):  # three changes it does not take
+            await asyncio.to_thread(_write, store, job_id, None, step)
+            await asyncio.sleep(4 * POLL_SECONDS)
+        job = await watcher.next(timeout=5)
+        assert job is not None and job.status.progress.step == 3
+        assert await watcher.next(timeout=4 * POLL_SECONDS) is None  # nothing older queued
+        watcher.close()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        feeds.stop()
+
+
+def test_the_limits_refuse_the_watcher_past_them_and_a_closed_one_frees_its_place(
+    store: JobStore,
+) -> None:
+    mine, theirs = _create(store, "mine"), _create(store, "theirs")
+    feeds = JobFeeds(store, poll_seconds=POLL_SECONDS, max_per_tenant=2, max_total=3)
+    try:
+        first = feeds.watch(mine, tenant="mine")
+        feeds.watch(mine, tenant="mine")
+        with pytest.raises(TooManyRequests) as refused:
+            feeds.watch(mine, tenant="mine")
+        assert "tenant mine already follows 2 job streams" in refused.value.message
+        assert "TUNEFORGE_MAX_WATCHERS_PER_TENANT" in refused.value.message
+        assert refused.value.retry_after_seconds > 0
+        feeds.watch(theirs, tenant="theirs")  # another tenant's first: the third in all
+        with pytest.raises(TooManyRequests) as full:
+            feeds.watch(theirs, tenant="theirs")
+        assert "already serves 3 job streams" in full.value.message
+        first.close()
+        first.close()  # twice changes nothing
+        assert feeds.open_watchers("mine") == 1
+        # Another tenant's job is not found, and holds no place.
+        with pytest.raises(JobNotFound):
+            feeds.watch(theirs, tenant="mine")
+        assert feeds.open_watchers("mine") == 1
+        feeds.watch(mine, tenant="mine")
+        assert (feeds.open_watchers("mine"), feeds.open_watchers()) == (2, 3)
+    finally:
+        feeds.stop()
+
+
+def test_reads_stop_with_the_last_watcher(store: JobStore) -> None:
+    job_id = _create(store)
+    feeds = JobFeeds(store, poll_seconds=POLL_SECONDS)
+    try:
+        watchers = [feeds.watch(job_id, tenant="watch") for _ in range(3)]
+        time.sleep(5 * POLL_SECONDS)
+        assert feeds.reads >= 2
+        for watcher in watchers:
+            watcher.close()
+        settled = feeds.reads
+        time.sleep(5 * POLL_SECONDS)
+        assert feeds.reads <= settled + 1  # one read may have been under way
+        assert feeds.open_watchers() == 0
+    finally:
+        feeds.stop()
+
+
+def test_a_finished_job_is_handed_once_and_not_read(store: JobStore) -> None:
+    job_id = _create(store)
+    _write(store, job_id, JobState.FAILED)
+    feeds = JobFeeds(store, poll_seconds=POLL_SECONDS)
+    try:
+        watcher = feeds.watch(job_id, tenant="watch")
+        assert watcher.done and watcher.first.status.state == JobState.FAILED
+        time.sleep(3 * POLL_SECONDS)
+        assert feeds.reads == 0 and feeds.open_watchers() == 0
+    finally:
+        feeds.stop()
+
+
+def test_what_a_face_makes_of_a_job_is_made_once_per_job(store: JobStore) -> None:
+    job_id = _create(store)
+    first, second = store.get(job_id), store.get(job_id)  # equal, but two objects
+    rendered, made = Rendered(size=2), []
+
+    def make(job: object) -> str:
+        made.append(job)
+        return f"rendered {len(made)}"
+
+    assert {rendered.get(first, make) for _ in range(1000)} == {"rendered 1"}
+    assert rendered.get(second, make) == "rendered 2"
+    assert made == [first, second] and made[0] is first
