@@ -5,17 +5,21 @@ polling the store itself, so a thousand watchers of a job cost what one does.
 
 Invariants:
 - A replica reads a watched job at most once per `poll_seconds`, however many watchers
-  follow it. The reads run on the feeds' one thread, never on a request's.
+  follow it. The reads run on the feeds' threads, never on a request's.
 - A watcher holds at most one job it has not taken yet, the newest: a slow consumer skips
   to the latest (every message is the whole job, so it misses nothing it needs), and
   memory per watcher stays bounded.
 - A watcher sees the job first as it was when it opened, then each change of what a
   reader sees of it (`updatedAt` alone, which moves with every heartbeat, is no change),
-  and last its terminal state, after which it is done.
+  never the same view twice nor one read before it opened, and last its terminal state,
+  after which it is done.
 - A job is no longer read once its last watcher has closed, or once its terminal state was
   handed out.
 - Open watchers are counted per tenant and per replica; opening one past either limit
-  raises TooManyRequests (429 / RESOURCE_EXHAUSTED at the faces) and opens nothing.
+  raises TooManyRequests (429 / RESOURCE_EXHAUSTED at the faces) and opens nothing. A
+  watcher's place is given back once it is closed; `close()` never blocks (it may run from
+  the garbage collector, inside this module's own locked code), so it only queues the
+  watcher, and the next pass of the feeds' thread, or the next open, settles it.
 - Only this module reads a job for a watcher; the tenant check is `get_job`'s, made when a
   watcher opens.
 """
@@ -24,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import queue
 import threading
 import time
 from collections import OrderedDict
@@ -64,6 +69,7 @@ class Rendered:
         with self._lock:
             found = self._made.get(id(job))
             if found is not None and found[0] is job:
+                self._made.move_to_end(id(job))
                 return found[1]
         made = make(job)
         with self._lock:
@@ -84,6 +90,7 @@ class Watcher:
         self._feeds = feeds
         self._latest: Job | None = None
         self._closed = False
+        self._view = _view(first)  # the last view handed to it
         # Set from the feeds' thread; waited on in the consumer's event loop.
         self._event: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -111,14 +118,20 @@ class Watcher:
         return job
 
     def close(self) -> None:
-        """Stop following (idempotent): the job's poll stops with its last watcher."""
+        """Stop following (idempotent; never blocks): the job's poll stops with its last
+        watcher, and its place is given back (see the module docstring)."""
         if not self._closed:
             self._closed = True
-            self._feeds._closed(self)
+            self._feeds._closing.put(self)
+            self._feeds._settle_closed_if_free()
 
-    def _hand(self, job: Job) -> None:
-        """From the feeds' thread: replace what is waiting with `job`, wake the consumer."""
+    def _hand(self, job: Job, view: dict[str, Any]) -> None:
+        """From the feeds' threads: replace what is waiting with `job`, wake the consumer;
+        nothing when it was handed this view already (its first, a read that raced it)."""
         with self._lock:
+            if view == self._view or self._closed:
+                return
+            self._view = view
             self._latest = job
             loop, event = self._loop, self._event
         if loop is not None and event is not None:
@@ -126,6 +139,12 @@ class Watcher:
                 loop.call_soon_threadsafe(event.set)
             except RuntimeError:  # its loop has closed: the consumer is gone
                 pass
+
+
+def _close_if_opened(opening: asyncio.Future[Watcher]) -> None:
+    """A watcher opened for a caller that was cancelled meanwhile: closed."""
+    if not opening.cancelled() and opening.exception() is None:
+        opening.result().close()
 
 
 @dataclass
@@ -158,10 +177,11 @@ class JobFeeds:
         self.max_total = max_total
         self._feeds: dict[str, _Feed] = {}
         self._open: dict[str, int] = {}  # per tenant
+        self._closing: queue.SimpleQueue[Watcher] = queue.SimpleQueue()  # to settle
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         self._thread: threading.Thread | None = None
-        # Reads of several watched jobs at once: one slow read holds up no other job.
+        # Reads of several watched jobs at once (a pass waits for its slowest).
         self._readers = ThreadPoolExecutor(_CONCURRENT_READS, thread_name_prefix="job-feed")
         self._stopping = False
         # Reads of jobs for watchers since start (tests, metrics).
@@ -170,6 +190,16 @@ class JobFeeds:
     def open_watchers(self, tenant: str | None = None) -> int:
         with self._lock:
             return self._open.get(tenant, 0) if tenant else sum(self._open.values())
+
+    async def open(self, job_id: str, *, tenant: str) -> Watcher:
+        """`watch` from an event loop: the read in a thread; a caller cancelled meanwhile
+        (its client went away) leaves no watcher open behind it."""
+        opening = asyncio.ensure_future(asyncio.to_thread(self.watch, job_id, tenant=tenant))
+        try:
+            return await asyncio.shield(opening)
+        except asyncio.CancelledError:
+            opening.add_done_callback(_close_if_opened)
+            raise
 
     def watch(self, job_id: str, *, tenant: str) -> Watcher:
         """Open a watcher of the tenant's job: reads it now (JobNotFound for an id that is
@@ -212,6 +242,7 @@ class JobFeeds:
 
     def _reserve(self, tenant: str) -> None:
         with self._lock:
+            self._settle_closed()
             mine, total = self._open.get(tenant, 0), sum(self._open.values())
             if self.max_per_tenant and mine >= self.max_per_tenant:
                 raise TooManyRequests(
@@ -235,14 +266,32 @@ class JobFeeds:
             else:
                 self._open.pop(tenant, None)
 
-    def _closed(self, watcher: Watcher) -> None:
-        with self._changed:
+    def _settle_closed_if_free(self) -> None:
+        """Settle closed watchers now unless the lock is taken (perhaps by this very
+        thread, when a close runs from the garbage collector): then later."""
+        if self._lock.acquire(blocking=False):
+            try:
+                self._settle_closed()
+            finally:
+                self._lock.release()
+
+    def _settle_closed(self) -> None:
+        """With the lock held: leave the feeds of closed watchers, give their places back."""
+        while True:
+            try:
+                watcher = self._closing.get_nowait()
+            except queue.Empty:
+                return
             feed = self._feeds.get(watcher.job_id)
             if feed is not None:
                 feed.watchers.discard(watcher)
                 if not feed.watchers:
                     del self._feeds[watcher.job_id]
-        self._release(watcher.tenant)
+            left = self._open.get(watcher.tenant, 0) - 1
+            if left > 0:
+                self._open[watcher.tenant] = left
+            else:
+                self._open.pop(watcher.tenant, None)
 
     # -- the thread --------------------------------------------------------------------
 
@@ -254,8 +303,10 @@ class JobFeeds:
     def _run(self) -> None:
         while True:
             with self._changed:
+                self._settle_closed()
                 while not self._stopping and not self._feeds:
-                    self._changed.wait()
+                    self._changed.wait(self.poll_seconds)  # closes to settle meanwhile
+                    self._settle_closed()
                 if self._stopping:
                     return
                 now = time.monotonic()
@@ -267,29 +318,30 @@ class JobFeeds:
             list(self._readers.map(self._read, due))
 
     def _read(self, feed: _Feed) -> None:
-        """Read the job once and hand a change to each of its watchers."""
+        """Read the job once and hand a change to each of its watchers (those it had when
+        the read began: one that opened since read the job itself). Never raises: the
+        thread goes on for every other feed."""
         feed.due = time.monotonic() + self.poll_seconds
+        with self._lock:
+            watchers = list(feed.watchers)
+            self.reads += 1
         try:
             job = get_job(self.store, feed.job_id, tenant=feed.tenant)
+            view = _view(job)
+            terminal = is_visibly_terminal(job)
         except Exception as error:  # the store away: its watchers wait, the next read retries
             if not feed.failing:
                 log.warning("reading job %s for its watchers failed: %s", feed.job_id, error)
             feed.failing = True
             return
-        finally:
-            with self._lock:
-                self.reads += 1
         if feed.failing:
             log.info("reading job %s for its watchers works again", feed.job_id)
             feed.failing = False
-        view = _view(job)
-        terminal = is_visibly_terminal(job)
         with self._changed:
             if view == feed.view and not terminal:
                 return
             feed.view = view
-            watchers = list(feed.watchers)
-            if terminal:  # handed out once: nothing reads it again
-                self._feeds.pop(feed.job_id, None)
+            if terminal and self._feeds.get(feed.job_id) is feed:
+                del self._feeds[feed.job_id]  # handed out once: nothing reads it again
         for watcher in watchers:
-            watcher._hand(job)
+            watcher._hand(job, view)

@@ -177,8 +177,8 @@ class JobService:
     def metrics(self, job_id: str, *, tenant: str) -> JobMetrics:
         return read_job_metrics(self.store, job_id, tenant=tenant)
 
-    def watch(self, job_id: str, *, tenant: str) -> Watcher:
+    async def watch(self, job_id: str, *, tenant: str) -> Watcher:
         """A follower of one job for a face that streams it: the job now, then its changes
-        (service/core/job_feed.py). It reads the store: call it off the event loop. The
-        face closes it when its stream ends."""
-        return self.feeds.watch(job_id, tenant=tenant)
+        (service/core/job_feed.py); the read runs in a thread. The face closes it when its
+        stream ends."""
+        return await self.feeds.open(job_id, tenant=tenant)

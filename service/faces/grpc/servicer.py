@@ -149,7 +149,7 @@ class FineTuningServicer(pb_grpc.FineTuningServiceServicer):
     ) -> AsyncIterator[pb.WatchJobResponse]:
         # The replica's feed of the job (service/core/job_feed.py): one read per poll for
         # every watcher; RESOURCE_EXHAUSTED past the limits on open streams.
-        watcher = await self._run(self.jobs.watch, request.job_id, tenant=current_policy().tenant)
+        watcher = await self.jobs.watch(request.job_id, tenant=current_policy().tenant)
         try:
             yield _watch_response(watcher.first)
             while not watcher.done:

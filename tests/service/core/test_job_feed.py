@@ -21,7 +21,7 @@ from jobstore.documents import (
 )
 from jobstore.errors import JobNotFound
 from jobstore.storage import ObjectStore
-from jobstore.store import JobStore
+from jobstore.store import Job, JobStore
 from service.core.job_feed import JobFeeds, Rendered, Watcher
 from service.errors import TooManyRequests
 
@@ -94,7 +94,7 @@ def test_many_watchers_cost_one_read_per_poll_and_each_gets_every_change_and_the
             (JobState.COMPLETED, 3),
         ]:
             await asyncio.to_thread(_write, store, job_id, state, step)
-            await asyncio.sleep(4 * POLL_SECONDS)  # each change seen before the next
+            await asyncio.sleep(10 * POLL_SECONDS)  # each change seen before the next
         results = await asyncio.wait_for(asyncio.gather(*followers), 30)
         elapsed = time.monotonic() - started
         # One read per poll for the 200 of them (a poll may run late, never more often).
@@ -209,3 +209,67 @@ def test_what_a_face_makes_of_a_job_is_made_once_per_job(store: JobStore) -> Non
     assert {rendered.get(first, make) for _ in range(1000)} == {"rendered 1"}
     assert rendered.get(second, make) == "rendered 2"
     assert made == [first, second] and made[0] is first
+
+
+def test_a_close_from_inside_the_feeds_own_locked_code_waits_and_never_deadlocks(
+    store: JobStore,
+) -> None:
+    """As when the garbage collector closes a stream's watcher while this thread holds
+    the feeds' lock: the close is queued, and its place given back at the next open."""
+    job_id = _create(store)
+    feeds = JobFeeds(store, poll_seconds=POLL_SECONDS, max_per_tenant=1)
+    try:
+        watcher = feeds.watch(job_id, tenant="watch")
+        with feeds._lock:  # what the collector would interrupt
+            watcher.close()  # must return at once
+        feeds.watch(job_id, tenant="watch").close()  # the place was given back
+        assert feeds.open_watchers() == 0
+    finally:
+        feeds.stop()
+
+
+def test_an_open_whose_caller_is_cancelled_leaves_no_watcher(store: JobStore) -> None:
+    job_id = _create(store)
+    feeds = JobFeeds(store, poll_seconds=POLL_SECONDS)
+
+    async def scenario() -> None:
+        opening = asyncio.create_task(feeds.open(job_id, tenant="watch"))
+        await asyncio.sleep(0)  # the read has started in its thread
+        opening.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await opening
+        for _ in range(100):  # the read ends, then what it opened is closed
+            await asyncio.sleep(0.05)
+            if feeds.open_watchers() == 0 and not feeds._feeds:
+                return
+        raise AssertionError(f"{feeds.open_watchers()} watcher(s) left open")
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        feeds.stop()
+
+
+def test_a_watcher_never_gets_its_first_view_again(store: JobStore) -> None:
+    """One watcher opens after a change the feed has not read yet: the feed's next read
+    hands that change to the others, not again to it."""
+    job_id = _create(store)
+    feeds = JobFeeds(store, poll_seconds=POLL_SECONDS)
+
+    async def scenario() -> tuple[Job | None, Job | None]:
+        early = await feeds.open(job_id, tenant="watch")
+        await asyncio.to_thread(_write, store, job_id, None, 5)
+        late = await feeds.open(job_id, tenant="watch")  # reads step 5 itself
+        assert late.first.status.progress.step == 5
+        handed_early = await early.next(timeout=5)
+        handed_late = await late.next(timeout=10 * POLL_SECONDS)
+        early.close()
+        late.close()
+        return handed_early, handed_late
+
+    try:
+        handed_early, handed_late = asyncio.run(scenario())
+    finally:
+        feeds.stop()
+    assert handed_early is not None and handed_early.status.progress.step == 5
+    assert handed_late is None

@@ -19,7 +19,6 @@ proxies keep the connection open. Works with `curl -N`.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import weakref
 from collections.abc import AsyncIterator
@@ -71,10 +70,12 @@ async def stream_job(
         str | None, Header(alias="Last-Event-ID", description="Resume numbering after this id.")
     ] = None,
 ) -> StreamingResponse:
+    # An id that is not ASCII digits (Last-Event-ID is the client's) starts again at 1.
+    resumed = last_event_id is not None and last_event_id.isascii() and last_event_id.isdigit()
+    start = int(last_event_id) + 1 if resumed and last_event_id else 1
     # Opened (the job read) before answering: an unknown job is a 404 and a stream past
     # the limits a 429, not an empty stream.
-    watcher = await asyncio.to_thread(context.jobs.watch, job_id, tenant=caller.tenant)
-    start = int(last_event_id) + 1 if last_event_id and last_event_id.isdigit() else 1
+    watcher = await context.jobs.watch(job_id, tenant=caller.tenant)
 
     async def events() -> AsyncIterator[bytes]:
         try:
