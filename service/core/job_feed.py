@@ -90,7 +90,10 @@ class Watcher:
         self._feeds = feeds
         self._latest: Job | None = None
         self._closed = False
-        self._view = _view(first)  # the last view handed to it
+        # The feed's version of the job it last got (ints: compared for every watcher at
+        # each change), and until its first change, its first view (compared once).
+        self._version = -1
+        self._first_view: dict[str, Any] | None = _view(first)
         # Set from the feeds' thread; waited on in the consumer's event loop.
         self._event: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -125,13 +128,16 @@ class Watcher:
             self._feeds._closing.put(self)
             self._feeds._settle_closed_if_free()
 
-    def _hand(self, job: Job, view: dict[str, Any]) -> None:
+    def _hand(self, job: Job, view: dict[str, Any], version: int) -> None:
         """From the feeds' threads: replace what is waiting with `job`, wake the consumer;
         nothing when it was handed this view already (its first, a read that raced it)."""
         with self._lock:
-            if view == self._view or self._closed:
+            if version <= self._version or self._closed:
                 return
-            self._view = view
+            self._version = version
+            first, self._first_view = self._first_view, None
+            if first is not None and view == first:
+                return
             self._latest = job
             loop, event = self._loop, self._event
         if loop is not None and event is not None:
@@ -157,6 +163,7 @@ class _Feed:
     watchers: set[Watcher] = field(default_factory=set)
     due: float = 0.0  # monotonic time of its next read
     failing: bool = False  # its last read failed (logged once, until one succeeds)
+    version: int = 0  # one up for each change handed out
 
 
 class JobFeeds:
@@ -220,10 +227,13 @@ class JobFeeds:
             if feed is None:
                 feed = _Feed(job_id, tenant, _view(first), due=time.monotonic() + self.poll_seconds)
                 self._feeds[job_id] = feed
-            elif feed.view != _view(first):
+            elif feed.view != watcher._first_view:
                 # This watcher read a newer job than the feed last handed out: the feed
                 # goes on from here, and the others get it at the next read.
                 feed.due = 0.0
+            else:
+                watcher._version = feed.version  # it has what the feed has
+                watcher._first_view = None
             feed.watchers.add(watcher)
             self._start_thread()
             self._changed.notify()
@@ -341,7 +351,9 @@ class JobFeeds:
             if view == feed.view and not terminal:
                 return
             feed.view = view
+            feed.version += 1
+            version = feed.version
             if terminal and self._feeds.get(feed.job_id) is feed:
                 del self._feeds[feed.job_id]  # handed out once: nothing reads it again
         for watcher in watchers:
-            watcher._hand(job, view)
+            watcher._hand(job, view, version)
