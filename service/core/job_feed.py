@@ -15,6 +15,11 @@ Invariants:
   after which it is done.
 - A job is no longer read once its last watcher has closed, or once its terminal state was
   handed out.
+- A store that is down is waited out: the watchers get keep-alives meanwhile. Any other
+  failure to read the job (it is gone, its record does not parse) that repeats
+  `_FAILED_READS_TO_END` times in a row ends its watchers: `next()` raises the error
+  (gRPC answers its status; an SSE stream ends, and the client's reconnect is answered
+  the error), and the feed is dropped.
 - Open watchers are counted per tenant and per replica; opening one past either limit
   raises TooManyRequests (429 / RESOURCE_EXHAUSTED at the faces) and opens nothing. A
   watcher's place is given back once it is closed; `close()` never blocks (it may run from
@@ -40,7 +45,7 @@ from typing import Any
 from jobstore.store import Job, JobStore
 from service.core.jobs import get_job, is_visibly_terminal
 from service.core.schemas import JobPublic
-from service.errors import TooManyRequests
+from service.errors import StoreUnavailable, TooManyRequests
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +53,8 @@ log = logging.getLogger(__name__)
 _RETRY_AFTER_SECONDS = 5.0
 # Watched jobs read at once.
 _CONCURRENT_READS = 8
+# Reads in a row that fail (other than with the store down) before a job's watchers end.
+_FAILED_READS_TO_END = 3
 
 
 def _view(job: Job) -> dict[str, Any]:
@@ -89,6 +96,7 @@ class Watcher:
         self.done = is_visibly_terminal(first)
         self._feeds = feeds
         self._latest: Job | None = None
+        self._error: Exception | None = None  # why its feed ended, to raise from next()
         self._closed = False
         # The feed's version of the job it last got (ints: compared for every watcher at
         # each change), and until its first change, its first view (compared once).
@@ -101,12 +109,13 @@ class Watcher:
 
     async def next(self, timeout: float) -> Job | None:
         """The newest change not taken yet, waiting up to `timeout` seconds for one;
-        None when none came (the caller sends a keep-alive and asks again)."""
+        None when none came (the caller sends a keep-alive and asks again). Raises why
+        the job can no longer be read (see the module docstring); then it is done."""
         with self._lock:
             if self._event is None:
                 self._loop = asyncio.get_running_loop()
                 self._event = asyncio.Event()
-                if self._latest is not None:
+                if self._latest is not None or self._error is not None:
                     self._event.set()
             event = self._event
         try:
@@ -116,6 +125,10 @@ class Watcher:
         with self._lock:
             event.clear()
             job, self._latest = self._latest, None
+            error = self._error
+        if job is None and error is not None:
+            self.done = True
+            raise error
         if job is not None and is_visibly_terminal(job):
             self.done = True
         return job
@@ -140,11 +153,24 @@ class Watcher:
                 return
             self._latest = job
             loop, event = self._loop, self._event
-        if loop is not None and event is not None:
-            try:
-                loop.call_soon_threadsafe(event.set)
-            except RuntimeError:  # its loop has closed: the consumer is gone
-                pass
+        _wake(loop, event)
+
+    def _end(self, error: Exception) -> None:
+        """From the feeds' threads: its job can no longer be read; `next()` raises `error`."""
+        with self._lock:
+            if self._closed:
+                return
+            self._error = error
+            loop, event = self._loop, self._event
+        _wake(loop, event)
+
+
+def _wake(loop: asyncio.AbstractEventLoop | None, event: asyncio.Event | None) -> None:
+    if loop is not None and event is not None:
+        try:
+            loop.call_soon_threadsafe(event.set)
+        except RuntimeError:  # its loop has closed: the consumer is gone
+            pass
 
 
 def _close_if_opened(opening: asyncio.Future[Watcher]) -> None:
@@ -163,6 +189,7 @@ class _Feed:
     watchers: set[Watcher] = field(default_factory=set)
     due: float = 0.0  # monotonic time of its next read
     failing: bool = False  # its last read failed (logged once, until one succeeds)
+    failed_reads: int = 0  # in a row, the store being down aside
     version: int = 0  # one up for each change handed out
 
 
@@ -339,14 +366,19 @@ class JobFeeds:
             job = get_job(self.store, feed.job_id, tenant=feed.tenant)
             view = _view(job)
             terminal = is_visibly_terminal(job)
-        except Exception as error:  # the store away: its watchers wait, the next read retries
+        except Exception as error:  # the next read retries; the thread goes on
             if not feed.failing:
                 log.warning("reading job %s for its watchers failed: %s", feed.job_id, error)
             feed.failing = True
+            if not isinstance(error, StoreUnavailable):  # the store away: waited out
+                feed.failed_reads += 1
+                if feed.failed_reads >= _FAILED_READS_TO_END:
+                    self._end_feed(feed, watchers, error)
             return
         if feed.failing:
             log.info("reading job %s for its watchers works again", feed.job_id)
             feed.failing = False
+        feed.failed_reads = 0
         with self._changed:
             if view == feed.view and not terminal:
                 return
@@ -357,3 +389,13 @@ class JobFeeds:
                 del self._feeds[feed.job_id]  # handed out once: nothing reads it again
         for watcher in watchers:
             watcher._hand(job, view, version)
+
+    def _end_feed(self, feed: _Feed, watchers: list[Watcher], error: Exception) -> None:
+        """The job can no longer be read: no more reads; each watcher raises `error`."""
+        log.warning("ending the %d stream(s) of job %s: %s", len(watchers), feed.job_id, error)
+        with self._changed:
+            if self._feeds.get(feed.job_id) is feed:
+                del self._feeds[feed.job_id]
+            ending = set(watchers) | feed.watchers  # those that joined since the read too
+        for watcher in ending:
+            watcher._end(error)

@@ -1,6 +1,7 @@
 """Job feeds on a real store (service/core/job_feed.py): many watchers of a job cost one
 read per poll, each gets every change and the end, a slow one skips to the newest, the
-limits refuse the one past them, and the reads stop with the last watcher."""
+limits refuse the one past them, the reads stop with the last watcher, and a job whose
+record breaks ends its watchers with the error."""
 
 from __future__ import annotations
 
@@ -19,8 +20,8 @@ from jobstore.documents import (
     new_job_id,
     utc_now,
 )
-from jobstore.errors import JobNotFound
-from jobstore.storage import ObjectStore
+from jobstore.errors import CorruptDocument, JobNotFound
+from jobstore.storage import ObjectStore, S3Location
 from jobstore.store import Job, JobStore
 from service.core.job_feed import JobFeeds, Rendered, Watcher
 from service.errors import TooManyRequests
@@ -273,3 +274,32 @@ def test_a_watcher_never_gets_its_first_view_again(store: JobStore) -> None:
         feeds.stop()
     assert handed_early is not None and handed_early.status.progress.step == 5
     assert handed_late is None
+
+
+def test_a_job_whose_record_breaks_ends_its_watchers_with_the_error(
+    store: JobStore,
+) -> None:
+    """Not keep-alives forever: after a few reads in a row that fail (the store itself
+    answering), each watcher's next() raises why, and the job is read no more."""
+    job_id = _create(store)
+    feeds = JobFeeds(store, poll_seconds=POLL_SECONDS)
+
+    async def scenario() -> None:
+        watchers = [await asyncio.to_thread(feeds.watch, job_id, tenant="watch") for _ in range(3)]
+        status = S3Location(store.bucket, f"jobs/{job_id}/status.json")
+        await asyncio.to_thread(store.storage.put_bytes, status, b"{not json")
+        for watcher in watchers:
+            with pytest.raises(CorruptDocument, match=r"status\.json"):
+                while await watcher.next(timeout=5) is not None:
+                    pass  # nothing changed before the break: no job comes first
+            assert watcher.done
+            watcher.close()
+        reads = feeds.reads
+        await asyncio.sleep(5 * POLL_SECONDS)
+        assert feeds.reads == reads  # no feed left to read
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        feeds.stop()
+    assert feeds.open_watchers() == 0

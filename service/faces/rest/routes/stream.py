@@ -6,7 +6,9 @@ first, then the job again each time what a reader sees of it changes (state, pro
 failure), ending after a terminal state. Every message is a whole `JobPublic`, so a
 client that reconnects misses nothing it needs: it gets the current job at once, and a
 slow client skips to the newest. Past the replica's limits on open streams (per tenant,
-in all) the answer is 429 with Retry-After.
+in all) the answer is 429 with Retry-After. While the store is down the stream sends
+keep-alives; a job that can no longer be read (gone, or its record broken) ends it, and a
+reconnect is answered that error.
 
     event: job
     id: 7
@@ -82,7 +84,12 @@ async def stream_job(
             sequence = start
             yield _message(watcher.first, sequence)
             while not watcher.done:
-                job = await watcher.next(timeout=KEEP_ALIVE_SECONDS)
+                try:
+                    job = await watcher.next(timeout=KEEP_ALIVE_SECONDS)
+                except Exception:
+                    # The job can no longer be read (logged by the feed): the stream ends,
+                    # and the client's reconnect is answered the error itself.
+                    return
                 if job is None:
                     yield b": keep-alive\n\n"
                     continue
