@@ -45,6 +45,7 @@ from typing import TypeVar
 
 from pydantic import BaseModel, ValidationError
 
+from jobstore.control_markers import ControlMarkers
 from jobstore.documents import (
     JOB_ID_PATTERN,
     JobControl,
@@ -124,6 +125,9 @@ class JobStore:
         self._finished_lock = threading.Lock()
         # Jobs not finished, as read lately: for readers that accept an answer a moment old.
         self.recent = RecentJobs()
+        # Which jobs the latest listings of `stops/` showed with no control (a job's feed
+        # then reads its status alone: jobstore/control_markers.py).
+        self.markers = ControlMarkers()
         # Whether every job is in its tenant's index (`tenants/.complete` seen).
         self._index_complete = False
         # Threads for get_many, started on first use.
@@ -159,6 +163,7 @@ class JobStore:
         job, asks for large pages)."""
         prefix = S3Location(self.bucket, "stops/")
         marked: set[str] = set()
+        started = time.monotonic()
         # StartAfter is exclusive: start after a key just below `first`.
         # By default pages of a few hundred keys: the range is usually a list page's
         # worth of jobs, and a page of the listing costs the parsing of every key in it.
@@ -170,6 +175,7 @@ class JobStore:
                 break
             if job_id >= first:
                 marked.add(job_id)
+        self.markers.listed(started, first, last, marked)
         return marked
 
     def _changed_marker(self, job_id: str) -> S3Location:
@@ -624,6 +630,7 @@ class JobStore:
                 continue
             finally:
                 self.recent.written(job_id)
+                self.markers.written(job_id)  # listings begun before say nothing of it now
         raise StatusContention(f"the control of job {job_id} kept changing under {tries} tries")
 
     def append_event(

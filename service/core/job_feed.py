@@ -5,7 +5,10 @@ polling the store itself, so a thousand watchers of a job cost what one does.
 
 Invariants:
 - A replica reads a watched job at most once per `poll_seconds`, however many watchers
-  follow it. The reads run on the feeds' threads, never on a request's.
+  follow it. The reads run on the feeds' threads, never on a request's. A read is of the
+  job's status alone while the replica's latest listing of control markers (every
+  reconcile pass makes one) is at most `markers_max_age` old and shows no stop or pause
+  for the job (jobstore/control_markers.py); otherwise of its control too.
 - A watcher holds at most one job it has not taken yet, the newest: a slow consumer skips
   to the latest (every message is the whole job, so it misses nothing it needs), and
   memory per watcher stays bounded.
@@ -141,19 +144,23 @@ class Watcher:
             self._feeds._closing.put(self)
             self._feeds._settle_closed_if_free()
 
-    def _hand(self, job: Job, view: dict[str, Any], version: int) -> None:
-        """From the feeds' threads: replace what is waiting with `job`, wake the consumer;
-        nothing when it was handed this view already (its first, a read that raced it)."""
+    def _hand(
+        self, job: Job, view: dict[str, Any], version: int
+    ) -> tuple[asyncio.AbstractEventLoop, asyncio.Event] | None:
+        """From the feeds' threads: replace what is waiting with `job`; the consumer's loop
+        and event to wake, when it waits on one. Nothing when it was handed this view
+        already (its first, a read that raced it)."""
         with self._lock:
             if version <= self._version or self._closed:
-                return
+                return None
             self._version = version
             first, self._first_view = self._first_view, None
             if first is not None and view == first:
-                return
+                return None
             self._latest = job
-            loop, event = self._loop, self._event
-        _wake(loop, event)
+            if self._loop is None or self._event is None:
+                return None  # it has not waited yet: its first next() finds the job
+            return self._loop, self._event
 
     def _end(self, error: Exception) -> None:
         """From the feeds' threads: its job can no longer be read; `next()` raises `error`."""
@@ -162,15 +169,23 @@ class Watcher:
                 return
             self._error = error
             loop, event = self._loop, self._event
-        _wake(loop, event)
+        if event is not None:
+            _wake(loop, event)
 
 
-def _wake(loop: asyncio.AbstractEventLoop | None, event: asyncio.Event | None) -> None:
-    if loop is not None and event is not None:
+def _wake(loop: asyncio.AbstractEventLoop | None, *events: asyncio.Event) -> None:
+    """Set `events` in their loop, with one thread-safe call however many there are (a
+    thousand watchers on one server's loop are woken by one call, not a thousand)."""
+    if loop is not None and events:
         try:
-            loop.call_soon_threadsafe(event.set)
-        except RuntimeError:  # its loop has closed: the consumer is gone
+            loop.call_soon_threadsafe(_set_all, events)
+        except RuntimeError:  # its loop has closed: the consumers are gone
             pass
+
+
+def _set_all(events: tuple[asyncio.Event, ...]) -> None:
+    for event in events:
+        event.set()
 
 
 def _close_if_opened(opening: asyncio.Future[Watcher]) -> None:
@@ -204,9 +219,14 @@ class JobFeeds:
         poll_seconds: float,
         max_per_tenant: int = 0,
         max_total: int = 0,
+        markers_max_age: float = 0.0,
+        on_open_count: Callable[[int], None] | None = None,
     ) -> None:
         self.store = store
         self.poll_seconds = poll_seconds
+        self.markers_max_age = markers_max_age
+        # Told the number of open watchers whenever it changes (a /metrics gauge).
+        self._on_open_count = on_open_count
         self.max_per_tenant = max_per_tenant
         self.max_total = max_total
         self._feeds: dict[str, _Feed] = {}
@@ -294,14 +314,24 @@ class JobFeeds:
                     retry_after_seconds=_RETRY_AFTER_SECONDS,
                 )
             self._open[tenant] = mine + 1
+            self._counted()
 
     def _release(self, tenant: str) -> None:
         with self._lock:
-            left = self._open.get(tenant, 0) - 1
-            if left > 0:
-                self._open[tenant] = left
-            else:
-                self._open.pop(tenant, None)
+            self._give_back(tenant)
+
+    def _give_back(self, tenant: str) -> None:
+        """With the lock held: one watcher of the tenant fewer."""
+        left = self._open.get(tenant, 0) - 1
+        if left > 0:
+            self._open[tenant] = left
+        else:
+            self._open.pop(tenant, None)
+        self._counted()
+
+    def _counted(self) -> None:
+        if self._on_open_count is not None:
+            self._on_open_count(sum(self._open.values()))
 
     def _settle_closed_if_free(self) -> None:
         """Settle closed watchers now unless the lock is taken (perhaps by this very
@@ -324,11 +354,7 @@ class JobFeeds:
                 feed.watchers.discard(watcher)
                 if not feed.watchers:
                     del self._feeds[watcher.job_id]
-            left = self._open.get(watcher.tenant, 0) - 1
-            if left > 0:
-                self._open[watcher.tenant] = left
-            else:
-                self._open.pop(watcher.tenant, None)
+            self._give_back(watcher.tenant)
 
     # -- the thread --------------------------------------------------------------------
 
@@ -363,7 +389,12 @@ class JobFeeds:
             watchers = list(feed.watchers)
             self.reads += 1
         try:
-            job = get_job(self.store, feed.job_id, tenant=feed.tenant)
+            unmarked_since = self.store.markers.unmarked_since(
+                feed.job_id, max_age=self.markers_max_age
+            )
+            job = get_job(
+                self.store, feed.job_id, tenant=feed.tenant, markers_listed_at=unmarked_since
+            )
             view = _view(job)
             terminal = is_visibly_terminal(job)
         except Exception as error:  # the next read retries; the thread goes on
@@ -387,8 +418,13 @@ class JobFeeds:
             version = feed.version
             if terminal and self._feeds.get(feed.job_id) is feed:
                 del self._feeds[feed.job_id]  # handed out once: nothing reads it again
+        woken: dict[asyncio.AbstractEventLoop, list[asyncio.Event]] = {}
         for watcher in watchers:
-            watcher._hand(job, view, version)
+            waiting = watcher._hand(job, view, version)
+            if waiting is not None:
+                woken.setdefault(waiting[0], []).append(waiting[1])
+        for loop, events in woken.items():
+            _wake(loop, *events)
 
     def _end_feed(self, feed: _Feed, watchers: list[Watcher], error: Exception) -> None:
         """The job can no longer be read: no more reads; each watcher raises `error`."""

@@ -34,9 +34,11 @@ class JobService:
         *,
         notify: Callable[[], None] | None = None,
         dry_runs: DryRunner | None = None,
+        on_open_streams: Callable[[int], None] | None = None,
     ) -> None:
         """`notify` wakes the replica's reconciler (None: a replica without one);
-        `dry_runs` runs `validate` (None: a replica that cannot)."""
+        `dry_runs` runs `validate` (None: a replica that cannot); `on_open_streams` is
+        told how many job streams are open whenever that changes (a gauge)."""
         self.store = store
         self.settings = settings
         self._notify = notify
@@ -47,6 +49,10 @@ class JobService:
             poll_seconds=settings.grpc_watch_poll_seconds,
             max_per_tenant=settings.max_watchers_per_tenant,
             max_total=settings.max_watchers,
+            # A stop or pause made through another replica shows in this one's streams
+            # with the next reconcile pass's listing of control markers.
+            markers_max_age=2 * settings.reconcile_interval_seconds + 1,
+            on_open_count=on_open_streams,
         )
 
     def _wake_reconciler(self) -> None:

@@ -201,12 +201,27 @@ def owned_spec(store: JobStore, job_id: str, tenant: str) -> JobSpec:
     return spec
 
 
-def get_job(store: JobStore, job_id: str, *, tenant: str, max_age: float = 0.0) -> Job:
+def get_job(
+    store: JobStore,
+    job_id: str,
+    *,
+    tenant: str,
+    max_age: float = 0.0,
+    markers_listed_at: float | None = None,
+) -> Job:
     """The tenant's job; `max_age`: how many seconds old an answer may be (0: read it now;
-    jobstore/recent_jobs.py). Checks before a change (stop, pause) read it now."""
+    jobstore/recent_jobs.py). Checks before a change (stop, pause) read it now.
+    `markers_listed_at`: a listing of control markers begun then showed none for the job
+    (jobstore/control_markers.py), so its control is not read."""
     # The owner check first, on the (cached) spec: another tenant's id costs no more reads.
     owned_spec(store, job_id, tenant)
-    return _with_queue_position(store, store.get(job_id, max_age=max_age))
+    job = store.get(
+        job_id,
+        max_age=max_age,
+        read_control=markers_listed_at is None,
+        markers_listed_at=markers_listed_at,
+    )
+    return _with_queue_position(store, job)
 
 
 def remembered_job(store: JobStore, job_id: str, *, tenant: str, max_age: float) -> Job | None:

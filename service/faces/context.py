@@ -39,6 +39,12 @@ class ServiceContext:
 
     def __post_init__(self) -> None:
         notify = self.reconciler.kick if self.reconciler is not None else None
-        self.jobs = JobService(self.store, self.settings, notify=notify, dry_runs=self.dry_runs)
+        self.jobs = JobService(
+            self.store,
+            self.settings,
+            notify=notify,
+            dry_runs=self.dry_runs,
+            on_open_streams=self.metrics.open_job_streams.set,
+        )
         self.files = FileStore(self.store, self.settings.files_bucket)
         self.models = ModelCatalog(self.store, self.settings)

@@ -34,6 +34,7 @@ from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     generate_latest,
     multiprocess,
@@ -116,6 +117,14 @@ class Metrics:
             "Webhook deliveries, by outcome (delivered, retried, failed).",
             ["outcome"],
             registry=registry,
+        )
+        # Summed over the workers of a replica in multiprocess mode ("livesum").
+        self.open_job_streams = Gauge(
+            "tuneforge_open_job_streams",
+            "Job streams open on this replica (SSE streams and gRPC WatchJob calls), "
+            "limited by TUNEFORGE_MAX_WATCHERS and TUNEFORGE_MAX_WATCHERS_PER_TENANT.",
+            registry=registry,
+            multiprocess_mode="livesum",
         )
         # What the last reconcile pass saw, served as gauges by a collector of its own
         # (see _ReconcileSnapshot), registered beside the counters.

@@ -1,6 +1,7 @@
 """Following a job through both faces, on a real server: SSE streams and gRPC WatchJob calls
 share one feed of the job (service/core/job_feed.py), count against the same limits (429
-with Retry-After / RESOURCE_EXHAUSTED past them, a closed stream frees its place), number
+with Retry-After / RESOURCE_EXHAUSTED past them, a closed stream frees its place; /metrics
+counts the open ones), number
 on from Last-Event-ID, and each gets the job's end and then ends.
 
 The trainer only sleeps (the job waits QUEUED, launched): what is followed is the job's
@@ -22,6 +23,7 @@ from tuneforge.v1 import fine_tuning_pb2 as pb
 from tuneforge.v1 import fine_tuning_pb2_grpc as pb_grpc
 
 from service.server.embedded_s3 import EmbeddedS3
+from tests.prometheus_text import samples
 from tests.servers import ApiServer, demo_job
 
 LIMIT = 3
@@ -136,6 +138,7 @@ def _refused_past_the_limit(server: ApiServer, job_id: str, followers: list[SseF
     with server.client() as client:
         refused = client.get(f"/v1/jobs/{job_id}/stream")
     assert refused.status_code == 429, refused.text
+    _wait_for(lambda: _open_streams(server) == LIMIT, f"{LIMIT} open streams in /metrics")
     assert int(refused.headers["Retry-After"]) >= 1
     said = refused.json()["error"]["message"]
     assert "already follows 3 job streams" in said and "MAX_WATCHERS_PER_TENANT" in said
@@ -157,6 +160,13 @@ def _refused_past_the_limit(server: ApiServer, job_id: str, followers: list[SseF
             return tried.status_code == 200
 
     _wait_for(reopened, "a place freed")
+    _wait_for(lambda: _open_streams(server) == LIMIT - 1, "a closed stream counted out")
+
+
+def _open_streams(server: ApiServer) -> float:
+    with server.client() as client:
+        (value,) = samples(client.get("/metrics").text, "tuneforge_open_job_streams")
+    return value
 
 
 def test_every_watcher_of_both_faces_gets_the_end_and_numbering_goes_on(

@@ -32,8 +32,11 @@ CHROMIUM_ARGS = [
 ]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def browser() -> Iterator[Any]:
+    # Package scope, not session: Playwright's sync API runs an event loop on the main
+    # thread while it is open, and any later test's asyncio.run() would then refuse to
+    # start ("cannot be called from a running event loop").
     if not CHROMIUM.is_file():
         pytest.fail(
             f"{CHROMIUM} is missing: the dashboard tests need Debian's chromium package. "

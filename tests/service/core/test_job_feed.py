@@ -1,13 +1,15 @@
 """Job feeds on a real store (service/core/job_feed.py): many watchers of a job cost one
 read per poll, each gets every change and the end, a slow one skips to the newest, the
 limits refuse the one past them, the reads stop with the last watcher, and a job whose
-record breaks ends its watchers with the error."""
+record breaks ends its watchers with the error; while the replica's listing of control
+markers is fresh, a read is of the status alone."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 import uuid
+from collections import Counter
 
 import pytest
 
@@ -24,6 +26,7 @@ from jobstore.errors import CorruptDocument, JobNotFound
 from jobstore.storage import ObjectStore, S3Location
 from jobstore.store import Job, JobStore
 from service.core.job_feed import JobFeeds, Rendered, Watcher
+from service.core.jobs import stop_job
 from service.errors import TooManyRequests
 
 POLL_SECONDS = 0.1
@@ -303,3 +306,38 @@ def test_a_job_whose_record_breaks_ends_its_watchers_with_the_error(
     finally:
         feeds.stop()
     assert feeds.open_watchers() == 0
+
+
+def test_a_feed_reads_the_status_alone_while_a_fresh_listing_shows_no_control(
+    counted: tuple[JobStore, Counter[str]],
+) -> None:
+    """A reconcile pass lists the control markers anyway; with that listing fresh, one GET
+    per read (the status), not two. A stop made through this store shows at the next
+    read all the same (control read again), and with no fresh listing control is read."""
+    store, calls = counted
+    job_id = _create(store)
+    for state in (JobState.VALIDATING, JobState.RUNNING):  # no queue position to read
+        _write(store, job_id, state)
+    feeds = JobFeeds(store, poll_seconds=POLL_SECONDS, markers_max_age=60)
+
+    async def gets_per_read() -> float:
+        await asyncio.sleep(2 * POLL_SECONDS)  # a read under way ends first
+        gets, reads = calls["GetObject"], feeds.reads
+        await asyncio.sleep(20 * POLL_SECONDS)
+        assert feeds.reads - reads >= 5
+        return (calls["GetObject"] - gets) / (feeds.reads - reads)
+
+    async def scenario() -> None:
+        watcher = await asyncio.to_thread(feeds.watch, job_id, tenant="watch")
+        assert await gets_per_read() >= 1.8  # no listing yet: status and control
+        await asyncio.to_thread(store.control_marked, job_id, job_id)  # as a pass does
+        assert await gets_per_read() <= 1.2
+        await asyncio.to_thread(stop_job, store, job_id, tenant="watch")
+        job = await watcher.next(timeout=5)
+        assert job is not None and job.control.stopRequested
+        watcher.close()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        feeds.stop()
