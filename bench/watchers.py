@@ -6,7 +6,9 @@ each count of watchers (`--watchers`, default 0, 100 and 1000) and each kind (SS
 process of their own), and for `--seconds` has one other client describe the same job,
 one request at a time. Prints per row: the other client's describes/s and p99, the
 server's CPU, its store calls per second (every call it made: the reconcile loop's
-few included), and the messages the watchers received (each change goes to every one).
+few included), those calls beyond the same kind's row with no watchers (what following
+the job costs the store: the aim is at most 2/s), and the messages the watchers received
+(each change goes to every one).
 
 The trainer is a stand-in: the server's trainer command only sleeps (holding the slot),
 and this script writes the job's progress into the store once a second, as a trainer
@@ -212,11 +214,12 @@ def main() -> int:
             )
             header = (
                 f"{'kind':<6}{'watchers':>9}{'describes/s':>13}{'p50 ms':>8}{'p99 ms':>8}"
-                f"{'server cpu':>12}{'store calls/s':>15}{'messages':>10}"
+                f"{'server cpu':>12}{'store calls/s':>15}{'added/s':>9}{'messages':>10}"
             )
             print(header)
             print("-" * len(header))
             for kind in kinds:
+                unwatched: float | None = None  # store calls/s of this kind's 0 row
                 for count in counts:
                     stop, opened = context.Event(), context.Event()
                     results = context.Queue()
@@ -233,13 +236,16 @@ def main() -> int:
                     received = results.get(timeout=60)
                     watchers.join(30)
                     calls = (after["store calls"] - before["store calls"]) / arguments.seconds
+                    if count == 0:
+                        unwatched = calls
+                    added = f"{calls - unwatched:.1f}" if unwatched is not None else "-"
                     ordered = sorted(timings)
                     p99 = ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
                     print(
                         f"{kind:<6}{count:>9}{len(timings) / arguments.seconds:>13.0f}"
                         f"{1000 * statistics.median(timings):>8.1f}{1000 * p99:>8.1f}"
                         f"{100 * (cpu - cpu_before) / arguments.seconds:>11.0f}%"
-                        f"{calls:>15.1f}{received:>10}",
+                        f"{calls:>15.1f}{added:>9}{received:>10}",
                         flush=True,
                     )
                     time.sleep(2)  # the streams closed, the server settles

@@ -122,7 +122,8 @@ class Watcher:
                     self._event.set()
             event = self._event
         try:
-            await asyncio.wait_for(event.wait(), timeout)
+            async with asyncio.timeout(timeout):  # no task of its own, unlike wait_for
+                await event.wait()
         except TimeoutError:
             return None
         with self._lock:
@@ -162,8 +163,9 @@ class Watcher:
                 return None  # it has not waited yet: its first next() finds the job
             return self._loop, self._event
 
-    def _end(self, error: Exception) -> None:
-        """From the feeds' threads: its job can no longer be read; `next()` raises `error`."""
+    def end(self, error: Exception) -> None:
+        """End the watcher from any thread (its job can no longer be read, the server
+        stops): its `next()` raises `error`."""
         with self._lock:
             if self._closed:
                 return
@@ -434,4 +436,4 @@ class JobFeeds:
                 del self._feeds[feed.job_id]
             ending = set(watchers) | feed.watchers  # those that joined since the read too
         for watcher in ending:
-            watcher._end(error)
+            watcher.end(error)

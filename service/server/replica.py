@@ -68,7 +68,6 @@ class Replica:
         self.grpc_server, port = create_server(
             grpc_address(settings.grpc_host, settings.grpc_port),
             self.context,
-            watch_poll_seconds=settings.grpc_watch_poll_seconds,
             share_port=share_grpc_port,
         )
         if isinstance(self.launcher, LocalLauncher):

@@ -50,7 +50,6 @@ class GrpcServer:
         context: ServiceContext,
         address: str,
         *,
-        watch_poll_seconds: float = 0.5,
         health_check_seconds: float = 5.0,
         worker_threads: int = 16,
         share_port: bool = False,
@@ -58,7 +57,6 @@ class GrpcServer:
         self.context = context
         self.share_port = share_port
         self.address = address
-        self.watch_poll_seconds = watch_poll_seconds
         self.health_check_seconds = health_check_seconds
         self.port = 0
         self._loop = asyncio.new_event_loop()
@@ -120,9 +118,7 @@ class GrpcServer:
                 ("grpc.max_receive_message_length", self.context.settings.max_request_bytes),
             ],
         )
-        self._servicer = FineTuningServicer(
-            self.context, watch_poll_seconds=self.watch_poll_seconds
-        )
+        self._servicer = FineTuningServicer(self.context)
         pb_grpc.add_FineTuningServiceServicer_to_server(self._servicer, server)
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
@@ -181,7 +177,6 @@ def create_server(
     address: str,
     context: ServiceContext,
     *,
-    watch_poll_seconds: float = 0.5,
     health_check_seconds: float = 5.0,
     share_port: bool = False,
 ) -> tuple[GrpcServer, int]:
@@ -189,7 +184,6 @@ def create_server(
     server = GrpcServer(
         context,
         address,
-        watch_poll_seconds=watch_poll_seconds,
         health_check_seconds=health_check_seconds,
         share_port=share_port,
     )

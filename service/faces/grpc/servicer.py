@@ -19,7 +19,7 @@ from tuneforge.v1 import fine_tuning_pb2_grpc as pb_grpc
 
 from jobstore.store import Job
 from service.core import jobs
-from service.core.job_feed import Rendered
+from service.core.job_feed import Rendered, Watcher
 from service.errors import InvalidArgument
 from service.faces.context import ServiceContext
 from service.faces.grpc import mapping
@@ -29,6 +29,9 @@ from service.faces.grpc.errors import ShuttingDown, abort
 Response = TypeVar("Response")
 DEFAULT_PAGE_SIZE = 20
 
+
+# How long a WatchJob call waits for a change before it looks again (nothing is sent).
+_WATCH_WAIT_SECONDS = 30.0
 
 # A job handed to many WatchJob calls becomes one message, made once.
 _rendered = Rendered()
@@ -69,15 +72,17 @@ def mapped(method: Callable[..., Any]) -> Callable[..., Any]:
 
 
 class FineTuningServicer(pb_grpc.FineTuningServiceServicer):
-    def __init__(self, context: ServiceContext, *, watch_poll_seconds: float = 0.5) -> None:
+    def __init__(self, context: ServiceContext) -> None:
         self.context = context
         self.jobs = context.jobs
-        self.watch_poll_seconds = watch_poll_seconds
         self._shutdown = asyncio.Event()
+        self._watchers: set[Watcher] = set()  # of the WatchJob calls under way
 
     def shut_down(self) -> None:
         """End every watch (UNAVAILABLE: call again elsewhere); called on the server's loop."""
         self._shutdown.set()
+        for watcher in list(self._watchers):
+            watcher.end(ShuttingDown("the server is shutting down; watch the job again"))
 
     @staticmethod
     def _run(
@@ -150,15 +155,19 @@ class FineTuningServicer(pb_grpc.FineTuningServiceServicer):
         # The replica's feed of the job (service/core/job_feed.py): one read per poll for
         # every watcher; RESOURCE_EXHAUSTED past the limits on open streams.
         watcher = await self.jobs.watch(request.job_id, tenant=current_policy().tenant)
+        self._watchers.add(watcher)
         try:
             yield _watch_response(watcher.first)
             while not watcher.done:
                 if self._shutdown.is_set():
                     raise ShuttingDown("the server is shutting down; watch the job again")
-                job = await watcher.next(timeout=self.watch_poll_seconds)
+                # Woken by a change, or by shut_down() (next() raises): no polling, which
+                # for a thousand calls cost more than the messages they send.
+                job = await watcher.next(timeout=_WATCH_WAIT_SECONDS)
                 if job is not None:
                     yield _watch_response(job)
         finally:
+            self._watchers.discard(watcher)
             watcher.close()
 
     @mapped
