@@ -62,11 +62,16 @@ class ControlMarkers:
         now = time.monotonic()
         with self._lock:
             written = self._written.get(job_id)
-            for listing in reversed(self._listings):  # the newest first
-                if now - listing.started > max_age:
-                    continue
-                if written is not None and listing.started <= written:
-                    continue  # began before this process's last write: says nothing
-                if listing.first <= job_id <= listing.last:
-                    return None if job_id in listing.marked else listing.started
-        return None
+            covering = [
+                listing
+                for listing in self._listings
+                if now - listing.started <= max_age
+                and (written is None or listing.started > written)  # else it says nothing
+                and listing.first <= job_id <= listing.last
+            ]
+        if not covering:
+            return None
+        # The one begun last, whichever ended last: a slow listing begun before a stop
+        # must not outweigh a quicker one that shows its marker.
+        newest = max(covering, key=lambda listing: listing.started)
+        return None if job_id in newest.marked else newest.started

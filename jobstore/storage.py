@@ -60,8 +60,8 @@ log = logging.getLogger(__name__)
 # twelve attempts may all be spent within a few seconds of jitter.
 TRAINER_OUTAGE_PATIENCE_SECONDS = 120.0
 # The pause between two tries of a call while the store is down: doubling from the
-# first, jittered, never longer than the last.
-_OUTAGE_PAUSES = (0.5, 5.0)
+# first, jittered, never longer than the last (a call is back within 2 s of the store).
+_OUTAGE_PAUSES = (0.5, 2.0)
 
 _Parameters = ParamSpec("_Parameters")
 _Result = TypeVar("_Result")
@@ -486,14 +486,17 @@ class ObjectStore:
         if self.outage_patience_seconds <= 0 or getattr(self._waiting, "active", False):
             yield from self._list_objects_after(location, start_after, page_size)
             return
-        outage = _OutageWait(self.outage_patience_seconds)
+        outage: _OutageWait | None = None
         while True:
             try:
                 for item in self._list_objects_after(location, start_after, page_size):
                     start_after = item["key"]
+                    outage = None  # it went on: a later outage gets the whole patience
                     yield item
                 return
             except StoreUnavailable as error:
+                if outage is None:
+                    outage = _OutageWait(self.outage_patience_seconds)
                 outage.wait_or_raise(error)
 
     def _list_objects_after(

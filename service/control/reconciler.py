@@ -164,7 +164,8 @@ class Reconciler:
         # docstring); 0: every waiting job is read every pass.
         self.waiting_refresh_seconds = waiting_refresh_seconds
         self._known_waiting: dict[str, _KnownWaiting] = {}
-        # When a pass last found the store reachable again after one found it down
+        # Whether this replica found the store down since the last pass began (a whole
+        # pass, or one job's read), and when a pass then first reached it again
         # (monotonic): heartbeat silence counts from no earlier than that.
         self._store_down = False
         self._store_back_at: float | None = None
@@ -207,7 +208,6 @@ class Reconciler:
             try:
                 self.run_once()
             except Exception as error:  # listing the active jobs failed (a store outage)
-                self._store_down = self._store_down or isinstance(error, StoreUnavailable)
                 self._pass_step_failed("the reconcile pass", error)
             took = time.perf_counter() - started
             if self.metrics is not None:
@@ -421,6 +421,7 @@ class Reconciler:
         """Reading or acting on the job raised: count it, log it with the job id, and give
         up on the job once it has failed long enough (service/control/reconcile_faults.py).
         `attempt`: the attempt the job was at (None: its status did not read)."""
+        self._store_down = self._store_down or isinstance(error, StoreUnavailable)
         fault = self.faults.failed(job_id, error, attempt=attempt, counted=counted)
         if self.metrics is not None:
             self.metrics.reconcile_errors.labels(fault.reason).inc()
@@ -437,6 +438,7 @@ class Reconciler:
 
     def _pass_step_failed(self, step: str, error: Exception) -> None:
         """A step of the pass that belongs to no one job failed: counted and logged."""
+        self._store_down = self._store_down or isinstance(error, StoreUnavailable)
         reason, _ = classify(error)
         if self.metrics is not None:
             self.metrics.reconcile_errors.labels(reason).inc()
@@ -665,7 +667,11 @@ class Reconciler:
 
     def _since_store_back(self, silence: float) -> float:
         """`silence` seconds without a heartbeat, less any part of them before the store
-        came back from an outage this replica saw: the trainer had no store to write to."""
+        came back from an outage this replica saw: the trainer had no store to write to.
+        None at all while this pass found the store down (it may be back for this job, and
+        not yet for its trainer)."""
+        if self._store_down:
+            return 0.0
         if self._store_back_at is None:
             return silence
         return min(silence, time.monotonic() - self._store_back_at)

@@ -15,7 +15,9 @@ Invariants:
 - A watcher sees the job first as it was when it opened, then each change of what a
   reader sees of it (`updatedAt` alone, which moves with every heartbeat, is no change),
   never the same view twice nor one read before it opened, and last its terminal state,
-  after which it is done.
+  after which it is done. One that opens while its feed reads, or with another view than
+  the feed last handed out, is caught up by the next read, whatever that read finds: a
+  read hands its result only to the watchers it began with, whose views it follows.
 - A job is no longer read once its last watcher has closed, or once its terminal state was
   handed out.
 - A store that is down is waited out: the watchers get keep-alives meanwhile. Any other
@@ -130,9 +132,12 @@ class Watcher:
             event.clear()
             job, self._latest = self._latest, None
             error = self._error
+            if job is not None and error is not None:
+                event.set()  # the next call raises it at once
         if job is None and error is not None:
             self.done = True
-            raise error
+            # One error may end many watchers: raised without the tracebacks of the others.
+            raise error.with_traceback(None)
         if job is not None and is_visibly_terminal(job):
             self.done = True
         return job
@@ -208,6 +213,12 @@ class _Feed:
     failing: bool = False  # its last read failed (logged once, until one succeeds)
     failed_reads: int = 0  # in a row, the store being down aside
     version: int = 0  # one up for each change handed out
+    reading: bool = False  # a read is under way
+    # Watchers the next read hands what it reads, changed or not (see the invariants).
+    catching_up: set[Watcher] = field(default_factory=set)
+    # When the last read that included the job's control began (monotonic): a listing of
+    # control markers begun before it says nothing newer.
+    control_read_at: float = float("-inf")
 
 
 class JobFeeds:
@@ -227,8 +238,11 @@ class JobFeeds:
         self.store = store
         self.poll_seconds = poll_seconds
         self.markers_max_age = markers_max_age
-        # Told the number of open watchers whenever it changes (a /metrics gauge).
+        # Told the number of open watchers when it changes (a /metrics gauge): by the
+        # feeds' thread at each pass (closes) and by each open.
         self._on_open_count = on_open_count
+        self._reported = 0
+        self._report_lock = threading.Lock()
         self.max_per_tenant = max_per_tenant
         self.max_total = max_total
         self._feeds: dict[str, _Feed] = {}
@@ -271,14 +285,17 @@ class JobFeeds:
             self._release(tenant)
             watcher._closed = True
             return watcher
+        self._report_open_count()
         with self._changed:
             feed = self._feeds.get(job_id)
             if feed is None:
                 feed = _Feed(job_id, tenant, _view(first), due=time.monotonic() + self.poll_seconds)
                 self._feeds[job_id] = feed
-            elif feed.view != watcher._first_view:
-                # This watcher read a newer job than the feed last handed out: the feed
-                # goes on from here, and the others get it at the next read.
+            elif feed.reading or feed.view != watcher._first_view:
+                # The read under way may be older than this watcher's first view, and
+                # goes only to those it began with; or this watcher read another job
+                # than the feed last handed out. The next read, at once, catches it up.
+                feed.catching_up.add(watcher)
                 feed.due = 0.0
             else:
                 watcher._version = feed.version  # it has what the feed has
@@ -316,7 +333,6 @@ class JobFeeds:
                     retry_after_seconds=_RETRY_AFTER_SECONDS,
                 )
             self._open[tenant] = mine + 1
-            self._counted()
 
     def _release(self, tenant: str) -> None:
         with self._lock:
@@ -329,11 +345,18 @@ class JobFeeds:
             self._open[tenant] = left
         else:
             self._open.pop(tenant, None)
-        self._counted()
 
-    def _counted(self) -> None:
-        if self._on_open_count is not None:
-            self._on_open_count(sum(self._open.values()))
+    def _report_open_count(self) -> None:
+        """Tell `on_open_count` how many watchers are open, when that changed: outside the
+        feeds' lock, and never from a close (which may run in the garbage collector)."""
+        if self._on_open_count is None:
+            return
+        with self._report_lock:
+            with self._lock:
+                count = sum(self._open.values())
+            if count != self._reported:
+                self._reported = count
+                self._on_open_count(count)
 
     def _settle_closed_if_free(self) -> None:
         """Settle closed watchers now unless the lock is taken (perhaps by this very
@@ -367,39 +390,50 @@ class JobFeeds:
 
     def _run(self) -> None:
         while True:
+            due: list[_Feed] = []
             with self._changed:
                 self._settle_closed()
-                while not self._stopping and not self._feeds:
-                    self._changed.wait(self.poll_seconds)  # closes to settle meanwhile
-                    self._settle_closed()
                 if self._stopping:
                     return
                 now = time.monotonic()
-                due = [feed for feed in self._feeds.values() if feed.due <= now]
-                if not due:
-                    wait = min(feed.due for feed in self._feeds.values()) - now
-                    self._changed.wait(wait)
-                    continue
-            list(self._readers.map(self._read, due))
+                if not self._feeds:
+                    self._changed.wait(self.poll_seconds)  # closes to settle meanwhile
+                else:
+                    due = [feed for feed in self._feeds.values() if feed.due <= now]
+                    if not due:
+                        self._changed.wait(min(feed.due for feed in self._feeds.values()) - now)
+            self._report_open_count()
+            if due:
+                list(self._readers.map(self._read, due))
 
     def _read(self, feed: _Feed) -> None:
         """Read the job once and hand a change to each of its watchers (those it had when
         the read began: one that opened since read the job itself). Never raises: the
         thread goes on for every other feed."""
-        feed.due = time.monotonic() + self.poll_seconds
+        started = time.monotonic()
+        feed.due = started + self.poll_seconds
         with self._lock:
             watchers = list(feed.watchers)
+            catching_up, feed.catching_up = feed.catching_up, set()
+            feed.reading = True
             self.reads += 1
         try:
             unmarked_since = self.store.markers.unmarked_since(
                 feed.job_id, max_age=self.markers_max_age
             )
+            if unmarked_since is not None and unmarked_since < feed.control_read_at:
+                unmarked_since = None  # older than what this feed last read: read it again
             job = get_job(
                 self.store, feed.job_id, tenant=feed.tenant, markers_listed_at=unmarked_since
             )
+            if unmarked_since is None:
+                feed.control_read_at = started
             view = _view(job)
             terminal = is_visibly_terminal(job)
         except Exception as error:  # the next read retries; the thread goes on
+            with self._lock:
+                feed.reading = False
+                feed.catching_up |= catching_up
             if not feed.failing:
                 log.warning("reading job %s for its watchers failed: %s", feed.job_id, error)
             feed.failing = True
@@ -413,15 +447,21 @@ class JobFeeds:
             feed.failing = False
         feed.failed_reads = 0
         with self._changed:
-            if view == feed.view and not terminal:
-                return
-            feed.view = view
-            feed.version += 1
+            feed.reading = False
+            changed = view != feed.view or terminal
+            if changed:
+                feed.view = view
+                feed.version += 1
             version = feed.version
-            if terminal and self._feeds.get(feed.job_id) is feed:
+            if (
+                terminal
+                and not feed.catching_up  # none opened during this read: none left behind
+                and self._feeds.get(feed.job_id) is feed
+            ):
                 del self._feeds[feed.job_id]  # handed out once: nothing reads it again
         woken: dict[asyncio.AbstractEventLoop, list[asyncio.Event]] = {}
-        for watcher in watchers:
+        # Each skips a view it has (by version; one catching up, by its first view).
+        for watcher in watchers if changed else [w for w in watchers if w in catching_up]:
             waiting = watcher._hand(job, view, version)
             if waiting is not None:
                 woken.setdefault(waiting[0], []).append(waiting[1])

@@ -45,3 +45,14 @@ def test_only_the_newest_listings_are_kept() -> None:
         markers.listed(time.monotonic(), "job-x", "job-z", marked=set())
     assert markers.unmarked_since("job-a", max_age=60) is None
     assert markers.unmarked_since("job-y", max_age=60) is not None
+
+
+def test_the_listing_begun_last_decides_whichever_ended_last() -> None:
+    """A slow listing begun before a stop, ending after a quicker one that shows the
+    stop's marker, must not say the job has none."""
+    markers = ControlMarkers()
+    slow_began = time.monotonic()
+    quick_began = slow_began + 0.5
+    markers.listed(quick_began, "job-a", "job-z", marked={"job-m"})
+    markers.listed(slow_began, "job-a", "job-z", marked=set())
+    assert markers.unmarked_since("job-m", max_age=60) is None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import pytest
 
@@ -20,8 +21,9 @@ from jobstore.documents import (
     utc_now,
 )
 from jobstore.errors import IllegalTransition, JobNotFound
-from jobstore.storage import ObjectStore
+from jobstore.storage import ObjectStore, PreconditionFailed, S3Location
 from jobstore.store import JobStore
+from service.server.embedded_s3 import EmbeddedS3
 
 
 @pytest.fixture
@@ -180,3 +182,41 @@ def test_status_keeps_fields_a_newer_writer_added(
     assert after is not None
     assert after[0]["fieldFromTheFuture"] == {"x": 1}
     assert after[0]["progress"]["step"] == 1
+
+
+class _LostAnswers(ObjectStore):
+    """The real store, but the first write of an event lands and its answer is lost: the
+    retry that follows (botocore's, or the trainer's outage patience) finds the key taken."""
+
+    lost = False
+
+    def put_bytes(self, location: S3Location, body: bytes, **conditions: Any) -> str:
+        etag = super().put_bytes(location, body, **conditions)
+        if "/events/" in location.key and not self.lost:
+            self.lost = True
+            raise PreconditionFailed(location.uri)
+        return etag
+
+
+def test_an_event_whose_answer_was_lost_is_not_written_twice(
+    store: JobStore, s3_server: EmbeddedS3
+) -> None:
+    losing = JobStore(
+        _LostAnswers(
+            endpoint_url=s3_server.endpoint_url,
+            access_key_id=s3_server.access_key_id,
+            secret_access_key=s3_server.secret_access_key,
+            region="us-east-1",
+        ),
+        store.bucket,
+    )
+    spec = _spec()
+    store.create(spec)
+    store.append_event(spec.jobId, "FIRST", "before")
+    losing.append_event(spec.jobId, "T", "once")
+    store.append_event(spec.jobId, "LAST", "after")
+    assert [(e.sequence, e.type) for e in store.list_events(spec.jobId)] == [
+        (0, "FIRST"),
+        (1, "T"),
+        (2, "LAST"),
+    ]

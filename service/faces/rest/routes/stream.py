@@ -32,6 +32,7 @@ from fastapi.responses import StreamingResponse
 from jobstore.store import Job
 from service.core.job_feed import Rendered
 from service.core.schemas import JobPublic
+from service.errors import TuneforgeError
 from service.faces.http_auth import CurrentTenant
 from service.faces.rest.deps import ContextDep
 from service.faces.rest.errors import ERROR_RESPONSES
@@ -86,7 +87,7 @@ async def stream_job(
             while not watcher.done:
                 try:
                     job = await watcher.next(timeout=KEEP_ALIVE_SECONDS)
-                except Exception:
+                except TuneforgeError:
                     # The job can no longer be read (logged by the feed): the stream ends,
                     # and the client's reconnect is answered the error itself.
                     return
