@@ -53,17 +53,36 @@ OUTAGE_SECONDS = 10.0
 HEARTBEAT_TIMEOUT_SECONDS = 12
 
 
-@pytest.fixture
-def proxied_server(
-    s3_server: EmbeddedS3, demo_assets: None, tmp_path: Path
+@contextmanager
+def server_behind_proxy(
+    s3_server: EmbeddedS3, home: Path, environment: dict[str, str] | None = None
 ) -> Iterator[tuple[ApiServer, TcpProxy]]:
+    """One server (with `environment`) whose store, and its trainers', is the proxy's."""
     with proxied(s3_server) as proxy:
         server = one_server(
-            s3_server, tmp_path / "home", {"TUNEFORGE_S3_ENDPOINT_URL": proxy.endpoint_url}
+            s3_server,
+            home,
+            {"TUNEFORGE_S3_ENDPOINT_URL": proxy.endpoint_url, **(environment or {})},
         )
         with serving(server):
             yield server, proxy
             proxy.restore()  # before the server stops: its shutdown writes to the store
+
+
+def assert_launched_once(server: ApiServer, job_id: str) -> None:
+    """The trainer rode the outage out (its store calls wait), not relaunched."""
+    happened = events(server, job_id)
+    kinds = [event["type"] for event in happened]
+    told = "\n".join(f"{event['type']}: {event.get('message', '')}" for event in happened)
+    assert kinds.count("LAUNCHED") == 1 and "RETRY" not in kinds, told
+
+
+@pytest.fixture
+def proxied_server(
+    s3_server: EmbeddedS3, demo_assets: None, tmp_path: Path
+) -> Iterator[tuple[ApiServer, TcpProxy]]:
+    with server_behind_proxy(s3_server, tmp_path / "home") as served:
+        yield served
 
 
 @pytest.mark.timeout(600)
@@ -128,11 +147,7 @@ def test_job_completes_and_calls_answer_503_during_a_10s_store_outage(
     finished = wait_all_terminal(server, [job_id, retried_id], timeout=400)
     assert finished[job_id]["state"] == "COMPLETED", finished[job_id]
     assert finished[retried_id]["state"] == "COMPLETED", finished[retried_id]
-    # The trainer rode the outage out (its store writes are retried), not relaunched.
-    happened = events(server, job_id)
-    kinds = [event["type"] for event in happened]
-    told = "\n".join(f"{event['type']}: {event.get('message', '')}" for event in happened)
-    assert kinds.count("LAUNCHED") == 1 and "RETRY" not in kinds, told
+    assert_launched_once(server, job_id)
 
 
 @pytest.fixture
@@ -140,15 +155,9 @@ def impatient_server(
     s3_server: EmbeddedS3, demo_assets: None, tmp_path: Path
 ) -> Iterator[tuple[ApiServer, TcpProxy]]:
     """A heartbeat timeout shorter than the outage below."""
-    with proxied(s3_server) as proxy:
-        environment = {
-            "TUNEFORGE_S3_ENDPOINT_URL": proxy.endpoint_url,
-            "TUNEFORGE_HEARTBEAT_TIMEOUT_SECONDS": str(HEARTBEAT_TIMEOUT_SECONDS),
-        }
-        server = one_server(s3_server, tmp_path / "home", environment)
-        with serving(server):
-            yield server, proxy
-            proxy.restore()  # before the server stops: its shutdown writes to the store
+    environment = {"TUNEFORGE_HEARTBEAT_TIMEOUT_SECONDS": str(HEARTBEAT_TIMEOUT_SECONDS)}
+    with server_behind_proxy(s3_server, tmp_path / "home", environment) as served:
+        yield served
 
 
 @pytest.mark.timeout(600)
@@ -171,10 +180,7 @@ def test_an_outage_longer_than_the_heartbeat_timeout_does_not_cost_the_trainer(
 
     finished = wait_all_terminal(server, [job_id], timeout=400)
     assert finished[job_id]["state"] == "COMPLETED", finished[job_id]
-    happened = events(server, job_id)
-    kinds = [event["type"] for event in happened]
-    told = "\n".join(f"{event['type']}: {event.get('message', '')}" for event in happened)
-    assert kinds.count("LAUNCHED") == 1 and "RETRY" not in kinds, told
+    assert_launched_once(server, job_id)
 
 
 @pytest.fixture
@@ -182,17 +188,13 @@ def proxied_bedrock_server(
     s3_server: EmbeddedS3, demo_assets: None, tmp_path: Path
 ) -> Iterator[tuple[ApiServer, TcpProxy]]:
     """Bedrock keys enforced (SigV4); the 'trainer' is /bin/false, so no job trains."""
-    with proxied(s3_server) as proxy:
-        environment = {
-            "TUNEFORGE_S3_ENDPOINT_URL": proxy.endpoint_url,
-            "TUNEFORGE_BEDROCK_REGION": REGION,
-            "TUNEFORGE_BEDROCK_ACCESS_KEYS": json.dumps({ACCESS_KEY: SECRET_KEY}),
-            "TUNEFORGE_TRAINER_PYTHON": "/bin/false",
-        }
-        server = one_server(s3_server, tmp_path / "home", environment)
-        with serving(server):
-            yield server, proxy
-            proxy.restore()  # before the server stops: its shutdown writes to the store
+    environment = {
+        "TUNEFORGE_BEDROCK_REGION": REGION,
+        "TUNEFORGE_BEDROCK_ACCESS_KEYS": json.dumps({ACCESS_KEY: SECRET_KEY}),
+        "TUNEFORGE_TRAINER_PYTHON": "/bin/false",
+    }
+    with server_behind_proxy(s3_server, tmp_path / "home", environment) as served:
+        yield served
 
 
 @contextmanager
