@@ -68,6 +68,10 @@ class ApiServer:
                 "TUNEFORGE_RECONCILE_INTERVAL_SECONDS": "0.5",
                 "TUNEFORGE_TRAINER_HEARTBEAT_SECONDS": "1",
                 "TUNEFORGE_HEARTBEAT_TIMEOUT_SECONDS": "30",
+                # A replica killed between a launch's claim and recording its trainer's
+                # pid leaves an attempt known only by its heartbeats; a cold start on a
+                # busy 2-core machine can take over 30 s before its first one.
+                "TUNEFORGE_TRAINER_START_TIMEOUT_SECONDS": "120",
                 "TUNEFORGE_STOP_GRACE_SECONDS": "10",
                 "TUNEFORGE_KILL_GRACE_SECONDS": "5",
                 # Tests start several short jobs at once; queueing has its own test.

@@ -23,9 +23,11 @@ pass walks `active/` (jobs not yet seen terminal) and, per job:
   in queue order and goes on from the newest checkpoint.
 - stop requested, trainer alive: after `stop_grace_seconds` SIGTERM its process group,
   after `kill_grace_seconds` more SIGKILL it.
-- trainer dead (process gone, or no heartbeat for `heartbeat_timeout_seconds`, counted
-  from no earlier than the end of the last store outage this replica saw: a trainer
-  cannot write heartbeats to a store that is down, and rides the outage out) and the
+- trainer dead (process gone, or no heartbeat for `heartbeat_timeout_seconds`; for a
+  trainer this replica cannot observe that has sent none yet, `start_timeout_seconds`
+  since its launch; both counted from no earlier than the end of the last store outage
+  this replica saw: a trainer cannot write heartbeats to a store that is down, and rides
+  the outage out) and the
   job not terminal: STOPPED if a stop was requested, PAUSED if a pause was; else
   relaunched as the next
   attempt (the trainer resumes from the job's state), within a budget per cause: a
@@ -121,6 +123,7 @@ class Reconciler:
         *,
         interval_seconds: float = 2.0,
         heartbeat_timeout_seconds: float = 60.0,
+        start_timeout_seconds: float = 300.0,
         stop_grace_seconds: float = 20.0,
         kill_grace_seconds: float = 10.0,
         crash_retry_budget: int = 2,
@@ -142,6 +145,9 @@ class Reconciler:
         self.tenant_environment = tenant_environment or (lambda tenant: {})
         self.interval_seconds = interval_seconds
         self.heartbeat_timeout_seconds = heartbeat_timeout_seconds
+        # An attempt this replica cannot observe and has never heard from is given this
+        # long (at least the heartbeat timeout) to send its first sign of life.
+        self.start_timeout_seconds = max(start_timeout_seconds, heartbeat_timeout_seconds)
         self.stop_grace_seconds = stop_grace_seconds
         self.kill_grace_seconds = kill_grace_seconds
         self.crash_retry_budget = crash_retry_budget
@@ -554,11 +560,8 @@ class Reconciler:
         launch = status.launch
         observed = awaited or self._ask_launcher("observe", lambda: self.launcher.observe(launch))
         alive = observed.alive
-        if alive is None:  # another host's trainer: judge by its latest sign of life
-            # The launch counts as one: a heartbeat older than it is an earlier attempt's
-            # (before a crash, or a pause), and says nothing of this one.
-            quiet = min(_age_seconds(status.heartbeatAt), _age_seconds(status.launch.launchedAt))
-            alive = self._since_store_back(quiet) < self.heartbeat_timeout_seconds
+        if alive is None:  # a trainer this replica cannot see: judge it by the store
+            alive = not self._presumed_lost(status)
         elif alive and (silence := self._heartbeat_silence(status)) is not None:
             # Its process lives but its heartbeat thread has not written for longer
             # than the timeout: frozen (SIGSTOP, a paused VM) or hung. Left alone it
@@ -650,6 +653,22 @@ class Reconciler:
             self.store.append_event(job.spec.jobId, "STATE_CHANGED", message, JobState.PAUSED)
             log.info("job %s is PAUSED: %s", job.spec.jobId, message)
 
+    def _presumed_lost(self, status: JobStatus) -> bool:
+        """Whether a trainer this replica cannot observe (another host's, or one whose
+        replica died before recording its process) is lost, judged by its signs of life.
+
+        Once it has sent a heartbeat, silence past the heartbeat timeout means lost. Until
+        then it has the start timeout: a cold start on a busy host, or a pod pulling its
+        image, can take longer than the heartbeat timeout, and relaunching it then would
+        leave two trainers on one job. A heartbeat older than the launch is an earlier
+        attempt's (before a crash, or a pause) and says nothing of this one."""
+        assert status.launch is not None
+        since_launch = _age_seconds(status.launch.launchedAt)
+        since_heartbeat = _age_seconds(status.heartbeatAt)
+        if since_heartbeat < since_launch:
+            return self._since_store_back(since_heartbeat) >= self.heartbeat_timeout_seconds
+        return self._since_store_back(since_launch) >= self.start_timeout_seconds
+
     def _heartbeat_silence(self, status: JobStatus) -> float | None:
         """Seconds since this attempt's last heartbeat when past the timeout, else None.
 
@@ -725,7 +744,7 @@ class Reconciler:
         # trainer but before recording the event would leave an attempt that ran with no
         # LAUNCHED event, and no later pass can tell it is missing without listing events.
         # Killed between the claim and this event, the claim has no trainer behind it and
-        # is relaunched after the heartbeat timeout, with its own event.
+        # is relaunched after the start timeout, with its own event.
         why = f" after a {cause}" if cause else ""
         where = f" on GPU(s) {devices.visible_devices}" if devices is not None else ""
         if devices is None and self.gpus is not None:  # say so: it may not be what was meant
@@ -819,8 +838,16 @@ class Reconciler:
         if exit_code is None and observed.alive is False:
             how = "is gone (an earlier server process started it; its exit code is unknown)"
             cause = "preemption"
+        elif exit_code is None and _age_seconds(status.heartbeatAt) >= _age_seconds(
+            launch.launchedAt
+        ):
+            how = (
+                f"sent no heartbeat in the {self.start_timeout_seconds:.0f} s since its launch "
+                "(it never started, or its replica died while starting it)"
+            )
+            cause = "preemption"
         elif exit_code is None:
-            how = f"stopped sending heartbeats (last at {status.heartbeatAt or 'never'})"
+            how = f"stopped sending heartbeats (last at {status.heartbeatAt})"
             cause = "preemption"  # lost with its node, as far as anyone can tell
         elif exit_code == TrainerExit.PREEMPTED or exit_code == -signal.SIGTERM:
             how = "was terminated (SIGTERM: preempted, or the service shut down)"

@@ -340,6 +340,7 @@ def build_replica(
         interval_seconds=settings.reconcile_interval_seconds,
         waiting_refresh_seconds=settings.reconcile_waiting_refresh_seconds,
         heartbeat_timeout_seconds=settings.heartbeat_timeout_seconds,
+        start_timeout_seconds=settings.trainer_start_timeout_seconds,
         stop_grace_seconds=settings.stop_grace_seconds,
         kill_grace_seconds=settings.kill_grace_seconds,
         crash_retry_budget=settings.crash_retry_budget,
