@@ -131,10 +131,10 @@ class Settings(BaseSettings):
     # A running trainer writes a heartbeat every few seconds; one older than this
     # is dead.
     heartbeat_timeout_seconds: float = 60.0
-    # A trainer a replica cannot observe (on another host, or started by a replica that
-    # died before recording its process) that has sent no heartbeat yet is given this
-    # long from its launch before it is taken for lost and relaunched: starting (imports
-    # on a busy host, a pod pulling its image) may take longer than the heartbeat
+    # A trainer a replica cannot observe (started by a replica that died before recording
+    # its process, pod or Ray job; or on another host) that has sent no heartbeat since
+    # its launch is given this long from the launch before it is taken for lost and
+    # relaunched: starting (imports on a busy host) may take longer than the heartbeat
     # timeout. Never less than the heartbeat timeout.
     trainer_start_timeout_seconds: float = Field(default=300.0, gt=0)
     # After a stop request: how long the trainer has to notice and exit on its own

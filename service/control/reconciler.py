@@ -24,10 +24,10 @@ pass walks `active/` (jobs not yet seen terminal) and, per job:
 - stop requested, trainer alive: after `stop_grace_seconds` SIGTERM its process group,
   after `kill_grace_seconds` more SIGKILL it.
 - trainer dead (process gone, or no heartbeat for `heartbeat_timeout_seconds`; for a
-  trainer this replica cannot observe that has sent none yet, `start_timeout_seconds`
-  since its launch; both counted from no earlier than the end of the last store outage
-  this replica saw: a trainer cannot write heartbeats to a store that is down, and rides
-  the outage out) and the
+  trainer this replica cannot observe that has sent none since its launch,
+  `start_timeout_seconds` since the launch; both counted from no earlier than the end of
+  the last store outage this replica saw: a trainer cannot write heartbeats to a store
+  that is down, and rides the outage out) and the
   job not terminal: STOPPED if a stop was requested, PAUSED if a pause was; else
   relaunched as the next
   attempt (the trainer resumes from the job's state), within a budget per cause: a
@@ -821,6 +821,10 @@ class Reconciler:
             self._upload_log(job.spec.jobId, launch.attempt)
             self._retire(job.spec.jobId)
             return
+        if status.launch is None or status.launch.attempt != launch.attempt:
+            return  # another replica relaunched it (or it was resumed) since this pass read it
+        if observed.alive is None and not self._presumed_lost(status):
+            return  # its first heartbeat came since this pass read the job: it lives
         if status.state == JobState.PAUSED:
             return  # its trainer paused it on the way out: the next pass sees PAUSED
         self._upload_log(job.spec.jobId, launch.attempt)
@@ -841,10 +845,9 @@ class Reconciler:
         elif exit_code is None and _age_seconds(status.heartbeatAt) >= _age_seconds(
             launch.launchedAt
         ):
-            how = (
-                f"sent no heartbeat in the {self.start_timeout_seconds:.0f} s since its launch "
-                "(it never started, or its replica died while starting it)"
-            )
+            how = f"sent no heartbeat in the {self.start_timeout_seconds:.0f} s since its launch"
+            if not observed.reason:
+                how += " (it never started, or its replica died while starting it)"
             cause = "preemption"
         elif exit_code is None:
             how = f"stopped sending heartbeats (last at {status.heartbeatAt})"

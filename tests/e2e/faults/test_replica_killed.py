@@ -15,6 +15,7 @@ RETRY saying so.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -35,6 +36,10 @@ from tests.e2e.faults.replicas import (
 from tests.servers import ApiServer
 
 TRIALS = 3
+# The RETRY of an attempt relaunched because it was never heard from since its launch.
+NEVER_STARTED = re.compile(
+    r"the trainer of attempt (\d+) sent no heartbeat in the .* since its launch"
+)
 
 
 @pytest.fixture
@@ -77,9 +82,10 @@ def test_job_created_on_a_replica_killed_right_after_runs_exactly_once(
         # relaunched after the start timeout saying so.
         attempt = int(ran[0].name.removeprefix("attempt-"))
         assert f"LAUNCHED: trainer attempt {attempt} launched" in " | ".join(history), history
-        never_started = [
-            event
+        relaunched = {
+            int(match.group(1))
             for event in found
-            if event["type"] == "RETRY" and "sent no heartbeat" in event["message"]
-        ]
-        assert len(never_started) == attempt - 1, history
+            if event["type"] == "RETRY"
+            and (match := NEVER_STARTED.search(event["message"])) is not None
+        }
+        assert relaunched == set(range(1, attempt)), history

@@ -8,15 +8,19 @@ Ages are made by writing the launch time and the heartbeat into the past.
 
 from __future__ import annotations
 
+import subprocess
 import time
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from jobstore.documents import JobStatus
+from jobstore.documents import JobSpec, JobStatus
 from jobstore.storage import ObjectStore
 from jobstore.store import JobStore
+from service.control.launch.base import Started
+from service.control.launch.gpus import DeviceLease
 from service.control.reconciler import Reconciler
 from tests.service.control.test_pause import TrainersOnAnotherHost, _create
 
@@ -65,16 +69,55 @@ def _attempt(store: JobStore, job_id: str) -> int:
     return status.launch.attempt
 
 
-@pytest.fixture
-def reconciler(store: JobStore) -> Reconciler:
+def _retries(store: JobStore, job_id: str) -> list[str]:
+    return [event.message for event in store.list_events(job_id) if event.type == "RETRY"]
+
+
+class EveryTrainer(TrainersOnAnotherHost):
+    """Keeps every attempt's process, not only each job's latest, so all are ended."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.started: list[subprocess.Popen[bytes]] = []
+
+    def start(
+        self,
+        spec: JobSpec,
+        attempt: int,
+        environment: dict[str, str],
+        devices: DeviceLease | None = None,
+    ) -> Started:
+        started = super().start(spec, attempt, environment, devices)
+        self.started.append(self.processes[spec.jobId])
+        return started
+
+    def shutdown(self, grace_seconds: float) -> None:
+        for process in self.started:
+            process.kill()
+            process.wait()
+
+
+def _reconciler(store: JobStore, trainers: EveryTrainer) -> Reconciler:
     return Reconciler(
         store,
-        TrainersOnAnotherHost(),
+        trainers,
         {},
         slots=4,
         heartbeat_timeout_seconds=HEARTBEAT_TIMEOUT,
         start_timeout_seconds=START_TIMEOUT,
     )
+
+
+@pytest.fixture
+def trainers() -> Iterator[EveryTrainer]:
+    started = EveryTrainer()
+    yield started
+    started.shutdown(0)
+
+
+@pytest.fixture
+def reconciler(store: JobStore, trainers: EveryTrainer) -> Reconciler:
+    return _reconciler(store, trainers)
 
 
 def test_a_trainer_never_heard_from_is_not_relaunched_within_the_start_timeout(
@@ -83,28 +126,22 @@ def test_a_trainer_never_heard_from_is_not_relaunched_within_the_start_timeout(
     """Past the heartbeat timeout but within the start timeout: still starting (a cold
     import on a busy host). Relaunching it would put two trainers on one job."""
     job_id = _launched_once(store, reconciler, "slow-start")
-    try:
-        _aged(store, job_id, launched=HEARTBEAT_TIMEOUT * 2, heartbeat=None)
-        reconciler.run_once()
-        assert _attempt(store, job_id) == 1
-        assert store.get_status(job_id)[0].retries == {}
-    finally:
-        reconciler.launcher.shutdown(0)
+    _aged(store, job_id, launched=HEARTBEAT_TIMEOUT * 2, heartbeat=None)
+    reconciler.run_once()
+    assert _attempt(store, job_id) == 1
+    assert store.get_status(job_id)[0].retries == {}
 
 
 def test_a_trainer_never_heard_from_past_the_start_timeout_is_relaunched_saying_why(
     store: JobStore, reconciler: Reconciler
 ) -> None:
     job_id = _launched_once(store, reconciler, "never-started")
-    try:
-        _aged(store, job_id, launched=START_TIMEOUT + 5, heartbeat=None)
-        reconciler.run_once()
-        assert _attempt(store, job_id) == 2
-        retries = [event.message for event in store.list_events(job_id) if event.type == "RETRY"]
-        assert len(retries) == 1, retries
-        assert f"sent no heartbeat in the {START_TIMEOUT:.0f} s since its launch" in retries[0]
-    finally:
-        reconciler.launcher.shutdown(0)
+    _aged(store, job_id, launched=START_TIMEOUT + 5, heartbeat=None)
+    reconciler.run_once()
+    assert _attempt(store, job_id) == 2
+    retries = _retries(store, job_id)
+    assert len(retries) == 1, retries
+    assert f"sent no heartbeat in the {START_TIMEOUT:.0f} s since its launch" in retries[0]
 
 
 def test_a_heartbeat_older_than_the_launch_does_not_count_as_this_attempts(
@@ -113,35 +150,57 @@ def test_a_heartbeat_older_than_the_launch_does_not_count_as_this_attempts(
     """An earlier attempt's heartbeat (before a crash or a pause) is not a sign of life
     of this one, and does not end its start timeout either."""
     job_id = _launched_once(store, reconciler, "old-heartbeat")
-    try:
-        _aged(store, job_id, launched=HEARTBEAT_TIMEOUT * 2, heartbeat=HEARTBEAT_TIMEOUT * 3)
-        reconciler.run_once()
-        assert _attempt(store, job_id) == 1
-    finally:
-        reconciler.launcher.shutdown(0)
+    _aged(store, job_id, launched=HEARTBEAT_TIMEOUT * 2, heartbeat=HEARTBEAT_TIMEOUT * 3)
+    reconciler.run_once()
+    assert _attempt(store, job_id) == 1
 
 
 def test_a_trainer_silent_past_the_heartbeat_timeout_after_its_first_is_relaunched(
     store: JobStore, reconciler: Reconciler
 ) -> None:
     job_id = _launched_once(store, reconciler, "went-silent")
-    try:
-        _aged(store, job_id, launched=HEARTBEAT_TIMEOUT * 2, heartbeat=HEARTBEAT_TIMEOUT + 5)
-        reconciler.run_once()
-        assert _attempt(store, job_id) == 2
-        retries = [event.message for event in store.list_events(job_id) if event.type == "RETRY"]
-        assert len(retries) == 1 and "stopped sending heartbeats" in retries[0], retries
-    finally:
-        reconciler.launcher.shutdown(0)
+    _aged(store, job_id, launched=HEARTBEAT_TIMEOUT * 2, heartbeat=HEARTBEAT_TIMEOUT + 5)
+    reconciler.run_once()
+    assert _attempt(store, job_id) == 2
+    retries = _retries(store, job_id)
+    assert len(retries) == 1 and "stopped sending heartbeats" in retries[0], retries
 
 
 def test_a_trainer_heard_from_within_the_heartbeat_timeout_is_left_alone(
     store: JobStore, reconciler: Reconciler
 ) -> None:
     job_id = _launched_once(store, reconciler, "beating")
-    try:
-        _aged(store, job_id, launched=START_TIMEOUT * 2, heartbeat=HEARTBEAT_TIMEOUT / 2)
-        reconciler.run_once()
-        assert _attempt(store, job_id) == 1
-    finally:
-        reconciler.launcher.shutdown(0)
+    _aged(store, job_id, launched=START_TIMEOUT * 2, heartbeat=HEARTBEAT_TIMEOUT / 2)
+    reconciler.run_once()
+    assert _attempt(store, job_id) == 1
+
+
+def test_a_replica_that_read_the_job_before_another_relaunched_it_does_nothing(
+    store: JobStore, trainers: EveryTrainer
+) -> None:
+    """Two replicas find the same attempt lost in passes a moment apart; the one whose
+    read came before the other's relaunch writes no second RETRY and starts nothing."""
+    first, second = _reconciler(store, trainers), _reconciler(store, trainers)
+    job_id = _launched_once(store, first, "two-replicas")
+    _aged(store, job_id, launched=START_TIMEOUT + 5, heartbeat=None)
+    stale = store.get(job_id)  # the second replica's pass reads the job ...
+    first.run_once()  # ... the first relaunches it ...
+    second.reconcile(stale)  # ... and the second acts on what it read
+    assert _attempt(store, job_id) == 2
+    retries = _retries(store, job_id)
+    assert len(retries) == 1, retries
+    assert len(trainers.started) == 2
+
+
+def test_a_first_heartbeat_written_after_the_pass_read_the_job_saves_it(
+    store: JobStore, reconciler: Reconciler
+) -> None:
+    """A trainer that starts just past the start timeout: the pass read no heartbeat, but
+    the status read again before relaunching has one, so it is left to run."""
+    job_id = _launched_once(store, reconciler, "just-in-time")
+    _aged(store, job_id, launched=START_TIMEOUT + 5, heartbeat=None)
+    read_by_the_pass = store.get(job_id)
+    _aged(store, job_id, launched=START_TIMEOUT + 5, heartbeat=0)
+    reconciler.reconcile(read_by_the_pass)
+    assert _attempt(store, job_id) == 1
+    assert _retries(store, job_id) == []
