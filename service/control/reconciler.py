@@ -658,15 +658,14 @@ class Reconciler:
         replica died before recording its process) is lost, judged by its signs of life.
 
         Once it has sent a heartbeat, silence past the heartbeat timeout means lost. Until
-        then it has the start timeout: a cold start on a busy host, or a pod pulling its
-        image, can take longer than the heartbeat timeout, and relaunching it then would
-        leave two trainers on one job. A heartbeat older than the launch is an earlier
-        attempt's (before a crash, or a pause) and says nothing of this one."""
+        then it has the start timeout: a cold start on a busy host can take longer than
+        the heartbeat timeout, and relaunching it then would leave two trainers on one
+        job."""
         assert status.launch is not None
+        if _heard_since_launch(status):
+            silence = _age_seconds(status.heartbeatAt)
+            return self._since_store_back(silence) >= self.heartbeat_timeout_seconds
         since_launch = _age_seconds(status.launch.launchedAt)
-        since_heartbeat = _age_seconds(status.heartbeatAt)
-        if since_heartbeat < since_launch:
-            return self._since_store_back(since_heartbeat) >= self.heartbeat_timeout_seconds
         return self._since_store_back(since_launch) >= self.start_timeout_seconds
 
     def _heartbeat_silence(self, status: JobStatus) -> float | None:
@@ -842,9 +841,7 @@ class Reconciler:
         if exit_code is None and observed.alive is False:
             how = "is gone (an earlier server process started it; its exit code is unknown)"
             cause = "preemption"
-        elif exit_code is None and _age_seconds(status.heartbeatAt) >= _age_seconds(
-            launch.launchedAt
-        ):
+        elif exit_code is None and not _heard_since_launch(status):
             how = f"sent no heartbeat in the {self.start_timeout_seconds:.0f} s since its launch"
             if not observed.reason:
                 how += " (it never started, or its replica died while starting it)"
@@ -1012,6 +1009,13 @@ class _KnownWaiting:
             and changed.get(job_id) == self.changed_etag
             and listed_at < self.read_again_at
         )
+
+
+def _heard_since_launch(status: JobStatus) -> bool:
+    """Whether this attempt has sent a heartbeat: one older than its launch is an earlier
+    attempt's (before a crash, or a pause) and says nothing of this one."""
+    assert status.launch is not None
+    return _age_seconds(status.heartbeatAt) < _age_seconds(status.launch.launchedAt)
 
 
 def _resumed(job: Job) -> bool:

@@ -13,10 +13,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import time
-import uuid
 from pathlib import Path
-
-import pytest
 
 from jobstore.documents import (
     DataLocation,
@@ -29,7 +26,6 @@ from jobstore.documents import (
     new_job_id,
     utc_now,
 )
-from jobstore.storage import ObjectStore
 from jobstore.store import JobStore
 from service.control.launch.base import Observed, Started
 from service.control.launch.gpus import DeviceLease, GpuInventory
@@ -42,7 +38,8 @@ class SleepingTrainers:
     name = "local"
 
     def __init__(self) -> None:
-        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        self.processes: dict[str, subprocess.Popen[bytes]] = {}  # each job's latest attempt
+        self.started: list[subprocess.Popen[bytes]] = []  # every attempt, ended at shutdown
         self.devices: dict[str, list[str]] = {}
 
     def start(
@@ -55,6 +52,7 @@ class SleepingTrainers:
         locks = tuple(devices.file_descriptors) if devices is not None else ()
         process = subprocess.Popen(["sleep", "600"], pass_fds=locks)
         self.processes[spec.jobId] = process
+        self.started.append(process)
         self.devices[spec.jobId] = list(devices.devices) if devices is not None else []
         return Started(host="test-host", pid=process.pid, process_start_ticks=None)
 
@@ -75,20 +73,13 @@ class SleepingTrainers:
         return None  # nothing outlives the trainer's process
 
     def shutdown(self, grace_seconds: float) -> None:
-        for process in self.processes.values():
+        for process in self.started:
             process.kill()
             process.wait()
 
     def end(self, job_id: str) -> None:
         self.processes[job_id].kill()
         self.processes[job_id].wait()
-
-
-@pytest.fixture
-def store(object_store: ObjectStore) -> JobStore:
-    bucket = f"gpuq-{uuid.uuid4().hex[:10]}"
-    object_store.ensure_bucket(bucket)
-    return JobStore(object_store, bucket)
 
 
 def _create(store: JobStore, name: str, gpus: int, created_ms: int) -> str:

@@ -13,10 +13,7 @@ from __future__ import annotations
 import os
 import signal
 import time
-import uuid
 from dataclasses import replace
-
-import pytest
 
 from jobstore.documents import (
     DataLocation,
@@ -29,18 +26,10 @@ from jobstore.documents import (
     new_job_id,
     utc_now,
 )
-from jobstore.storage import ObjectStore
 from jobstore.store import JobStore
 from service.control.launch.base import Observed
 from service.control.reconciler import Reconciler
 from tests.service.control.test_gpu_queue import SleepingTrainers
-
-
-@pytest.fixture
-def store(object_store: ObjectStore) -> JobStore:
-    bucket = f"pause-{uuid.uuid4().hex[:10]}"
-    object_store.ensure_bucket(bucket)
-    return JobStore(object_store, bucket)
 
 
 def _create(store: JobStore, name: str, created_ms: int) -> str:

@@ -9,10 +9,7 @@ the reconciler are the real ones.
 from __future__ import annotations
 
 import signal
-import uuid
 from pathlib import Path
-
-import pytest
 
 from jobstore.documents import (
     DataLocation,
@@ -24,7 +21,6 @@ from jobstore.documents import (
     new_job_id,
     utc_now,
 )
-from jobstore.storage import ObjectStore
 from jobstore.store import JobStore
 from service.control.launch.base import Observed, Started
 from service.control.reconciler import Reconciler
@@ -60,13 +56,6 @@ class ClusterReportingOutOfMemory:
 
     def shutdown(self, grace_seconds: float) -> None:
         pass
-
-
-@pytest.fixture
-def store(object_store: ObjectStore) -> JobStore:
-    bucket = f"oom-{uuid.uuid4().hex[:10]}"
-    object_store.ensure_bucket(bucket)
-    return JobStore(object_store, bucket)
 
 
 def test_out_of_memory_fails_the_job_without_a_retry(store: JobStore) -> None:

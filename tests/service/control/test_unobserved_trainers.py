@@ -8,31 +8,19 @@ Ages are made by writing the launch time and the heartbeat into the past.
 
 from __future__ import annotations
 
-import subprocess
 import time
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from jobstore.documents import JobSpec, JobStatus
-from jobstore.storage import ObjectStore
+from jobstore.documents import JobStatus
 from jobstore.store import JobStore
-from service.control.launch.base import Started
-from service.control.launch.gpus import DeviceLease
 from service.control.reconciler import Reconciler
 from tests.service.control.test_pause import TrainersOnAnotherHost, _create
 
 HEARTBEAT_TIMEOUT = 30.0
 START_TIMEOUT = 120.0
-
-
-@pytest.fixture
-def store(object_store: ObjectStore) -> JobStore:
-    bucket = f"unobserved-{uuid.uuid4().hex[:10]}"
-    object_store.ensure_bucket(bucket)
-    return JobStore(object_store, bucket)
 
 
 def _seconds_ago(seconds: float) -> str:
@@ -73,31 +61,7 @@ def _retries(store: JobStore, job_id: str) -> list[str]:
     return [event.message for event in store.list_events(job_id) if event.type == "RETRY"]
 
 
-class EveryTrainer(TrainersOnAnotherHost):
-    """Keeps every attempt's process, not only each job's latest, so all are ended."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.started: list[subprocess.Popen[bytes]] = []
-
-    def start(
-        self,
-        spec: JobSpec,
-        attempt: int,
-        environment: dict[str, str],
-        devices: DeviceLease | None = None,
-    ) -> Started:
-        started = super().start(spec, attempt, environment, devices)
-        self.started.append(self.processes[spec.jobId])
-        return started
-
-    def shutdown(self, grace_seconds: float) -> None:
-        for process in self.started:
-            process.kill()
-            process.wait()
-
-
-def _reconciler(store: JobStore, trainers: EveryTrainer) -> Reconciler:
+def _reconciler(store: JobStore, trainers: TrainersOnAnotherHost) -> Reconciler:
     return Reconciler(
         store,
         trainers,
@@ -109,14 +73,14 @@ def _reconciler(store: JobStore, trainers: EveryTrainer) -> Reconciler:
 
 
 @pytest.fixture
-def trainers() -> Iterator[EveryTrainer]:
-    started = EveryTrainer()
+def trainers() -> Iterator[TrainersOnAnotherHost]:
+    started = TrainersOnAnotherHost()
     yield started
-    started.shutdown(0)
+    started.shutdown(0)  # every attempt's process, the relaunched ones' too
 
 
 @pytest.fixture
-def reconciler(store: JobStore, trainers: EveryTrainer) -> Reconciler:
+def reconciler(store: JobStore, trainers: TrainersOnAnotherHost) -> Reconciler:
     return _reconciler(store, trainers)
 
 
@@ -176,7 +140,7 @@ def test_a_trainer_heard_from_within_the_heartbeat_timeout_is_left_alone(
 
 
 def test_a_replica_that_read_the_job_before_another_relaunched_it_does_nothing(
-    store: JobStore, trainers: EveryTrainer
+    store: JobStore, trainers: TrainersOnAnotherHost
 ) -> None:
     """Two replicas find the same attempt lost in passes a moment apart; the one whose
     read came before the other's relaunch writes no second RETRY and starts nothing."""
