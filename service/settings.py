@@ -167,7 +167,7 @@ class Settings(BaseSettings):
     max_attempts: int = Field(default=10, ge=1, le=1000)
     # Passed to the trainer: how often it writes its heartbeat and looks for a stop
     # request.
-    trainer_heartbeat_seconds: float = 2.0
+    trainer_heartbeat_seconds: float = Field(default=2.0, gt=0)
     # Passed to the trainer (TUNEFORGE_STORE_OUTAGE_PATIENCE_SECONDS): how long each of
     # its store calls waits out an unreachable store before the attempt fails over it.
     trainer_store_outage_patience_seconds: float = Field(default=120.0, ge=0)

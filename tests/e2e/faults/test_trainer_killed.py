@@ -19,6 +19,7 @@ import random
 import signal
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -40,15 +41,20 @@ from tests.servers import ApiServer
 
 TRIALS = 10
 SEED = 6
-# 48 records in batches of 4: 12 steps an epoch, 36 in all; a checkpoint every 5 steps
+# 48 records in batches of 2: 24 steps an epoch, 72 in all; a checkpoint every 10 steps
 # and at each epoch end, so kills land both between and right after checkpoints.
 HYPER: dict[str, Any] = {
     "epochCount": 3,
-    "batchSize": 4,
-    "checkpointIntervalSteps": 5,
+    "batchSize": 2,
+    "checkpointIntervalSteps": 10,
     "keepCheckpoints": 2,
 }
-TOTAL_STEPS = 36
+TOTAL_STEPS = 72
+# A toy step takes 10-20 ms, so a kill lands some steps after the one drawn: the step is
+# seen a heartbeat and a poll later. Kills are drawn from the first two epochs, leaving
+# the third (24 steps, three checkpoints and the final save) for that lag, so that
+# every trial is interrupted before it ends.
+LAST_KILL_STEP = 48
 
 
 def _trainer_pids(work: Path) -> list[int]:
@@ -75,7 +81,14 @@ def _final_weights(object_store: ObjectStore, store: JobStore, job_id: str) -> b
 @pytest.fixture
 def server(s3_server: EmbeddedS3, demo_assets: None, tmp_path: Path) -> Iterator[ApiServer]:
     # Two slots: trials overlap a little, without ten trainers fighting over two cores.
-    api = one_server(s3_server, tmp_path / "home", {"TUNEFORGE_LOCAL_SLOTS": "2"})
+    # The kill loop sees a trainer's step through its heartbeats. At the tests' usual one
+    # a second, a trainer can go from a heartbeat before its kill step to the job's end
+    # before the next, and that trial is never interrupted.
+    api = one_server(
+        s3_server,
+        tmp_path / "home",
+        {"TUNEFORGE_LOCAL_SLOTS": "2", "TUNEFORGE_TRAINER_HEARTBEAT_SECONDS": "0.2"},
+    )
     with serving(api):
         yield api
 
@@ -93,27 +106,31 @@ def test_trainers_killed_at_random_points_all_jobs_complete_with_the_same_model(
             create(client, tiny_job(f"kill-{trial}", dataset, **HYPER)) for trial in range(TRIALS)
         ]
 
-        kill_steps = {job_id: chooser.randint(1, TOTAL_STEPS - 1) for job_id in job_ids}
+        kill_steps = {job_id: chooser.randint(1, LAST_KILL_STEP) for job_id in job_ids}
         killed: dict[str, int] = {}
         pending = set(job_ids)
         deadline = time.monotonic() + 900
-        while pending and time.monotonic() < deadline:
-            for job_id in sorted(pending):
-                # The trainer's step as it wrote it (the store, not a describe, which may
-                # be up to a second old: docs/scaling.md), so that the kill lands near it.
-                status, _ = store.get_status(job_id)
-                if status.state.is_terminal():
+        with ThreadPoolExecutor(max_workers=len(job_ids)) as readers:
+            while pending and time.monotonic() < deadline:
+                # The trainers' steps as they wrote them (the store, not a describe, which
+                # may be up to a second old: docs/scaling.md), read at once so that each
+                # kill lands near its step.
+                ids = sorted(pending)
+                for job_id, (status, _) in zip(
+                    ids, readers.map(store.get_status, ids), strict=True
+                ):
+                    if status.state.is_terminal():
+                        pending.discard(job_id)
+                        continue
+                    attempt = status.launch.attempt if status.launch else 0
+                    if attempt != 1 or status.progress.step < kill_steps[job_id]:
+                        continue
+                    pids = _trainer_pids(server.home / "work" / job_id / "attempt-1")
+                    for pid in pids:
+                        os.kill(pid, signal.SIGKILL)
+                    killed[job_id] = status.progress.step
                     pending.discard(job_id)
-                    continue
-                attempt = status.launch.attempt if status.launch else 0
-                if attempt != 1 or status.progress.step < kill_steps[job_id]:
-                    continue
-                pids = _trainer_pids(server.home / "work" / job_id / "attempt-1")
-                for pid in pids:
-                    os.kill(pid, signal.SIGKILL)
-                killed[job_id] = status.progress.step
-                pending.discard(job_id)
-            time.sleep(0.05)
+                time.sleep(0.05)
 
     finished = wait_all_terminal(server, [reference, *job_ids], timeout=900)
     expected = _final_weights(object_store, store, reference)
@@ -140,7 +157,7 @@ def test_trainers_killed_at_random_points_all_jobs_complete_with_the_same_model(
     )
     # The kills really interrupted training, and the relaunches resumed mid-job.
     interrupted = sum(1 for _, _, _, retried, _, _ in outcomes.values() if retried)
-    assert interrupted >= TRIALS - 1, outcomes
+    assert interrupted >= TRIALS - 1, (kill_steps, outcomes)
     assert sum(1 for *_, resumed, _ in outcomes.values() if resumed) >= TRIALS // 2, outcomes
     # Exact resume: every trial's model is the uninterrupted run's, byte for byte.
     assert all(same for *_, same in outcomes.values()), outcomes
