@@ -37,12 +37,13 @@ from types import FrameType
 from typing import TYPE_CHECKING
 
 from jobstore.documents import Failure, FailureReason, JobSpec, TrainerExit
-from jobstore.errors import InvalidArgument, JobNotFound, StoreUnavailable
+from jobstore.errors import InvalidArgument, JobNotFound, StoreUnavailable, TuneforgeError
 from jobstore.storage import ObjectStore, StorageError, parse_s3_uri
 from jobstore.store import JobStore
 from jobstore.structured_logging import bind_process_fields
 from jobstore.structured_logging import configure_logging as configure_structured_logging
 from trainer.errors import BadInput, Fenced
+from trainer.follower import FollowerReporter
 from trainer.reporting import Reporter
 
 if TYPE_CHECKING:
@@ -194,25 +195,44 @@ def record_failure(reporter: Reporter, error: Exception, details: str = "") -> T
 
 
 def run(job_id: str, environment: TrainerEnvironment, preempted: threading.Event) -> TrainerExit:
-    # These import torch: after configure_libraries().
-    from trainer.distributed import Distributed, is_lost_peer
-    from trainer.follower import FollowerReporter
-    from trainer.recipe import FullFineTuningRecipe
-
-    distributed = Distributed.from_environ(os.environ)
-    workdir = Path.cwd()
-    if not distributed.is_main:  # the ranks share the launcher's working directory
-        workdir = workdir / f"rank-{distributed.rank}"
-        workdir.mkdir(exist_ok=True)
     storage = ObjectStore.from_environment()
     store = JobStore(storage, environment.state_bucket)
-    reporter = (Reporter if distributed.is_main else FollowerReporter)(
+    # Rank 0 writes the job's documents: torchrun's RANK 0, or the only process (as
+    # Distributed.from_environ reads them; that module imports torch).
+    is_main = "WORLD_SIZE" not in os.environ or os.environ.get("RANK", "0") == "0"
+    reporter = (Reporter if is_main else FollowerReporter)(
         store,
         job_id,
         environment.attempt,
         heartbeat_seconds=environment.heartbeat_seconds,
         log_file=environment.log_file,
     )
+    if is_main:
+        # A sign of life before the imports below, which take seconds, and tens of seconds
+        # on a busy host: a replica that could not record this process (it died while
+        # starting it) judges it by its heartbeats alone, and would launch another.
+        try:
+            reporter.heartbeat()
+        except Fenced as error:
+            log.error("job %s belongs to another attempt: %s; exiting", job_id, error)
+            return TrainerExit.FENCED
+        except TuneforgeError as error:
+            log.warning("the first heartbeat failed (the thread tries again): %s", error)
+        reporter.start_heartbeat()
+
+    # These import torch: after configure_libraries().
+    from trainer.distributed import Distributed, is_lost_peer
+    from trainer.recipe import FullFineTuningRecipe
+
+    distributed = Distributed.from_environ(os.environ)
+    if distributed.is_main != is_main:
+        raise RuntimeError(
+            f"rank {distributed.rank} is not what RANK={os.environ.get('RANK')} said"
+        )
+    workdir = Path.cwd()
+    if not distributed.is_main:  # the ranks share the launcher's working directory
+        workdir = workdir / f"rank-{distributed.rank}"
+        workdir.mkdir(exist_ok=True)
     recipe: FullFineTuningRecipe | None = None
     spec: JobSpec | None = None
     try:
