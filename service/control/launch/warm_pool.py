@@ -15,7 +15,9 @@ Invariants:
   cold start.
 - A spare is used once; the pool starts a new one as each is taken.
 - A spare that gets no job ends when the launcher closes its socket: at shutdown, or
-  when this process dies (the kernel closes it), so no spare outlives its server.
+  when this process dies (the kernel closes it), so no spare outlives its server. Its
+  log, named after the pid of the process that started it, is removed by the next pool
+  to start in the same folder once that process is gone.
 """
 
 from __future__ import annotations
@@ -74,13 +76,30 @@ class WarmTrainerPool:
         # pool starts nothing more.
         self._lock = threading.Lock()
         self._closed = False
+        self._stale_logs_removed = False
 
     def fill(self) -> None:
         """Start spares until there are `size`, the dead ones dropped. Never raises: a
         spare that cannot be started (no processes or memory left) only means cold
         starts, said in the log."""
         with self._lock:
+            if not self._stale_logs_removed:  # once, at the start
+                self._stale_logs_removed = True
+                self._remove_stale_logs()
             self._fill()
+
+    def _remove_stale_logs(self) -> None:
+        """Remove the logs of spares whose starter is gone (a server or API worker killed
+        outright: nothing else removed them). Each log names the pid of the process that
+        started its spare; the API workers of one server share this folder, so only the
+        logs of a process that is gone are removed. The log of a spare that ended on its
+        own is kept for as long as its starter lives (the warning that a spare ended
+        names it)."""
+        for path in self.root.glob("spare-*-*.log"):
+            owner = path.name.split("-")[1]
+            if owner.isdigit() and not _process_exists(int(owner)):
+                with contextlib.suppress(OSError):
+                    path.unlink()
 
     def _fill(self) -> None:
         for spare in [s for s in self._spares if s.process.poll() is not None]:
@@ -105,7 +124,7 @@ class WarmTrainerPool:
         # only what libraries keep across processes (matplotlib's font list, built once,
         # behind its own lock). Each has a log of its own, removed when it gets a job.
         self.root.mkdir(parents=True, exist_ok=True)
-        log_path = self.root / f"spare-{uuid.uuid4().hex[:12]}.log"
+        log_path = self.root / f"spare-{os.getpid()}-{uuid.uuid4().hex[:12]}.log"
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         environment = self.environment | {
             "HOME": str(self.root),
@@ -157,3 +176,13 @@ class WarmTrainerPool:
             spares, self._spares = self._spares, []
         for spare in spares:
             spare.discard()
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process: it exists
+    return True

@@ -13,6 +13,7 @@ import fcntl
 import json
 import os
 import signal
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -216,3 +217,34 @@ def test_a_job_whose_spare_died_runs_in_a_new_one_and_spares_end_with_the_server
     left = wait_for(lambda: spares_of(api_server), timeout=60, what="a spare")
     api_server.kill()
     wait_for(lambda: not any(process_alive(pid) for pid in left), timeout=60, what="spares to end")
+
+
+def test_logs_of_spares_whose_server_is_gone_are_removed_when_a_pool_starts(
+    tmp_path: Path,
+) -> None:
+    """A server killed outright leaves its spares' logs (the spares end, nothing removes
+    them); the next pool in the folder removes those, and keeps the logs of a server that
+    lives (API workers share the folder)."""
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    root = tmp_path / "spares"
+    root.mkdir()
+    stale = root / f"spare-{gone.pid}-0123456789ab.log"
+    live = root / f"spare-{os.getppid()}-0123456789ab.log"
+    for path in (stale, live):
+        path.write_text("imported\n")
+    spares = pool(tmp_path)
+    spares.size = 0  # start no spare: only the clean-up is under test
+    spares.fill()
+    assert not stale.exists()
+    assert live.exists()
+
+
+def test_a_spares_log_is_named_after_its_server(tmp_path: Path) -> None:
+    spares = pool(tmp_path)
+    try:
+        spares.fill()
+        (spare,) = spares.waiting()
+        assert spare.log.name.startswith(f"spare-{os.getpid()}-"), spare.log
+    finally:
+        spares.close()
