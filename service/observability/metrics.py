@@ -19,7 +19,9 @@ With TUNEFORGE_API_WORKERS > 1 a replica is several processes and a scrape reach
 them: counters and histograms are then kept in prometheus_client's multiprocess files
 (PROMETHEUS_MULTIPROC_DIR, set by service/server/workers.py for its workers) and every scrape
 sums all workers'; the reconcile gauges are the answering worker's own snapshot, which is
-the replica's too (every worker reconciles the same store).
+the replica's too (every worker reconciles the same store). The open-streams gauge is
+summed over the workers alive: the parent forgets a dead worker's files
+(`forget_dead_processes`).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import os
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -190,6 +193,31 @@ class Metrics:
         multiprocess.MultiProcessCollector(registry, path=self._multiprocess_directory)
         registry.register(self._snapshot)
         return generate_latest(registry), CONTENT_TYPE_LATEST
+
+
+def forget_dead_processes(directory: str) -> list[int]:
+    """Remove the live-gauge files of the processes in `directory` that have ended, and
+    return their pids. prometheus_client sums a `livesum` gauge over every file it finds,
+    so a worker killed while it held streams open would count them until its files go
+    (`mark_process_dead`, which only the parent, outliving its workers, can call)."""
+    forgotten: list[int] = []
+    for path in sorted(Path(directory).glob("gauge_live*_*.db")):
+        pid = path.stem.rsplit("_", 1)[-1]
+        if not pid.isdigit() or int(pid) in forgotten or _process_exists(int(pid)):
+            continue
+        multiprocess.mark_process_dead(int(pid), directory)
+        forgotten.append(int(pid))
+    return forgotten
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process: it exists
+    return True
 
 
 class _ReconcileSnapshot(Collector):

@@ -38,7 +38,11 @@ from service.auth.keys import KeyStore
 from service.auth.tenants import Access
 from service.errors import TuneforgeError
 from service.faces.grpc.server import grpc_address
-from service.observability.metrics import MULTIPROCESS_DIRECTORY_ENV, Metrics
+from service.observability.metrics import (
+    MULTIPROCESS_DIRECTORY_ENV,
+    Metrics,
+    forget_dead_processes,
+)
 from service.server.embedded_s3 import EmbeddedS3
 from service.server.http_app import create_app
 from service.server.replica import StoreAccess, build_replica, make_launcher, open_storage
@@ -119,12 +123,33 @@ def serve_workers(
     # this run's own: files a previous run left would be counted again.
     metrics_directory = tempfile.mkdtemp(prefix="tuneforge-metrics-")
     os.environ[MULTIPROCESS_DIRECTORY_ENV] = metrics_directory
+    stopping = threading.Event()
+    forgetter = threading.Thread(
+        target=_forget_dead_workers,
+        args=(metrics_directory, stopping),
+        name="forget-dead-workers",
+        daemon=True,
+    )
+    forgetter.start()
     try:
         supervisor = Multiprocess(config, sockets=sockets)
         supervisor.run()  # until SIGINT/SIGTERM; then stops the workers and waits for them
     finally:
+        stopping.set()
+        forgetter.join()
         shutil.rmtree(metrics_directory, ignore_errors=True)
     return 0
+
+
+def _forget_dead_workers(metrics_directory: str, stopping: threading.Event) -> None:
+    """Every second, drop the gauge values of workers that died (uvicorn starts another in
+    their place), so that /metrics does not count the streams a dead worker held."""
+    while not stopping.wait(1.0):
+        try:
+            for pid in forget_dead_processes(metrics_directory):
+                log.info("worker %d is gone: its open streams are no longer counted", pid)
+        except OSError as error:
+            log.warning("could not forget the metrics of dead workers: %s", error)
 
 
 def create_worker_app() -> FastAPI:

@@ -3,11 +3,14 @@ reconciler and local launcher, over the real store and a real trainer."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import threading
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -161,3 +164,73 @@ def test_a_metrics_scrape_counts_the_requests_of_every_worker(
             assert samples(scraped.text, "tuneforge_queue_length") == [0.0]
     finally:
         server.stop()
+
+
+def test_streams_of_a_killed_worker_are_no_longer_counted(
+    s3_server: EmbeddedS3, demo_assets: None, tmp_path: Path
+) -> None:
+    """/metrics sums the open-streams gauge over the workers; a worker killed -9 while it
+    held a stream must drop out of the sum (its replacement holds none), not count that
+    stream for as long as the server runs."""
+    sleeper = tmp_path / "trainer-that-waits"
+    sleeper.write_text("#!/bin/sh\nexec sleep 100000\n")
+    sleeper.chmod(0o755)
+    server = ApiServer(
+        s3_server,
+        tmp_path / "home",
+        state_bucket=f"state-{uuid.uuid4().hex[:12]}",
+        # The job stays active (its trainer only sleeps), so its stream stays open.
+        extra_env={"TUNEFORGE_API_WORKERS": "2", "TUNEFORGE_TRAINER_PYTHON": str(sleeper)},
+    )
+    server.start()
+    try:
+        with server.client() as client:
+            response = client.post("/v1/jobs", json=demo_job("followed"))
+            assert response.status_code == 201, response.text
+            job_id = response.json()["jobId"]
+
+        opened = threading.Event()
+
+        def follow() -> None:
+            # Ends with an error when its worker is killed.
+            with (
+                contextlib.suppress(httpx.HTTPError),
+                httpx.stream("GET", f"{server.url}/v1/jobs/{job_id}/stream", timeout=120) as stream,
+            ):
+                assert stream.status_code == 200
+                opened.set()
+                for _ in stream.iter_lines():
+                    pass
+
+        follower = threading.Thread(target=follow, daemon=True)
+        follower.start()
+        assert opened.wait(60), "the stream did not open"
+        _wait_until(lambda: _open_streams(server) == 1, "the open stream counted")
+
+        assert server.process is not None
+        for pid in _workers(server.process.pid):
+            os.kill(pid, signal.SIGKILL)
+        _wait_until(lambda: _open_streams(server) == 0, "the killed worker's stream forgotten")
+        follower.join(30)
+    finally:
+        server.stop()
+        server.kill_trainers()
+
+
+def _open_streams(server: ApiServer) -> float | None:
+    """The summed gauge, or None while no worker answers (they are being replaced)."""
+    try:
+        scraped = httpx.get(f"{server.url}/metrics", timeout=10)
+    except httpx.HTTPError:
+        return None
+    if scraped.status_code != 200:
+        return None
+    (value,) = samples(scraped.text, "tuneforge_open_job_streams")
+    return value
+
+
+def _wait_until(condition: Callable[[], bool], what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
