@@ -60,6 +60,8 @@ _RETRY_AFTER_SECONDS = 5.0
 _CONCURRENT_READS = 8
 # Reads in a row that fail (other than with the store down) before a job's watchers end.
 _FAILED_READS_TO_END = 3
+# Watchers of one change woken per turn of their event loop (see _set_all).
+_WAKE_SLICE = 50
 
 
 def _view(job: Job) -> dict[str, Any]:
@@ -190,9 +192,15 @@ def _wake(loop: asyncio.AbstractEventLoop | None, *events: asyncio.Event) -> Non
             pass
 
 
-def _set_all(events: tuple[asyncio.Event, ...]) -> None:
-    for event in events:
+def _set_all(events: tuple[asyncio.Event, ...], start: int = 0) -> None:
+    """Set `events` a slice at a time, each slice a callback of its own: the loop polls
+    its sockets between slices, so requests that came meanwhile (a describe) wait for
+    one slice of woken watchers, not for a thousand."""
+    end = start + _WAKE_SLICE
+    for event in events[start:end]:
         event.set()
+    if end < len(events):
+        asyncio.get_running_loop().call_soon(_set_all, events, end)
 
 
 def _close_if_opened(opening: asyncio.Future[Watcher]) -> None:

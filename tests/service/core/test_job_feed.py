@@ -428,3 +428,33 @@ def test_a_watcher_holding_a_change_when_its_feed_ends_raises_at_its_next_call(
         asyncio.run(scenario())
     finally:
         feeds.stop()
+
+
+def test_a_request_that_comes_while_many_watchers_wake_waits_for_one_slice_of_them() -> None:
+    """The feed wakes a change's watchers a slice at a time, each slice a turn of their
+    loop: work the loop got meanwhile (here a callback that the first woken watcher
+    schedules, as a describe's socket read would be) runs before the rest are resumed,
+    not after every one of a thousand."""
+    watchers = 1000
+
+    async def follow() -> tuple[list[int], int]:
+        loop = asyncio.get_running_loop()
+        events = tuple(asyncio.Event() for _ in range(watchers))
+        resumed: list[int] = []
+        request_ran_after: list[int] = []
+
+        async def watcher(index: int) -> None:
+            await events[index].wait()
+            if not resumed:
+                loop.call_soon(lambda: request_ran_after.append(len(resumed)))
+            resumed.append(index)
+
+        tasks = [asyncio.create_task(watcher(index)) for index in range(watchers)]
+        await asyncio.sleep(0)  # every watcher waits on its event
+        job_feed._wake(loop, *events)
+        await asyncio.gather(*tasks)
+        return resumed, request_ran_after[0]
+
+    resumed, request_ran_after = asyncio.run(follow())
+    assert sorted(resumed) == list(range(watchers))  # every watcher woken, once
+    assert request_ran_after <= 2 * job_feed._WAKE_SLICE, request_ran_after
