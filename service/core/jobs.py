@@ -313,9 +313,13 @@ def list_jobs(
     scanned = 0
     # The tenant's own index when every job is in it: other tenants' jobs cost nothing.
     own_index = store.tenant_index_complete()
+    # Unfiltered, every id of the tenant's own index is a job of the page: the page's
+    # worth of ids and one more (is there a next page?) is all it lists, however many
+    # jobs the tenant has. Filtered, batches of 100 pass over the jobs left out.
+    batch_size = limit + 1 if own_index and where == JobFilter() else 100
     while len(jobs) < limit and scanned < _MAX_SCANNED_PER_PAGE:
         if own_index:
-            batch = store.list_tenant_job_ids(tenant, after=after, limit=100)
+            batch = store.list_tenant_job_ids(tenant, after=after, limit=batch_size)
         else:
             batch = store.list_job_ids(after=after, limit=100)
         if not batch:
@@ -349,7 +353,9 @@ def list_jobs(
                 break  # the batch is used up
             if stopped is None:
                 markers_listed_at = time.monotonic()
-                stopped = store.control_marked(batch[0], batch[-1])
+                # Markers are sparse: no more than the batch's ids in its range, unless
+                # other tenants' jobs interleave (then more pages of the listing).
+                stopped = store.control_marked(batch[0], batch[-1], page_size=len(batch) + 1)
             # Their statuses at once; control only for those with a stop marker.
             found = store.get_many(
                 wanted, stopped=stopped, max_age=max_age, markers_listed_at=markers_listed_at

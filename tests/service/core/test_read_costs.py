@@ -7,7 +7,11 @@ from __future__ import annotations
 
 import uuid
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from jobstore.documents import JobState, JobStatus
 from jobstore.storage import S3Location
@@ -312,3 +316,36 @@ def test_a_describe_from_memory_reads_nothing_and_answers_as_the_store_path_does
     # Once the queue order is older than its cache, a waiting job's place needs a read.
     store.queue_order.cache_seconds = 0
     assert jobs.remembered_job(store, waiting, tenant="mine", max_age=30.0) is None
+
+
+def test_a_list_page_asks_the_store_for_a_pages_worth_of_keys_whatever_lies_beyond(
+    counted: tuple[JobStore, Counter[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An unfiltered page of 20 lists 21 ids of the tenant's index and the stop markers of
+    their range, not a batch of 100 ids and 200 markers: with thousands of jobs (and of
+    stopped jobs) beyond the page, each key listed costs parsing on the server's CPU."""
+    store, _ = counted
+    created = [_create(store, "many", f"j{n}") for n in range(60)]
+    for job_id in created[::2]:  # a stop marker beside every other job, all the way down
+        jobs.stop_job(store, job_id, tenant="many")
+    store.backfill_tenant_index()  # as a server does at start: the tenant's own index
+    asked: list[tuple[str, int]] = []
+    list_objects = store.storage.list_objects
+
+    def recording(location: S3Location, **options: Any) -> Iterator[dict[str, Any]]:
+        asked.append((location.key, options.get("page_size", 1000)))
+        return list_objects(location, **options)
+
+    monkeypatch.setattr(store.storage, "list_objects", recording)
+    found, token = jobs.list_jobs(store, tenant="many", state=None, limit=20, page_token=None)
+    assert [job.spec.jobId for job in found] == list(reversed(created))[:20]
+    assert token is not None
+    stopped = {job.spec.jobId for job in found if job.control.stopRequested}
+    assert stopped == set(created[::2]) & {job.spec.jobId for job in found}
+    assert asked and all(page_size <= 22 for _, page_size in asked), asked
+
+    # Filtered, the page passes over the jobs it leaves out (in larger batches).
+    stopping, _ = jobs.list_jobs(
+        store, tenant="many", state=JobState.STOPPING, limit=20, page_token=None
+    )
+    assert [job.spec.jobId for job in stopping] == list(reversed(created[::2]))[:20]
