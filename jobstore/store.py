@@ -165,16 +165,26 @@ class JobStore:
         marked: set[str] = set()
         started = time.monotonic()
         # StartAfter is exclusive: start after a key just below `first`.
-        # By default pages of a few hundred keys: the range is usually a list page's
-        # worth of jobs, and a page of the listing costs the parsing of every key in it.
-        for item in self.storage.list_objects(
-            prefix, start_after=f"stops/{check_job_id(first)[:-1]}", page_size=page_size
-        ):
-            job_id = item["key"][len(prefix.key) :]
-            if job_id > last:
+        # The first page of the listing is `page_size` keys: the range is usually a list
+        # page's worth of jobs, and a page of the listing costs the parsing of every key
+        # in it. Other tenants' markers may lie in the range too (`stops/` is shared):
+        # past the first page, pages of at least _MARKER_PAGE.
+        start_after, size = f"stops/{check_job_id(first)[:-1]}", page_size
+        while True:
+            listed = 0
+            for item in self.storage.list_objects(prefix, start_after=start_after, page_size=size):
+                listed += 1
+                start_after = item["key"]
+                job_id = start_after[len(prefix.key) :]
+                if job_id > last:
+                    break
+                if job_id >= first:
+                    marked.add(job_id)
+                if listed == size:
+                    break  # this page is used up: the rest in larger ones
+            if listed < size or job_id > last:
                 break
-            if job_id >= first:
-                marked.add(job_id)
+            size = max(size, _MARKER_PAGE)
         self.markers.listed(started, first, last, marked)
         return marked
 

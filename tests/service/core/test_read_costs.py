@@ -349,3 +349,32 @@ def test_a_list_page_asks_the_store_for_a_pages_worth_of_keys_whatever_lies_beyo
         store, tenant="many", state=JobState.STOPPING, limit=20, page_token=None
     )
     assert [job.spec.jobId for job in stopping] == list(reversed(created[::2]))[:20]
+
+
+def test_other_tenants_stop_markers_in_a_pages_range_are_listed_in_large_pages(
+    counted: tuple[JobStore, Counter[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`stops/` is shared: a small tenant's page whose two jobs span another tenant's 30
+    stopped jobs lists its own range's worth first, then the rest in pages of 200, not
+    thirty listings of three keys."""
+    store, calls = counted
+    older = _create(store, "small", "older")
+    theirs = [_create(store, "big", f"t{n}") for n in range(30)]
+    for job_id in theirs:
+        jobs.stop_job(store, job_id, tenant="big")
+    newer = _create(store, "small", "newer")
+    store.backfill_tenant_index()
+    asked: list[tuple[str, int]] = []
+    list_objects = store.storage.list_objects
+
+    def recording(location: S3Location, **options: Any) -> Iterator[dict[str, Any]]:
+        asked.append((location.key, options.get("page_size", 1000)))
+        return list_objects(location, **options)
+
+    monkeypatch.setattr(store.storage, "list_objects", recording)
+    calls.clear()
+    found, token = jobs.list_jobs(store, tenant="small", state=None, limit=20, page_token=None)
+    assert [job.spec.jobId for job in found] == [newer, older] and token is None
+    assert not any(job.control.stopRequested for job in found)
+    assert [size for key, size in asked if key == "stops/"] == [3, 200], asked
+    assert calls["ListObjectsV2"] <= 4, calls
