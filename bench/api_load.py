@@ -73,7 +73,7 @@ from jobstore.documents import (
 from jobstore.storage import ObjectStore, S3Location
 from service.server.demo import seed_demo
 from service.server.embedded_s3 import EmbeddedS3, free_port
-from tests.servers import ApiServer, demo_job
+from tests.servers import ApiServer, demo_job, waiting_trainer
 
 Latencies = dict[str, list[float]]
 
@@ -358,10 +358,7 @@ def main() -> int:
         if arguments.read_staleness is not None:
             extra_env["TUNEFORGE_READ_STALENESS_SECONDS"] = str(arguments.read_staleness)
         if not arguments.real_trainers:
-            waits = root / "trainer-that-waits"
-            waits.write_text("#!/bin/sh\nexec sleep 100000\n")
-            waits.chmod(0o755)
-            extra_env["TUNEFORGE_TRAINER_PYTHON"] = str(waits)
+            extra_env["TUNEFORGE_TRAINER_PYTHON"] = str(waiting_trainer(root))
         server = ApiServer(s3, root / "home", state_bucket="bench", extra_env=extra_env)
         server.start()
         try:

@@ -41,7 +41,7 @@ from jobstore.storage import ObjectStore
 from jobstore.store import JobStore
 from service.server.demo import seed_demo
 from service.server.embedded_s3 import EmbeddedS3, free_port
-from tests.servers import ApiServer, demo_job
+from tests.servers import ApiServer, demo_job, waiting_trainer
 
 
 async def _sse_watchers(host: str, port: int, job_id: str, count: int, stop: Any) -> int:
@@ -172,9 +172,7 @@ def main() -> int:
             region="us-east-1",
         )
         seed_demo(storage)
-        waits = root / "trainer-that-waits"
-        waits.write_text("#!/bin/sh\nexec sleep 100000\n")
-        waits.chmod(0o755)
+        waits = waiting_trainer(root)
         most = str(max(counts) + 10)
         server = ApiServer(
             s3,

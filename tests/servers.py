@@ -201,6 +201,15 @@ def demo_job(name: str = "demo", **hyper_parameters: Any) -> dict[str, Any]:
     }
 
 
+def waiting_trainer(directory: Path) -> Path:
+    """A trainer command (TUNEFORGE_TRAINER_PYTHON) that only sleeps: a job launched with
+    it stays active, holding its slot, with no model loaded."""
+    script = directory / "trainer-that-waits"
+    script.write_text("#!/bin/sh\nexec sleep 100000\n")
+    script.chmod(0o755)
+    return script
+
+
 def process_alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as handle:

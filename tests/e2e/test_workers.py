@@ -20,7 +20,7 @@ from jobstore.storage import ObjectStore
 from jobstore.store import JobStore
 from service.server.embedded_s3 import EmbeddedS3
 from tests.prometheus_text import samples
-from tests.servers import ApiServer, demo_job
+from tests.servers import ApiServer, demo_job, waiting_trainer
 
 
 def _workers(pid: int) -> set[int]:
@@ -172,9 +172,7 @@ def test_streams_of_a_killed_worker_are_no_longer_counted(
     """/metrics sums the open-streams gauge over the workers; a worker killed -9 while it
     held a stream must drop out of the sum (its replacement holds none), not count that
     stream for as long as the server runs."""
-    sleeper = tmp_path / "trainer-that-waits"
-    sleeper.write_text("#!/bin/sh\nexec sleep 100000\n")
-    sleeper.chmod(0o755)
+    sleeper = waiting_trainer(tmp_path)
     server = ApiServer(
         s3_server,
         tmp_path / "home",

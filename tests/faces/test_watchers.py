@@ -24,7 +24,7 @@ from tuneforge.v1 import fine_tuning_pb2_grpc as pb_grpc
 
 from service.server.embedded_s3 import EmbeddedS3
 from tests.prometheus_text import samples
-from tests.servers import ApiServer, demo_job
+from tests.servers import ApiServer, demo_job, waiting_trainer
 
 LIMIT = 3
 
@@ -34,9 +34,7 @@ def server(
     s3_server: EmbeddedS3, demo_assets: None, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ApiServer]:
     home: Path = tmp_path_factory.mktemp("watchers")
-    sleeper = home / "trainer-that-waits"
-    sleeper.write_text("#!/bin/sh\nexec sleep 100000\n")
-    sleeper.chmod(0o755)
+    sleeper = waiting_trainer(home)
     started = ApiServer(
         s3_server,
         home / "server",

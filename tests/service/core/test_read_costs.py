@@ -329,14 +329,7 @@ def test_a_list_page_asks_the_store_for_a_pages_worth_of_keys_whatever_lies_beyo
     for job_id in created[::2]:  # a stop marker beside every other job, all the way down
         jobs.stop_job(store, job_id, tenant="many")
     store.backfill_tenant_index()  # as a server does at start: the tenant's own index
-    asked: list[tuple[str, int]] = []
-    list_objects = store.storage.list_objects
-
-    def recording(location: S3Location, **options: Any) -> Iterator[dict[str, Any]]:
-        asked.append((location.key, options.get("page_size", 1000)))
-        return list_objects(location, **options)
-
-    monkeypatch.setattr(store.storage, "list_objects", recording)
+    asked = _record_listings(store, monkeypatch)
     found, token = jobs.list_jobs(store, tenant="many", state=None, limit=20, page_token=None)
     assert [job.spec.jobId for job in found] == list(reversed(created))[:20]
     assert token is not None
@@ -364,6 +357,17 @@ def test_other_tenants_stop_markers_in_a_pages_range_are_listed_in_large_pages(
         jobs.stop_job(store, job_id, tenant="big")
     newer = _create(store, "small", "newer")
     store.backfill_tenant_index()
+    asked = _record_listings(store, monkeypatch)
+    calls.clear()
+    found, token = jobs.list_jobs(store, tenant="small", state=None, limit=20, page_token=None)
+    assert [job.spec.jobId for job in found] == [newer, older] and token is None
+    assert not any(job.control.stopRequested for job in found)
+    assert [size for key, size in asked if key == "stops/"] == [3, 200], asked
+    assert calls["ListObjectsV2"] <= 4, calls
+
+
+def _record_listings(store: JobStore, monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
+    """From now on, the prefix and page size of each listing the real store is asked for."""
     asked: list[tuple[str, int]] = []
     list_objects = store.storage.list_objects
 
@@ -372,9 +376,4 @@ def test_other_tenants_stop_markers_in_a_pages_range_are_listed_in_large_pages(
         return list_objects(location, **options)
 
     monkeypatch.setattr(store.storage, "list_objects", recording)
-    calls.clear()
-    found, token = jobs.list_jobs(store, tenant="small", state=None, limit=20, page_token=None)
-    assert [job.spec.jobId for job in found] == [newer, older] and token is None
-    assert not any(job.control.stopRequested for job in found)
-    assert [size for key, size in asked if key == "stops/"] == [3, 200], asked
-    assert calls["ListObjectsV2"] <= 4, calls
+    return asked
